@@ -1,0 +1,790 @@
+"""Data core for infimed: tokenizer, pixel-budgeted image processor, Qwen2.5-VL chat template,
+loss mask, ShareGPT records with validation, batching and packing.
+
+    python -m pytest -q tests/test_data.py      # the tests pin every piece against transformers
+    python bench/bench_image.py                 # image processor throughput vs transformers
+
+Everything here is plain Python + numpy/torch/PIL; transformers is only used to load tokenizers.
+"""
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageChops, ImageOps
+
+# ---- Tokenizer -------------------------------------------------------------------------------
+
+# The Qwen2 special tokens in their real order. In the real Qwen2 / Qwen2.5-VL vocabulary they
+# take ids 151643..151656 (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645,
+# <|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655, <|video_pad|> 151656;
+# Qwen2.5-VL-3B-Instruct tokenizer_config.json "added_tokens_decoder"). A locally built tokenizer
+# appends them after its own BPE vocabulary, so code must always read ids from the tokenizer.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+IMAGE_PLACEHOLDER = "<image>"  # ShareGPT / LLaVA convention: one per image, in order
+DEFAULT_SYSTEM = "You are a helpful assistant."  # the template's default system prompt
+
+# Qwen2 pre-tokenizer split (Qwen2 tokenizer.json, "pre_tokenizer" Split pattern).
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+                           r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+# The real Qwen2.5-VL chat template (Qwen2.5-VL-*-Instruct chat_template.json), byte for byte.
+# Kept here so a checkpoint directory written by this project carries it without other files.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(texts, out_dir, vocab_size=2048):
+    """Train a small byte-level BPE on `texts` with the Qwen2 pipeline (NFC, Qwen2 split regex,
+    byte-level), append the Qwen2 special tokens, and save a directory that
+    `transformers.AutoTokenizer.from_pretrained` and `load_tokenizer` read, chat template included.
+    Returns the loaded tokenizer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    # every one of the 256 byte symbols is in the vocabulary, so any text encodes (byte-level)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    # Same settings as Qwen2.5-VL-Instruct's tokenizer_config.json: no BOS, eos <|im_end|>,
+    # pad <|endoftext|>.
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False, "errors": "replace", "split_special_tokens": False,
+        "model_max_length": 131072, "additional_special_tokens": SPECIAL_TOKENS[1:],
+        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE,
+    }
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+    return load_tokenizer(out_dir)
+
+
+def load_tokenizer(path):
+    """A transformers fast tokenizer from a checkpoint directory (ours or a real Qwen2.5-VL one)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    processor_template = os.path.join(path, "chat_template.json")  # the processor's copy
+    if tok.chat_template is None and os.path.exists(processor_template):
+        with open(processor_template) as f:
+            tok.chat_template = json.load(f)["chat_template"]
+    missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing:
+        raise ValueError(f"{path}: tokenizer lacks the Qwen2 special tokens {missing}; use a "
+                         "Qwen2-VL / Qwen2.5-VL tokenizer or one written by build_tokenizer")
+    return tok
+
+
+# ---- Images: pixel budget, RGB conversion, patches -------------------------------------------
+
+# CLIP normalization constants used by Qwen2-VL / Qwen2.5-VL (preprocessor_config.json
+# image_mean / image_std; OpenAI CLIP).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_ASPECT_RATIO = 200  # Qwen2-VL smart_resize refuses more extreme images
+
+
+def smart_resize(height, width, factor=28, min_pixels=3136, max_pixels=12845056):
+    """Target (height, width): multiples of `factor` (patch 14 x merge 2 = 28), aspect ratio kept as
+    closely as possible, min_pixels <= h*w <= max_pixels. Defaults are the Hub values
+    (3136 = 56*56, 12845056 = 28*28*16384); the paper trains with max_pixels 262144 (512*512).
+    Rounding is Python's round() (half to even), as in the reference implementation."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has an empty side ({height} x {width})")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(f"image aspect ratio {ratio:.1f} ({height} x {width}) exceeds "
+                         f"{MAX_ASPECT_RATIO}, which the Qwen2-VL vision encoder does not accept; "
+                         "crop or pad the image to a less extreme shape")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:  # shrink: floor keeps the result inside the budget
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:  # grow: ceil reaches at least min_pixels
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _gray_or_rgb(image):
+    """An upright 8-bit image in mode L or RGB; see open_image for the rules."""
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as f:
+            f.load()
+            image = f
+    if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation tag; 1 means upright
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        a = np.asarray(image, dtype=np.float64)
+        top = max(float(a.max()), 0.0)
+        bits = max(8, math.ceil(math.log2(top + 1))) if top > 255 else 8
+        a = np.clip(a, 0, None) * (255.0 / (2 ** bits - 1))  # negative values become 0
+        image = Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
+def open_image(image):
+    """A PIL image (or a path to one) as an 8-bit RGB PIL image, upright.
+
+    - EXIF orientation is applied (cameras and phones store rotated pixels plus an EXIF tag).
+      transformers' `load_image` does this for paths, but its image processor does not for PIL
+      images it is handed; we always do, so a path and an opened file give the same pixels.
+    - Transparency (RGBA, LA, palette with a transparent index) is composited onto white, and
+      every other mode (L, P, CMYK, 1, ...) goes through PIL's RGB conversion, as transformers does.
+    - 16/32-bit integer and float images (mode I;16, I, F: 16-bit PNG/TIFF radiographs) are scaled
+      to 8 bits over the smallest 2**k - 1 range (k >= 8) that holds their maximum: a 12-bit image
+      is divided by 4095/255. transformers' PIL conversion clips such values at 255 instead, which
+      turns most of a radiograph white; this is the one place where we deliberately differ.
+    """
+    image = _gray_or_rgb(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _is_gray(rgb, probe_rows=8):
+    """True when the three channels of an RGB image are identical (most radiographs). A strip
+    of rows is checked first, so a colour picture usually costs almost nothing."""
+    if probe_rows and rgb.height > probe_rows and not _is_gray(rgb.crop((0, 0, rgb.width, probe_rows)), 0):
+        return False
+    r, g, b = rgb.split()
+    return (ImageChops.difference(r, g).getbbox() is None
+            and ImageChops.difference(r, b).getbbox() is None)
+
+
+@dataclass
+class ImageProcessor:
+    """Qwen2-VL / Qwen2.5-VL image preprocessing: budgeted bicubic resize, CLIP normalization,
+    patches of 3 x 2 x 14 x 14 = 1176 values with each 2 x 2 merge group contiguous.
+
+        pixel_values, image_grid_thw = ImageProcessor(max_pixels=262144)(["a.png", pil_image])
+    """
+    min_pixels: int = 3136  # 56*56, the Hub default
+    max_pixels: int = 262144  # 512*512, the paper's budget (at most 334 image tokens)
+    patch_size: int = 14  # ViT patch
+    temporal_patch_size: int = 2  # a still image is repeated to 2 frames (Conv3d kernel 2x14x14)
+    merge_size: int = 2  # the merger joins 2x2 patches into one LLM token
+    image_mean: tuple = CLIP_MEAN
+    image_std: tuple = CLIP_STD
+
+    def __post_init__(self):
+        # Lookup table uint8 -> normalized float32, computed the way the reference does it
+        # (float64 rescale by 1/255, cast to float32, then (x - mean) / std in float32), so the
+        # output is bit-identical rather than merely close.
+        x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+        mean = np.asarray(self.image_mean, np.float32)[:, None]
+        std = np.asarray(self.image_std, np.float32)[:, None]
+        self._lut = (x[None, :] - mean) / std  # (3, 256) float32
+
+    def target_size(self, height, width):
+        return smart_resize(height, width, self.patch_size * self.merge_size,
+                            self.min_pixels, self.max_pixels)
+
+    def _resize(self, image):
+        """-> (h, w, 1 or 3) uint8 at the budgeted size. Gray pictures are resized as one band:
+        PIL resamples each band with the same integer coefficients, so this equals resizing
+        the RGB image and copying the band, at a third of the cost."""
+        image = _gray_or_rgb(image)
+        if image.mode == "RGB" and _is_gray(image):
+            image = image.getchannel(0)
+        h, w = self.target_size(image.height, image.width)
+        if (h, w) != (image.height, image.width):
+            image = image.resize((w, h), resample=Image.BICUBIC)
+        return np.asarray(image).reshape(h, w, -1)
+
+    def _patchify(self, pixels, out):
+        """Write the patches of one (H, W, 1|3) uint8 image into `out` ((N, 3*T*p*p) float32)."""
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        gh, gw, bands = pixels.shape[0] // p, pixels.shape[1] // p, pixels.shape[2]
+        # axes: (block row, row in block, pixel row, block col, col in block, pixel col, band)
+        x = pixels.reshape(gh // m, m, p, gw // m, m, p, bands)
+        x = x.transpose(0, 3, 1, 4, 6, 2, 5)  # -> (block r, block c, r, c, band, py, px)
+        view = out.reshape(gh // m, gw // m, m, m, 3, t, p, p)
+        for c in range(3):  # normalize while copying; every temporal frame is the same picture
+            band = x[:, :, :, :, c if bands == 3 else 0]
+            view[:, :, :, :, c] = np.take(self._lut[c], band)[:, :, :, :, None]
+
+    def __call__(self, images):
+        """`images`: a PIL image, a path, or a list of them. Returns (pixel_values float32
+        [sum of h*w/196, 1176], image_grid_thw int64 [n_images, 3]) as torch tensors."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        arrays = [self._resize(im) for im in images]
+        p = self.patch_size
+        grids = [(1, a.shape[0] // p, a.shape[1] // p) for a in arrays]
+        sizes = [g[1] * g[2] for g in grids]
+        out = np.empty((sum(sizes), 3 * self.temporal_patch_size * p * p), np.float32)
+        start = 0
+        for a, n in zip(arrays, sizes):
+            self._patchify(a, out[start:start + n])
+            start += n
+        return torch.from_numpy(out), torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
+
+    def save_pretrained(self, out_dir):
+        """Write preprocessor_config.json with the field names the Hub files and transformers 5
+        use (min_pixels/max_pixels as in Qwen2.5-VL checkpoints, plus transformers 5's `size`)."""
+        os.makedirs(out_dir, exist_ok=True)
+        cfg = {
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+            "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "do_convert_rgb": True,  # resample 3 = PIL bicubic
+            "min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+            "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
+            "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+            "merge_size": self.merge_size, "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+        with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """Read preprocessor_config.json (ours or a Hub checkpoint's). As in transformers,
+        explicit min_pixels/max_pixels take precedence over size.shortest_edge/longest_edge."""
+        cfg_path = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else path
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        size = cfg.get("size") or {}
+        kw = {"min_pixels": cfg.get("min_pixels", size.get("shortest_edge", cls.min_pixels)),
+              "max_pixels": cfg.get("max_pixels", size.get("longest_edge", cls.max_pixels))}
+        kw.update({k: cfg[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in cfg})
+        kw.update({k: tuple(cfg[k]) for k in ("image_mean", "image_std") if k in cfg})
+        return cls(**{**kw, **overrides})
+
+
+# ---- Chat template and loss mask -------------------------------------------------------------
+
+VISION_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"  # what the template emits per image
+
+
+class SampleError(ValueError):
+    """A record that cannot be used. `reason` is a short key that loaders count:
+    empty, non_alternating, bad_role, bad_content, special_tokens, image_count_mismatch,
+    image_in_assistant, image_missing, image_corrupt, image_aspect, too_long, invalid_json."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _content_text(content):
+    """Message content as template text. A string may hold `<image>` placeholders; a list holds
+    template content parts ({"type": "image"} / {"type": "text", "text": ...}).
+
+    `<image>` and one newline directly after it are one image part: LLaVA-style data writes
+    "<image>\\nQuestion", while inference with content parts [image, "Question"] renders no
+    newline after <|vision_end|>. Mapping both to the same text keeps training and inference
+    prompts identical."""
+    if isinstance(content, str):
+        return content.replace(IMAGE_PLACEHOLDER + "\n", VISION_SPAN).replace(
+            IMAGE_PLACEHOLDER, VISION_SPAN)
+    out = []
+    for part in content:  # same tests, same order as the template
+        if part.get("type") == "image" or "image" in part or "image_url" in part:
+            out.append(VISION_SPAN)
+        elif part.get("type") == "video" or "video" in part:
+            raise ValueError("video content is not supported")
+        elif "text" in part:
+            out.append(part["text"])
+    return "".join(out)
+
+
+def render_chat(messages, add_generation_prompt=False):
+    """The Qwen2.5-VL chat template (REFERENCE section 4), rendered in Python: a default system
+    turn when the first message is not a system message, `<|im_start|>{role}\\n{content}
+    <|im_end|>\\n` per turn, `<|im_start|>assistant\\n` as generation prompt. Each image becomes
+    `<|vision_start|><|image_pad|><|vision_end|>`; encode() expands the pad to the image's
+    token count. The same function renders training samples and evaluation prompts."""
+    text = []
+    if messages and messages[0]["role"] != "system":
+        text.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+    for m in messages:
+        text.append(f"<|im_start|>{m['role']}\n{_content_text(m['content'])}<|im_end|>\n")
+    if add_generation_prompt:
+        text.append("<|im_start|>assistant\n")
+    return "".join(text)
+
+
+def check_messages(messages, n_images, for_training=True):
+    """Raise SampleError unless messages are: optional system, then user/assistant alternating
+    starting with user (ending with assistant for training, with user for a prompt), string
+    content without special tokens, one `<image>` per image, no image in an assistant turn."""
+    messages = [m if isinstance(m, dict) else {} for m in messages or []]
+    body = messages[1:] if messages and messages[0].get("role") == "system" else messages
+    if not body:
+        raise SampleError("empty", "conversation has no user/assistant turns; add them")
+    n_placeholders = 0
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise SampleError("bad_role", f"message {i} has role {role!r}; use system, user or "
+                                          "assistant (human/gpt in the `conversations` dialect)")
+        if role == "system" and i != 0:
+            raise SampleError("non_alternating", f"message {i} is a system message; only the "
+                                                 "first message may be one")
+        if not isinstance(content, str):
+            raise SampleError("bad_content", f"message {i} content is {type(content).__name__}; "
+                                             "use a string with <image> placeholders")
+        found = [t for t in SPECIAL_TOKENS if t in content]
+        if found:
+            raise SampleError("special_tokens", f"message {i} ({role}) contains special tokens "
+                              f"{found}; remove them (the chat template adds its own)")
+        n = content.count(IMAGE_PLACEHOLDER)
+        if n and role == "assistant":
+            raise SampleError("image_in_assistant", f"message {i} is an assistant turn with an "
+                              "<image> placeholder; images belong in user (or system) turns")
+        n_placeholders += n
+    expected = ["user", "assistant"] * len(body)
+    roles = [m["role"] for m in body]
+    last = "assistant" if for_training else "user"
+    if roles != expected[:len(roles)] or roles[-1] != last:
+        raise SampleError("non_alternating", f"roles {roles} must alternate user/assistant, "
+                          f"starting with user and ending with {last}")
+    if n_placeholders != n_images:
+        raise SampleError("image_count_mismatch", f"{n_placeholders} <image> placeholders but "
+                          f"{n_images} images; put exactly one <image> in the text per image")
+
+
+def load_images(images, image_processor):
+    """(pixel_values, image_grid_thw) for a record's images; SampleError naming the unusable one."""
+    out = [(torch.zeros(0, 3 * image_processor.temporal_patch_size * image_processor.patch_size ** 2),
+            torch.zeros(0, 3, dtype=torch.int64))]
+    for im in images:
+        name = "a PIL image" if isinstance(im, Image.Image) else im
+        if not isinstance(im, Image.Image) and not os.path.isfile(im):
+            raise SampleError("image_missing", f"image {name} does not exist; fix the path (relative"
+                              " paths resolve against the data file's folder) or drop the record")
+        try:
+            out.append(image_processor(im))
+        except ValueError as e:
+            reason = "image_aspect" if "aspect ratio" in str(e) else "image_corrupt"
+            raise SampleError(reason, f"image {name}: {e}") from e
+        except (OSError, Image.DecompressionBombError) as e:  # PIL's unreadable/truncated file
+            raise SampleError("image_corrupt", f"cannot read image {name}: {e}; re-export it or "
+                              "drop the record") from e
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def image_token_counts(images, image_processor):
+    """LLM tokens per image from the file headers only (no decoding); for length planning."""
+    counts = []
+    for im in images:
+        try:
+            if isinstance(im, Image.Image):
+                (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
+            else:
+                with Image.open(im) as f:
+                    (w, h), orientation = f.size, f.getexif().get(0x0112, 1)
+            h, w = (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # EXIF 90-degree turns
+            rh, rw = image_processor.target_size(h, w)
+        except FileNotFoundError as e:
+            raise SampleError("image_missing", f"image {im} does not exist") from e
+        except ValueError as e:
+            raise SampleError("image_aspect", f"image {im}: {e}") from e
+        except (OSError, Image.DecompressionBombError) as e:
+            raise SampleError("image_corrupt", f"cannot read image {im}: {e}") from e
+        counts.append(rh * rw // (image_processor.patch_size * image_processor.merge_size) ** 2)
+    return counts
+
+
+def _tokenize_turns(messages, tokenizer, tokens_per_image):
+    """Token ids and labels built turn by turn (never by searching the ids for "assistant").
+
+    Returns a list of (ids, labels, n_images) per turn, the default system turn included.
+    Each turn is `<|im_start|>` + tokens("{role}\\n{content}") + `<|im_end|>` + tokens("\\n").
+    Special tokens split the text the tokenizer sees, so these pieces tokenize exactly like
+    the whole rendered conversation. Assistant turns supervise the content tokens and
+    `<|im_end|>`; a token that straddles the role header (content starting with a newline
+    merges into the header's newline) stays unsupervised."""
+    ids_of = tokenizer.convert_tokens_to_ids
+    im_start, im_end, pad = ids_of("<|im_start|>"), ids_of("<|im_end|>"), ids_of("<|image_pad|>")
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM}] + list(messages)
+    headers = [f"{m['role']}\n" for m in messages]
+    enc = tokenizer([h + _content_text(m["content"]) for h, m in zip(headers, messages)],
+                    add_special_tokens=False, return_offsets_mapping=True)
+    turns, k = [], 0
+    for m, h, seg, offsets in zip(messages, headers, enc["input_ids"], enc["offset_mapping"]):
+        ids, labels, n_img = [im_start], [-100], 0
+        train = m["role"] == "assistant"
+        for t, (start, _) in zip(seg, offsets):
+            if t == pad:  # expand each image to its token count (t*h*w / merge**2)
+                ids += [pad] * tokens_per_image[k]
+                labels += [-100] * tokens_per_image[k]
+                k, n_img = k + 1, n_img + 1
+            else:
+                ids.append(t)
+                labels.append(t if train and start >= len(h) else -100)
+        ids += [im_end] + newline
+        labels += [im_end if train else -100] + [-100] * len(newline)
+        turns.append((ids, labels, n_img))
+    return turns
+
+
+def _fit_turns(turns, max_len):
+    """Over-length policy: keep the system turn and the first user/assistant exchange, then as
+    many following whole exchanges as fit in max_len; later exchanges (and their images) are
+    dropped. Never cuts inside a turn, so never inside an image span. Raises SampleError
+    ("too_long") when the first exchange alone does not fit. Returns (turns kept, exchanges
+    dropped)."""
+    first = sum(len(t[0]) for t in turns[:3])  # system + first exchange
+    if first > max_len:
+        raise SampleError("too_long", f"the first exchange alone has {first} tokens > max_len="
+                          f"{max_len}; raise max_len or lower max_pixels")
+    n = len(turns)
+    while sum(len(t[0]) for t in turns[:n]) > max_len:
+        n -= 2
+    return turns[:n], (len(turns) - n) // 2
+
+
+def plan_sample(record, tokenizer, tokens_per_image, max_len=4096):
+    """(ids, labels, n_images_kept, exchanges_dropped) for a validated training record."""
+    check_messages(record["messages"], len(tokens_per_image))
+    turns, dropped = _fit_turns(_tokenize_turns(record["messages"], tokenizer, tokens_per_image),
+                                max_len)
+    ids = [t for turn in turns for t in turn[0]]
+    labels = [t for turn in turns for t in turn[1]]
+    return ids, labels, sum(turn[2] for turn in turns), dropped
+
+
+def encode(record, tokenizer, image_processor, max_len=4096):
+    """A canonical record -> dict(input_ids, labels (-100 = unsupervised), pixel_values,
+    image_grid_thw, exchanges_dropped). Raises SampleError for a record that cannot be used;
+    see _fit_turns for the over-length policy."""
+    images = list(record.get("images") or [])
+    check_messages(record["messages"], len(images))
+    pixel_values, grid = load_images(images, image_processor)
+    per_image = (grid.prod(-1) // image_processor.merge_size ** 2).tolist()
+    ids, labels, n_kept, dropped = plan_sample(record, tokenizer, per_image, max_len)
+    n_rows = int(grid[:n_kept].prod(-1).sum())
+    return {"input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": pixel_values[:n_rows], "image_grid_thw": grid[:n_kept],
+            "exchanges_dropped": dropped}
+
+
+# ---- ShareGPT records ------------------------------------------------------------------------
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+          "system": "system"}  # the `conversations` dialect (from/value) and the canonical one
+
+
+def to_canonical(raw, image_root=None):
+    """One ShareGPT record in either dialect -> {"messages": [...], "images": [...]} (other keys
+    such as id or meta are kept). Relative image paths are joined to `image_root`. Raises
+    SampleError."""
+    if not isinstance(raw, dict):
+        raise SampleError("bad_content", f"record is a {type(raw).__name__}, not a JSON object")
+    if "messages" in raw:
+        turns, role_key, text_key = raw["messages"], "role", "content"
+    elif "conversations" in raw:
+        turns, role_key, text_key = raw["conversations"], "from", "value"
+    else:
+        raise SampleError("empty", "record has neither `messages` (role/content) nor "
+                                   "`conversations` (from/value)")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise SampleError("bad_content", "`messages`/`conversations` must be a list of objects")
+    messages = []
+    for i, t in enumerate(turns):
+        role = _ROLES.get(t.get(role_key))
+        if role is None:
+            raise SampleError("bad_role", f"turn {i} has {role_key}={t.get(role_key)!r}; use "
+                              "human/gpt/system or user/assistant/system")
+        messages.append({"role": role, "content": t.get(text_key)})
+    images = raw.get("images", raw.get("image")) or []  # LLaVA files use a single "image"
+    images = [images] if isinstance(images, str) else list(images)
+    if not all(isinstance(im, (str, Image.Image)) for im in images):
+        raise SampleError("bad_content", "`images` must be a list of file paths")
+    if image_root is not None:
+        images = [im if isinstance(im, Image.Image) or os.path.isabs(im)
+                  else os.path.join(image_root, im) for im in images]
+    check_messages(messages, len(images))
+    extra = {k: v for k, v in raw.items() if k not in ("messages", "conversations", "images", "image")}
+    return {**extra, "messages": messages, "images": images}
+
+
+def _count(report, reason, message):
+    report["skipped"][reason] = report["skipped"].get(reason, 0) + 1
+    report["examples"].setdefault(reason, message)
+
+
+def format_report(report):
+    """One line per skip reason, with an example message naming file and record."""
+    lines = [f"{report['path']}: read {report['read']}, kept {report['kept']}"]
+    for reason, n in sorted(report["skipped"].items()):
+        lines.append(f"  skipped {n} ({reason}), e.g. {report['examples'][reason]}")
+    return "\n".join(lines)
+
+
+def read_sharegpt(path, strict=False, image_root=None):
+    """Read a ShareGPT JSON array or JSONL file -> (records, report). Bad records are skipped
+    and counted per reason in report["skipped"] (with one example error each in
+    report["examples"]); strict=True raises on the first one instead. Relative image paths
+    resolve against `image_root` (default: the file's folder). Images are opened later, by
+    encode(), which reports missing or corrupt files through SampleError."""
+    records, _, report = _read_sharegpt(path, strict, image_root)
+    return records, report
+
+
+def _read_sharegpt(path, strict, image_root):
+    """read_sharegpt plus where each kept record came from ("line 7" / "record 3")."""
+    image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):  # a JSON array: one parse error makes the file unusable
+        try:
+            raws = [(i, r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write it as JSONL") from e
+        where = "record"
+    else:
+        raws, where = [], "line"
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                raws.append((i + 1, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raws.append((i + 1, SampleError("invalid_json", f"invalid JSON ({e.msg} at "
+                                                f"column {e.colno}); fix or delete the line")))
+    records, places = [], []
+    report = {"path": path, "read": len(raws), "kept": 0, "skipped": {}, "examples": {}}
+    for i, raw in raws:
+        try:
+            if isinstance(raw, SampleError):
+                raise raw
+            records.append(to_canonical(raw, image_root))
+            places.append(f"{where} {i}")
+        except SampleError as e:
+            msg = f"{path} {where} {i}: {e}"
+            if strict:
+                raise SampleError(e.reason, msg) from e
+            _count(report, e.reason, msg)
+    report["kept"] = len(records)
+    return records, places, report
+
+
+def write_sharegpt(records, path):
+    """Write records as JSONL in the canonical dialect ({"messages": [...], "images": [...]},
+    then any other keys the records carry)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            images = list(r.get("images") or [])
+            if any(not isinstance(im, (str, os.PathLike)) for im in images):
+                raise ValueError(f"record {i}: images must be paths to write JSONL; save the "
+                                 "PIL images to files first")
+            out = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]],
+                   "images": [str(im) for im in images],
+                   **{k: v for k, v in r.items() if k not in ("messages", "images")}}
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+
+
+# ---- Dataset, batching, packing, sampling ----------------------------------------------------
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Training samples from a ShareGPT file (or a list of canonical records).
+
+    Construction validates every record and measures its exact token length from text and image
+    headers (no pixel decoding), applying the over-length policy of `encode`; unusable records
+    are skipped and counted in `self.report` (strict=True raises on the first). `self.lengths`
+    feeds packing and length-grouped sampling. Items are encode() dicts; an image that fails
+    only at decode time yields None, which `collate` drops and counts (batch["n_skipped"])."""
+
+    def __init__(self, path_or_records, tokenizer, image_processor, max_len=4096, strict=False):
+        from tqdm import tqdm
+        if isinstance(path_or_records, (str, os.PathLike)):
+            records, places, self.report = _read_sharegpt(path_or_records, strict, None)
+        else:
+            records = list(path_or_records)
+            places = [f"record {i}" for i in range(len(records))]
+            self.report = {"path": "<records>", "read": len(records), "kept": 0, "skipped": {},
+                           "examples": {}}
+        self.tokenizer, self.image_processor, self.max_len, self.strict = (
+            tokenizer, image_processor, max_len, strict)
+        self.records, self.lengths = [], []
+        self.report.update(exchanges_dropped=0, samples_shortened=0)
+        for rec, where in zip(tqdm(records, desc="scanning", disable=len(records) < 2000), places):
+            try:
+                rec = to_canonical(rec)  # either dialect; validated
+                counts = image_token_counts(rec["images"], image_processor)
+                ids, _, _, dropped = plan_sample(rec, tokenizer, counts, max_len)
+            except SampleError as e:
+                msg = f"{self.report['path']} {where}: {e}"
+                if strict:
+                    raise SampleError(e.reason, msg) from e
+                _count(self.report, e.reason, msg)
+                continue
+            self.records.append(rec)
+            self.lengths.append(len(ids))
+            self.report["exchanges_dropped"] += dropped
+            self.report["samples_shortened"] += dropped > 0
+        self.report["kept"] = len(self.records)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        try:
+            return encode(self.records[i], self.tokenizer, self.image_processor, self.max_len)
+        except SampleError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"sample {i} skipped ({e.reason}): {e}")
+            return None
+
+
+def pack(lengths, max_len):
+    """Rows of sample indices whose lengths sum to at most max_len (best-fit decreasing,
+    deterministic: ties keep index order). A packed batch is
+    `collate([[dataset[i] for i in row] for row in rows], pad_id)`."""
+    import bisect
+    rows, free = [], []  # free: sorted (space left, row index)
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        if n > max_len:
+            raise ValueError(f"sample {i} has {n} tokens > max_len={max_len}")
+        j = bisect.bisect_left(free, (n, -1))  # the fullest row that still has room
+        if j < len(free):
+            space, r = free.pop(j)
+        else:
+            space, r = max_len, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        bisect.insort(free, (space - n, r))
+    return rows
+
+
+def collate(batch, pad_id, padding_side="right"):
+    """Samples (encode dicts) or packed rows (lists of them) -> dict(input_ids (B, L),
+    labels (B, L), attention_mask (B, L), pixel_values, image_grid_thw, n_skipped).
+
+    attention_mask is 0 on padding and k on the tokens of the k-th sample of a row (1..k), so
+    the model blocks attention across samples and restarts M-RoPE positions per sample. Images
+    are concatenated in row-major token order, the order the model consumes them. Right padding
+    for training, left for generation. Every sample starts with an unsupervised token, so a
+    shifted loss never predicts one packed sample from the previous one. Returns None when
+    every sample was skipped."""
+    rows = [b if isinstance(b, list) else [b] for b in batch]
+    n_skipped = sum(s is None for r in rows for s in r)
+    rows = [[s for s in r if s is not None] for r in rows]
+    rows = [r for r in rows if r]
+    if not rows:
+        return None
+    width = max(sum(len(s["input_ids"]) for s in r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        row_ids = torch.cat([s["input_ids"] for s in r])
+        n = len(row_ids)
+        span = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        ids[b, span] = row_ids
+        labels[b, span] = torch.cat([torch.as_tensor(s["labels"]) for s in r])
+        mask[b, span] = torch.cat([torch.full((len(s["input_ids"]),), k + 1) for k, s in enumerate(r)])
+    samples = [s for r in rows for s in r]
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
+            "n_skipped": n_skipped}
+
+
+def cu_seqlens(attention_mask):
+    """Cumulative sample lengths (int32, starting at 0) over the non-padding tokens of a batch
+    in row-major order: the boundaries a varlen attention kernel takes for packed rows."""
+    b = torch.arange(attention_mask.shape[0]).unsqueeze(1).expand_as(attention_mask)
+    keep = attention_mask > 0
+    sample = b[keep] * (int(attention_mask.max()) + 1) + attention_mask[keep]
+    counts = torch.unique_consecutive(sample, return_counts=True)[1]
+    return torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Batch sampler (DataLoader(batch_sampler=...)): each epoch (set_epoch) permutes the
+    samples with `seed + epoch`, sorts chunks of batch_size * group_chunks by length (similar
+    lengths share a batch: less padding), cuts batches, shuffles their order and deals them
+    round-robin to ranks. Every rank gets the same number of batches (DDP needs equal steps);
+    every sample appears exactly once per epoch over all ranks, batch sizes differing by at most
+    one, except with fewer samples than batches, when `self.repeated` samples fill the gap."""
+
+    def __init__(self, lengths, batch_size, seed=0, rank=0, world_size=1, shuffle=True,
+                 group_chunks=50):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.shuffle, self.group_chunks, self.epoch = shuffle, group_chunks, 0
+        n = len(self.lengths)
+        if n == 0:
+            raise ValueError("no samples to batch")
+        self.n_batches = -(-n // (batch_size * world_size)) * world_size  # over all ranks
+        self.repeated = max(0, self.n_batches - n)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def plan(self):
+        """This rank's batches (lists of sample indices) for the current epoch."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        n = len(self.lengths)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        order = np.resize(order, n + self.repeated)  # repeats cyclically when tiny
+        chunk = self.batch_size * self.group_chunks
+        parts = []
+        for start in range(0, len(order), chunk):
+            c = order[start:start + chunk]
+            parts.append(c[np.argsort(-self.lengths[c], kind="stable")])
+        batches = np.array_split(np.concatenate(parts), self.n_batches)
+        if self.shuffle:
+            batches = [batches[j] for j in rng.permutation(len(batches))]
+        return [b.tolist() for b in batches[self.rank::self.world_size]]
+
+    def __iter__(self):
+        return iter(self.plan())
+
+    def __len__(self):
+        return self.n_batches // self.world_size
+
+
+def padding_fraction(plan, lengths):
+    """Share of padding tokens when each batch of `plan` (lists of indices into `lengths`) is
+    padded to its longest row."""
+    real = sum(lengths[i] for b in plan for i in b)
+    total = sum(len(b) * max(lengths[i] for i in b) for b in plan if b)
+    return 1 - real / total if total else 0.0
+
+
+from sources import load_source  # noqa: E402  readers live in sources.py

@@ -1,0 +1,980 @@
+"""Evaluation for infimed: answer parsing, MultiMedEval-style scoring, backends, benchmarks, analyses.
+
+    python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/VQA_RAD \
+        --backend native --out runs/base [--limit 50] [--subset answer_type=CLOSED]
+    python evaluate.py run --model CKPT --benchmark pmc_vqa --benchmark mmmu \
+        --data-root pmc_vqa=DATA/PMC-VQA --data-root mmmu=DATA/MMMU --backend vllm \
+        --out runs/base --shuffle --circular --rephrase --grounding --cot [--judge-model JUDGE]
+    python evaluate.py compare runs/base runs/trained -o table.md   # Table 1 shape, side by side
+    python -m pytest -q tests/test_evaluate.py
+
+Benchmarks: vqa_rad, slake, path_vqa, pmc_vqa, pmc_vqa_open, mmmu, gmai_mmbench, synthetic (read
+by sources.load_source). Analyses: --shuffle (seeded option order), --circular (CircularEval),
+--rephrase (VQA-RAD's question_rephrase or --rephrase-file), --grounding (answer + box), --cot
+(chain of thought, samples grouped by clinical skill); instruction following (invalid rate,
+response categories) and positional bias (chosen vs gold letters) are always in the summary.
+
+Scoring follows the public scorers the paper used: MultiMedEval's VQA scorer for VQA-RAD, SLAKE,
+Path-VQA (and open PMC-VQA), option-letter accuracy for multiple choice with a parser that is
+stricter than VLMEvalKit's about chain-of-thought answers and the article "A".
+Outputs per run directory: <benchmark>/<variant>.jsonl (one line per sample: prompt, response,
+parsed answer, score, flags), summary.json, table.md. A killed run resumes from its JSONL files.
+"""
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+
+# ---------------------------------------------------------------------------------------------
+# Multiple-choice answer parsing
+# ---------------------------------------------------------------------------------------------
+
+_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
+# a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's"
+_LETTER = re.compile(r"(?<![\w'’\-.])([A-Za-z])(?![\w'’]|-\w|\.\w)")
+# committing phrases followed by the chosen option ("the answer is (B)", "Final answer: C")
+_CUE_BEFORE = re.compile(
+    r"(?:\b(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|probable))\s+"
+    r"(?:answer|option|choice)|\banswer)\s*(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be|"
+    r"=)\s*)?[:：\-–=]?\s*(?:(?:option|choice|letter)\s*)?"
+    r"|\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|select|pick|go\s+with)\s*(?:(?:option|choice)\s*)?"
+    r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?", re.I)
+# the chosen option followed by a committing phrase ("Option B is correct", "C: correct")
+_CUE_AFTER = re.compile(
+    r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
+    r"\s*(?:[:\-–]\s*(?:correct|true)\b|(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
+    r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
+    r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b))", re.I)
+# negations around a letter or an option text: "not A", "rather than B", "C is incorrect"
+_NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
+                         r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
+                         r"(?:(?:option|choice|an?|the)\s+)?"  # "not a CT or an MRI": the list goes too
+                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
+                         r"[\(\[\*\"']*$", re.I)
+_NEG_AFTER = re.compile(r"[\)\]\*\"'.:,\s\-–]*(?:(?:is|are|was|seems|would\s+be|can\s+be)\s+)?"
+                        r"(?:not\b|incorrect\b|wrong\b|unlikely\b|less\s+likely\b|ruled\s+out\b|"
+                        r"excluded\b|eliminated\b|false\b)", re.I)
+# words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
+_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|"
+                           r"factor|complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$",
+                           re.I)
+# "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
+_ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
+                            r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
+_DECOR = "*()[]\"'`“”‘’ \t\n"
+
+
+def _opt_text(text):
+    return re.sub(r"\s+", " ", str(text)).strip().strip(".").lower()
+
+
+def _exact(response, options):
+    """The whole response is one option: its letter, its text, or 'B. <text of B>'."""
+    s = response.strip(_DECOR).rstrip(".。!").strip(_DECOR)
+    if not s:
+        return None
+    if len(s) == 1 and s.upper() in options:
+        return s.upper()
+    for letter, text in options.items():
+        if s.lower() == _opt_text(text):
+            return letter
+    m = re.fullmatch(r"([A-Za-z])\s*[.):：]\s*(.+)", s, re.S)
+    if m and m.group(1).upper() in options and _opt_text(m.group(2)) == _opt_text(options[m.group(1).upper()]):
+        return m.group(1).upper()
+    return None
+
+
+def _is_letter_at(text, m, options, decorated=False):
+    """Does the single-letter token matched by `m` name an option (and not an article)?"""
+    c = m.group(1)
+    if c.upper() not in options:
+        return False
+    before, after = text[max(0, m.start(1) - 40):m.start(1)], text[m.end(1):m.end(1) + 200]
+    at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
+    decorated = decorated or (before.endswith(("(", "[", "**", '"', "'")) and
+                              after.startswith((")", "]", "**", '"', "'")))
+    if decorated:
+        return True
+    if _NAMED_BEFORE.search(before):
+        return False
+    if c.islower():  # lowercase only at the very start ("b.", "b)"), else "a" is the article
+        return at_start and re.match(r"\s*(?:[.):：]|$)", after) is not None
+    if c in "AI" and _ARTICLE_AFTER.match(after):  # "A lesion", "A 45-year-old", "I think"
+        return after.strip().lower().startswith(_opt_text(options[c]))  # unless "A X-ray"
+    return True
+
+
+def _cue_choice(text, options):
+    """The last committed choice ('the answer is B', 'B is correct'), by position, or None."""
+    found = []
+    for m in _CUE_BEFORE.finditer(text):
+        rest = text[m.end():]
+        lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
+        if lm and lm.group(1).upper() in options:
+            c, after = lm.group(1), rest[lm.end():]
+            word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
+            if (c.isupper() and c != "A") or not word_follows or \
+                    after.strip().lower().startswith(_opt_text(options[c.upper()])):
+                found.append((m.end() + lm.start(1), lm.group(1).upper()))
+                continue
+        # "the answer is ultrasound": an option text right after the cue (longest first)
+        head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest).lower()
+        for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
+            t = _opt_text(t)
+            if t and head.startswith(t) and not re.match(r"\w", head[len(t):len(t) + 1]):
+                found.append((m.end(), letter))
+                break
+    for m in _CUE_AFTER.finditer(text):
+        c = m.group(2)
+        if c.upper() in options and (c.isupper() or m.group(1)):
+            found.append((m.start(2), c.upper()))
+    return max(found)[1] if found else None
+
+
+def _text_spans(text, options):
+    """Spans of option texts in `text`, where an option inside a longer matched option does not
+    count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped."""
+    low = text.lower()
+    spans = []
+    for letter, t in options.items():
+        t = _opt_text(t)
+        if t:
+            spans += [(m.start(), m.end(), letter) for m in
+                      re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", low)]
+    kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
+                                        for o in spans)]
+    return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])]
+
+
+def _resolve(text, options):
+    hit = _exact(text, options) or _cue_choice(text, options)
+    if hit:
+        return hit
+    spans = _text_spans(text, options)
+    letters = set()
+    for m in _LETTER.finditer(text):
+        if any(s <= m.start(1) < e for s, e, _ in spans):
+            continue  # the letter is part of an option's text ("Both A and B")
+        if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(text[max(0, m.start(1) - 60):m.start(1)]) \
+                and not _NEG_AFTER.match(text[m.end(1):m.end(1) + 40]):
+            letters.add(m.group(1).upper())
+    if len(letters) == 1:
+        return letters.pop()
+    if not letters:
+        by_text = {s[2] for s in spans}
+        if len(by_text) == 1:
+            return by_text.pop()
+    return None
+
+
+def parse_choice(response, options):
+    """The option letter a free-text `response` commits to, or None (invalid).
+
+    `options` maps letters ('A'..) to option texts. Precedence, first rule that decides wins:
+      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-5 on that content alone
+         (an unclosed final tag counts: generation may stop at the letter); when it names no
+         option, the text outside the tags is parsed by rules 2-5 instead.
+      2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
+      3. A committing cue; the last one in the text wins (chain of thought concludes last):
+         'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
+         'Option B is correct', 'C: correct', or a cue followed by an option's text.
+      4. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
+         letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
+         'B-cell', names ('hepatitis B', 'panel A'), letters inside a quoted option text, and
+         negated mentions ('not A', 'rather than B', 'C is incorrect'). Lowercase counts only
+         decorated '(b)' or at the very start ('b. ...').
+      5. Only when rule 4 found no letter: option texts in the response (case-insensitive, whole
+         words, a text inside a longer matched text ignored, negated mentions dropped): exactly
+         one option -> it.
+    Anything else (several letters, several texts, nothing) -> None.
+    """
+    options = {str(k).upper(): str(v) for k, v in options.items()}
+    if not response or not response.strip():
+        return None
+    tags = _ANSWER_TAG.findall(response)
+    if tags:
+        hit = _resolve(tags[-1], options) if tags[-1].strip() else None
+        if hit:
+            return hit
+        response = _ANSWER_TAG.sub(" ", response)
+    return _resolve(response, options)
+
+
+def response_category(response, options):
+    """Instruction-following category of a multiple-choice response (paper, section 4.3):
+    'single_letter' (only the letter, maybe decorated, or 'B. <its text>'), 'answer_prefixed'
+    (a valid short answer of one line and at most 15 words: 'Answer: B', 'The answer is B.'),
+    'cot' (a valid longer answer: reasoning, several sentences, <answer> tags with text around),
+    'invalid' (parse_choice finds no single option)."""
+    letter = parse_choice(response, options)
+    if letter is None:
+        return "invalid"
+    s = response.strip(_DECOR).rstrip(".").strip(_DECOR)
+    if len(s) == 1 or re.fullmatch(r"[A-Za-z]\s*[.):：]\s*(.+)", s, re.S) and _exact(s, options):
+        return "single_letter"
+    outside = _ANSWER_TAG.sub(" ", response).strip()
+    if not outside or ("\n" not in outside and len(outside.split()) <= 15 and outside == response.strip()):
+        return "answer_prefixed"
+    return "cot"
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiMedEval-style VQA scoring (REFERENCE.md section 6; MultiMedEval utils.clean_str and
+# task_families.VQA.evaluate, which use the VQA-v2 answer normalization)
+# ---------------------------------------------------------------------------------------------
+
+YES_NO_PREFIX = "Answer the following question with yes or no. "  # MultiMedEval vqa.py
+_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
+          "`", ",", "?", "!"]  # VQA-v2 list: note ':', "'", '*' and '.' are not in it
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+            "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+# VQA-v2 contraction table: each written form is reached from every spelling that lacks exactly
+# one of its apostrophes ("dont" -> "don't", "couldnt've" / "couldn'tve" -> "couldn't've").
+_CONTRACTED = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't "
+    "mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't "
+    "she'd've should've shouldn't shouldn't've somebody'd've somebody'll somebody's someone'd "
+    "someone'd've someone'll someone's something'd something'd've something'll that's there'd "
+    "there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've "
+    "we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've "
+    "who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll "
+    "y'all'd've you'd you'd've you'll you're you've").split()
+_CONTRACTIONS = {w[:i] + w[i + 1:]: w for w in _CONTRACTED for i, ch in enumerate(w) if ch == "'"}
+_CONTRACTIONS["somebody'd"] = "somebodyd"  # sic, an inverted entry in the VQA-v2 table
+
+
+def clean_text(text):
+    """VQA-v2 answer normalization exactly as MultiMedEval applies it: lowercase; each listed
+    punctuation mark is deleted where it touches a space (or anywhere, if the text has a
+    digit,digit comma) and becomes a space otherwise; '.' not followed by a digit is deleted (at
+    most 32 of them: the reference passes re.UNICODE (=32) as the count); number words
+    none/zero..ten -> digits; articles dropped; contractions restored; remaining commas removed."""
+    text = text.lower()
+    delete_all = re.search(r"\d,\d", text) is not None
+    out = text
+    for p in _PUNCT:
+        out = out.replace(p, "" if (p + " " in text or " " + p in text or delete_all) else " ")
+    # the reference regex (?!<=\d)(\.)(?!\d) has a look-ahead where a look-behind was meant, so it
+    # deletes every period not followed by a digit, '3.' included
+    out = re.sub(r"\.(?!\d)", "", out, count=32)
+    words = [_NUMBERS.get(w, w) for w in out.split()]
+    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    return " ".join(words).replace(",", "")
+
+
+def bleu1(candidate, reference):
+    """Unigram BLEU of one whitespace-tokenized candidate against one reference (torchmetrics
+    BLEUScore(n_gram=1), as MultiMedEval): clipped unigram precision times the brevity penalty
+    exp(1 - r/c) when c <= r (c, r: candidate, reference lengths), 1 when c > r; 0 if nothing
+    matches or the candidate is empty."""
+    cand, ref = candidate.split(), reference.split()
+    if not cand or not ref:
+        return 0.0
+    ref_counts = Counter(ref)
+    matches = sum(min(n, ref_counts[w]) for w, n in Counter(cand).items())
+    if matches == 0:
+        return 0.0
+    bp = 1.0 if len(cand) > len(ref) else math.exp(1 - len(ref) / len(cand))
+    return bp * matches / len(cand)
+
+
+def is_yes_no(gold):
+    """MultiMedEval prefixes the yes/no instruction when the gold answer is exactly 'yes' or
+    'no'. It compares the raw answer: the HF copies of VQA-RAD and PathVQA it reads are lowercase,
+    while SLAKE writes 'Yes'/'No' and so never gets the prefix there. We compare lowercased and
+    stripped (the raw VQA-RAD JSON also writes 'Yes'), so every yes/no question gets it."""
+    return gold.strip().lower() in ("yes", "no")
+
+
+def vqa_scores(prediction, gold):
+    """MultiMedEval VQA scores of one prediction. Tokens are the sets of words of the cleaned
+    texts. closed: the cleaned gold is 'yes' or 'no' (not the dataset's answer_type). correct:
+    for closed items the gold token is among the prediction's tokens, where 'not' also counts
+    for 'no' (the reference adds 'not' to the gold set {'no'} and accepts a recall >= 0.4, i.e.
+    either word); for open items recall >= 0.75. recall = |P & G| / |G|, precision = |P & G| /
+    |P|, f1 their harmonic mean (the reference adds 1e-8 to the denominator: < 1e-8 apart),
+    bleu1 on the cleaned strings."""
+    clean_gold, clean_pred = clean_text(gold.lower().strip()), clean_text(prediction)
+    g, p = set(clean_gold.split()), set(clean_pred.split())
+    common = len(g & p)
+    precision = common / len(p) if p else 0.0
+    recall = common / len(g) if g else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    closed = clean_gold in ("yes", "no")
+    if closed:
+        accept = {"no", "not"} if clean_gold == "no" else {"yes"}
+        correct = bool(accept & p)
+    else:
+        correct = recall >= 0.75
+    return {"closed": closed, "correct": correct, "recall": recall, "precision": precision,
+            "f1": f1, "bleu1": bleu1(clean_pred, clean_gold)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts (rendered through data.render_chat, the same chat code as training) and boxes
+# ---------------------------------------------------------------------------------------------
+
+# Image placeholders go first with no newline after them, as in sources.to_sharegpt and the
+# Qwen2.5-VL template at inference. The multiple-choice instruction is the paper's augmentation
+# (REFERENCE.md section 1); the chain-of-thought one is the paper's appendix A prompt.
+PROMPTS = {
+    "closed": "{images}" + YES_NO_PREFIX + "{question}",
+    "open": "{images}{question}",
+    "mc": "{images}{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+    "cot": "{images}Please carefully analyze the following multiple-choice question by generating a "
+           "clear, logical chain of thought that leads to the correct answer. To do this effectively, "
+           "follow the steps below as a general guide for your response:\n"
+           "1. Begin by identifying the key elements of the question and interpreting any relevant "
+           "facts or assumptions.\n"
+           "2. Consider each option ({letters}) and reason through its validity based on logic, "
+           "knowledge, or deduction.\n"
+           "3. Organize your reasoning into a step-by-step format to enhance readability and clarity.\n"
+           "4. After completing your reasoning, indicate the final answer by enclosing the selected "
+           "option letter within <answer> and </answer> tags, e.g., <answer>A</answer>.\n"
+           "5. Do not include any additional commentary or explanation outside of these tags.\n\n"
+           "Question:\n\n{question}\n{options}",
+    "grounding": "{prompt}\nThen give the bounding box of the image region that supports your "
+                 "answer as [x1, y1, x2, y2] in pixel coordinates.",
+}
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_BOXES = [re.compile(r"\[\s*" + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]"),  # [x1, y1, x2, y2]
+          re.compile(r"\(\s*{0}\s*,\s*{0}\s*\)\s*,?\s*(?:to\s*)?\(\s*{0}\s*,\s*{0}\s*\)".format(_NUM))]  # Qwen2-VL (x1,y1),(x2,y2)
+
+
+def template_for(record, cot=False):
+    if record.get("options"):
+        return "cot" if cot else "mc"
+    return "closed" if is_yes_no(record["answer"]) else "open"
+
+
+def build_prompt(record, template, grounding=False):
+    """User-turn text of `record` for one template; one '<image>' per image, in order."""
+    images = "<image>" * len(record["images"])
+    options = record.get("options") or {}
+    text = PROMPTS[template].format(
+        images=images, question=record["question"].replace("<image>", "").strip(),
+        options="\n".join(f"{k}. {v}" for k, v in options.items()),
+        letters=", ".join(list(options)[:-1]) + f", and {list(options)[-1]}" if options else "")
+    return PROMPTS["grounding"].format(prompt=text) if grounding else text
+
+
+def parse_box(text):
+    """The last bounding box in `text` as (x1, y1, x2, y2) with x1 <= x2, y1 <= y2, or None.
+    Reads '[x1, y1, x2, y2]' (also inside Qwen2.5-VL's JSON "bbox_2d") and '(x1,y1),(x2,y2)'."""
+    found = [(m.start(), [float(v) for v in m.groups()]) for pat in _BOXES for m in pat.finditer(text)]
+    if not found:
+        return None
+    x1, y1, x2, y2 = max(found)[1]
+    return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
+
+def strip_boxes(text):
+    """The text without its boxes (their numbers must not reach the answer parser or scorer)."""
+    for pat in _BOXES:
+        text = pat.sub(" ", text)
+    return re.sub(r"<\|box_(?:start|end)\|>", " ", text)
+
+
+def box_iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Option shuffles and rotations (robustness) with their gold-letter bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+def gold_letter(record):
+    """The gold option letter of a multiple-choice record (answer given as letter or as text)."""
+    options, ans = record["options"], str(record["answer"]).strip()
+    if ans.upper() in options:
+        return ans.upper()
+    hits = [k for k, v in options.items() if _opt_text(v) == _opt_text(ans)]
+    if len(hits) != 1:
+        raise ValueError(f"record {record.get('id')}: answer {ans!r} is not one of its options {options}")
+    return hits[0]
+
+
+def permute_options(record, order, tag):
+    """A copy of `record` whose option i holds the text of old letter order[i]; the gold letter
+    follows its text. meta['order'] keeps the mapping; id gains '#tag'."""
+    old = record["options"]
+    keys = list(old)
+    options = {keys[i]: old[o] for i, o in enumerate(order)}
+    gold = keys[order.index(gold_letter(record))]
+    return {**record, "id": f"{record['id']}#{tag}", "options": options, "answer": gold,
+            "meta": {**record.get("meta", {}), "base_id": record["id"], "order": list(order)}}
+
+
+def shuffle_record(record, seed):
+    """Options in a random order fixed by (seed, record id): reruns and resumes agree."""
+    order = list(record["options"])
+    random.Random(f"{seed}:{record['id']}").shuffle(order)
+    return permute_options(record, order, "shuffle")
+
+
+def rotate_records(record):
+    """All cyclic rotations of the options (MMBench CircularEval); rotation 0 is the original."""
+    keys = list(record["options"])
+    return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
+
+
+def circular_accuracy(rows):
+    """A question counts right only when every rotation of it was answered right."""
+    by_q = defaultdict(list)
+    for r in rows:
+        by_q[r["base_id"]].append(bool(r["correct"]))
+    return sum(all(v) for v in by_q.values()) / len(by_q) if by_q else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: a batch of chat requests {"messages": [...], "images": [...]} in, texts out
+# ---------------------------------------------------------------------------------------------
+
+class NativeBackend:
+    """infimed.QwenVL with its key/value-cache `generate`: requests sorted by prompt length,
+    left-padded batches, stop at <|im_end|> / <|endoftext|> (ids read from the tokenizer)."""
+
+    def __init__(self, model_dir, device=None, dtype=None, batch_size=8, min_pixels=None, max_pixels=None):
+        import torch
+        import data
+        import infimed
+        self.torch, self.data = torch, data
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.model = infimed.QwenVL.from_pretrained(model_dir, dtype=dtype, device=self.device).eval()
+        self.tok = data.load_tokenizer(model_dir)
+        limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        has_cfg = os.path.exists(os.path.join(model_dir, "preprocessor_config.json"))
+        self.proc = (data.ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg
+                     else data.ImageProcessor(**limits))
+        self.batch_size = batch_size
+        self.stop_ids = [self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.stop_ids[1]
+        self.timings = Counter()  # seconds: 'images' (processing + tokenizing), 'generate'
+
+    def encode(self, request, add_generation_prompt=True):
+        """-> (token ids with each <|image_pad|> expanded to its image's token count, pixel
+        values or None, image_grid_thw or None)."""
+        text = self.data.render_chat(request["messages"], add_generation_prompt=add_generation_prompt)
+        images, pad = list(request.get("images") or []), "<|image_pad|>"
+        pieces = text.split(pad)
+        if len(pieces) - 1 != len(images):
+            raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(images)} images")
+        pv = grid = None
+        if images:
+            pv, grid = self.proc(images)
+            counts = (grid.prod(-1) // self.proc.merge_size ** 2).tolist()
+            text = pieces[0] + "".join(pad * n + p for n, p in zip(counts, pieces[1:]))
+        return self.tok(text, add_special_tokens=False)["input_ids"], pv, grid
+
+    def _batch(self, encoded):
+        torch = self.torch
+        L = max(len(e[0]) for e in encoded)
+        ids = torch.full((len(encoded), L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), L), dtype=torch.long)
+        for i, (e, _, _) in enumerate(encoded):
+            ids[i, L - len(e):], mask[i, L - len(e):] = torch.tensor(e), 1  # left padding
+        pvs = [e[1] for e in encoded if e[1] is not None]
+        dtype = next(self.model.parameters()).dtype
+        pv = torch.cat(pvs).to(self.device, dtype) if pvs else None
+        grid = torch.cat([e[2] for e in encoded if e[2] is not None]).to(self.device) if pvs else None
+        return ids.to(self.device), mask.to(self.device), pv, grid
+
+    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1):
+        """n completions per request. With sampling, batch b draws from seed + b, so a result is
+        reproducible for the same requests, batch size and seed."""
+        t0 = time.perf_counter()
+        encoded = [self.encode(r) for r in requests]
+        self.timings["images"] += time.perf_counter() - t0
+        rows = sorted(((i, j) for i in range(len(requests)) for j in range(n)), key=lambda r: len(encoded[r[0]][0]))
+        out = [[None] * n for _ in requests]
+        t0 = time.perf_counter()
+        with self.torch.inference_mode():
+            for b in range(0, len(rows), self.batch_size):
+                chunk = rows[b:b + self.batch_size]
+                ids, mask, pv, grid = self._batch([encoded[i] for i, _ in chunk])
+                new = self.model.generate(ids, mask, pv, grid, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_p=top_p,
+                                          seed=None if seed is None else seed + b, stop_token_ids=self.stop_ids)
+                for (i, j), toks in zip(chunk, new):
+                    out[i][j] = self.tok.decode(toks, skip_special_tokens=True)
+        self.timings["generate"] += time.perf_counter() - t0
+        return out
+
+    def prompt_logprobs(self, requests):
+        """Per request: {'token_ids': [...], 'logprobs': [None, lp_1, ...]} of the rendered
+        conversation (no generation prompt), log-probs in fp32 (as vLLM's prompt_logprobs)."""
+        torch, res = self.torch, []
+        with torch.inference_mode():
+            for r in requests:
+                e = self.encode(r, add_generation_prompt=False)
+                ids, mask, pv, grid = self._batch([e])
+                logits = self.model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)[0].float()
+                lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+                res.append({"token_ids": e[0], "logprobs": [None] + lp.tolist()})
+        return res
+
+
+def make_backend(kind, model_dir, **kw):
+    if kind == "native":
+        return NativeBackend(model_dir, **kw)
+    if kind == "vllm":
+        try:
+            import vllm  # noqa: F401  (imported only here, only when this backend is chosen)
+        except ImportError as e:
+            raise RuntimeError("the vllm backend needs a GPU machine with `pip install -r "
+                               "requirements-vllm.txt`; use --backend native otherwise") from e
+        from vllm_backend import VLLMBackend
+        return VLLMBackend(model_dir, **{k: v for k, v in kw.items() if k != "device"})
+    raise ValueError(f"unknown backend {kind!r}: native or vllm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks, scoring of one sample, resumable runs
+# ---------------------------------------------------------------------------------------------
+
+# name -> (sources.load_source name, split, Table 1 column). Records with options are scored by
+# option accuracy, records without by MultiMedEval (so MMMU's 5 short-answer items are scored as
+# open VQA; VLMEvalKit turns them into 2-option questions instead). pmc_vqa_open drops the options.
+BENCHMARKS = {
+    "vqa_rad": ("vqa_rad", "test", "VQA-RAD"), "slake": ("slake", "test", "SLAKE(en)"),
+    "path_vqa": ("path_vqa", "test", "Path-VQA"), "pmc_vqa": ("pmc_vqa", "test", "PMC-VQA"),
+    "pmc_vqa_open": ("pmc_vqa", "test", "PMC-VQA(open)"), "mmmu": ("mmmu", "validation", "MMMU(H&M)"),
+    "gmai_mmbench": ("gmai_mmbench", "validation", "GMAI-MMBench"), "synthetic": ("synthetic", "test", "Synthetic"),
+}
+VARIANTS = ("base", "shuffle", "circular", "rephrase", "grounding", "cot")
+JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice question.\nQuestion: {question}\n"
+                "Options:\n{options}\nAnswer: {response}\nReply with the single letter of the option "
+                "the answer chooses, or Z if it chooses none or several.")
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    backend: str = "native"
+    out: str = "eval_out"
+    name: str = ""  # row label in tables (default: the model directory's name)
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # greedy by default
+    top_p: float = 1.0
+    seed: int = 0  # sampling and option shuffles
+    batch_size: int = 8
+    device: str = None  # native backend: default cuda when available
+    dtype: str = None  # e.g. bfloat16 (native: the checkpoint's dtype by default; vLLM: bfloat16)
+    min_pixels: int = None
+    max_pixels: int = 262144  # the paper's budget (REFERENCE.md section 1)
+    limit: int = None
+    subset: tuple = ()  # (key, value) filters on record fields or meta
+    variants: tuple = ("base",)
+    rephrase_file: str = None
+    judge_model: str = None
+    judge_backend: str = "native"
+
+
+def code_version():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def load_benchmark(name, root, limit=None, subset=()):
+    from sources import load_source
+    source, split, _ = BENCHMARKS[name]
+    records = list(load_source(source, root, split))
+    if name == "pmc_vqa_open":  # the same questions without options, scored against the text
+        records = [{**r, "answer": r["options"][gold_letter(r)], "options": None} for r in records]
+    for key, value in subset:
+        if records and not any(key in r or key in r.get("meta", {}) for r in records):
+            raise ValueError(f"--subset {key}={value}: no {name} record has a field {key!r}; fields: "
+                             f"{sorted(set(records[0]) | set(records[0].get('meta', {})))}")
+        records = [r for r in records if str(r.get(key, r.get("meta", {}).get(key))) == value]
+    return records[:limit] if limit else records
+
+
+def variant_records(records, variant, cfg):
+    if variant in ("base", "grounding"):
+        return records
+    mc = [r for r in records if r.get("options")]
+    if variant == "shuffle":
+        return [shuffle_record(r, cfg.seed) for r in mc]
+    if variant == "circular":
+        return [x for r in mc for x in rotate_records(r)]
+    if variant == "cot":
+        return mc
+    alt = {}  # rephrase: a file of {"id", "question"} lines, else the record's own rephrase field
+    if cfg.rephrase_file:
+        alt = {d["id"]: d["question"] for d in map(json.loads, open(cfg.rephrase_file)) if d.get("question")}
+    out = []
+    for r in records:
+        q = alt.get(r["id"]) or r.get("meta", {}).get("question_rephrase")
+        if q and q.strip() and q.strip().upper() != "NULL":
+            out.append({**r, "id": r["id"] + "#rephrase", "question": q.strip(),
+                        "meta": {**r.get("meta", {}), "base_id": r["id"]}})
+    return out
+
+
+def score_row(record, prompt, response, grounding=False):
+    """One JSONL row: prompt, response, parsed answer, score and flags."""
+    text = strip_boxes(response) if grounding else response
+    row = {"id": record["id"], "base_id": record.get("meta", {}).get("base_id", record["id"]),
+           "question": record["question"], "prompt": prompt, "response": response, "gold": record["answer"],
+           "flags": []}
+    if record.get("meta", {}).get("skill"):
+        row["skill"] = record["meta"]["skill"]
+    if record.get("options"):
+        options, gold = record["options"], gold_letter(record)
+        parsed = parse_choice(text, options)
+        row.update(kind="mc", options=options, gold=gold, parsed=parsed, correct=parsed == gold,
+                   category=response_category(text, options), invalid=parsed is None)
+    else:
+        s = vqa_scores(text, record["answer"])
+        row.update(kind="vqa", parsed=text.strip(), **s)
+        if s["closed"]:  # instruction following on yes/no questions: neither word given
+            row["invalid"] = not ({"yes", "no", "not"} & set(clean_text(text).split()))
+    if grounding:
+        row["box"] = parse_box(response)
+        gold_box = record.get("meta", {}).get("bbox")
+        if row["box"] and gold_box:
+            row["iou"] = box_iou(row["box"], gold_box)
+    return row
+
+
+def judge_rows(judge, rows, cfg):
+    """LLM-as-judge for multiple-choice rows the parser found invalid; judged rows are flagged."""
+    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]]
+    if not todo:
+        return
+    reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
+        question=r["question"], response=r["response"],
+        options="\n".join(f"{k}. {v}" for k, v in r["options"].items()))}], "images": []} for r in todo]
+    for r, out in zip(todo, judge.generate(reqs, max_new_tokens=8, temperature=0.0, seed=cfg.seed)):
+        letter = out[0].strip(_DECOR + ".").upper()
+        r["flags"].append("judged")
+        r["judge_response"] = out[0]
+        if letter in r["options"]:
+            r.update(parsed=letter, correct=letter == r["gold"], invalid=False)
+
+
+def read_rows(path):
+    """Finished rows of a JSONL file by id. A line cut off by a killed run is dropped and the
+    file rewritten without it, so appending continues cleanly."""
+    if not os.path.exists(path):
+        return {}
+    rows, bad = {}, 0
+    for line in open(path, encoding="utf-8"):
+        try:
+            r = json.loads(line)
+            rows[r["id"]] = r
+        except (json.JSONDecodeError, KeyError):
+            bad += 1
+    if bad:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows.values())
+    return rows
+
+
+def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
+    """Generate and score `records` into `path`, skipping ids already there. Records whose image
+    files are missing are written with the flag 'missing_image' (counted, not generated)."""
+    from tqdm import tqdm
+    done = read_rows(path)
+    todo = [r for r in records if r["id"] not in done]
+    chunk = max(1, cfg.batch_size) * 4
+    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(records), initial=len(records) - len(todo),
+                                                        desc=os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)), unit="sample") as bar:
+        for i in range(0, len(todo), chunk):
+            part, rows, ready = todo[i:i + chunk], [], []
+            for r in part:
+                missing = [p for p in r["images"] if isinstance(p, (str, os.PathLike)) and not os.path.exists(p)]
+                if missing:
+                    rows.append({"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]),
+                                 "flags": ["missing_image"], "missing": [str(p) for p in missing], "correct": None})
+                else:
+                    ready.append(r)
+            prompts = [build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in ready]
+            reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]} for r, p in zip(ready, prompts)]
+            outs = backend.generate(reqs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, seed=cfg.seed) if reqs else []
+            scored = [score_row(r, p, o[0], variant == "grounding") for r, p, o in zip(ready, prompts, outs)]
+            if judge is not None:
+                judge_rows(judge, scored, cfg)
+            for r in rows + scored:
+                r["variant"] = variant
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            bar.update(len(part))
+    rows = read_rows(path)
+    n_missing = sum("missing_image" in r["flags"] for r in rows.values())
+    if n_missing:
+        log(f"{path}: {n_missing} of {len(rows)} samples skipped, image file missing "
+            f"(e.g. {next(r['missing'][0] for r in rows.values() if 'missing' in r)})")
+    return [rows[r["id"]] for r in records if r["id"] in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries, analyses, tables
+# ---------------------------------------------------------------------------------------------
+
+SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
+    ("modality recognition", r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
+    ("anatomical localization", r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),
+    ("disease feature interpretation", r"abnormal|lesion|diagnos|finding|feature|shape|size|densit|intensit|disease|patholog"),
+    ("option comparison reasoning", r"which of the following|most likely|best|compar|differ"),
+    ("question-image alignment", r""),
+]
+
+
+def _group(rows, key):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return groups
+
+
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(rows):
+    scored = [r for r in rows if r.get("correct") is not None]
+    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": len(rows) - len(scored),
+         "accuracy": _mean(bool(r["correct"]) for r in scored)}
+    vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
+    if vqa:  # MultiMedEval's metric names
+        closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
+        s.update(n_closed=len(closed), n_open=len(open_), closed_accuracy=_mean(r["correct"] for r in closed),
+                 open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
+                 recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
+                 bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
+    if mc:
+        cats = Counter(r["category"] for r in mc)
+        s.update(n_mc=len(mc), mc_accuracy=_mean(r["correct"] for r in mc),
+                 invalid_rate=_mean(r["parsed"] is None for r in mc),
+                 categories={k: cats[k] / len(mc) for k in ("single_letter", "answer_prefixed", "cot", "invalid")},
+                 judged=sum("judged" in r["flags"] for r in mc),
+                 chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
+                 gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
+    if any("skill" in r for r in scored):  # per-skill accuracy where the benchmark names skills
+        s["by_skill"] = {k: {"n": len(g), "accuracy": _mean(r["correct"] for r in g)} for k, g in sorted(
+            _group(scored, lambda r: r.get("skill", "-")).items())}
+    if any("box" in r for r in scored):
+        s["box_rate"] = _mean(r.get("box") is not None for r in scored)
+        s["mean_iou"] = _mean(r["iou"] for r in scored if "iou" in r)
+    return s
+
+
+def compare_rows(base, other):
+    """Accuracy on the questions both runs scored, and per-question flips."""
+    b = {r["base_id"]: bool(r["correct"]) for r in base if r.get("correct") is not None}
+    o = {r["base_id"]: bool(r["correct"]) for r in other if r.get("correct") is not None}
+    ids = sorted(set(b) & set(o))
+    if not ids:
+        return {"n": 0}
+    acc_b, acc_o = _mean(b[i] for i in ids), _mean(o[i] for i in ids)
+    return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
+            "right_to_wrong": [i for i in ids if b[i] and not o[i]], "wrong_to_right": [i for i in ids if o[i] and not b[i]]}
+
+
+# the synthetic benchmark's own skill names (synthetic.SKILLS) -> the paper's five
+SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
+                 **dict.fromkeys(("presence", "shape", "brightness", "size", "count"), "disease feature interpretation")}
+
+
+def skill_of(record_or_row):
+    """The clinical skill a question exercises: the sample's own 'skill' (row field or record
+    meta) when it names one of the five or a synthetic skill, else the first SKILLS pattern that
+    matches the question."""
+    skill = record_or_row.get("skill") or record_or_row.get("meta", {}).get("skill")
+    skill = SKILL_ALIASES.get(skill, skill)
+    if skill in dict(SKILLS):
+        return skill
+    return next(name for name, pat in SKILLS if re.search(pat, record_or_row["question"].lower()))
+
+
+def cot_report(rows, path):
+    """Chain-of-thought samples grouped by clinical skill, for reading (Markdown)."""
+    groups = _group([r for r in rows if r.get("correct") is not None], skill_of)
+    lines = ["# Chain-of-thought samples by clinical skill", ""]
+    for name, _ in SKILLS:
+        g = groups.get(name, [])
+        lines += [f"## {name} ({len(g)} samples, accuracy {_fmt(_mean(r['correct'] for r in g))})", ""]
+        for r in g[:20]:
+            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}", "", "> " + r["response"].replace("\n", "\n> "), ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return {name: {"n": len(groups.get(name, [])), "accuracy": _mean(r["correct"] for r in groups.get(name, []))}
+            for name, _ in SKILLS}
+
+
+def analyses(variant_rows, out_dir):
+    base, res = variant_rows.get("base"), {}
+    for v in ("shuffle", "rephrase", "grounding"):
+        if v in variant_rows and base is not None:
+            res[v] = compare_rows([r for r in base if v != "shuffle" or r.get("kind") == "mc"], variant_rows[v])
+    if "circular" in variant_rows:
+        rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
+        res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
+                           "rotation_accuracy": _mean(r["correct"] for r in rows)}
+    if "cot" in variant_rows:
+        res["cot_skills"] = cot_report(variant_rows["cot"], os.path.join(out_dir, "cot_by_skill.md"))
+    return res
+
+
+def _fmt(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def table_md(runs):
+    """Markdown shaped like the paper's Table 1: one row per run, one column per benchmark
+    (accuracy in %: MultiMedEval correctness for VQA items, option accuracy for multiple choice;
+    '(scored/total)' follows when items were skipped), then a robustness / instruction-following
+    table where any run has those analyses."""
+    names = [b for b in BENCHMARKS if any(b in s["benchmarks"] for _, s in runs)]
+    lines = ["| Model | " + " | ".join(BENCHMARKS[b][2] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
+    def cell(d):  # a run that could not score every item (missing images) says how many it did
+        part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
+        return _fmt(d["accuracy"]) + part
+    for label, s in runs:
+        cells = [cell(s["benchmarks"][b]["base"]) if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    extra = []
+    for label, s in runs:
+        for b, d in s["benchmarks"].items():
+            a, base = d.get("analyses", {}), d.get("base", {})
+            get = lambda k, f: _fmt(a[k].get(f)) if k in a and a[k].get("n") else "-"
+            extra.append(f"| {label} | {BENCHMARKS[b][2]} | {_fmt(base.get('invalid_rate', base.get('yes_no_invalid_rate')))} | "
+                         f"{get('shuffle', 'delta')} | {get('circular', 'circular_accuracy')} | "
+                         f"{get('rephrase', 'delta')} | {get('grounding', 'delta')} |")
+    if any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values()):
+        lines += ["", "| Model | Benchmark | Invalid % | Shuffle Δ | CircularEval | Rephrase Δ | Grounding Δ |",
+                  "|---|---|---|---|---|---|---|"] + extra
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration and CLI
+# ---------------------------------------------------------------------------------------------
+
+def evaluate(cfg, benchmarks, backend=None, log=print):
+    """Run every benchmark ({name: data root}) and variant; write JSONL, summary.json, table.md."""
+    os.makedirs(cfg.out, exist_ok=True)
+    run = {**asdict(cfg), "code_version": code_version(), "prompts": PROMPTS}
+    run_path = os.path.join(cfg.out, "run.json")
+    keys = ("model", "backend", "max_new_tokens", "temperature", "top_p", "seed", "min_pixels", "max_pixels")
+    if os.path.exists(run_path):
+        old = json.load(open(run_path))
+        diff = [k for k in keys if old.get(k) != run.get(k)]
+        if diff:
+            raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
+                             "choose another --out or delete it to start over")
+    with open(run_path, "w") as f:
+        json.dump(run, f, indent=2, default=str)
+    kw = dict(batch_size=cfg.batch_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+              device=cfg.device, dtype=cfg.dtype)
+    backend = backend or make_backend(cfg.backend, cfg.model, **kw)
+    judge = make_backend(cfg.judge_backend, cfg.judge_model, **kw) if cfg.judge_model else None
+    summary = {"run": run, "benchmarks": {}}
+    for name, root in benchmarks.items():
+        records = load_benchmark(name, root, cfg.limit, cfg.subset)
+        log(f"{name}: {len(records)} records from {root}")
+        os.makedirs(os.path.join(cfg.out, name), exist_ok=True)
+        per = {}
+        for v in cfg.variants:
+            recs = variant_records(records, v, cfg)
+            if recs:
+                per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"), judge, log)
+            else:
+                log(f"{name}: no records for the {v} analysis (needs options / rephrasings), skipped")
+        summary["benchmarks"][name] = {**{v: summarize(rows) for v, rows in per.items()},
+                                       "analyses": analyses(per, os.path.join(cfg.out, name))}
+    summary["timings"] = dict(getattr(backend, "timings", {}))
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    table = table_md([(cfg.name or os.path.basename(os.path.normpath(cfg.model)), summary)])
+    with open(os.path.join(cfg.out, "table.md"), "w") as f:
+        f.write(table)
+    return summary
+
+
+def _cli():
+    import click
+
+    @click.group()
+    def cli():
+        """Evaluate infimed / Qwen2.5-VL checkpoints on the paper's benchmarks."""
+
+    @cli.command()
+    @click.option("--model", required=True, help="checkpoint directory (HF layout)")
+    @click.option("--benchmark", "benchmarks", multiple=True, required=True, type=click.Choice(list(BENCHMARKS)))
+    @click.option("--data-root", "roots", multiple=True, required=True,
+                  help="raw data root for every benchmark, or NAME=DIR per benchmark")
+    @click.option("--backend", type=click.Choice(["native", "vllm"]), default="native")
+    @click.option("--out", default="eval_out", show_default=True)
+    @click.option("--name", default="", help="row label in the tables")
+    @click.option("--limit", type=int)
+    @click.option("--subset", multiple=True, help="KEY=VALUE filter on record/meta fields")
+    @click.option("--max-new-tokens", default=64, show_default=True)
+    @click.option("--temperature", default=0.0, show_default=True)
+    @click.option("--top-p", default=1.0, show_default=True)
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--batch-size", default=8, show_default=True)
+    @click.option("--device", help="native backend device (default: cuda if available)")
+    @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+    @click.option("--min-pixels", type=int)
+    @click.option("--max-pixels", type=int, default=262144, show_default=True)
+    @click.option("--shuffle", is_flag=True, help="options in a seeded random order")
+    @click.option("--circular", is_flag=True, help="all cyclic option rotations (CircularEval)")
+    @click.option("--rephrase", is_flag=True, help="rephrased questions (record field or --rephrase-file)")
+    @click.option("--rephrase-file", type=click.Path(exists=True), help='JSONL of {"id", "question"}')
+    @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
+    @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
+    @click.option("--judge-model", help="checkpoint that judges unparsable multiple-choice answers")
+    @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
+    def run(benchmarks, roots, subset, shuffle, circular, rephrase, grounding, cot, **kw):
+        """Run benchmarks; resumes from OUT's JSONL files."""
+        flags = dict(shuffle=shuffle, circular=circular, rephrase=rephrase or bool(kw["rephrase_file"]),
+                     grounding=grounding, cot=cot)
+        cfg = EvalConfig(**kw, subset=tuple(tuple(s.split("=", 1)) for s in subset),
+                         variants=("base",) + tuple(v for v in VARIANTS[1:] if flags[v]))
+        per = dict(r.split("=", 1) for r in roots if "=" in r and r.split("=", 1)[0] in BENCHMARKS)
+        plain = [r for r in roots if r not in {f"{k}={v}" for k, v in per.items()}]
+        missing = [b for b in benchmarks if b not in per and not plain]
+        if missing:
+            raise click.UsageError(f"no --data-root for {', '.join(missing)}")
+        s = evaluate(cfg, {b: per.get(b, plain[0] if plain else None) for b in benchmarks}, log=click.echo)
+        click.echo(open(os.path.join(cfg.out, "table.md")).read())
+        click.echo(f"wrote {cfg.out}/summary.json, table.md and per-sample JSONL ({len(s['benchmarks'])} benchmarks)")
+
+    @cli.command()
+    @click.argument("runs", nargs=-1, required=True)
+    @click.option("-o", "--output", help="also write the Markdown table here")
+    def compare(runs, output):
+        """Table-1-shaped Markdown comparing several run directories side by side."""
+        items = []
+        for d in runs:
+            s = json.load(open(os.path.join(d, "summary.json")))
+            items.append((s["run"].get("name") or os.path.basename(os.path.normpath(s["run"]["model"])), s))
+        table = table_md(items)
+        click.echo(table)
+        if output:
+            with open(output, "w") as f:
+                f.write(table)
+
+    return cli
+
+
+if __name__ == "__main__":
+    _cli()()

@@ -1,0 +1,742 @@
+"""Dataset readers, ShareGPT conversion with instruction augmentation, and the SFT mix (Table 2).
+
+    python sources.py convert --source vqa_rad --root data/VQA_RAD --split train -o vqa_rad.jsonl
+    python sources.py mix [SPEC.json] --data-root data -o sft_mix.jsonl --seed 0
+
+`load_source(name, root, split, **kw)` reads one dataset from its raw distributed format into a
+list of plain records:
+
+    {"id": str, "question": str, "answer": str, "options": {"A": text, ...} | None,
+     "images": [path | PIL.Image, ...], "meta": {...source fields...},
+     "conversations": [{"from", "value"}, ...]   # only for already-conversational sources}
+
+For multiple-choice items `answer` is the option letter (meta["answer_text"] holds its text).
+Reading annotations never opens an image file: a missing file is found (and counted) when the
+record is used, e.g. by `mix`. Images embedded in parquet/TSV files become PIL images opened
+lazily from their bytes (PIL decodes pixels on first use). Malformed rows are skipped, counted by
+reason and returned in `records.report` (a `SourceReport`); nothing is dropped silently.
+"""
+import ast
+import base64
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import click
+from PIL import Image
+from tqdm import tqdm
+
+NAMES = ("vqa_rad", "slake", "path_vqa", "pmc_vqa", "mmmu", "gmai_mmbench", "gmai_reasoning",
+         "llava_onevision", "synthetic")
+LETTERS = "ABCDEFGHIJ"
+# MMMU's "Health & Medicine" discipline = these five subjects (MMMU paper, Table 9); 30
+# validation items each = the 150 items of REFERENCE.md section 6.
+HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
+                   "Pharmacy", "Public_Health")
+
+
+# ----------------------------------------------------------------------------- records + report
+@dataclass
+class SourceReport:
+    """What a reader saw: rows read, rows kept, and skipped rows counted by reason."""
+    source: str
+    split: str
+    rows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list = field(default_factory=list)  # first few (row, reason) pairs, for the user
+
+    def skip(self, row, reason):
+        self.skipped[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append((row, reason))
+
+    def summary(self):
+        kept = self.rows - sum(self.skipped.values())
+        reasons = ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) or "none"
+        return f"{self.source}/{self.split}: {self.rows} rows, {kept} kept, skipped ({reasons})"
+
+
+class Records(list):
+    """A list of records that also carries the reader's `report`."""
+    report: SourceReport
+
+
+def _record(id, question, answer, images, meta, options=None, **extra):
+    return {"id": str(id), "question": question, "answer": answer, "options": options,
+            "images": images, "meta": meta, **extra}
+
+
+def _open_embedded(data):
+    """A lazily decoded PIL image from encoded bytes (only the header is parsed now), or None
+    when the bytes are not an image. The bytes ride along for `image_bytes`."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception:
+        return None
+    im.encoded_bytes = data
+    return im
+
+
+def image_bytes(im):
+    """(bytes, extension) of an image: the original encoding when known, else PNG."""
+    data = getattr(im, "encoded_bytes", None)
+    if data is not None:
+        ext = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp"}.get(im.format)
+        if ext:
+            return data, ext
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue(), ".png"
+
+
+def _need_pyarrow():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError("reading parquet files needs pyarrow: pip install pyarrow") from e
+    return pq
+
+
+def _parquet_rows(paths):
+    pq = _need_pyarrow()
+    for path in tqdm(paths, desc="parquet files", unit="file", leave=False, disable=len(paths) < 2):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+            yield from ((path, row) for row in batch.to_pylist())
+
+
+def _hf_image(value, root):
+    """An HF `Image` feature cell ({"bytes", "path"}) -> lazy PIL image, a path, or None."""
+    if not value:
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return _open_embedded(value["bytes"])
+        if value.get("path"):
+            return os.path.join(root, value["path"])
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return _open_embedded(bytes(value))
+    return os.path.join(root, str(value))
+
+
+def _find(root, *names):
+    """First existing candidate under root (root may itself be the file)."""
+    if os.path.isfile(root):
+        return root
+    for n in names:
+        p = os.path.join(root, n)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"none of {list(names)} found under {root!r}: point --root at the dataset folder")
+
+
+def _pick(table, split, source):
+    if split not in table:
+        raise ValueError(f"{source} has no split {split!r}; use one of {sorted(table)}")
+    return table[split]
+
+
+def _split_files(root, split, ext="parquet"):
+    """HF hub layout: <root>/**/<split>-00000-of-0000N.<ext> (validation may be 'val')."""
+    alias = {"val": "validation", "valid": "validation", "dev": "dev"}.get(split, split)
+    files = sorted(set(glob.glob(os.path.join(root, "**", f"{alias}-*.{ext}"), recursive=True)
+                       + glob.glob(os.path.join(root, "**", f"{alias}.{ext}"), recursive=True)))
+    if not files:
+        raise FileNotFoundError(f"no {alias}-*.{ext} files under {root!r}")
+    return files
+
+
+# ----------------------------------------------------------------------------- readers
+def read_vqa_rad(root, split, report):
+    """Official 'VQA_RAD Dataset Public.json'. Split by phrase_type: test = test_freeform +
+    test_para (451 items), train = freeform + para. Images in 'VQA_RAD Image Folder' or images/."""
+    path = _find(root, "VQA_RAD Dataset Public.json")
+    base = os.path.dirname(path)
+    img_dir = next((os.path.join(base, d) for d in ("VQA_RAD Image Folder", "images")
+                    if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
+    wanted = _pick({"train": ("freeform", "para"), "test": ("test_freeform", "test_para"),
+                    "all": ("freeform", "para", "test_freeform", "test_para")}, split, "vqa_rad")
+    out = []
+    for i, r in enumerate(json.load(open(path))):
+        if r.get("phrase_type") not in wanted:
+            continue
+        report.rows += 1
+        if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get("image_name"):
+            report.skip(i, "missing question, answer or image_name"); continue
+        meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
+                if k not in ("question", "answer")}
+        out.append(_record(f"vqa_rad-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
+                           [os.path.join(img_dir, r["image_name"])], meta))
+    return out
+
+
+def read_slake(root, split, report, lang="en"):
+    """SLAKE train.json / validate.json / test.json, images under imgs/<img_name>.
+    `lang` filters q_lang ('en' default; None keeps both English and Chinese)."""
+    fname = _pick({"train": "train.json", "validation": "validate.json", "val": "validate.json",
+                   "validate": "validate.json", "test": "test.json"}, split, "slake")
+    path = _find(root, fname)
+    img_dir = os.path.join(os.path.dirname(path), "imgs")
+    out = []
+    for i, r in enumerate(json.load(open(path))):
+        if lang and r.get("q_lang") != lang:
+            continue
+        report.rows += 1
+        if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get("img_name"):
+            report.skip(i, "missing question, answer or img_name"); continue
+        meta = {k: v for k, v in r.items() if k not in ("question", "answer")}
+        out.append(_record(f"slake-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
+                           [os.path.join(img_dir, r["img_name"])], meta))
+    return out
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """The PathVQA pickles hold only lists/dicts/strings/numbers: refuse any class, so a
+    tampered pickle cannot run code."""
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is expected")
+
+
+def read_path_vqa(root, split, report):
+    """PathVQA. (1) HF parquet (flaviagiammarino/path-vqa: image {bytes, path}, question, answer),
+    files <root>/**/<split>-*.parquet; (2) the original pickles, when no parquet is found:
+    qas/<split>/<split>_qa.pkl = list of {"image": "train_0422", "question", "answer"}, or
+    qas/<split>_vqa.pkl = list of {"img_id", "sent", "label": {answer: score}, "answer_type"};
+    images at images/<split>/<image>.jpg. Split names: train, val, test."""
+    try:
+        files = _split_files(root, split)
+    except FileNotFoundError:
+        files = None
+    rows = []
+    if files:
+        rows = [(f"{split}-{i}", r, _hf_image(r.get("image"), root))
+                for i, (_, r) in enumerate(_parquet_rows(files))]
+    else:
+        s = {"validation": "val"}.get(split, split)
+        path = _find(root, f"qas/{s}/{s}_qa.pkl", f"qas/{s}_vqa.pkl", f"{s}_qa.pkl", f"{s}_vqa.pkl")
+        with open(path, "rb") as f:
+            data = _PlainUnpickler(f).load()
+        img_dir = os.path.join(root, "images", s)
+        for i, r in enumerate(data):
+            name = r.get("image") or r.get("img_id") if isinstance(r, dict) else None
+            rows.append((f"{s}-{r.get('question_id', i) if isinstance(r, dict) else i}", r,
+                         os.path.join(img_dir, name + ".jpg") if name else None))
+    out = []
+    for rid, r, img in rows:
+        report.rows += 1
+        if not isinstance(r, dict):
+            report.skip(rid, "row is not a dict"); continue
+        q = r.get("question") or r.get("sent")
+        a = r.get("answer")
+        if a is None and isinstance(r.get("label"), dict) and r["label"]:
+            a = max(r["label"], key=r["label"].get)
+        if not q or a is None or img is None:
+            report.skip(rid, "missing question, answer or image"); continue
+        a = str(a).strip()
+        meta = {"answer_type": r.get("answer_type") or ("yes/no" if a.lower() in ("yes", "no") else "other")}
+        out.append(_record(f"path_vqa-{rid}", str(q).strip(), a, [img], meta))
+    return out
+
+
+def _strip_choice(cell, letter):
+    """PMC-VQA choice cells carry their letter: 'A:Cardiac', ' B: text' -> the text."""
+    return re.sub(rf"^\s*{letter}\s*[:.)]\s*", "", str(cell or "")).strip()
+
+
+def read_pmc_vqa(root, split, report, file=None, subset="vqa"):
+    """PMC-VQA CSV. v1 columns: Figure_path, Question, Answer (text), Choice A..D, Answer_label
+    (letter); v2: index, Figure_path, Caption, Question, Choice A..D (or A..D), Answer (letter),
+    split. Some revisions spell 'Anwser'. subset='caption' yields one caption record per figure."""
+    path = os.path.join(root, file) if file else _find(root, f"{split}.csv", f"{split}_2.csv", f"{split}_clean.csv")
+    base = os.path.dirname(path)
+    img_dir = next((os.path.join(base, d) for d in ("images", "images_2", "figures")
+                    if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
+    out, seen = [], set()
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            row = {k.strip().replace("Anwser", "Answer"): (v or "").strip() for k, v in row.items() if k}
+            if row.get("split") and row["split"] != split:
+                continue
+            report.rows += 1
+            fig = row.get("Figure_path", "")
+            if not fig:
+                report.skip(i, "missing Figure_path"); continue
+            rid = row.get("index") or str(i)
+            meta = {"figure": fig, "caption": row.get("Caption")}
+            if subset == "caption":
+                if not row.get("Caption"):
+                    report.skip(i, "missing Caption"); continue
+                if fig in seen:  # one caption per figure, not one per question
+                    report.skip(i, "duplicate figure"); continue
+                seen.add(fig)
+                out.append(_record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"],
+                                   [os.path.join(img_dir, fig)], {**meta, "task": "caption"}))
+                continue
+            options = {L: _strip_choice(row.get(f"Choice {L}", row.get(L)), L) for L in "ABCD"
+                       if row.get(f"Choice {L}", row.get(L))}
+            raw = row.get("Answer_label") or row.get("Answer", "")
+            if re.fullmatch(r"[A-D]\s*([:.)].*)?", raw):  # 'B' or 'B:text'
+                label = raw[0]
+            else:  # the answer's text: find its letter
+                label = next((L for L, t in options.items() if t == _strip_choice(raw, "[A-D]")), None)
+            if not row.get("Question") or len(options) < 2 or label not in options:
+                report.skip(i, "missing question/options or answer not among options"); continue
+            out.append(_record(f"pmc_vqa-{rid}", row["Question"], label, [os.path.join(img_dir, fig)],
+                               {**meta, "answer_text": options[label]}, options=options))
+    return out
+
+
+def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
+    """MMMU parquet (<root>/<Subject>/<split>-*.parquet): id, question with <image N> tags,
+    options as a Python list literal string, answer, image_1..image_7, question_type, subfield.
+    The <image N> tags stay in the text; images are listed in N order."""
+    out = []
+    for path, r in _parquet_rows(_split_files(root, split)):
+        rid = str(r.get("id", ""))
+        subject = re.sub(r"^(dev|validation|test)_|_\d+$", "", rid)
+        if subjects and subject not in subjects:
+            continue
+        report.rows += 1
+        try:
+            opts = ast.literal_eval(r.get("options") or "[]")
+            assert isinstance(opts, list)
+        except Exception:
+            report.skip(rid, "options is not a list literal"); continue
+        text = " ".join([r.get("question") or ""] + [str(o) for o in opts])
+        tags = sorted({int(n) for n in re.findall(r"<image (\d+)>", text)})
+        images = [_hf_image(r.get(f"image_{n}"), root) for n in tags]
+        if not tags or any(im is None for im in images):
+            report.skip(rid, "an <image N> tag without its image column (or no image)"); continue
+        meta = {k: r.get(k) for k in ("question_type", "subfield", "img_type", "topic_difficulty", "explanation")}
+        meta["subject"] = subject
+        answer = str(r.get("answer", "")).strip()
+        if opts:
+            options = dict(zip(LETTERS, (str(o) for o in opts)))
+            if answer not in options:
+                report.skip(rid, "answer letter not among options"); continue
+            meta["answer_text"] = options[answer]
+        else:
+            options = None  # short-answer item
+        out.append(_record(rid, r.get("question", "").strip(), answer, images, meta, options=options))
+    return out
+
+
+def read_gmai_mmbench(root, split, report, file=None):
+    """VLMEvalKit TSV (GMAI-MMBench_VAL.tsv / _TEST.tsv): index, question, A..E, answer, image
+    (base64; a short cell is the index of the row holding the image), category and other meta."""
+    name = file or _pick({"validation": "GMAI-MMBench_VAL.tsv", "val": "GMAI-MMBench_VAL.tsv",
+                          "test": "GMAI-MMBench_TEST.tsv"}, split, "gmai_mmbench")
+    path = _find(root, name)
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    by_index = {r.get("index"): r.get("image", "") for r in rows}
+    out = []
+    for r in rows:
+        report.rows += 1
+        rid = r.get("index")
+        img = r.get("image", "")
+        if len(img) < 64 and img in by_index:
+            img = by_index[img]
+        options = {L: r[L].strip() for L in "ABCDE" if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
+        answer = (r.get("answer") or "").strip()
+        if not r.get("question") or len(options) < 2 or answer not in options:
+            report.skip(rid, "missing question/options or answer not among options"); continue
+        try:
+            im = _open_embedded(base64.b64decode(img, validate=True))
+        except ValueError:
+            im = None
+        if im is None:
+            report.skip(rid, "image is not a base64-encoded image"); continue
+        meta = {k: v for k, v in r.items() if k not in ("question", "answer", "image", *"ABCDE")}
+        meta["answer_text"] = options[answer]
+        out.append(_record(f"gmai_mmbench-{rid}", r["question"].strip(), answer, [im],
+                           meta, options=options))
+    return out
+
+
+def _conversation_record(rid, convs, images, meta, report):
+    """Shared by the two conversational sources: validate from/value turns and <image> tags."""
+    if not isinstance(convs, list) or len(convs) < 2 or any(
+            not isinstance(t, dict) or t.get("from") not in ("system", "human", "gpt") or
+            not isinstance(t.get("value"), str) for t in convs):
+        report.skip(rid, "conversations are not a list of from/value turns"); return None
+    humans = [t for t in convs if t["from"] == "human"]
+    if not humans or convs[-1]["from"] != "gpt":
+        report.skip(rid, "conversation lacks a human turn or does not end with gpt"); return None
+    n_tags = sum(t["value"].count("<image>") for t in convs)
+    if n_tags not in (0, len(images)):
+        report.skip(rid, f"{n_tags} <image> tags for {len(images)} images"); return None
+    m = re.search(r"<answer>\s*(.*?)\s*</answer>", convs[-1]["value"], re.S)
+    if m:
+        meta["final_answer"] = m.group(1)
+    question = humans[0]["value"].replace("<image>", "").strip()
+    return _record(rid, question, convs[-1]["value"].strip(), images, meta, conversations=convs)
+
+
+def read_gmai_reasoning(root, split, report, file="reasoning_mcq_sft.jsonl"):
+    """GMAI-Reasoning10K JSONL: {"image": path (or "images": [...]), "conversations": [{"from",
+    "value"}, ...]}; image paths relative to the file. The conversation is kept as-is."""
+    path = _find(root, file)
+    base = os.path.dirname(path)
+    out = []
+    for i, line in enumerate(open(path, encoding="utf-8")):
+        if not line.strip():
+            continue
+        report.rows += 1
+        try:
+            r = json.loads(line)
+            assert isinstance(r, dict)
+        except (json.JSONDecodeError, AssertionError):
+            report.skip(i, "not a JSON object line"); continue
+        imgs = r.get("images") or ([r["image"]] if r.get("image") else [])
+        meta = {k: v for k, v in r.items() if k not in ("conversations", "image", "images")}
+        rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
+                                   [os.path.join(base, p) for p in imgs], meta, report)
+        if rec:
+            out.append(rec)
+    return out
+
+
+def read_llava_onevision(root, split, report, subsets=None):
+    """LLaVA-OneVision-Data parquet (<root>/<subset>/*.parquet): id, image {bytes, path} (null
+    for text-only rows), conversations [{"from", "value"}], data_source."""
+    files = sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True))
+    if subsets:
+        files = [f for f in files if os.path.basename(os.path.dirname(f)) in subsets]
+    if not files:
+        raise FileNotFoundError(f"no parquet files under {root!r}")
+    out = []
+    for i, (path, r) in enumerate(_parquet_rows(files)):
+        report.rows += 1
+        img = _hf_image(r.get("image"), root)
+        if r.get("image") and img is None:
+            report.skip(r.get("id") or i, "embedded image is not a readable image"); continue
+        meta = {"data_source": r.get("data_source"), "subset": os.path.basename(os.path.dirname(path))}
+        rec = _conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
+                                   [img] if img is not None else [], meta, report)
+        if rec:
+            out.append(rec)
+    return out
+
+
+def read_synthetic(root, split, report):
+    """Benchmark records written by synthetic.py (<root>/<split>.jsonl, image paths relative)."""
+    out = []
+    for i, line in enumerate(open(_find(root, f"{split}.jsonl"), encoding="utf-8")):
+        report.rows += 1
+        r = json.loads(line)
+        if "messages" in r:
+            raise ValueError(f"{root}/{split}.jsonl is ShareGPT training data, not benchmark records: "
+                             "use it directly as an SFT file")
+        r["images"] = [os.path.join(root, p) for p in r["images"]]
+        out.append(r)
+    return out
+
+
+def load_source(name, root, split, **kw):
+    """Read one dataset from its raw format -> Records (a list of dicts, with `.report`)."""
+    readers = {"vqa_rad": read_vqa_rad, "slake": read_slake, "path_vqa": read_path_vqa,
+               "pmc_vqa": read_pmc_vqa, "mmmu": read_mmmu, "gmai_mmbench": read_gmai_mmbench,
+               "gmai_reasoning": read_gmai_reasoning, "llava_onevision": read_llava_onevision,
+               "synthetic": read_synthetic}
+    if name not in readers:
+        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(NAMES)}")
+    report = SourceReport(name, split)
+    records = Records(readers[name](root, split, report, **kw))
+    records.report = report
+    return records
+
+
+# ----------------------------------------------------------------------------- ShareGPT conversion
+# Instruction augmentation (paper section 3.1): a clarifying instruction per answer form. The
+# first template of each list is the canonical one; augment=True picks one per record, stably.
+# The canonical yes/no template and the bare open one are the MultiMedEval prompts that
+# evaluate.py asks with (REFERENCE.md section 6), so training covers the evaluation prompts.
+INSTRUCTIONS = {
+    "choice": ["{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+               "{question}\n{options}\nAnswer with the letter of the correct option only."],
+    "yesno": ["Answer the following question with yes or no. {question}",
+              "{question}\nAnswer with yes or no."],
+    "open": ["{question}\nAnswer the question using a single word or phrase.",
+             "{question}"],
+    "caption": ["Describe this medical image.",
+                "Write a short, image-grounded caption for this figure."],
+}
+_FIXED = sorted({p.strip() for ts in INSTRUCTIONS.values() for t in ts
+                 for p in re.split(r"\{question\}|\{options\}", t) if p.strip()}, key=len, reverse=True)
+_OPTION_LINE = re.compile(r"^\(?([A-J])\s*[.):]\s*(\S.*)$")
+
+
+def answer_form(record):
+    """'caption', 'choice', 'yesno' or 'open' (the key into INSTRUCTIONS)."""
+    if record["meta"].get("task") == "caption":
+        return "caption"
+    if record.get("options"):
+        return "choice"
+    return "yesno" if record["answer"].strip().lower() in ("yes", "no") else "open"
+
+
+def format_options(options):
+    return "\n".join(f"{L}. {t}" for L, t in options.items())
+
+
+def to_sharegpt(record, augment=False, seed=0, with_answer=True, system=None):
+    """A record -> the canonical {"messages": [...], "images": [...]} with one `<image>` per image
+    before the text (no newline after it: the Qwen template adds none at inference either).
+    Conversational records keep their turns (an `<image>` is prepended when the data has none)."""
+    images = list(record["images"])
+    msgs = [{"role": "system", "content": system}] if system else []
+    if record.get("conversations"):
+        roles = {"system": "system", "human": "user", "gpt": "assistant"}
+        turns = [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]]
+        if images and not any("<image>" in t["content"] for t in turns):
+            first = next(t for t in turns if t["role"] == "user")
+            first["content"] = "<image>" * len(images) + first["content"]
+        if not with_answer:
+            turns = turns[:-1]
+        return {"messages": msgs + turns, "images": images}
+    form = answer_form(record)
+    templates = INSTRUCTIONS[form]
+    k = 0
+    if augment:
+        k = int(hashlib.sha1(f"{seed}:{record['id']}".encode()).hexdigest(), 16) % len(templates)
+    question = record["question"].replace("<image>", "").strip()
+    text = templates[k].format(question=question, options=format_options(record.get("options") or {}))
+    msgs.append({"role": "user", "content": "<image>" * len(images) + text})
+    if with_answer:
+        answer = record["answer"].strip()
+        if form == "yesno":
+            answer = answer.capitalize()
+        msgs.append({"role": "assistant", "content": answer})
+    return {"messages": msgs, "images": images}
+
+
+def split_options(text):
+    """'stem\nA. x\nB. y' -> ('stem', {'A': 'x', 'B': 'y'}); options None without >= 2 lines
+    lettered A, B, ... in order at the end of the text."""
+    lines = text.strip().splitlines()
+    options, k = {}, len(lines)
+    while k > 0 and (m := _OPTION_LINE.match(lines[k - 1].strip())):
+        options[m.group(1)] = m.group(2).strip()
+        k -= 1
+    letters = sorted(options)
+    if len(options) < 2 or "".join(letters) != LETTERS[:len(letters)]:
+        return text.strip(), None
+    return "\n".join(lines[:k]).strip(), dict(sorted(options.items()))
+
+
+def augment_sharegpt(sample, seed=0, max_open_words=5):
+    """Re-render the user turn of a single-turn ShareGPT sample with an INSTRUCTIONS template
+    (any instruction it already carries is removed first). The form follows the answer: a letter
+    among the parsed options -> choice, yes/no -> yesno, a short answer -> open. Long free-form
+    answers and multi-turn samples raise ValueError (the caller keeps them unchanged)."""
+    msgs = sample["messages"]
+    roles = [m["role"] for m in msgs if m["role"] != "system"]
+    if roles != ["user", "assistant"]:
+        raise ValueError("only single-turn samples are augmented")
+    u = next(i for i, m in enumerate(msgs) if m["role"] == "user")
+    text = msgs[u]["content"].replace("<image>", "").strip()
+    for fixed in _FIXED:  # drop an instruction the sample already carries
+        if text.endswith(fixed):
+            text = text[: -len(fixed)].strip()
+        if text.startswith(fixed):
+            text = text[len(fixed):].strip()
+    stem, options = split_options(text)
+    answer = msgs[-1]["content"].strip()
+    if options and answer not in options:
+        raise ValueError("the answer is not one of the option letters")
+    if not options and answer.lower() not in ("yes", "no") and len(answer.split()) > max_open_words:
+        raise ValueError("long free-form answer: no short-answer instruction applies")
+    record = {"id": str(seed), "question": stem, "answer": answer, "options": options,
+              "images": sample.get("images", []), "meta": {}}
+    user = to_sharegpt(record, augment=True, seed=seed)["messages"][0]
+    return {**sample, "messages": msgs[:u] + [user] + msgs[u + 1:]}
+
+
+# ----------------------------------------------------------------------------- the SFT mix
+# Table 2 of the paper (~150k). Roots are relative to --data-root. target None = every usable
+# item, used where the paper's count is the whole training split: SLAKE train has 9,835 items in
+# both languages (~9k), VQA-RAD train 1,797 (~1.7k), PathVQA train 19,654 (~19k). The reasoning
+# set is the verified-CoT ShareGPT file that curate.py writes (~3k).
+TABLE2 = {
+    "seed": 0,
+    "augment": True,
+    "sources": [
+        {"name": "llava_onevision", "root": "LLaVA-OneVision-Data", "split": "train", "target": 50000},
+        {"label": "pmc_vqa_caption", "name": "pmc_vqa", "root": "PMC-VQA", "split": "train",
+         "target": 40000, "kw": {"subset": "caption"}},
+        {"name": "pmc_vqa", "root": "PMC-VQA", "split": "train", "target": 20000},
+        {"name": "path_vqa", "root": "PathVQA", "split": "train", "target": None},
+        {"name": "slake", "root": "SLAKE", "split": "train", "target": None, "kw": {"lang": None}},
+        {"name": "vqa_rad", "root": "VQA_RAD", "split": "train", "target": None},
+        {"name": "gmai_reasoning", "root": "GMAI-Reasoning10K", "split": "train", "target": 7000},
+        {"label": "pmc_vqa_reasoning", "name": "sharegpt", "root": "pmc_vqa_reasoning.jsonl", "target": None},
+    ],
+}
+
+
+def _read_sharegpt_file(path, report):
+    """Minimal ShareGPT JSONL passthrough for generated sets; image paths relative to the file."""
+    out = []
+    for i, line in enumerate(open(path, encoding="utf-8")):
+        if not line.strip():
+            continue
+        report.rows += 1
+        try:
+            r = json.loads(line)
+            msgs = r["messages"]
+            images = [p if os.path.isabs(p) else os.path.join(os.path.dirname(path), p) for p in r.get("images", [])]
+            assert sum(m["content"].count("<image>") for m in msgs) == len(images)
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+            report.skip(i, "not a ShareGPT line with matching <image> tags"); continue
+        out.append({"messages": msgs, "images": images})
+    return out
+
+
+def _materialize(sample, out_dir, img_dir):
+    """Embedded images -> files named by content hash (written once) under img_dir."""
+    paths = []
+    for im in sample["images"]:
+        if not isinstance(im, str):
+            data, ext = image_bytes(im)
+            im = os.path.join(img_dir, hashlib.sha1(data).hexdigest() + ext)
+            if not os.path.exists(im):
+                os.makedirs(img_dir, exist_ok=True)
+                with open(im + ".tmp", "wb") as f:
+                    f.write(data)
+                os.replace(im + ".tmp", im)
+        im = os.path.abspath(im)  # relative only when inside the output folder (portable with it)
+        paths.append(os.path.relpath(im, out_dir) if im.startswith(out_dir + os.sep) else im)
+    return {**sample, "images": paths}
+
+
+def build_mix(spec, out_path, data_root=".", seed=None, log=print):
+    """spec -> one shuffled ShareGPT JSONL at out_path (deterministic for a seed) + report dict.
+    Embedded images are written once to <out stem>_images/<sha1>.<ext> and referenced relative
+    to the output file's folder; images on disk are referenced by absolute path."""
+    seed = spec.get("seed", 0) if seed is None else seed
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    img_dir = os.path.join(out_dir, os.path.splitext(os.path.basename(out_path))[0] + "_images")
+    samples, report = [], {"seed": seed, "sources": {}}
+    labels = [e.get("label", e["name"]) for e in spec["sources"]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"spec entries need distinct labels (give repeated sources a 'label'): {labels}")
+    for entry, label in zip(spec["sources"], labels):
+        root = os.path.join(data_root, entry["root"])
+        log(f"[mix] {label}: reading {root}")
+        if entry["name"] == "sharegpt":
+            rep = SourceReport("sharegpt", entry.get("split", "train"))
+            converted = _read_sharegpt_file(root, rep)
+        else:
+            try:
+                records = load_source(entry["name"], root, entry.get("split", "train"), **entry.get("kw", {}))
+            except (FileNotFoundError, ValueError) as e:
+                raise FileNotFoundError(f"spec entry {label!r}: {e} (roots are relative to --data-root)") from e
+            rep, converted = records.report, []
+            for r in tqdm(records, desc=label, unit="rec", leave=False):
+                try:
+                    converted.append(to_sharegpt(r, augment=spec.get("augment", False), seed=seed))
+                except (KeyError, ValueError, IndexError) as e:
+                    rep.skip(r["id"], f"cannot convert: {type(e).__name__}")
+        usable = []
+        for s in converted:
+            if any(isinstance(p, str) and not os.path.exists(p) for p in s["images"]):
+                rep.skip(None, "missing image file")
+            else:
+                usable.append(s)
+        target = entry.get("target")
+        rng = random.Random(f"{seed}:{label}")
+        chosen = usable if target is None or target >= len(usable) else rng.sample(usable, target)
+        chosen = [_materialize(s, out_dir, img_dir) for s in tqdm(chosen, desc=f"{label} images", leave=False)]
+        for s in chosen:
+            s["source"] = label
+        samples += chosen
+        report["sources"][label] = {
+            "rows": rep.rows, "usable": len(usable), "target": target, "used": len(chosen),
+            "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.skipped)}
+    random.Random(seed).shuffle(samples)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    os.replace(tmp, out_path)
+    report["total"] = len(samples)
+    with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def report_table(report):
+    """The mix report as a Markdown table."""
+    lines = ["| source | rows | usable | target | used | shortfall | skipped |", "|---|---|---|---|---|---|---|"]
+    for label, r in report["sources"].items():
+        skipped = "; ".join(f"{k}: {v}" for k, v in r["skipped"].items()) or "-"
+        lines.append(f"| {label} | {r['rows']} | {r['usable']} | {r['target'] if r['target'] is not None else 'all'} "
+                     f"| {r['used']} | {r['shortfall']} | {skipped} |")
+    lines.append(f"| total | | | | {report['total']} | | |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+@click.group()
+def cli():
+    """Dataset readers and the SFT mix."""
+
+
+@cli.command()
+@click.option("--source", type=click.Choice(NAMES), required=True)
+@click.option("--root", required=True, help="dataset folder (or its annotation file)")
+@click.option("--split", default="train", show_default=True)
+@click.option("-o", "--out", required=True, help="output ShareGPT JSONL")
+@click.option("--augment/--no-augment", default=False, help="vary instruction templates per record")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--kw", multiple=True, help="extra reader argument key=value (value parsed as JSON if it can be)")
+def convert(source, root, split, out, augment, seed, kw):
+    """Convert one dataset split to ShareGPT JSONL."""
+    kwargs = {}
+    for item in kw:
+        k, _, v = item.partition("=")
+        try:
+            kwargs[k] = json.loads(v)
+        except json.JSONDecodeError:
+            kwargs[k] = v
+    spec = {"seed": seed, "augment": augment,
+            "sources": [{"name": source, "root": os.path.abspath(root), "split": split, "target": None, "kw": kwargs}]}
+    try:
+        report = build_mix(spec, out, data_root="/")
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e))
+    click.echo(report_table(report))
+
+
+@cli.command()
+@click.argument("spec", required=False)
+@click.option("-o", "--out", required=True, help="output ShareGPT JSONL")
+@click.option("--data-root", default=None, help="folder the spec's roots are relative to "
+              "(default: the spec file's folder, or . for the built-in Table 2 spec)")
+@click.option("--seed", default=None, type=int, help="overrides the spec's seed")
+def mix(spec, out, data_root, seed):
+    """Build the SFT mix from SPEC (JSON; default: the paper's Table 2)."""
+    spec_dict = json.load(open(spec)) if spec else TABLE2
+    root = data_root or (os.path.dirname(os.path.abspath(spec)) if spec else ".")
+    try:
+        report = build_mix(spec_dict, out, data_root=root, seed=seed)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e))
+    click.echo(report_table(report))
+    click.echo(f"wrote {report['total']} samples to {out} (report: {os.path.splitext(out)[0]}.report.json)")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,566 @@
+"""Tests for data.py: tokenizer, image processor, chat template, loss mask, ShareGPT records,
+batching. transformers is the oracle (Qwen2VLImageProcessorPil, apply_chat_template).
+
+    python -m pytest -q tests/test_data.py
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import conftest
+import data
+
+VQA_RAD_IMAGES = sorted(
+    os.path.join(conftest.SHARED_DATA, "vqa_rad", "images", f)
+    for f in os.listdir(os.path.join(conftest.SHARED_DATA, "vqa_rad", "images")))
+CORPUS = [
+    "What is shown in this chest X-ray? The image shows a normal heart and clear lungs.",
+    "Is there a fracture of the left femur? No, there is no fracture.",
+    "The assistant and the user talk about a CT scan of the abdomen with contrast.",
+    "Which organ is abnormal? A) liver B) spleen C) kidney D) pancreas. Answer: B",
+    "MRI brain, axial T2: hyperintense lesion in the right temporal lobe, 12 mm.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return data.build_tokenizer(CORPUS, str(tmp_path_factory.mktemp("tok")), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def oracle_cls():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    return Qwen2VLImageProcessorPil
+
+
+def _oracle(cls, images, min_pixels=3136, max_pixels=262144):
+    out = cls(min_pixels=min_pixels, max_pixels=max_pixels)(images, return_tensors="np")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+def _picture(h, w, seed=0):
+    """A smooth gradient plus noise: bicubic resampling has real work to do."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / max(w - 1, 1), y * 255 / max(h - 1, 1), (x + y) % 256], -1)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _varied_images():
+    """(name, PIL image) in many sizes, modes and aspect ratios."""
+    rgb = _picture(300, 420)
+    pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=64)
+    pal_t = pal.copy()
+    pal_t.info["transparency"] = 3
+    rgba = np.concatenate([rgb, _picture(300, 420, 1)[..., :1]], -1)
+    return [
+        ("rgb_300x420", Image.fromarray(rgb)),
+        ("rgb_large_1500x1100", Image.fromarray(_picture(1100, 1500, 2))),
+        ("rgb_exact_512", Image.fromarray(_picture(512, 512, 3))),
+        ("rgb_28x28", Image.fromarray(_picture(28, 28, 4))),
+        ("rgb_tiny_5x7", Image.fromarray(_picture(5, 7, 5))),
+        ("rgb_1x1", Image.fromarray(_picture(1, 1, 6))),
+        ("rgb_tall_aspect_200", Image.fromarray(_picture(2000, 10, 7))),
+        ("rgb_wide_aspect_150", Image.fromarray(_picture(6, 900, 8))),
+        ("rgb_odd_333x77", Image.fromarray(_picture(333, 77, 9))),
+        ("grayscale_L", Image.fromarray(_picture(250, 260, 10)[..., 0])),
+        ("LA", Image.fromarray(rgba[..., [0, 3]], "LA")),
+        ("RGBA", Image.fromarray(rgba, "RGBA")),
+        ("palette", pal),
+        ("palette_transparency", pal_t),
+        ("bilevel_1", Image.fromarray(_picture(90, 120, 11)[..., 0]).convert("1")),
+        ("CMYK", Image.fromarray(rgb).convert("CMYK")),
+        ("I16_8bit_range", Image.fromarray(_picture(100, 140, 12)[..., 0].astype(np.uint16))),
+    ]
+
+
+def _images_for_parity():
+    cases = _varied_images()
+    cases += [(os.path.basename(p), p) for p in VQA_RAD_IMAGES]
+    return cases
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_build_tokenizer_appends_qwen_special_tokens_in_real_order(tok):
+    ids = [tok.convert_tokens_to_ids(t) for t in data.SPECIAL_TOKENS]
+    first = ids[0]
+    assert ids == list(range(first, first + len(data.SPECIAL_TOKENS)))  # 151643.. in Qwen2
+    assert first == len(tok) - len(data.SPECIAL_TOKENS)  # right after the BPE vocabulary
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert tok.bos_token is None
+
+
+def test_build_tokenizer_directory_loads_in_transformers_with_chat_template(tok, tmp_path):
+    from transformers import AutoTokenizer
+    tok.save_pretrained(str(tmp_path))
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+        real = f.read()
+    assert again.chat_template == real
+    assert data.load_tokenizer(str(tmp_path)).encode("<|image_pad|> liver") == tok.encode(
+        "<|image_pad|> liver")
+
+
+def test_chat_template_constant_is_the_real_file_byte_for_byte():
+    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+        assert data.QWEN2_5_VL_CHAT_TEMPLATE == f.read()
+
+
+def test_tokenizer_is_byte_level_and_round_trips_any_text(tok):
+    text = "Ünïcödé 🩺 CT: 3.5 cm\n\tlesion"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_load_tokenizer_rejects_a_tokenizer_without_qwen_special_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=t).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="special tokens"):
+        data.load_tokenizer(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- images
+
+def test_smart_resize_equals_reference_over_many_shapes():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as ref
+    sizes = [1, 2, 13, 27, 28, 29, 55, 56, 57, 100, 223, 224, 333, 500, 511, 512, 513, 999, 1024,
+             1500, 2000, 4000]
+    for h in sizes:
+        for w in sizes:
+            if max(h, w) / min(h, w) > 200:
+                continue
+            for mx in (262144, 12845056, 3136 * 4):
+                assert data.smart_resize(h, w, 28, 3136, mx) == ref(h, w, 28, 3136, mx), (h, w, mx)
+
+
+def test_smart_resize_refuses_aspect_ratio_over_200_with_clear_error():
+    assert data.smart_resize(10, 2000, max_pixels=262144) == (28, 812)  # exactly 200 is allowed
+    with pytest.raises(ValueError, match="aspect ratio 201.0 .*crop or pad"):
+        data.smart_resize(10, 2010)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        data.ImageProcessor()(Image.new("RGB", (2010, 10)))
+
+
+@pytest.mark.parametrize("name,image", _images_for_parity(), ids=lambda v: v if isinstance(v, str) else "")
+def test_image_processor_equals_transformers(oracle_cls, name, image):
+    ref_pv, ref_grid = _oracle(oracle_cls, Image.open(image) if isinstance(image, str) else image)
+    pv, grid = data.ImageProcessor(min_pixels=3136, max_pixels=262144)(image)
+    assert pv.dtype == torch.float32 and grid.dtype == torch.int64
+    assert np.array_equal(grid.numpy(), ref_grid)
+    assert pv.shape == ref_pv.shape and pv.shape[1] == 1176
+    assert np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+
+
+def test_image_processor_equals_transformers_at_hub_default_budget(oracle_cls):
+    image = Image.fromarray(_picture(700, 950, 20))
+    ref_pv, ref_grid = _oracle(oracle_cls, image, max_pixels=12845056)
+    pv, grid = data.ImageProcessor(max_pixels=12845056)(image)
+    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+
+
+def test_several_images_concatenate_in_order_and_count_tokens(oracle_cls):
+    images = [Image.fromarray(_picture(h, w, h)) for h, w in [(80, 300), (600, 500), (64, 64)]]
+    ref_pv, ref_grid = _oracle(oracle_cls, images)
+    proc = data.ImageProcessor()
+    pv, grid = proc(images)
+    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert data.image_token_counts(images, proc) == (grid.prod(-1) // 4).tolist()
+
+
+def test_exif_orientation_is_applied_like_transformers_load_image(oracle_cls, tmp_path):
+    path = str(tmp_path / "rotated.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(_picture(200, 500, 21)).save(path, exif=exif.tobytes())
+    pv, grid = data.ImageProcessor()(path)
+    upright = ImageOps.exif_transpose(Image.open(path))
+    ref_pv, ref_grid = _oracle(oracle_cls, upright)
+    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(_oracle(oracle_cls, path)[1], ref_grid)  # transformers' path route agrees
+    # Deliberate difference: handed the opened PIL image, transformers ignores the EXIF tag.
+    assert grid[0, 1] > grid[0, 2] and not np.array_equal(_oracle(oracle_cls, Image.open(path))[1], ref_grid)
+    assert torch.equal(data.ImageProcessor()(Image.open(path))[0], pv)
+
+
+def test_16bit_image_is_scaled_not_clipped(oracle_cls):
+    values = (np.arange(120 * 90).reshape(90, 120) % 4096).astype(np.uint16)  # a 12-bit image
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    eight_bit = Image.fromarray(np.round(values * (255 / 4095)).astype(np.uint8))
+    pv, grid = data.ImageProcessor()(image)
+    ref_pv, ref_grid = _oracle(oracle_cls, eight_bit)
+    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    # transformers clips every value above 255 to white: most of this image saturates there.
+    clipped, _ = _oracle(oracle_cls, image)
+    white, _ = _oracle(oracle_cls, Image.new("RGB", image.size, "white"))
+    assert (clipped == white).mean() > 0.8 and (pv.numpy() == white).mean() < 0.1
+
+
+def test_preprocessor_config_round_trips_and_transformers_reads_it(oracle_cls, tmp_path):
+    proc = data.ImageProcessor(min_pixels=3136 * 2, max_pixels=200704)
+    proc.save_pretrained(str(tmp_path))
+    cfg = json.load(open(tmp_path / "preprocessor_config.json"))
+    assert cfg["min_pixels"] == 6272 and cfg["max_pixels"] == 200704
+    assert cfg["size"] == {"shortest_edge": 6272, "longest_edge": 200704}
+    assert data.ImageProcessor.from_pretrained(str(tmp_path)) == proc
+    theirs = oracle_cls.from_pretrained(str(tmp_path))
+    assert (theirs.size["shortest_edge"], theirs.size["longest_edge"]) == (6272, 200704)
+    assert (theirs.patch_size, theirs.merge_size, theirs.temporal_patch_size) == (14, 2, 2)
+    # and what transformers 5 writes, we read
+    oracle_cls(min_pixels=4000, max_pixels=100000).save_pretrained(str(tmp_path / "theirs"))
+    back = data.ImageProcessor.from_pretrained(str(tmp_path / "theirs"))
+    assert (back.min_pixels, back.max_pixels) == (4000, 100000)
+
+
+# ----------------------------------------------------------------------------- chat template
+
+def _as_parts(messages):
+    """Our `<image>` strings -> the template's content parts (image part + text parts)."""
+    out = []
+    for m in messages:
+        pieces = re.split(r"<image>\n?", m["content"])
+        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+        for p in pieces[1:]:
+            parts.append({"type": "image"})
+            if p:
+                parts.append({"type": "text", "text": p})
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+CONVERSATIONS = [
+    ([{"role": "user", "content": "Is the liver enlarged?"},
+      {"role": "assistant", "content": "No."}], 0),
+    ([{"role": "system", "content": "You are a radiologist."},
+      {"role": "user", "content": "<image>\nWhat modality is this?"},
+      {"role": "assistant", "content": "CT"}], 1),
+    ([{"role": "user", "content": "Compare <image> and <image>. Which shows the lesion?"},
+      {"role": "assistant", "content": "The second one, the assistant thinks."},
+      {"role": "user", "content": "<image>Is this the same patient?"},
+      {"role": "assistant", "content": "assistant: yes\n\nassistant"}], 3),
+]
+
+
+@pytest.mark.parametrize("messages,n_images", CONVERSATIONS)
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_render_chat_equals_apply_chat_template(tok, messages, n_images, generation_prompt):
+    msgs = messages[:-1] if generation_prompt else messages
+    ref = tok.apply_chat_template(_as_parts(msgs), tokenize=False,
+                                  add_generation_prompt=generation_prompt)
+    assert data.render_chat(msgs, add_generation_prompt=generation_prompt) == ref
+
+
+def test_image_placeholder_with_its_newline_renders_like_an_image_content_part(tok):
+    ref = tok.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Which organ?"}]}], tokenize=False)
+    for text in ("<image>\nWhich organ?", "<image>Which organ?"):
+        assert data.render_chat([{"role": "user", "content": text}]) == ref
+    two = data.render_chat([{"role": "user", "content": "<image>\n\nWhich"}])
+    assert "<|vision_end|>\nWhich" in two  # only the one newline that belongs to the tag goes
+
+
+def test_render_chat_accepts_template_content_parts(tok):
+    parts = _as_parts(CONVERSATIONS[2][0])
+    assert data.render_chat(parts) == tok.apply_chat_template(parts, tokenize=False)
+
+
+def _record(messages, n_images, seed=0):
+    sizes = [(200, 300), (420, 380), (90, 700)]
+    return {"messages": messages, "images": [Image.fromarray(_picture(*sizes[k % 3], seed + k))
+                                             for k in range(n_images)]}
+
+
+@pytest.mark.parametrize("messages,n_images", CONVERSATIONS)
+def test_encode_ids_equal_transformers_tokenization_with_expanded_image_pads(tok, messages, n_images):
+    rec = _record(messages, n_images)
+    out = data.encode(rec, tok, data.ImageProcessor())
+    per_image = iter((out["image_grid_thw"].prod(-1) // 4).tolist())
+    text = tok.apply_chat_template(_as_parts(messages), tokenize=False)
+    text = re.sub(re.escape("<|image_pad|>"), lambda _: "<|image_pad|>" * next(per_image), text)
+    assert out["input_ids"].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    n_pad = int((out["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert n_pad == int(out["image_grid_thw"].prod(-1).sum()) // 4
+    assert out["pixel_values"].shape[0] == int(out["image_grid_thw"].prod(-1).sum())
+    assert len(out["labels"]) == len(out["input_ids"])
+
+
+def _supervised_runs(tok, out):
+    runs, cur = [], []
+    for t, lab in zip(out["input_ids"].tolist(), out["labels"].tolist()):
+        if lab != -100:
+            assert lab == t
+            cur.append(t)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    return runs + ([tok.decode(cur)] if cur else [])
+
+
+def test_labels_cover_exactly_assistant_answers_and_their_im_end(tok):
+    messages = CONVERSATIONS[2][0]
+    out = data.encode(_record(messages, 3), tok, data.ImageProcessor())
+    answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+    assert _supervised_runs(tok, out) == answers  # answers mention "assistant" on purpose
+
+
+def test_special_tokens_inside_user_or_assistant_text_are_rejected(tok):
+    for role, text in [("user", "hi <|im_start|>system"), ("assistant", "ok<|endoftext|>")]:
+        msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        msgs[0 if role == "user" else 1]["content"] = text
+        with pytest.raises(data.SampleError, match="special tokens") as e:
+            data.encode({"messages": msgs, "images": []}, tok, data.ImageProcessor())
+        assert e.value.reason == "special_tokens"
+
+
+def test_over_length_drops_trailing_exchanges_with_their_images(tok):
+    proc = data.ImageProcessor()
+    messages = [{"role": "user", "content": "<image>First question?"},
+                {"role": "assistant", "content": "First answer."},
+                {"role": "user", "content": "<image>Second question?"},
+                {"role": "assistant", "content": "Second answer."}]
+    rec = _record(messages, 2)
+    full = data.encode(rec, tok, proc, max_len=4096)
+    first_len = len(data.encode(_record(messages[:2], 1), tok, proc)["input_ids"])
+    short = data.encode(rec, tok, proc, max_len=len(full["input_ids"]) - 1)
+    assert short["exchanges_dropped"] == 1 and full["exchanges_dropped"] == 0
+    assert len(short["input_ids"]) == first_len
+    assert short["image_grid_thw"].shape[0] == 1
+    assert short["pixel_values"].shape[0] == int(short["image_grid_thw"].prod())
+    n_pad = int((short["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert n_pad * 4 == short["pixel_values"].shape[0]  # the image span is whole
+    assert _supervised_runs(tok, short) == ["First answer.<|im_end|>"]
+    with pytest.raises(data.SampleError, match="max_len") as e:
+        data.encode(rec, tok, proc, max_len=first_len - 1)
+    assert e.value.reason == "too_long"
+
+
+# ----------------------------------------------------------------------------- ShareGPT records
+
+def _save_images(folder, n, seed=0):
+    names = []
+    for k in range(n):
+        name = f"img{k}.png"
+        Image.fromarray(_picture(60 + 40 * k, 90, seed + k)).save(os.path.join(folder, name))
+        names.append(name)
+    return names
+
+
+def test_read_sharegpt_both_dialects_json_and_jsonl_give_the_same_records(tmp_path):
+    names = _save_images(str(tmp_path), 2)
+    messages_dialect = {"messages": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "<image><image>Same organ?"},
+                                     {"role": "assistant", "content": "Yes."}], "images": names}
+    conversations_dialect = {"conversations": [{"from": "system", "value": "Be brief."},
+                                               {"from": "human", "value": "<image><image>Same organ?"},
+                                               {"from": "gpt", "value": "Yes."}], "images": names}
+    (tmp_path / "a.json").write_text(json.dumps([messages_dialect, conversations_dialect]))
+    (tmp_path / "b.jsonl").write_text(json.dumps(conversations_dialect) + "\n\n"
+                                      + json.dumps(messages_dialect) + "\n")
+    a, rep_a = data.read_sharegpt(str(tmp_path / "a.json"))
+    b, rep_b = data.read_sharegpt(str(tmp_path / "b.jsonl"))
+    assert a[0] == a[1] == b[0] == b[1]
+    assert a[0]["images"] == [os.path.join(str(tmp_path), n) for n in names]  # resolved
+    assert rep_a["kept"] == rep_b["kept"] == 2 and not rep_a["skipped"] and not rep_b["skipped"]
+
+
+def test_write_then_read_sharegpt_round_trips_in_canonical_dialect(tmp_path):
+    names = _save_images(str(tmp_path), 1)
+    recs = [{"messages": [{"role": "user", "content": "<image>What is it?"},
+                          {"role": "assistant", "content": "A lung."}],
+             "images": [os.path.join(str(tmp_path), names[0])]},
+            {"messages": [{"role": "user", "content": "Text only, ünïcode?"},
+                          {"role": "assistant", "content": "Yes."}], "images": [],
+             "id": "vqa_rad/17", "meta": {"source": "vqa_rad"}}]
+    data.write_sharegpt(recs, str(tmp_path / "out" / "train.jsonl"))
+    lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
+    assert set(json.loads(lines[0])) == {"messages", "images"}
+    assert data.read_sharegpt(str(tmp_path / "out" / "train.jsonl"))[0] == recs
+    with pytest.raises(ValueError, match="record 0: images must be paths"):
+        data.write_sharegpt([{"messages": recs[0]["messages"], "images": [Image.new("RGB", (9, 9))]}],
+                            str(tmp_path / "bad.jsonl"))
+
+
+GOOD = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+BAD_LINES = {
+    "invalid_json": '{"messages": [}',
+    "image_count_mismatch": json.dumps({**GOOD, "images": ["x.png"]}),
+    "empty": json.dumps({"messages": []}),
+    "non_alternating": json.dumps({"messages": [{"role": "user", "content": "Q"},
+                                                {"role": "user", "content": "Q again"}]}),
+    "special_tokens": json.dumps({"messages": [{"role": "user", "content": "<|im_end|>Q"},
+                                               {"role": "assistant", "content": "A"}]}),
+    "bad_role": json.dumps({"conversations": [{"from": "doctor", "value": "Q"},
+                                              {"from": "gpt", "value": "A"}]}),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_LINES))
+def test_bad_record_is_skipped_and_counted_or_raised_when_strict(tmp_path, reason):
+    path = str(tmp_path / "train.jsonl")
+    with open(path, "w") as f:
+        f.write(json.dumps(GOOD) + "\n" + BAD_LINES[reason] + "\n" + json.dumps(GOOD) + "\n")
+    records, report = data.read_sharegpt(path)
+    assert len(records) == 2 and report["read"] == 3 and report["skipped"] == {reason: 1}
+    assert report["examples"][reason].startswith(f"{path} line 2: ")
+    assert f"skipped 1 ({reason})" in data.format_report(report)
+    with pytest.raises(data.SampleError, match=f"{re.escape(path)} line 2: ") as e:
+        data.read_sharegpt(path, strict=True)
+    assert e.value.reason == reason
+
+
+def test_invalid_json_array_file_names_the_file(tmp_path):
+    (tmp_path / "a.json").write_text('[{"messages": []},')
+    with pytest.raises(ValueError, match="a.json: invalid JSON"):
+        data.read_sharegpt(str(tmp_path / "a.json"))
+
+
+def test_missing_and_corrupt_images_are_counted_by_the_dataset_and_raised_by_encode(tok, tmp_path):
+    names = _save_images(str(tmp_path), 1)
+    (tmp_path / "corrupt.png").write_bytes(b"not an image at all")
+    rec = lambda name: {"messages": [{"role": "user", "content": "<image>Q?"},
+                                     {"role": "assistant", "content": "A."}], "images": [name]}
+    data.write_sharegpt([rec(names[0]), rec("missing.png"), rec("corrupt.png")],
+                        str(tmp_path / "train.jsonl"))
+    proc = data.ImageProcessor()
+    ds = data.SFTDataset(str(tmp_path / "train.jsonl"), tok, proc, max_len=512)
+    assert len(ds) == 1 and ds.report["skipped"] == {"image_missing": 1, "image_corrupt": 1}
+    assert "missing.png" in ds.report["examples"]["image_missing"]
+    for name, reason in [("missing.png", "image_missing"), ("corrupt.png", "image_corrupt")]:
+        with pytest.raises(data.SampleError) as e:
+            data.encode(rec(str(tmp_path / name)), tok, proc)
+        assert e.value.reason == reason and name in str(e.value)
+    with pytest.raises(data.SampleError, match="train.jsonl line 2: image .*missing.png"):
+        data.SFTDataset(str(tmp_path / "train.jsonl"), tok, proc, max_len=512, strict=True)
+
+
+def test_image_failing_only_at_decode_time_is_skipped_by_collate_and_counted(tok, tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_picture(300, 300)).save(good)
+    (tmp_path / "truncated.jpg").write_bytes(good.read_bytes()[:2000])  # header fine, pixels not
+    recs = [{"messages": [{"role": "user", "content": "<image>Q?"},
+                          {"role": "assistant", "content": "A."}], "images": [str(tmp_path / n)]}
+            for n in ("good.jpg", "truncated.jpg")]
+    ds = data.SFTDataset(recs, tok, data.ImageProcessor(), max_len=1024)
+    assert len(ds) == 2  # the header scan cannot see it
+    with pytest.warns(UserWarning, match="image_corrupt"):
+        batch = data.collate([ds[0], ds[1]], pad_id=tok.pad_token_id)
+    assert batch["n_skipped"] == 1 and batch["input_ids"].shape[0] == 1
+
+
+# ----------------------------------------------------------------------------- batching
+
+def _text_records(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = "liver lung heart kidney lesion normal mass contrast axial the".split()
+    recs = []
+    for i in range(n):
+        q = " ".join(rng.choice(words, rng.integers(1, 40)))
+        a = " ".join(rng.choice(words, rng.integers(1, 30)))
+        recs.append({"messages": [{"role": "user", "content": f"{i}: {q}?"},
+                                  {"role": "assistant", "content": a}], "images": []})
+    return recs
+
+
+def test_dataset_lengths_equal_encoded_lengths_including_shortened_and_image_samples(tok):
+    recs = _text_records(5)
+    long = [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "ok"}]
+    recs.append(_record(long + [{"role": "user", "content": "more " * 200},
+                                {"role": "assistant", "content": "fine"}], 1))
+    ds = data.SFTDataset(recs, tok, data.ImageProcessor(), max_len=300)
+    assert ds.lengths == [len(ds[i]["input_ids"]) for i in range(len(ds))]
+    assert ds.report["exchanges_dropped"] == 1 and ds.report["samples_shortened"] == 1
+
+
+def test_collate_pads_right_for_training_and_left_for_generation(tok):
+    ds = data.SFTDataset(_text_records(3) + [_record(CONVERSATIONS[1][0], 1)], tok,
+                         data.ImageProcessor(), max_len=1024)
+    samples = [ds[i] for i in range(len(ds))]
+    lens = [len(s["input_ids"]) for s in samples]
+    for side in ("right", "left"):
+        b = data.collate(samples, pad_id=tok.pad_token_id, padding_side=side)
+        assert b["input_ids"].shape == (4, max(lens))
+        for r, s in enumerate(samples):
+            span = slice(0, lens[r]) if side == "right" else slice(max(lens) - lens[r], max(lens))
+            assert torch.equal(b["input_ids"][r, span], s["input_ids"])
+            assert torch.equal(b["labels"][r, span], s["labels"])
+            assert int(b["attention_mask"][r].sum()) == lens[r] and set(b["attention_mask"][r, span].tolist()) == {1}
+            assert (b["labels"][r][b["attention_mask"][r] == 0] == -100).all()
+            assert (b["input_ids"][r][b["attention_mask"][r] == 0] == tok.pad_token_id).all()
+        assert torch.equal(b["pixel_values"], samples[3]["pixel_values"])
+        assert b["image_grid_thw"].shape == (1, 3)
+
+
+def test_packing_fills_rows_up_to_max_len_with_numbered_samples(tok):
+    ds = data.SFTDataset(_text_records(40), tok, data.ImageProcessor(), max_len=256)
+    rows = data.pack(ds.lengths, 256)
+    assert sorted(i for r in rows for i in r) == list(range(len(ds))) and len(rows) < len(ds)
+    assert all(sum(ds.lengths[i] for i in r) <= 256 for r in rows)
+    batch = data.collate([[ds[i] for i in rows[r]] for r in range(3)], pad_id=tok.pad_token_id)
+    for r in range(3):
+        mask, k = batch["attention_mask"][r], len(rows[r])
+        assert mask.max() == k
+        assert [int((mask == j + 1).sum()) for j in range(k)] == [ds.lengths[i] for i in rows[r]]
+        expect = torch.cat([ds[i]["input_ids"] for i in rows[r]])
+        assert torch.equal(batch["input_ids"][r, :len(expect)], expect)
+    lens = [ds.lengths[i] for r in range(3) for i in rows[r]]
+    assert data.cu_seqlens(batch["attention_mask"]).tolist() == np.cumsum([0] + lens).tolist()
+
+
+def test_pack_is_best_fit_and_deterministic():
+    lengths = [90, 60, 50, 40, 30, 20, 10]
+    assert data.pack(lengths, 100) == [[0, 6], [1, 3], [2, 4, 5]]
+    with pytest.raises(ValueError, match="max_len"):
+        data.pack([101], 100)
+
+
+@pytest.mark.parametrize("n,batch_size,world", [(103, 4, 1), (103, 4, 3), (10, 1, 4), (7, 8, 2), (1, 2, 4)])
+def test_sampler_gives_every_sample_once_per_epoch_with_equal_steps_per_rank(n, batch_size, world):
+    lengths = list(np.random.default_rng(0).integers(5, 500, n))
+    samplers = [data.LengthGroupedSampler(lengths, batch_size, seed=1, rank=r, world_size=world)
+                for r in range(world)]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        plans = [s.plan() for s in samplers]
+        assert len({len(p) for p in plans}) == 1 and len(plans[0]) == len(samplers[0])
+        seen = [i for p in plans for b in p for i in b]
+        assert sorted(set(seen)) == list(range(n)) and len(seen) == n + samplers[0].repeated
+        assert all(1 <= len(b) <= batch_size for p in plans for b in p)
+    assert samplers[0].repeated == {(10, 1, 4): 2, (1, 2, 4): 3}.get((n, batch_size, world), 0)
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch_and_groups_lengths():
+    lengths = list(np.random.default_rng(0).integers(5, 1000, 2000))
+    s = data.LengthGroupedSampler(lengths, 16, seed=3)
+    first = s.plan()
+    assert data.LengthGroupedSampler(lengths, 16, seed=3).plan() == first
+    s.set_epoch(1)
+    assert s.plan() != first
+    ungrouped = [list(range(i, i + 16)) for i in range(0, 2000, 16)]
+    assert data.padding_fraction(first, lengths) < 0.1 < data.padding_fraction(ungrouped, lengths)
+
+
+def test_dataloader_with_workers_gives_the_same_batches(tok):
+    import functools
+    ds = data.SFTDataset(_text_records(24), tok, data.ImageProcessor(), max_len=512)
+    sampler = data.LengthGroupedSampler(ds.lengths, 4, seed=0, rank=1, world_size=2)
+    collate = functools.partial(data.collate, pad_id=tok.pad_token_id)
+    inline = [collate([ds[i] for i in b]) for b in sampler.plan()]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == len(inline) == 3
+    for a, b in zip(batches, inline):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_load_source_is_re_exported_from_sources():
+    import sources
+    assert data.load_source is sources.load_source

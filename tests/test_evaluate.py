@@ -1,0 +1,517 @@
+"""Tests for evaluate.py: the answer parser on a table of realistic responses, MultiMedEval-style
+scoring against hand-computed values, prompts and boxes, option shuffle / rotation bookkeeping,
+resumable runs, and an end-to-end run of the native backend with a tiny random Qwen2.5-VL
+checkpoint on real VQA-RAD records and on the synthetic benchmark.
+
+    python -m pytest -q tests/test_evaluate.py
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import conftest
+import evaluate as ev
+from evaluate import parse_choice, response_category, vqa_scores
+
+# ----------------------------------------------------------------- parse_choice table
+O4 = {"A": "X-ray", "B": "Magnetic resonance imaging", "C": "Computed tomography", "D": "Ultrasound"}
+OM = {"A": "Mass", "B": "Mass effect", "C": "Edema", "D": "None of the above"}
+OYN = {"A": "Yes", "B": "No"}
+OLR = {"A": "Left", "B": "Right", "C": "Both sides", "D": "Neither side"}
+OBOTH = {"A": "Pneumonia", "B": "Pleural effusion", "C": "Both A and B", "D": "Neither A nor B"}
+O6 = {"A": "Cardiology", "B": "Dermatology", "C": "Neurology", "D": "Oncology", "E": "Pathology", "F": "Radiology"}
+PARSE_CASES = [
+    # bare letters, decorations, case
+    ("B", O4, "B"), ("b", O4, "B"), ("(C)", O4, "C"), ("**D**", O4, "D"), ("D.", O4, "D"),
+    (" A ", O4, "A"), ("A", O4, "A"), ("a", O4, "A"), ("[B]", O4, "B"), ("'C'", O4, "C"),
+    ("F", O6, "F"), ("E.", O6, "E"), ("G", O6, None), ("E", O4, None),
+    # letter plus option text
+    ("B. Magnetic resonance imaging", O4, "B"), ("C) Computed tomography", O4, "C"),
+    ("(D) Ultrasound", O4, "D"), ("b. magnetic resonance imaging", O4, "B"),
+    ("A: X-ray", O4, "A"), ("D - Ultrasound", O4, "D"),
+    # answer-prefixed
+    ("Answer: B", O4, "B"), ("The answer is C.", O4, "C"), ("The correct answer is (D).", O4, "D"),
+    ("Final answer: **A**", O4, "A"), ("answer: c", O4, "C"), ("The answer is option B.", O4, "B"),
+    ("**Answer:** D", O4, "D"), ("The best answer is A, X-ray.", O4, "A"), ("I would choose C.", O4, "C"),
+    ("The answer is a", O4, "A"), ("The answer is: b", O4, "B"), ("The correct option is D", O4, "D"),
+    ("I'd go with B", O4, "B"), ("Option C is correct.", O4, "C"), ("C is the correct answer.", O4, "C"),
+    # option text only
+    ("Ultrasound", O4, "D"), ("computed tomography.", O4, "C"), ("It is an ultrasound image.", O4, "D"),
+    ("The answer is ultrasound.", O4, "D"), ("This is a magnetic resonance imaging scan of the brain.", O4, "B"),
+    # the article A
+    ("A lesion is seen in the right lobe on computed tomography.", O4, "C"),
+    ("A computed tomography scan of the abdomen.", O4, "C"),
+    ("A mass is present in the left hemisphere.", OLR, "A"),
+    ("A small effusion is seen; the answer is B.", O4, "B"),
+    ("The answer is a mass.", OM, "A"),
+    ("A 45-year-old patient; the image is an ultrasound.", O4, "D"),
+    # options containing one another
+    ("Mass effect", OM, "B"), ("There is significant mass effect on the ventricles.", OM, "B"),
+    ("A mass", OM, "A"), ("There is a mass in the liver.", OM, "A"),
+    ("There is a mass with surrounding edema.", OM, None), ("None of the above", OM, "D"),
+    ("Both A and B", OBOTH, "C"), ("The answer is both A and B.", OBOTH, "C"),
+    ("Neither A nor B", OBOTH, "D"), ("C. Both A and B", OBOTH, "C"),
+    ("Both sides", OLR, "C"), ("The lesion is on the right.", OLR, "B"),
+    # chain of thought
+    ("The image shows bright signal in the brain parenchyma with excellent soft tissue contrast, typical of MRI. "
+     "X-ray (A) and CT (C) show bone better, ultrasound (D) is not used for the adult brain. <answer>B</answer>", O4, "B"),
+    ("Let's analyze each option. A: X-ray would show bones. B: MRI offers soft tissue detail. C: CT shows "
+     "density differences. D: Ultrasound is operator dependent. The image shows Hounsfield-like densities, "
+     "so the answer is C.", O4, "C"),
+    ("Option A is incorrect because there is no bone detail. Option B is incorrect as well. "
+     "Option C is correct since this is a cross-sectional density image.", O4, "C"),
+    ("A: incorrect. B: incorrect. C: correct. D: incorrect.", O4, "C"),
+    ("Step 1: identify the modality. Step 2: the image has grayscale density typical of CT.\n<answer>C</answer>", O4, "C"),
+    ("First, the image is cross-sectional. It is not an X-ray. Therefore, C.", O4, "C"),
+    ("The answer is A. Wait, looking again at the soft tissue contrast, the answer is B.", O4, "B"),
+    ("The findings suggest B rather than A.", O4, "B"),
+    ("It is not A.", O4, None), ("It is not A; it is D.", O4, "D"),
+    ("Not B, it's C", O4, "C"), ("B is unlikely; D fits best. D", O4, "D"),
+    ("<answer>Ultrasound</answer>", O4, "D"), ("<answer>(b)</answer>", O4, "B"),
+    ("Reasoning about the options...\n<answer>D", O4, "D"), ("<answer></answer> I think it's A.", O4, "A"),
+    ("I considered A and B, and B is the answer.", O4, "B"),
+    ("Between options A and C, I cannot decide.", O4, None),
+    # several letters or nothing
+    ("A or B", O4, None), ("A, B", O4, None), ("The options A, B, C and D are all plausible.", O4, None),
+    ("I cannot determine the answer from this image.", O4, None), ("", O4, None), ("   ", O4, None),
+    ("Sorry, I can't help with that.", O4, None), ("The image is unclear.", O4, None),
+    ("X-ray or ultrasound", O4, None),
+    # yes / no options
+    ("Yes", OYN, "A"), ("no", OYN, "B"), ("No, there is no pneumothorax.", OYN, "B"),
+    ("Yes, the lesion is present.", OYN, "A"), ("B. No", OYN, "B"),
+    # names that are not options
+    ("Consistent with hepatitis B infection.", {"A": "Cirrhosis", "B": "Fatty liver"}, None),
+    ("Panel A shows computed tomography.", O4, "C"), ("This is a type B dissection; answer: A", O4, "A"),
+    ("e.g. an ultrasound", O4, "D"), ("B-cell lymphoma", {"A": "Lymphoma", "B": "Carcinoma"}, "A"),
+    ("I think the answer is D", O4, "D"), ("I think it's D.", O4, "D"),
+    ("My answer: (a)", O4, "A"), ("answer is (E)", O6, "E"), ("The most likely answer is F.", O6, "F"),
+    ("A is correct.", O4, "A"), ("B is incorrect, A is correct", O4, "A"), ("Answer: A lesion", O4, None),
+    ("A X-ray of the chest", O4, "A"), ("option a is correct", O4, "A"), ("I think A fits", O4, "A"),
+    ("The answer is A because the bones are bright.", O4, "A"), ("x-ray is the answer", O4, "A"),
+    ("A: left lung, B: right lung", {"A": "Left lung", "B": "Right lung"}, None), ("C is right.", O4, "C"),
+    ("B is the best answer here", O4, "B"), ("D: correct", O4, "D"),
+    ("The answer is a mass.", {"A": "Edema", "B": "Mass"}, "B"), ("**C. Computed tomography**", O4, "C"),
+    ("Answer: C\n\nExplanation: the image is an axial slice; X-ray (A) would not show this.", O4, "C"),
+    ("The image could be either CT or MRI.", {"A": "CT", "B": "MRI"}, None), ("**", {"A": "", "B": "x"}, None),
+    # typical instruction-tuned model outputs
+    ("The correct answer is C: Computed tomography.", O4, "C"),
+    ("C. Computed tomography\n\nThe image shows an axial slice with bone and soft tissue windows.", O4, "C"),
+    ("Based on the image, the answer is **B. Magnetic resonance imaging**.", O4, "B"),
+    ("The image appears to be a chest X-ray, so the answer is A.", O4, "A"),
+    ("Option D", O4, "D"), ("D) Ultrasound is the modality shown.", O4, "D"),
+    ("The image is an ultrasound, not a CT or MRI.", {"A": "CT", "B": "MRI", "C": "Ultrasound"}, "C"),
+    ("Correct option: (b)", O4, "B"), ("ANSWER: C", O4, "C"), ("Not A or B; it is D.", O4, "D"),
+    ("Not sure, but B.", O4, "B"),
+]
+
+
+def test_parse_table_is_large_and_covers_invalid_answers():
+    assert len(PARSE_CASES) >= 80
+    assert sum(e is None for _, _, e in PARSE_CASES) >= 15
+
+
+@pytest.mark.parametrize("response,options,expected", PARSE_CASES, ids=[c[0][:40] or "empty" for c in PARSE_CASES])
+def test_parse_choice(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("B", "single_letter"), ("**B**", "single_letter"), ("(b)", "single_letter"),
+    ("B. Magnetic resonance imaging", "single_letter"),
+    ("Answer: B", "answer_prefixed"), ("The answer is B.", "answer_prefixed"), ("Ultrasound", "answer_prefixed"),
+    ("<answer>B</answer>", "answer_prefixed"),
+    ("The image shows soft tissue. Among the options, MRI fits best because of the contrast, so the answer is B.", "cot"),
+    ("Bright soft tissue contrast.\n<answer>B</answer>", "cot"),
+    ("A or B", "invalid"), ("I cannot tell.", "invalid"),
+])
+def test_response_category(response, expected):
+    assert response_category(response, O4) == expected
+
+
+# ----------------------------------------------------------------- MultiMedEval scoring
+@pytest.mark.parametrize("text,cleaned", [
+    ("The Left Lung.", "left lung"),            # lowercase, article dropped, final period deleted
+    ("two lesions", "2 lesions"), ("None", "0"), ("Ten", "10"),  # number words (none..ten)
+    ("x-ray", "x ray"),                         # '-' not touching a space becomes a space
+    ("well - defined", "well defined"),         # '-' touching a space is deleted
+    ("1,000 cells, left-sided", "1000 cells leftsided"),  # digit,digit comma: every mark deleted
+    ("3.5 cm", "3.5 cm"), ("size 3.", "size 3"),  # '.' kept only before a digit
+    ("dont know", "don't know"), ("isnt it?", "isn't it"), ("couldnt've", "couldn't've"),
+    ("an MRI", "mri"), ("yes.", "yes"),
+    ("**yes**", "**yes**"), ("answer: yes", "answer: yes"),  # '*' and ':' are not in the list
+])
+def test_clean_text(text, cleaned):
+    assert ev.clean_text(text) == cleaned
+
+
+def test_closed_yes_with_extra_words():
+    s = vqa_scores("Yes, there is.", "yes")
+    assert s["closed"] and s["correct"]
+    assert s["recall"] == 1.0 and s["precision"] == pytest.approx(1 / 3)
+    assert s["f1"] == pytest.approx(0.5) and s["bleu1"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("prediction,gold,correct", [
+    ("There is no fracture", "No", True), ("There is not any fracture", "no", True),  # 'not' counts for no
+    ("Yes", "no", False), ("no", "yes", False), ("nothing seen", "no", False), ("Not", "yes", False),
+    ("yes", "Yes.", True),                                       # gold cleaned before the test
+])
+def test_closed_correctness(prediction, gold, correct):
+    s = vqa_scores(prediction, gold)
+    assert s["closed"] and s["correct"] is correct
+
+
+@pytest.mark.parametrize("gold,closed", [("Yes.", True), (" No ", True), ("YES", True), ("yes, on the left", False),
+                                         ("not", False), ("no fracture", False)])
+def test_closed_is_decided_by_cleaned_gold(gold, closed):
+    assert vqa_scores("yes", gold)["closed"] is closed
+
+
+def test_open_recall_precision_f1_bleu():
+    s = vqa_scores("The lesion is in the right lower lobe", "right lower lobe")
+    assert not s["closed"] and s["correct"]
+    assert s["recall"] == 1.0 and s["precision"] == pytest.approx(0.5)  # 3 of {lesion,is,in,right,lower,lobe}
+    assert s["f1"] == pytest.approx(2 / 3) and s["bleu1"] == pytest.approx(0.5)  # c > r: no penalty
+
+
+def test_bleu_brevity_penalty():
+    s = vqa_scores("lobe", "right lower lobe")  # c = 1, r = 3: exp(1 - 3) * 1/1
+    assert s["bleu1"] == pytest.approx(math.exp(-2)) and s["recall"] == pytest.approx(1 / 3) and not s["correct"]
+    assert ev.bleu1("lobe lobe lobe", "right lobe") == pytest.approx(1 / 3)  # clipped count: 1 of 3
+    assert ev.bleu1("", "lobe") == 0.0
+
+
+@pytest.mark.parametrize("prediction,gold,recall,correct", [
+    ("two", "2", 1.0, True), ("left lung", "right lung", 0.5, False),
+    ("mass in left upper", "left upper lobe mass", 0.75, True),  # recall exactly 0.75 is correct
+    ("left upper", "left upper lobe", 2 / 3, False), ("PA", "Posterior-Anterior", 0.0, False),
+    ("the the the", "the", 0.0, False),  # a gold of only articles has no tokens
+])
+def test_open_accuracy_threshold(prediction, gold, recall, correct):
+    s = vqa_scores(prediction, gold)
+    assert s["recall"] == pytest.approx(recall) and s["correct"] is correct
+
+
+# ----------------------------------------------------------------- prompts and boxes
+def rec(answer, options=None, question="Is there a fracture?", id="q1"):
+    return {"id": id, "question": question, "answer": answer, "options": options, "images": ["a.png"], "meta": {}}
+
+
+def test_yes_no_prefix_only_for_exact_yes_no_gold():
+    assert ev.build_prompt(rec("Yes"), ev.template_for(rec("Yes"))) == \
+        "<image>Answer the following question with yes or no. Is there a fracture?"
+    r = rec("yes, left side")
+    assert ev.template_for(r) == "open" and ev.build_prompt(r, "open") == "<image>Is there a fracture?"
+
+
+def test_multiple_choice_and_cot_prompts():
+    r = rec("B", {"A": "CT", "B": "MRI", "C": "X-ray"}, "Which modality?")
+    assert ev.build_prompt(r, "mc") == ("<image>Which modality?\nA. CT\nB. MRI\nC. X-ray\n"
+                                        "Answer with the option's letter from the given choices directly.")
+    cot = ev.build_prompt(r, ev.template_for(r, cot=True))
+    assert "(A, B, and C)" in cot and "<answer>A</answer>" in cot and cot.endswith("C. X-ray")
+    assert ev.build_prompt(r, "mc", grounding=True).endswith("as [x1, y1, x2, y2] in pixel coordinates.")
+
+
+def test_prompt_renders_through_training_chat_code():
+    import data
+    text = data.render_chat([{"role": "user", "content": ev.build_prompt(rec("no"), "closed")}], add_generation_prompt=True)
+    assert "<|vision_start|><|image_pad|><|vision_end|>Answer the following" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("text,box", [
+    ("Yes. [10, 20, 50, 80]", (10, 20, 50, 80)), ("B [50.5, 80, 10, 20.25]", (10, 20.25, 50.5, 80)),
+    ('{"bbox_2d": [1, 2, 3, 4], "label": "lesion"}', (1, 2, 3, 4)),
+    ("<|box_start|>(12,34),(56,78)<|box_end|>", (12, 34, 56, 78)),
+    ("first [0, 0, 1, 1] then [5, 5, 9, 9]", (5, 5, 9, 9)), ("no box here, 3 lesions", None),
+])
+def test_parse_box(text, box):
+    assert ev.parse_box(text) == box
+
+
+def test_boxes_do_not_reach_the_scorer():
+    row = ev.score_row(rec("B", {"A": "1", "B": "2"}), "p", "B [1, 2, 30, 40]", grounding=True)
+    assert row["parsed"] == "B" and row["box"] == (1, 2, 30, 40)
+    assert ev.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------- shuffles and rotations
+MC = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}, "Which modality?")
+
+
+def test_shuffle_keeps_gold_text_and_is_seeded():
+    a, b = ev.shuffle_record(MC, 0), ev.shuffle_record(MC, 0)
+    assert a == b and a["options"][a["answer"]] == "CT" and sorted(a["options"].values()) == sorted(MC["options"].values())
+    assert any(ev.shuffle_record(MC, s)["options"] != MC["options"] for s in range(3))
+    assert {ev.shuffle_record(MC, s)["answer"] for s in range(30)} == set("ABCDE")  # gold moves
+    assert a["meta"]["base_id"] == "q1" and a["id"] == "q1#shuffle"
+
+
+def test_rotations_move_gold_through_every_letter():
+    rots = ev.rotate_records(MC)
+    assert len(rots) == 5 and rots[0]["options"] == MC["options"] and rots[0]["answer"] == "C"
+    assert [r["answer"] for r in rots] == ["C", "B", "A", "E", "D"]
+    assert all(r["options"][r["answer"]] == "CT" for r in rots)
+    assert rots[1]["options"] == {"A": "MRI", "B": "CT", "C": "Ultrasound", "D": "PET", "E": "X-ray"}
+
+
+def test_gold_given_as_text_is_remapped():
+    r = ev.permute_options({**MC, "answer": "ct"}, ["C", "A", "B", "D", "E"], "p")
+    assert r["answer"] == "A"
+    with pytest.raises(ValueError, match="not one of its options"):
+        ev.gold_letter({**MC, "answer": "SPECT"})
+
+
+def test_circular_eval_needs_every_rotation_right():
+    rows = [{"base_id": "q1", "correct": c} for c in (True, True, True)] + \
+           [{"base_id": "q2", "correct": c} for c in (True, False, True)]
+    assert ev.circular_accuracy(rows) == 0.5
+
+
+def test_compare_rows_counts_flips():
+    base = [{"base_id": i, "correct": c} for i, c in [("a", True), ("b", False), ("c", True)]]
+    other = [{"base_id": i, "correct": c} for i, c in [("a", False), ("b", True), ("c", True), ("d", True)]]
+    res = ev.compare_rows(base, other)
+    assert res["n"] == 3 and res["right_to_wrong"] == ["a"] and res["wrong_to_right"] == ["b"]
+    assert res["delta"] == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------- runs: resume, tables, imports
+class EchoBackend:
+    """Answers 'A' to multiple choice and 'yes' otherwise; can be told to fail after k calls."""
+    def __init__(self, fail_after=None):
+        self.calls, self.seen, self.fail_after = 0, 0, fail_after
+
+    def generate(self, requests, **kw):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.seen += len(requests)
+        return [["A" if "option's letter" in r["messages"][0]["content"] else "yes"] for r in requests]
+
+
+def test_killed_run_resumes_without_redoing_samples(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    recs = [{**MC, "id": f"m{i}", "images": [str(img)]} for i in range(10)]
+    cfg = ev.EvalConfig(model="m", batch_size=1)  # chunks of 4 samples
+    path = str(tmp_path / "base.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_variant(EchoBackend(fail_after=2), recs, "base", cfg, path)
+    with open(path, "a") as f:
+        f.write('{"id": "m9", "prom')  # a line cut off by the kill
+    b = EchoBackend()
+    rows = ev.run_variant(b, recs, "base", cfg, path)
+    assert b.seen == 2 and [r["id"] for r in rows] == [f"m{i}" for i in range(10)]
+    assert all(json.loads(line)["parsed"] == "A" for line in open(path))
+
+
+def test_missing_images_are_counted_not_fatal(tmp_path):
+    recs = [rec("yes", id="a"), {**rec("no", id="b"), "images": [str(tmp_path / "gone.png")]}]
+    (tmp_path / "a.png").write_bytes(b"")
+    recs[0]["images"] = [str(tmp_path / "a.png")]
+    rows = ev.run_variant(EchoBackend(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"), log=lambda m: None)
+    s = ev.summarize(rows)
+    assert (s["n"], s["n_scored"], s["n_missing_image"], s["closed_accuracy"]) == (2, 1, 1, 1.0)
+
+
+def test_table_has_one_row_per_model_and_a_column_per_benchmark():
+    s1 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.745}, "analyses": {}},
+                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133},
+                                     "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
+    s2 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.6096, "n": 451, "n_scored": 18}, "analyses": {}}}}
+    lines = ev.table_md([("Infi-Med-3B", s1), ("Qwen2.5-VL-3B", s2)]).splitlines()
+    assert lines[0] == "| Model | VQA-RAD | PMC-VQA |"
+    assert lines[2] == "| Infi-Med-3B | 74.50 | 54.85 |" and lines[3] == "| Qwen2.5-VL-3B | 60.96 (18/451) | - |"
+    assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
+
+
+def test_vllm_backend_without_vllm_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail, installed or not
+    with pytest.raises(RuntimeError, match="requirements-vllm.txt"):
+        ev.make_backend("vllm", "some/dir")
+
+
+def test_importing_evaluate_does_not_import_vllm():
+    code = "import sys; import evaluate; assert 'vllm' not in sys.modules and 'vllm_backend' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=conftest.ROOT, check=True)
+
+
+# ----------------------------------------------------------------- end to end, native backend
+def make_tiny_checkpoint(out_dir, texts):
+    """A complete tiny Qwen2.5-VL checkpoint directory: random weights (infimed), a BPE tokenizer
+    whose special-token ids the config uses, and a preprocessor_config.json (small pixel budget)."""
+    import torch
+    import data
+    from infimed import QwenVL, QwenVLConfig, VisionConfig
+    tok = data.build_tokenizer(texts, out_dir, vocab_size=400)
+    ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("bos_token_id", "<|endoftext|>"), ("eos_token_id", "<|im_end|>")]}
+    vision = VisionConfig(depth=2, hidden_size=32, out_hidden_size=48, intermediate_size=64, num_heads=2,
+                          fullatt_block_indexes=[1], window_size=56)
+    cfg = QwenVLConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 2, 2], vision=vision, **ids)
+    torch.manual_seed(0)
+    QwenVL(cfg).save_pretrained(out_dir)
+    data.ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model runs faster on one thread than on two contended ones; restored after."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    texts = ["Is there a fracture? Answer the following question with yes or no. Which modality is shown? "
+             "Answer with the option's letter from the given choices directly. A. CT B. MRI C. X-ray "
+             "D. Ultrasound yes no left right lesion lung brain"] * 10
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny")), texts)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    import synthetic
+    root = str(tmp_path_factory.mktemp("synth"))
+    synthetic.generate(root, n_train=0, n_test=12, seed=0, image_size=56, progress=False)
+    return root
+
+
+def test_native_batched_generation_equals_one_by_one(tiny_model, synthetic_root):
+    """Sorting by length and left padding must not change greedy outputs."""
+    recs = ev.load_benchmark("synthetic", synthetic_root, limit=6)
+    reqs = [{"messages": [{"role": "user", "content": ev.build_prompt(r, ev.template_for(r))}], "images": r["images"]}
+            for r in recs]
+    reqs.append({"messages": [{"role": "user", "content": "Say yes."}], "images": []})  # text-only, shortest
+    batched = ev.NativeBackend(tiny_model, batch_size=4).generate(reqs, max_new_tokens=6)
+    single = ev.NativeBackend(tiny_model, batch_size=1).generate(reqs, max_new_tokens=6)
+    assert batched == single and all(len(o) == 1 and isinstance(o[0], str) for o in batched)
+
+
+def test_native_prompt_logprobs_match_forward(tiny_model):
+    import torch
+    b = ev.NativeBackend(tiny_model)
+    req = {"messages": [{"role": "user", "content": "Is there a fracture?"}, {"role": "assistant", "content": "no"}], "images": []}
+    res = b.prompt_logprobs([req])[0]
+    ids = torch.tensor([res["token_ids"]])
+    logits = b.model(ids)[0].float()
+    expect = torch.log_softmax(logits, -1)[2, ids[0, 3]].item()
+    assert res["logprobs"][0] is None and abs(res["logprobs"][3] - expect) < 1e-5
+
+
+def check_jsonl(path):
+    rows = [json.loads(line) for line in open(path)]
+    for r in rows:
+        assert {"id", "base_id", "flags", "correct", "variant"} <= set(r)
+        if "missing_image" not in r["flags"]:
+            assert {"prompt", "response", "parsed", "gold", "kind"} <= set(r) and isinstance(r["response"], str)
+            assert r["prompt"].startswith("<image>")
+    return rows
+
+
+def test_end_to_end_real_vqa_rad_records(tiny_model, tmp_path):
+    """451 real VQA-RAD test records: only 18 have their image in ../shared/data; the others are
+    reported and counted as missing, the 18 are generated and scored."""
+    root = os.path.join(conftest.SHARED_DATA, "vqa_rad")
+    cfg = ev.EvalConfig(model=tiny_model, out=str(tmp_path / "run"), max_new_tokens=4, batch_size=6,
+                        variants=("base", "rephrase"))
+    logs = []
+    summary = ev.evaluate(cfg, {"vqa_rad": root}, log=logs.append)
+    base = summary["benchmarks"]["vqa_rad"]["base"]
+    assert (base["n"], base["n_scored"], base["n_missing_image"]) == (451, 18, 433)
+    assert base["n_closed"] + base["n_open"] == 18 and 0 <= base["accuracy"] <= 1
+    assert any("433 of 451 samples skipped, image file missing" in m for m in logs)
+    rows = check_jsonl(str(tmp_path / "run" / "vqa_rad" / "base.jsonl"))
+    assert len(rows) == 451 and len({r["id"] for r in rows}) == 451
+    closed = [r for r in rows if r.get("closed")]
+    assert closed and all(r["prompt"].startswith("<image>Answer the following question with yes or no.") for r in closed)
+    reph = check_jsonl(str(tmp_path / "run" / "vqa_rad" / "rephrase.jsonl"))
+    assert reph and all(r["id"].endswith("#rephrase") for r in reph)
+    scored = [r for r in reph if r["correct"] is not None]
+    assert 0 < len(scored) < 18 and summary["benchmarks"]["vqa_rad"]["analyses"]["rephrase"]["n"] == len(scored)
+    saved = json.load(open(tmp_path / "run" / "summary.json"))
+    assert saved["run"]["model"] == tiny_model and saved["run"]["backend"] == "native"
+    assert saved["run"]["prompts"]["closed"].startswith("{images}Answer the following")
+    assert "code_version" in saved["run"] and (tmp_path / "run" / "table.md").read_text().startswith("| Model | VQA-RAD |")
+
+
+def test_end_to_end_synthetic_with_robustness_and_cli(tiny_model, synthetic_root, tmp_path):
+    from click.testing import CliRunner
+    out = str(tmp_path / "syn")
+    args = ["run", "--model", tiny_model, "--benchmark", "synthetic", "--data-root", synthetic_root,
+            "--out", out, "--max-new-tokens", "4", "--shuffle", "--circular", "--grounding", "--name", "tiny"]
+    res = CliRunner().invoke(ev._cli(), args)
+    assert res.exit_code == 0, res.output
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    syn = summary["benchmarks"]["synthetic"]
+    assert syn["base"]["n_scored"] == syn["base"]["n"] == 12
+    n_mc = syn["base"].get("n_mc", 0)
+    assert syn["shuffle"]["n"] == n_mc and syn["circular"]["n"] == sum(
+        len(r["options"]) for r in check_jsonl(os.path.join(out, "synthetic", "base.jsonl")) if r["kind"] == "mc")
+    assert set(syn["analyses"]) >= {"shuffle", "circular", "grounding"} and "box_rate" in syn["grounding"]
+    assert syn["analyses"]["grounding"]["n"] == 12
+    assert sum(v["n"] for v in syn["base"]["by_skill"].values()) == 12
+    res2 = CliRunner().invoke(ev._cli(), args)  # rerun: everything resumes, nothing regenerated
+    assert res2.exit_code == 0 and len(open(os.path.join(out, "synthetic", "base.jsonl")).readlines()) == 12
+    cmp = CliRunner().invoke(ev._cli(), ["compare", out, out])
+    assert cmp.exit_code == 0 and cmp.output.splitlines()[0] == "| Model | Synthetic |"
+    table1 = cmp.output.split("\n\n")[0].splitlines()
+    assert len(table1) == 4 and table1[2].startswith("| tiny | ") and table1[3] == table1[2]
+
+
+# ----------------------------------------------------------------- judge and chain-of-thought report
+class LetterJudge:
+    def __init__(self, reply):
+        self.reply, self.prompts = reply, []
+
+    def generate(self, requests, **kw):
+        self.prompts += [r["messages"][0]["content"] for r in requests]
+        return [[self.reply] for _ in requests]
+
+
+def test_judge_fills_only_invalid_rows_and_marks_them():
+    r = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT"}, "Which modality?")
+    rows = [ev.score_row(r, "p", "It looks like a cross-sectional density scan."), ev.score_row(r, "p", "B")]
+    judge = LetterJudge(" C.")
+    ev.judge_rows(judge, rows, ev.EvalConfig(model="m"))
+    assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
+    assert rows[0]["parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
+    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B"
+    rows = [ev.score_row(r, "p", "no idea")]
+    ev.judge_rows(LetterJudge("Z"), rows, ev.EvalConfig(model="m"))  # the judge found no option either
+    assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and ev.summarize(rows)["judged"] == 1
+
+
+def test_cot_samples_grouped_by_skill(tmp_path):
+    qs = ["What imaging modality is shown?", "Where is the lesion located?", "What is the shape of the lesion?",
+          "Which of the following is most likely?", "What does the arrow point to?"]
+    rows = [{**ev.score_row(rec("A", {"A": "x", "B": "y"}, q, id=f"q{i}"), "p", "Thinking. <answer>A</answer>")}
+            for i, q in enumerate(qs)]
+    res = ev.cot_report(rows, str(tmp_path / "cot.md"))
+    assert [res[name]["n"] for name, _ in ev.SKILLS] == [1, 1, 1, 1, 1]
+    assert all(res[name]["accuracy"] == 1.0 for name, _ in ev.SKILLS)
+    assert "## modality recognition (1 samples, accuracy 100.00)" in (tmp_path / "cot.md").read_text()
+    assert ev.skill_of({"question": "What is seen?", "meta": {"skill": "anatomical localization"}}) == "anatomical localization"
+    assert ev.skill_of({"question": "What is seen?", "skill": "side"}) == "anatomical localization"  # synthetic name
+
+
+def test_subset_filters_on_meta_and_rejects_unknown_fields():
+    root = os.path.join(conftest.SHARED_DATA, "vqa_rad")
+    closed = ev.load_benchmark("vqa_rad", root, subset=(("answer_type", "CLOSED"),))
+    assert closed and all(r["meta"]["answer_type"] == "CLOSED" for r in closed)
+    assert len(ev.load_benchmark("vqa_rad", root, limit=5, subset=(("answer_type", "OPEN"),))) == 5
+    with pytest.raises(ValueError, match="no vqa_rad record has a field 'organ'"):
+        ev.load_benchmark("vqa_rad", root, subset=(("organ", "HEAD"),))

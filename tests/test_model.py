@@ -1,0 +1,326 @@
+"""Tests for infimed.py: parity with transformers' Qwen2.5-VL / Qwen2-VL on tiny random configs,
+checkpoint round trips, packing, M-RoPE positions and generation.
+
+    python -m pytest -q tests/test_model.py
+"""
+import json
+import os
+
+import pytest
+import torch
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration)
+
+from infimed import QwenVL, QwenVLConfig, rope_index, sample, vision_layout
+
+# Tiny vocabulary: special ids live inside it (the real ones are 151652..151656).
+VOCAB, V_START, V_END, IMG, VID, EOS = 300, 288, 289, 290, 291, 292
+TEXT_IDS = (1, 280)  # ordinary text tokens are drawn from here
+TOKENS = dict(image_token_id=IMG, video_token_id=VID, vision_start_token_id=V_START, vision_end_token_id=V_END)
+TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, rms_norm_eps=1e-6, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=0,
+            rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=1e6),
+            initializer_range=0.2)  # 10x the real 0.02: greedy text varies instead of repeating one token
+# window_size 56 px = 2 merged units per window side, so each image below has several windows,
+# some cut at the border; blocks 1 and 3 attend over the whole image.
+VISION_25 = dict(depth=4, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                 fullatt_block_indexes=[1, 3], window_size=56, initializer_range=0.2)
+VISION_2 = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, initializer_range=0.2)
+# (t, h, w) patch grids: 6x4 merged units (6 windows) and 3x5 (6 windows, padded borders), 2x2.
+GRIDS = [(1, 12, 8), (1, 6, 10), (1, 4, 4)]
+
+
+def hf_model(kind, tie=True, seed=0):
+    torch.manual_seed(seed)
+    if kind == "qwen2_5_vl":
+        cfg = Qwen2_5_VLConfig(text_config=dict(TEXT, tie_word_embeddings=tie), vision_config=VISION_25,
+                               tie_word_embeddings=tie, **TOKENS)
+        return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    cfg = Qwen2VLConfig(text_config=dict(TEXT, tie_word_embeddings=tie), vision_config=VISION_2,
+                        tie_word_embeddings=tie, **TOKENS)
+    return Qwen2VLForConditionalGeneration(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
+def pair(request, tmp_path_factory):
+    """(transformers model, our model loaded from its save_pretrained directory, directory)."""
+    hf = hf_model(request.param, tie=request.param == "qwen2_5_vl")
+    path = str(tmp_path_factory.mktemp(request.param))
+    hf.save_pretrained(path)
+    return hf, QwenVL.from_pretrained(path), path
+
+
+def image_span(grid):
+    t, h, w = grid
+    return [V_START] + [IMG] * (t * h * w // 4) + [V_END]
+
+
+def make_batch(padding="left", seed=1):
+    """Three rows: two images of different sizes mid-text; a second sample with one image;
+    a text-only sample; padded to one length."""
+    g = torch.Generator().manual_seed(seed)
+    text = lambda n: torch.randint(*TEXT_IDS, (n,), generator=g).tolist()
+    rows = [text(5) + image_span(GRIDS[0]) + text(4) + image_span(GRIDS[1]) + text(3),
+            text(3) + image_span(GRIDS[2]) + text(6),
+            text(11)]
+    L = max(map(len, rows))
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(L - len(r), L) if padding == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = torch.tensor(r), 1
+    grid = torch.tensor(GRIDS)
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14, generator=g)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+
+
+def hf_logits(hf, batch):
+    with torch.no_grad():
+        return hf(**batch, mm_token_type_ids=(batch["input_ids"] == IMG).int()).logits
+
+
+# --------------------------------------------------------------------------- config
+def test_config_reads_flat_hub_and_nested_layouts_alike(pair):
+    hf, _, path = pair
+    nested = QwenVLConfig.from_pretrained(path)
+    flat = QwenVLConfig.from_dict(nested.to_dict())
+    assert flat == nested
+    assert nested.mrope_section == [2, 3, 3] and nested.image_token_id == IMG
+    assert nested.vision.out_hidden_size == 64 and nested.vision.hidden_size == 32
+
+
+def test_config_reads_real_qwen2_5_vl_3b_flat_config():
+    d = {"model_type": "qwen2_5_vl", "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+         "num_attention_heads": 16, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+         "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": True,
+         "vocab_size": 151936, "image_token_id": 151655,
+         "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                           "in_chans": 3, "out_hidden_size": 2048, "window_size": 112,
+                           "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"}}
+    c = QwenVLConfig.from_dict(d)
+    assert (c.head_dim, c.mrope_section, c.tie_word_embeddings) == (128, [16, 24, 24], True)
+    assert (c.vision.hidden_size, c.vision.out_hidden_size, c.vision.intermediate_size) == (1280, 2048, 3420)
+
+
+def test_config_maps_qwen2_vl_embed_dim_to_vit_width():
+    c = QwenVLConfig.from_dict({"model_type": "qwen2_vl", "hidden_size": 1536, "num_attention_heads": 12,
+                                "vision_config": {"embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4}})
+    assert (c.vision.hidden_size, c.vision.out_hidden_size, c.vision.intermediate_size) == (1280, 1536, 5120)
+    assert c.vision.to_dict()["embed_dim"] == 1280 and c.vision.to_dict()["mlp_ratio"] == 4
+
+
+# ------------------------------------------------------------------------- rope_index
+def test_rope_index_image_between_text_by_hand():
+    # 2 text tokens, one image of 4x6 patches (2x3 merged units), 2 text tokens
+    ids = torch.tensor([[5, 6] + [IMG] * 6 + [7, 8]])
+    pos, delta = rope_index(ids, torch.tensor([[1, 4, 6]]), None, IMG, 2)
+    assert pos[0, 0].tolist() == [0, 1, 2, 2, 2, 2, 2, 2, 5, 6]  # temporal
+    assert pos[1, 0].tolist() == [0, 1, 2, 2, 2, 3, 3, 3, 5, 6]  # rows
+    assert pos[2, 0].tolist() == [0, 1, 2, 3, 4, 2, 3, 4, 5, 6]  # cols; text resumes at max + 1
+    assert delta.tolist() == [7 - 10]
+
+
+def test_rope_index_left_padding_and_packed_restart():
+    ids = torch.tensor([[0, 0, 9, 9, 9], [9, 9, 9, 9, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 2, 2, 0]])
+    pos, delta = rope_index(ids, None, mask, IMG, 2)
+    assert pos[0].tolist() == [[0, 0, 0, 1, 2], [0, 1, 0, 1, 0]]
+    assert delta.tolist() == [0, 0]
+
+
+def test_rope_index_rejects_token_count_mismatch():
+    with pytest.raises(ValueError, match="image"):
+        rope_index(torch.tensor([[IMG] * 5]), torch.tensor([[1, 4, 6]]), None, IMG, 2)
+
+
+def test_vision_windows_cover_every_unit_once():
+    hw, order, wl, fl = vision_layout(torch.tensor(GRIDS), 2, 2)
+    assert sorted(order.tolist()) == list(range(sum(t * h * w // 4 for t, h, w in GRIDS)))
+    assert wl == [16] * 6 + [16, 16, 8, 8, 8, 4] + [16] and fl == [96, 60, 16]
+
+
+def test_vision_layout_without_windows_keeps_raster_order():
+    hw, order, wl, fl = vision_layout(torch.tensor(GRIDS), 2, None)
+    assert order.tolist() == list(range(len(order))) and wl == fl == [96, 60, 16]
+    assert hw[:4].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]  # first 2x2 merge unit
+    assert hw[4:8].tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+
+
+def test_pixel_rows_must_match_grid(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    batch["pixel_values"] = batch["pixel_values"][:-4]
+    with pytest.raises(ValueError, match="patch rows"):
+        ours(**batch)
+
+
+# ----------------------------------------------------------------------- parity
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_logits_match_transformers(pair, padding):
+    hf, ours, _ = pair
+    batch = make_batch(padding)
+    ref = hf_logits(hf, batch)
+    with torch.no_grad():
+        got = ours(**batch)
+    keep = batch["attention_mask"].bool()
+    assert got.shape == ref.shape
+    assert (got[keep] - ref[keep]).abs().max() <= 1e-4
+
+
+def test_greedy_generation_matches_transformers(pair):
+    hf, ours, _ = pair
+    batch = make_batch("left")
+    with torch.no_grad():
+        ref = hf.generate(**batch, mm_token_type_ids=(batch["input_ids"] == IMG).int(), max_new_tokens=20,
+                          do_sample=False, eos_token_id=None, pad_token_id=0)
+    L = batch["input_ids"].shape[1]
+    got = ours.generate(**batch, max_new_tokens=20, stop_token_ids=[])
+    assert got == ref[:, L:].tolist()
+    assert all(len(set(row)) > 10 for row in got)  # real text, not one token repeated
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_save_roundtrip_loads_in_transformers(pair, tmp_path):
+    hf, ours, _ = pair
+    ours.save_pretrained(tmp_path)
+    cls = type(hf)
+    back, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    batch = make_batch("left")
+    keep = batch["attention_mask"].bool()
+    assert (hf_logits(back.eval(), batch)[keep] - hf_logits(hf, batch)[keep]).abs().max() <= 1e-5
+
+
+def test_sharded_save_loads_back(pair, tmp_path):
+    _, ours, _ = pair
+    ours.save_pretrained(tmp_path, max_shard_size=100_000)
+    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+    assert len(set(index["weight_map"].values())) > 1
+    again = QwenVL.from_pretrained(tmp_path)
+    batch = make_batch("left")
+    with torch.no_grad():
+        assert torch.equal(again(**batch), ours(**batch))
+
+
+def test_loads_transformers_nested_key_layout(pair, tmp_path):
+    from safetensors.torch import load_file, save_file
+    _, ours, path = pair
+    state = load_file(os.path.join(path, "model.safetensors"))
+    renamed = {k.replace("visual.", "model.visual.", 1) if k.startswith("visual.") else
+               k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k: v
+               for k, v in state.items()}
+    save_file(renamed, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+    again = QwenVL.from_pretrained(tmp_path)
+    batch = make_batch("left")
+    with torch.no_grad():
+        assert torch.equal(again(**batch), ours(**batch))
+
+
+def test_missing_keys_are_reported(pair, tmp_path):
+    from safetensors.torch import load_file, save_file
+    _, _, path = pair
+    state = load_file(os.path.join(path, "model.safetensors"))
+    state.pop("model.norm.weight")
+    state["visual.extra.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+    with pytest.raises(KeyError, match=r"model\.norm\.weight.*visual\.extra\.weight"):
+        QwenVL.from_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------- packing
+def test_packed_row_equals_samples_alone(pair):
+    _, ours, _ = pair
+    batch = make_batch("right")
+    rows = [batch["input_ids"][i][batch["attention_mask"][i].bool()] for i in range(3)]
+    packed = torch.cat(rows + [torch.zeros(4, dtype=torch.long)])[None]
+    mask = torch.cat([torch.full((len(r),), i + 1) for i, r in enumerate(rows)] + [torch.zeros(4, dtype=torch.long)])
+    with torch.no_grad():
+        got = ours(packed, batch["pixel_values"], batch["image_grid_thw"], mask[None])[0]
+        n0, n1 = GRIDS[0][1] * GRIDS[0][2] + GRIDS[1][1] * GRIDS[1][2], GRIDS[2][1] * GRIDS[2][2]
+        alone = [ours(rows[0][None], batch["pixel_values"][:n0], batch["image_grid_thw"][:2])[0],
+                 ours(rows[1][None], batch["pixel_values"][n0:n0 + n1], batch["image_grid_thw"][2:])[0],
+                 ours(rows[2][None])[0]]
+    assert (got[:-4] - torch.cat(alone)).abs().max() <= 1e-4
+
+
+# ---------------------------------------------------------------- hidden / training
+def test_return_hidden_then_logits_equals_forward(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    with torch.no_grad():
+        hidden = ours(**batch, return_hidden=True)
+        assert hidden.shape[-1] == ours.config.hidden_size
+        assert torch.equal(ours.logits(hidden), ours(**batch))
+
+
+def test_activation_checkpointing_gives_same_gradients(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    grads = []
+    for ckpt in (False, True):
+        ours.zero_grad()
+        ours.train()
+        ours.gradient_checkpointing = ckpt
+        ours(**batch).logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in ours.parameters()])
+    ours.gradient_checkpointing = False
+    ours.eval()
+    ours.zero_grad()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert grads[0][0].abs().sum() > 0  # the vision tower (first parameter) receives gradient
+
+
+def test_bf16_load_runs_close_to_fp32(pair):
+    _, ours, path = pair
+    half = QwenVL.from_pretrained(path, dtype=torch.bfloat16)
+    assert half.model.embed_tokens.weight.dtype == torch.bfloat16
+    batch = make_batch("left")
+    keep = batch["attention_mask"].bool()
+    with torch.no_grad():
+        a, b = half(**batch)[keep], ours(**batch)[keep]
+    assert torch.isfinite(a).all() and (a - b).abs().mean() < 0.05  # bf16 keeps ~3 significant digits
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+
+
+# -------------------------------------------------------------------- generation
+def test_batched_generation_equals_rows_alone(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    together = ours.generate(**batch, max_new_tokens=12, stop_token_ids=[])
+    n0 = GRIDS[0][1] * GRIDS[0][2] + GRIDS[1][1] * GRIDS[1][2]
+    row0 = batch["input_ids"][0][batch["attention_mask"][0].bool()][None]
+    alone0 = ours.generate(row0, None, batch["pixel_values"][:n0], batch["image_grid_thw"][:2],
+                           max_new_tokens=12, stop_token_ids=[])
+    row2 = batch["input_ids"][2][batch["attention_mask"][2].bool()][None]
+    alone2 = ours.generate(row2, max_new_tokens=12, stop_token_ids=[])
+    assert alone0[0] == together[0] and alone2[0] == together[2]
+
+
+def test_sampling_is_deterministic_for_a_seed(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    run = lambda seed: ours.generate(**batch, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=seed,
+                                     stop_token_ids=[])
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_stop_token_ends_row_and_is_excluded(pair):
+    _, ours, _ = pair
+    batch = make_batch("left")
+    full = ours.generate(**batch, max_new_tokens=10, stop_token_ids=[])
+    stop = full[0][4]
+    got = ours.generate(**batch, max_new_tokens=10, stop_token_ids=[stop])
+    for row_full, row in zip(full, got):
+        cut = row_full.index(stop) if stop in row_full else len(row_full)
+        assert row == row_full[:cut]
+    assert all(len(r) == 10 for r in full)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample(logits, 1.0, 0.7, g)) for _ in range(200)}
+    assert drawn == {0, 1}

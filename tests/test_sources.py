@@ -1,0 +1,404 @@
+"""Readers on fixtures written in each dataset's raw format, the ShareGPT conversion, the mix.
+
+    python -m pytest -q tests/test_sources.py
+"""
+import base64
+import io
+import json
+import os
+import pickle
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import conftest
+import sources
+from sources import load_source, to_sharegpt
+
+
+def png_bytes(value=128, size=(8, 6), fmt="PNG"):
+    buf = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def touch_image(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(png_bytes())
+
+
+# ----------------------------------------------------------------------------- VQA-RAD
+def write_vqa_rad(root, n_images=True):
+    rows = [
+        {"qid": 1, "phrase_type": "freeform", "image_name": "synpic1.jpg", "image_organ": "HEAD",
+         "question": "Is there a bleed?", "question_rephrase": "NULL", "question_type": "PRES",
+         "answer": "Yes", "answer_type": "CLOSED"},
+        {"qid": 2, "phrase_type": "para", "image_name": "synpic1.jpg", "image_organ": "HEAD",
+         "question": "How many ribs?", "question_type": "COUNT", "answer": 12, "answer_type": "OPEN"},
+        {"qid": 3, "phrase_type": "test_freeform", "image_name": "synpic2.jpg", "image_organ": "CHEST",
+         "question": "Is the heart enlarged? ", "question_rephrase": "NULL", "question_type": "SIZE",
+         "answer": "no", "answer_type": "CLOSED "},
+        {"qid": 4, "phrase_type": "test_para", "image_name": "synpic2.jpg", "image_organ": "CHEST",
+         "question": "Where is the mass?", "question_rephrase": "where is it?", "question_type": "POS",
+         "answer": "left lung", "answer_type": "OPEN"},
+        {"qid": 5, "phrase_type": "test_freeform", "image_name": "synpic2.jpg", "question": "Broken row?"},
+    ]
+    os.makedirs(root, exist_ok=True)
+    json.dump(rows, open(os.path.join(root, "VQA_RAD Dataset Public.json"), "w"))
+    touch_image(os.path.join(root, "VQA_RAD Image Folder", "synpic1.jpg"))
+
+
+def test_vqa_rad_splits_by_phrase_type_and_reports_malformed_rows(tmp_path):
+    write_vqa_rad(str(tmp_path))
+    train = load_source("vqa_rad", str(tmp_path), "train")
+    test = load_source("vqa_rad", str(tmp_path), "test")
+    assert [r["id"] for r in train] == ["vqa_rad-1", "vqa_rad-2"]
+    assert [r["id"] for r in test] == ["vqa_rad-3", "vqa_rad-4"]
+    assert train[1]["answer"] == "12"  # integer answers in the JSON become text
+    assert test[0]["question"] == "Is the heart enlarged?"
+    assert test[0]["meta"]["answer_type"] == "CLOSED"  # the raw 'CLOSED ' is stripped
+    assert test[1]["meta"]["question_rephrase"] == "where is it?"
+    assert train[0]["images"] == [os.path.join(str(tmp_path), "VQA_RAD Image Folder", "synpic1.jpg")]
+    assert test.report.rows == 3 and sum(test.report.skipped.values()) == 1
+
+
+def test_vqa_rad_real_test_split_has_451_items_251_yes_no():
+    recs = load_source("vqa_rad", os.path.join(conftest.SHARED_DATA, "vqa_rad"), "test")
+    assert len(recs) == 451
+    assert sum(r["answer"].lower() in ("yes", "no") for r in recs) == 251
+    assert len({r["id"] for r in recs}) == 451
+
+
+def test_reading_annotations_does_not_need_the_images():
+    recs = load_source("vqa_rad", os.path.join(conftest.SHARED_DATA, "vqa_rad"), "train")
+    present = sum(os.path.exists(r["images"][0]) for r in recs)
+    assert len(recs) == 1797 and 0 < present < len(recs)
+
+
+# ----------------------------------------------------------------------------- SLAKE
+def test_slake_language_filter_and_image_folder(tmp_path):
+    rows = [{"qid": 1, "img_name": "xmlab1/source.jpg", "question": "What organ?", "answer": "Lung",
+             "q_lang": "en", "answer_type": "OPEN", "content_type": "Organ", "modality": "CT"},
+            {"qid": 2, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肺",
+             "q_lang": "zh", "answer_type": "OPEN"},
+            {"qid": 3, "img_name": "xmlab1/source.jpg", "q_lang": "en", "answer": "Yes"}]
+    json.dump(rows, open(tmp_path / "validate.json", "w"), ensure_ascii=False)
+    en = load_source("slake", str(tmp_path), "validation")
+    both = load_source("slake", str(tmp_path), "validation", lang=None)
+    assert [r["id"] for r in en] == ["slake-1"] and len(both) == 2
+    assert en[0]["images"] == [os.path.join(str(tmp_path), "imgs", "xmlab1", "source.jpg")]
+    assert en[0]["meta"]["content_type"] == "Organ"
+    assert en.report.skipped and sum(en.report.skipped.values()) == 1
+
+
+def test_slake_real_english_test_split():
+    recs = load_source("slake", os.path.join(conftest.SHARED_DATA, "slake"), "test")
+    assert len(recs) == 1061
+    assert sum(r["meta"]["answer_type"] == "CLOSED" for r in recs) == 416
+    assert sum(r["answer"].lower() in ("yes", "no") for r in recs) == 355
+    assert len(load_source("slake", os.path.join(conftest.SHARED_DATA, "slake"), "test", lang=None)) == 2094
+
+
+# ----------------------------------------------------------------------------- PathVQA
+def test_path_vqa_parquet_with_embedded_images(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = [{"image": {"bytes": png_bytes(10, fmt="JPEG"), "path": "a.jpg"}, "question": "Is this fat?", "answer": "yes"},
+            {"image": {"bytes": png_bytes(20), "path": None}, "question": None, "answer": "no"},
+            {"image": {"bytes": png_bytes(30), "path": None}, "question": "What is shown?", "answer": "granuloma"},
+            {"image": {"bytes": b"not an image", "path": None}, "question": "Corrupt?", "answer": "no"}]
+    pq.write_table(pa.Table.from_pylist(rows), str(d / "test-00000-of-00001.parquet"))
+    recs = load_source("path_vqa", str(tmp_path), "test")
+    assert [r["answer"] for r in recs] == ["yes", "granuloma"]
+    assert recs[0]["meta"]["answer_type"] == "yes/no" and recs[1]["meta"]["answer_type"] == "other"
+    im = recs[0]["images"][0]
+    assert isinstance(im, Image.Image) and im.format == "JPEG" and im.size == (8, 6)
+    assert im.convert("L").getpixel((0, 0)) in range(5, 16)
+    assert dict(recs.report.skipped) == {"missing question, answer or image": 2}
+
+
+def test_path_vqa_original_pickles(tmp_path):
+    qa = [{"image": "val_0001", "question": "What have lost their nuclei?", "answer": "neutrophils"},
+          {"image": "val_0002", "question": "Is this a vessel?"},
+          "not a dict"]
+    (tmp_path / "qas" / "val").mkdir(parents=True)
+    pickle.dump(qa, open(tmp_path / "qas" / "val" / "val_qa.pkl", "wb"))
+    recs = load_source("path_vqa", str(tmp_path), "val")
+    assert len(recs) == 1 and recs[0]["answer"] == "neutrophils"
+    assert recs[0]["images"] == [os.path.join(str(tmp_path), "images", "val", "val_0001.jpg")]
+    assert recs.report.rows == 3 and sum(recs.report.skipped.values()) == 2
+    # the LXMERT-style variant: img_id / sent / label {answer: score}
+    vqa = [{"img_id": "test_0007", "sent": "Is there fibrosis?", "label": {"yes": 1.0}, "answer_type": "yes/no"}]
+    pickle.dump(vqa, open(tmp_path / "qas" / "test_vqa.pkl", "wb"))
+    recs = load_source("path_vqa", str(tmp_path), "test")
+    assert (recs[0]["question"], recs[0]["answer"]) == ("Is there fibrosis?", "yes")
+
+
+class Payload:
+    pass
+
+
+def test_path_vqa_pickle_with_objects_is_refused(tmp_path):
+    (tmp_path / "qas" / "train").mkdir(parents=True)
+    pickle.dump([Payload()], open(tmp_path / "qas" / "train" / "train_qa.pkl", "wb"))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_source("path_vqa", str(tmp_path), "train")
+
+
+# ----------------------------------------------------------------------------- PMC-VQA
+def test_pmc_vqa_v1_columns_with_anwser_spelling_and_prefixed_choices(tmp_path):
+    (tmp_path / "train.csv").write_text(
+        "Figure_path,Question,Anwser,Choice A,Choice B,Choice C,Choice D,Anwser_label\n"
+        "PMC1_f1.jpg,What modality?, CT ,A:MRI, B:CT , C:X-ray, D:PET,B\n"
+        "PMC2_f2.jpg,Which organ?,Liver,A:Liver,B:Lung,C:Kidney,D:Heart,\n"
+        "PMC3_f3.jpg,Broken?,Bone,A:Liver,B:Lung,C:Kidney,D:Heart,E\n")
+    recs = load_source("pmc_vqa", str(tmp_path), "train")
+    assert recs[0]["options"] == {"A": "MRI", "B": "CT", "C": "X-ray", "D": "PET"}
+    assert recs[0]["answer"] == "B" and recs[0]["meta"]["answer_text"] == "CT"
+    assert recs[1]["answer"] == "A"  # no label: the answer text locates the letter
+    assert len(recs) == 2 and recs.report.rows == 3
+    assert recs[0]["images"] == [os.path.join(str(tmp_path), "images", "PMC1_f1.jpg")]
+
+
+def test_pmc_vqa_v2_columns_and_caption_subset(tmp_path):
+    (tmp_path / "train_2.csv").write_text(
+        "index,Figure_path,Caption,Question,Choice A,Choice B,Choice C,Choice D,Answer,split\n"
+        "0,f1.jpg,Axial CT of the chest.,What is seen?,A:Mass,B:Nothing,C:Fluid,D:Air,A,train\n"
+        "1,f1.jpg,Axial CT of the chest.,Which side?,A:Left,B:Right,C:Both,D:None,B,train\n"
+        "2,f2.jpg,,Which stain?,A:HE,B:PAS,C:IHC,D:None,C,train\n")
+    vqa = load_source("pmc_vqa", str(tmp_path), "train")
+    assert [(r["id"], r["answer"]) for r in vqa] == [("pmc_vqa-0", "A"), ("pmc_vqa-1", "B"), ("pmc_vqa-2", "C")]
+    caps = load_source("pmc_vqa", str(tmp_path), "train", subset="caption")
+    assert [r["answer"] for r in caps] == ["Axial CT of the chest."]  # one per figure
+    assert caps[0]["meta"]["task"] == "caption"
+    assert to_sharegpt(caps[0])["messages"] == [{"role": "user", "content": "<image>Describe this medical image."},
+                                                {"role": "assistant", "content": "Axial CT of the chest."}]
+    assert dict(caps.report.skipped) == {"duplicate figure": 1, "missing Caption": 1}
+
+
+# ----------------------------------------------------------------------------- MMMU
+def mmmu_row(id, question, options, answer, images, qtype="multiple-choice"):
+    row = {"id": id, "question": question, "options": options, "answer": answer, "question_type": qtype,
+           "subfield": "Anatomy", "img_type": "['Photo']", "explanation": "", "topic_difficulty": "Easy"}
+    for k in range(1, 8):
+        row[f"image_{k}"] = {"bytes": png_bytes(10 * k), "path": f"{k}.png"} if k in images else None
+    return row
+
+
+def test_mmmu_parquet_health_medicine_tags_options_and_short_answers(tmp_path):
+    for subject, rows in {
+        "Clinical_Medicine": [
+            mmmu_row("validation_Clinical_Medicine_1", "Compare <image 2> with <image 1>.", "['x', 'y', 'z']", "C", {1, 2}),
+            mmmu_row("validation_Clinical_Medicine_2", "Dose in <image 1>?", "[]", "5 mg", {1}, "open"),
+            mmmu_row("validation_Clinical_Medicine_3", "Bad <image 1>", "['x', 'y'", "A", {1}),
+            mmmu_row("validation_Clinical_Medicine_4", "Missing <image 3>", "['x', 'y']", "A", {1}),
+        ],
+        "Art": [mmmu_row("validation_Art_1", "<image 1>", "['a', 'b']", "A", {1})],
+    }.items():
+        (tmp_path / subject).mkdir()
+        pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / subject / "validation-00000-of-00001.parquet"))
+    recs = load_source("mmmu", str(tmp_path), "validation")
+    assert [r["id"] for r in recs] == ["validation_Clinical_Medicine_1", "validation_Clinical_Medicine_2"]
+    first, short = recs
+    assert first["options"] == {"A": "x", "B": "y", "C": "z"} and first["meta"]["answer_text"] == "z"
+    assert [im.convert("L").getpixel((0, 0)) for im in first["images"]] == [10, 20]  # image_1, image_2
+    assert first["meta"]["subject"] == "Clinical_Medicine"
+    assert short["options"] is None and short["answer"] == "5 mg"
+    assert recs.report.rows == 4 and sum(recs.report.skipped.values()) == 2
+
+
+# ----------------------------------------------------------------------------- GMAI-MMBench
+def test_gmai_mmbench_tsv_with_base64_images_and_image_references(tmp_path):
+    b64 = base64.b64encode(png_bytes(77)).decode()
+    lines = ["index\tquestion\tA\tB\tC\tD\tE\tanswer\timage\tcategory\tmodality",
+             f"0\tWhich organ?\tLiver\tLung\tHeart\t\t\tB\t{b64}\tOrgan\tCT",
+             "1\tWhich side?\tLeft\tRight\t\t\t\tA\t0\tPosition\tCT",  # image given as a row index
+             "2\tBroken?\tLeft\tRight\t\t\t\tA\t###\tPosition\tCT",
+             f"3\tNo gold?\tLeft\tRight\t\t\t\tF\t{b64}\tPosition\tCT"]
+    (tmp_path / "GMAI-MMBench_VAL.tsv").write_text("\n".join(lines) + "\n")
+    recs = load_source("gmai_mmbench", str(tmp_path), "validation")
+    assert [r["id"] for r in recs] == ["gmai_mmbench-0", "gmai_mmbench-1"]
+    assert recs[0]["options"] == {"A": "Liver", "B": "Lung", "C": "Heart"}
+    assert recs[1]["images"][0].convert("L").getpixel((0, 0)) == 77
+    assert recs[0]["meta"]["category"] == "Organ"
+    assert sum(recs.report.skipped.values()) == 2
+
+
+# ----------------------------------------------------------------------------- conversational sources
+def test_gmai_reasoning_jsonl_keeps_the_conversation(tmp_path):
+    good = {"image": "imgs/a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhich finding?\nA. x\nB. y"},
+        {"from": "gpt", "value": "<think>look</think><answer>B</answer>"}]}
+    bad_tags = {"image": "imgs/a.png", "conversations": [
+        {"from": "human", "value": "<image><image>Q"}, {"from": "gpt", "value": "A"}]}
+    (tmp_path / "reasoning_mcq_sft.jsonl").write_text(
+        json.dumps(good) + "\n{not json\n" + json.dumps(bad_tags) + "\n")
+    recs = load_source("gmai_reasoning", str(tmp_path), "train")
+    assert len(recs) == 1 and recs.report.rows == 3
+    r = recs[0]
+    assert r["meta"]["final_answer"] == "B" and r["question"].startswith("Which finding?")
+    assert r["images"] == [os.path.join(str(tmp_path), "imgs", "a.png")]
+    sg = to_sharegpt(r)
+    assert [m["role"] for m in sg["messages"]] == ["user", "assistant"]
+    assert sg["messages"][0]["content"] == good["conversations"][0]["value"]
+
+
+def test_llava_onevision_parquet_text_only_and_image_rows(tmp_path):
+    (tmp_path / "CLEVR").mkdir()
+    rows = [{"id": "a", "image": {"bytes": png_bytes(5), "path": "a.png"}, "data_source": "clevr",
+             "conversations": [{"from": "human", "value": "How many cubes?"}, {"from": "gpt", "value": "3"}]},
+            {"id": "b", "image": None, "data_source": "text",
+             "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"id": "c", "image": None, "data_source": "text",
+             "conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "x"}]}]
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "CLEVR" / "train-00000-of-00001.parquet"))
+    recs = load_source("llava_onevision", str(tmp_path), "train")
+    assert [r["id"] for r in recs] == ["llava_ov-a", "llava_ov-b"]
+    assert recs[0]["meta"]["subset"] == "CLEVR" and recs[1]["images"] == []
+    # an image without a tag gets its placeholder in the first user turn
+    assert to_sharegpt(recs[0])["messages"][0]["content"] == "<image>How many cubes?"
+    assert to_sharegpt(recs[1])["messages"][0]["content"] == "Hi"
+    assert dict(recs.report.skipped) == {"1 <image> tags for 0 images": 1}
+
+
+# ----------------------------------------------------------------------------- ShareGPT conversion
+def rec(question, answer, options=None, n_images=1, id="x"):
+    return {"id": id, "question": question, "answer": answer, "options": options,
+            "images": [f"/img{i}.png" for i in range(n_images)], "meta": {}}
+
+
+def test_multiple_choice_renders_lettered_options_and_the_letter_instruction():
+    sg = to_sharegpt(rec("Which organ?", "B", {"A": "Liver", "B": "Lung"}))
+    assert sg["messages"] == [
+        {"role": "user", "content": "<image>Which organ?\nA. Liver\nB. Lung\n"
+                                    "Answer with the option's letter from the given choices directly."},
+        {"role": "assistant", "content": "B"}]
+
+
+def test_yes_no_and_open_questions_get_their_instructions():
+    yn = to_sharegpt(rec("Is there a mass?", "yes", n_images=2))
+    # the canonical yes/no template is the MultiMedEval evaluation prompt
+    assert yn["messages"][0]["content"] == "<image><image>Answer the following question with yes or no. Is there a mass?"
+    assert yn["messages"][1]["content"] == "Yes" and len(yn["images"]) == 2
+    op = to_sharegpt(rec("Which organ?", "left lung"), with_answer=False, system="Be brief.")
+    assert op["messages"] == [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "<image>Which organ?\n"
+                                                          "Answer the question using a single word or phrase."}]
+
+
+def test_augmentation_is_stable_and_uses_every_template():
+    recs = [rec("Is it?", "no", id=str(i)) for i in range(40)]
+    a = [to_sharegpt(r, augment=True, seed=1)["messages"][0]["content"] for r in recs]
+    b = [to_sharegpt(r, augment=True, seed=1)["messages"][0]["content"] for r in recs]
+    assert a == b
+    expected = {"<image>" + t.format(question="Is it?") for t in sources.INSTRUCTIONS["yesno"]}
+    assert set(a) == expected
+
+
+def test_split_options_reads_lettered_lines_at_the_end():
+    assert sources.split_options("Which?\nA. x\nB) y\n(C) z") == ("Which?", {"A": "x", "B": "y", "C": "z"})
+    assert sources.split_options("Which?\nB. y\nC. z") == ("Which?\nB. y\nC. z", None)  # not A, B, ...
+    assert sources.split_options("A. lone") == ("A. lone", None)
+
+
+def test_augment_sharegpt_rerenders_the_user_turn_once():
+    sample = {"messages": [{"role": "system", "content": "S"},
+                           {"role": "user", "content": "<image>Which organ?\nA. Liver\nB. Lung\n"
+                                                       "Answer with the option's letter from the given choices directly."},
+                           {"role": "assistant", "content": "B"}], "images": ["a.png"], "source": "pmc"}
+    out = sources.augment_sharegpt(sample, seed=0)
+    user = out["messages"][1]["content"]
+    assert user in {"<image>" + t.format(question="Which organ?", options="A. Liver\nB. Lung")
+                    for t in sources.INSTRUCTIONS["choice"]}
+    assert out["messages"][0] == sample["messages"][0] and out["messages"][2] == sample["messages"][2]
+    assert out["source"] == "pmc" and out["images"] == ["a.png"]
+    yn = {"messages": [{"role": "user", "content": "<image>Is it? Answer with yes or no."},
+                       {"role": "assistant", "content": "no"}], "images": ["a.png"]}
+    assert sources.augment_sharegpt(yn, seed=1)["messages"][0]["content"].count("yes or no") == 1
+
+
+def test_augment_sharegpt_refuses_long_answers_and_multi_turn():
+    long = {"messages": [{"role": "user", "content": "Describe it."},
+                         {"role": "assistant", "content": "A long description of many words here."}], "images": []}
+    with pytest.raises(ValueError, match="long"):
+        sources.augment_sharegpt(long)
+    multi = {"messages": long["messages"] * 2, "images": []}
+    with pytest.raises(ValueError, match="single-turn"):
+        sources.augment_sharegpt(multi)
+
+
+# ----------------------------------------------------------------------------- the mix
+def mix_fixture(tmp_path):
+    write_vqa_rad(str(tmp_path / "rad"))  # 2 train items, one image present
+    touch_image(str(tmp_path / "rad" / "VQA_RAD Image Folder" / "synpic1.jpg"))
+    d = tmp_path / "pvqa" / "data"
+    d.mkdir(parents=True)
+    rows = [{"image": {"bytes": png_bytes(i % 3), "path": None}, "question": f"Q{i}?", "answer": "yes"} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows), str(d / "train-00000-of-00001.parquet"))
+    with open(tmp_path / "cot.jsonl", "w") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+                            "images": ["rad/VQA_RAD Image Folder/synpic1.jpg"]}) + "\n")
+    return {"seed": 0, "augment": True, "sources": [
+        {"name": "vqa_rad", "root": "rad", "split": "train", "target": 5},
+        {"name": "path_vqa", "root": "pvqa", "split": "train", "target": 8},
+        {"label": "reasoning", "name": "sharegpt", "root": "cot.jsonl", "target": None}]}
+
+
+def test_mix_counts_match_the_spec_and_report_shortfall(tmp_path):
+    spec = mix_fixture(tmp_path)
+    out = str(tmp_path / "out" / "mix.jsonl")  # the folder is created
+    rep = sources.build_mix(spec, out, data_root=str(tmp_path), log=lambda *a: None)
+    lines = [json.loads(l) for l in open(out)]
+    assert len(lines) == rep["total"] == 2 + 8 + 1
+    assert rep["sources"]["path_vqa"] == {"rows": 12, "usable": 12, "target": 8, "used": 8, "shortfall": 0, "skipped": {}}
+    assert rep["sources"]["vqa_rad"]["shortfall"] == 3 and rep["sources"]["vqa_rad"]["used"] == 2
+    # embedded images are stored once per content (3 distinct images among the 12 rows) and
+    # referenced relative to the output folder; files on disk keep absolute paths
+    for s in lines:
+        assert all(os.path.exists(os.path.join(os.path.dirname(out), p)) for p in s["images"])
+        assert all(os.path.isabs(p) != p.startswith("mix_images/") for p in s["images"])
+        assert sum(m["content"].count("<image>") for m in s["messages"]) == len(s["images"])
+    assert len(os.listdir(tmp_path / "out" / "mix_images")) <= 3
+    assert json.load(open(tmp_path / "out" / "mix.report.json"))["total"] == 11
+
+
+def test_mix_counts_missing_images_as_skips(tmp_path):
+    spec = mix_fixture(tmp_path)
+    os.remove(tmp_path / "rad" / "VQA_RAD Image Folder" / "synpic1.jpg")
+    rep = sources.build_mix(spec, str(tmp_path / "m.jsonl"), data_root=str(tmp_path), log=lambda *a: None)
+    assert rep["sources"]["vqa_rad"]["skipped"] == {"missing image file": 2}
+    assert rep["sources"]["reasoning"]["used"] == 0
+
+
+def test_mix_rejects_repeated_labels(tmp_path):
+    spec = {"sources": [{"name": "vqa_rad", "root": "rad", "target": 1}] * 2}
+    with pytest.raises(ValueError, match="distinct labels"):
+        sources.build_mix(spec, str(tmp_path / "m.jsonl"), data_root=str(tmp_path))
+
+
+def test_mix_is_deterministic_for_a_seed(tmp_path):
+    spec = mix_fixture(tmp_path)
+    paths = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        os.makedirs(tmp_path / name)
+        paths[name] = str(tmp_path / name / "mix.jsonl")
+        sources.build_mix(spec, paths[name], data_root=str(tmp_path), seed=seed, log=lambda *a: None)
+    text = {k: open(p).read() for k, p in paths.items()}
+    assert text["a"] == text["b"] and text["a"] != text["c"]
+
+
+def test_cli_convert_and_mix(tmp_path):
+    spec = mix_fixture(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(sources.cli, ["convert", "--source", "vqa_rad", "--root", str(tmp_path / "rad"),
+                                      "--split", "train", "-o", str(tmp_path / "rad.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "| vqa_rad | 2 | 2 |" in res.output and len(open(tmp_path / "rad.jsonl").readlines()) == 2
+    json.dump(spec, open(tmp_path / "spec.json", "w"))
+    res = runner.invoke(sources.cli, ["mix", str(tmp_path / "spec.json"), "-o", str(tmp_path / "m.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "| total | | | | 11 | | |" in res.output

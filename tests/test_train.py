@@ -1,0 +1,349 @@
+"""train.py on CPU with a tiny Qwen2.5-VL: schedule, batch plan, exact loss normalization under
+DDP (2 gloo processes via torchrun) and FSDP2, exact resume, transformers-loadable checkpoints.
+
+    python -m pytest -q tests/test_train.py
+"""
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import data
+import train
+from infimed import QwenVL, QwenVLConfig, VisionConfig
+from train import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(1)  # a tiny model: threads only add overhead
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+# ------------------------------------------------------------------------------- fixtures
+def tiny_config(tok):
+    ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("bos_token_id", "<|endoftext|>"), ("eos_token_id", "<|im_end|>")]}
+    vision = VisionConfig(depth=2, hidden_size=32, out_hidden_size=48, intermediate_size=64, num_heads=2,
+                          fullatt_block_indexes=[1], window_size=56)  # 56 px = 2x2 merged units per window
+    return QwenVLConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 2, 2],
+                        tie_word_embeddings=True, vision=vision, **ids)
+
+
+def write_records(root, n, with_images=True, seed=0):
+    """Color questions: images of different sizes, answers of very different lengths, and
+    text-only records, so micro-batches differ in supervised token counts and modality."""
+    g = torch.Generator().manual_seed(seed)
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    names = list(COLORS)
+    records = []
+    for i in range(n):
+        c = names[int(torch.randint(4, (1,), generator=g))]
+        if with_images and i % 3 != 2:
+            w, h = [(56, 56), (112, 56), (84, 112)][i % 3 if i % 3 < 2 else 2]
+            path = os.path.join(root, "img", f"{i}.png")
+            Image.new("RGB", (w, h), COLORS[c]).save(path)
+            answer = c if i % 2 else f"The square is {c}. " * (1 + i % 5)
+            records.append({"messages": [{"role": "user", "content": "<image>What color is the square?"},
+                                         {"role": "assistant", "content": answer}], "images": [path]})
+        else:
+            records.append({"messages": [{"role": "user", "content": f"Say {c} {1 + i % 4} times."},
+                                         {"role": "assistant", "content": " ".join([c] * (1 + i % 4))}],
+                            "images": []})
+    return records
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model dir (config, safetensors, tokenizer) and train JSONL files."""
+    root = str(tmp_path_factory.mktemp("train"))
+    texts = ["What color is the square? The square is red green blue yellow. Say times."] * 20
+    tok = data.build_tokenizer(texts, os.path.join(root, "model"), vocab_size=300)
+    torch.manual_seed(0)
+    QwenVL(tiny_config(tok)).save_pretrained(os.path.join(root, "model"))
+    paths = {}
+    for name, kw in {"mixed": {}, "text": {"with_images": False}}.items():
+        paths[name] = os.path.join(root, f"{name}.jsonl")
+        with open(paths[name], "w") as f:
+            for r in write_records(root, 16, seed=1, **kw):
+                f.write(json.dumps(r) + "\n")
+    return {"root": root, "model": os.path.join(root, "model"), **paths}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One process, the whole 8-sample global batch in one forward, 2 epochs = 4 steps: the run
+    that DDP, FSDP and resumed runs must reproduce, and whose checkpoint transformers loads."""
+    cfg = config(setup, "reference", global_batch=8, micro_batch=8, epochs=2)
+    model = train.train(cfg)
+    return cfg, model
+
+
+def config(setup, out, **kw):
+    base = dict(model=setup["model"], data=setup["mixed"], out=os.path.join(setup["root"], out), epochs=1,
+                global_batch=8, micro_batch=8, max_len=256, min_pixels=3136, max_pixels=12544, lr=1e-3,
+                warmup_ratio=0.25, weight_decay=0.1, workers=0, seed=0, save_every=1000)
+    return TrainConfig(**dict(base, **kw))
+
+
+def torchrun(cfg, nproc=2):
+    """Run the real command line: torchrun --nproc_per_node 2 train.py --flag value ..."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            os.path.join(ROOT, "train.py")]
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type is bool:
+            args += [f"--{f.name.replace('_', '-')}"] if v else []
+        elif v is not None:
+            args += [f"--{f.name.replace('_', '-')}", str(v)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    return r
+
+
+def final_weights(cfg):
+    ckpt = train.list_checkpoints(cfg.out)[-1]
+    return load_file(os.path.join(ckpt, "model.safetensors"))
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def log(cfg):
+    with open(os.path.join(cfg.out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# ------------------------------------------------------------------------------ pure pieces
+def test_lr_schedule_matches_formula():
+    cfg = TrainConfig(lr=2e-5, min_lr_ratio=0.1, warmup_ratio=0.05)
+    total = 45  # warmup = ceil(0.05 x 45) = 3 steps, then 42 cosine steps
+    floor = 2e-6
+    assert train.lr_at(0, total, cfg) == pytest.approx(2e-5 / 3)
+    assert train.lr_at(2, total, cfg) == pytest.approx(2e-5)  # warmup end: the peak
+    assert train.lr_at(2 + 21, total, cfg) == pytest.approx((2e-5 + floor) / 2)  # half-way down the cosine
+    assert train.lr_at(2 + 7, total, cfg) == pytest.approx(floor + 0.5 * (2e-5 - floor) * (1 + math.cos(math.pi / 6)))
+    assert train.lr_at(total - 1, total, cfg) == pytest.approx(floor)  # last step lands on the floor
+
+
+def test_global_batch_must_split_into_world_micro_accum():
+    assert train.accumulation_steps(TrainConfig(global_batch=64, micro_batch=4), world=2) == 8
+    with pytest.raises(click.UsageError, match="not a multiple of world size 2 x micro-batch 3"):
+        train.accumulation_steps(TrainConfig(global_batch=64, micro_batch=3), world=2)
+
+
+def test_plan_gives_every_sample_once_and_same_steps_for_any_world_size():
+    lengths = [int(x) for x in torch.randint(10, 500, (27,), generator=torch.Generator().manual_seed(0))]
+    sampler = data.LengthGroupedSampler(lengths, batch_size=8, seed=5)
+    two = train.plan_epoch(sampler, epoch=0, world=2, accum=2)
+    one = train.plan_epoch(sampler, epoch=0, world=1, accum=1)
+    flat = [i for s in two for r in s for mb in r for i in mb]
+    assert sorted(flat) == list(range(27))  # 27 samples in 4 steps, none repeated or dropped
+    assert len(two) == len(one) == 4
+    for s2, s1 in zip(two, one):  # the same samples per optimizer step
+        assert sorted(i for r in s2 for mb in r for i in mb) == sorted(s1[0][0])
+        assert all(len(r) == 2 for r in s2)  # every rank runs accum micro-batches
+        sizes = [len(mb) for r in s2 for mb in r]
+        assert max(sizes) - min(sizes) <= 1
+    assert train.plan_epoch(sampler, epoch=1, world=2, accum=2) != two  # a new order each epoch
+
+
+# ------------------------------------------------------------------------------------- loss
+def test_loss_sums_cross_entropy_of_supervised_next_tokens_only(setup):
+    torch.manual_seed(0)
+    model = QwenVL.from_pretrained(setup["model"], dtype=torch.float32)
+    V = model.config.vocab_size
+    ids = torch.randint(0, 200, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    mask = torch.tensor([[1] * 6 + [2] * 6, [1] * 10 + [0] * 2])  # row 0 packs 2 samples; row 1 padded
+    labels[1, 10:] = -100
+    with torch.no_grad():
+        got = train.SFTLoss(model)(ids, labels, mask)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+    want = 0.0
+    for b in range(2):
+        for t in range(11):
+            same = mask[b, t] == mask[b, t + 1]
+            if labels[b, t + 1] != -100 and same:
+                want = want + torch.nn.functional.cross_entropy(logits[b, t].view(1, V), ids[b, t + 1:t + 2])
+    assert abs(float(got) - float(want)) < 1e-4
+    assert train.supervised_count({"labels": labels, "attention_mask": mask}) == 6 + 5  # row 0: the target across the 1|2 boundary is excluded
+
+
+# ------------------------------------------------------------------------------- distributed
+def test_two_process_ddp_equals_one_process_whole_batch(setup, reference):
+    """2 gloo ranks x micro-batch 2 x accumulation 2, micro-batches of very different supervised
+    token counts, some text-only (the zero-weighted vision pass keeps DDP's graph static), against
+    one process doing the 8-sample global batch in a single forward."""
+    one, _ = reference
+    ddp = config(setup, "ddp", global_batch=8, micro_batch=2, epochs=2)
+    torchrun(ddp)
+    ds = make_dataset(setup)
+    steps = train.plan_epoch(data.LengthGroupedSampler(ds.lengths, 8, seed=0), 0, 2, 2)
+    sup = [train.supervised_count(data.collate([ds[i]], 0)) for i in range(len(ds))]
+    micro = [sum(sup[i] for i in mb) for s in steps for r in s for mb in r]
+    assert max(micro) >= 3 * min(micro)  # really uneven micro-batches
+    assert any(all(not ds.records[i]["images"] for i in mb) for s in steps for r in s for mb in r)  # a text-only one
+    assert max_diff(final_weights(one), final_weights(ddp)) <= 1e-5
+    a, b = log(one), log(ddp)
+    assert [r["sup_tokens"] for r in a] == [r["sup_tokens"] for r in b]
+    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(a, b))
+
+
+def test_text_only_batches_do_not_crash_ddp_and_leave_vision_untouched(setup):
+    cfg = config(setup, "text", data=setup["text"], global_batch=4, micro_batch=1, weight_decay=0.0)
+    torchrun(cfg)
+    before = load_file(os.path.join(setup["model"], "model.safetensors"))
+    after = final_weights(cfg)
+    vision = [k for k in before if k.startswith("visual.")]
+    assert max(float((before[k] - after[k]).abs().max()) for k in vision) == 0.0  # exactly zero grads
+    assert float((before["model.norm.weight"] - after["model.norm.weight"]).abs().max()) > 0
+
+
+def test_fsdp_two_processes_equals_one_process(setup, reference):
+    one, _ = reference
+    cfg = config(setup, "fsdp", global_batch=8, micro_batch=2, epochs=2, fsdp=True)
+    torchrun(cfg)
+    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-5
+
+
+# ------------------------------------------------------------------------------- options
+def test_packing_gives_the_same_update_as_padding(setup, reference):
+    """The loss is a per-token mean over the step, so packing samples into shared rows changes
+    the batch layout but not the gradient."""
+    one, _ = reference
+    cfg = dataclasses.replace(one, out=os.path.join(setup["root"], "packed"), packing=True, max_len=1024)
+    train.train(cfg)
+    assert [r["tokens"] for r in log(cfg)] == [r["tokens"] for r in log(one)]
+    assert [r["padding"] for r in log(cfg)] == [0.0] * 4 and log(one)[0]["padding"] > 0.1  # one row per step
+    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-5
+
+
+def test_activation_checkpointing_gives_the_same_update(setup, reference):
+    one, _ = reference
+    cfg = dataclasses.replace(one, out=os.path.join(setup["root"], "ckpt"), grad_ckpt=True)
+    train.train(cfg)
+    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-6
+
+
+def test_frozen_parts_stay_fixed(setup):
+    cfg = config(setup, "frozen", lr_vision=0.0, lr_merger=0.0, epochs=1)
+    train.train(cfg)
+    before, after = load_file(os.path.join(setup["model"], "model.safetensors")), final_weights(cfg)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(k.startswith("visual.") for k in changed)
+    assert "model.embed_tokens.weight" in changed
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_resume_continues_exactly(setup, reference):
+    """4 steps straight == 1 step, stop, resume, 3 steps: same data order, same weights."""
+    straight, _ = reference
+    part = dataclasses.replace(straight, out=os.path.join(setup["root"], "resumed"), stop_after=1)
+    train.train(part)
+    assert [os.path.basename(p) for p in train.list_checkpoints(part.out)] == ["step-000001"]
+    train.train(dataclasses.replace(part, stop_after=0, resume=True))
+    a, b = log(straight), log(part)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    # same data and same state after the resume: identical per-step losses and token counts
+    assert [(r["loss"], r["sup_tokens"], r["tokens"]) for r in a] == [(r["loss"], r["sup_tokens"], r["tokens"]) for r in b]
+    assert max_diff(final_weights(straight), final_weights(part)) == 0.0
+
+
+def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    cfg, model = reference
+    ckpt = train.list_checkpoints(cfg.out)[-1]
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "preprocessor_config.json"):
+        assert os.path.exists(os.path.join(ckpt, name)), name
+    assert json.load(open(os.path.join(ckpt, "preprocessor_config.json")))["max_pixels"] == 12544
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert tok.chat_template == data.QWEN2_5_VL_CHAT_TEMPLATE
+    hf, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    proc = data.ImageProcessor(min_pixels=3136, max_pixels=12544)
+    ds = data.SFTDataset(setup["mixed"], tok, proc, 256)
+    batch = data.collate([ds[0], ds[1], ds[2]], tok.pad_token_id)
+    hf.eval(), model.eval()
+    mm = (batch["input_ids"] == model.config.image_token_id).long()
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"], batch["attention_mask"])
+        theirs = hf(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                    attention_mask=batch["attention_mask"], mm_token_type_ids=mm).logits
+    keep = batch["attention_mask"].bool()
+    assert float((ours[keep] - theirs[keep]).abs().max()) <= 1e-4
+
+
+def test_crash_during_save_keeps_last_checkpoint_and_resume_recovers(setup, reference, monkeypatch):
+    straight, _ = reference
+    cfg = dataclasses.replace(straight, out=os.path.join(setup["root"], "crash"), save_every=1)
+    real_save, calls = QwenVL.save_pretrained, []
+
+    def dies_on_second_save(self, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C half-way through writing step 2
+        return real_save(self, path, **kw)
+
+    monkeypatch.setattr(QwenVL, "save_pretrained", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg)
+    monkeypatch.setattr(QwenVL, "save_pretrained", real_save)
+    assert [os.path.basename(p) for p in train.list_checkpoints(cfg.out)] == ["step-000001"]
+    assert os.path.isdir(os.path.join(cfg.out, ".tmp-step-000002"))  # the half-written one, never listed
+    with pytest.raises(click.UsageError, match="pass --resume"):  # never silently overwrite a run
+        train.train(cfg)
+    train.train(dataclasses.replace(cfg, resume=True))
+    assert not os.path.exists(os.path.join(cfg.out, ".tmp-step-000002"))
+    assert [r["step"] for r in log(cfg)] == [1, 2, 3, 4]
+    assert max_diff(final_weights(straight), final_weights(cfg)) == 0.0
+    assert len(train.list_checkpoints(cfg.out)) == cfg.keep  # older ones pruned
+
+
+def test_nan_loss_stops_with_step_and_sample_ids(setup, tmp_path):
+    model = QwenVL.from_pretrained(setup["model"], dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    bad = str(tmp_path / "bad")
+    model.save_pretrained(bad)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        os.link(os.path.join(setup["model"], f), os.path.join(bad, f))
+    with pytest.raises(FloatingPointError, match=r"step 0: loss nan.*not applied.*Sample indices") as e:
+        train.train(config(setup, "nan", model=bad))
+    first_step = train.plan_epoch(data.LengthGroupedSampler(train_lengths(setup), 8, seed=0), 0, 1, 1)[0][0][0]
+    assert sorted(json.loads(str(e.value).split("): ")[-1])) == sorted(first_step)
+    assert not train.list_checkpoints(os.path.join(setup["root"], "nan"))
+
+
+# -------------------------------------------------------------------------------- learning
+def test_training_drives_loss_down(setup):
+    cfg = config(setup, "learn", global_batch=8, micro_batch=8, epochs=15, lr=1e-2, warmup_ratio=0.1)
+    train.train(cfg)
+    losses = [r["loss"] for r in log(cfg)]
+    assert sum(losses[-2:]) / 2 < 0.4 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------- helpers
+def train_lengths(setup):
+    return make_dataset(setup).lengths
+
+
+def make_dataset(setup):
+    tok = data.load_tokenizer(setup["model"])
+    return data.SFTDataset(setup["mixed"], tok, data.ImageProcessor(min_pixels=3136, max_pixels=12544), 256)

@@ -1,0 +1,49 @@
+"""vLLM backend for evaluate.py and curate.py (`--backend vllm`): the offline `LLM` API behind the
+same small interface as evaluate.NativeBackend. vLLM's engine API changes often (V0 removed,
+`task=` deprecated), so every vLLM call of the project lives in this one file, and nothing imports
+it unless that backend is chosen. Needs `pip install -r requirements-vllm.txt` and a GPU.
+
+    python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/vqa_rad --backend vllm
+"""
+import data
+
+
+class VLLMBackend:
+    """Prompts are rendered with data.render_chat (one <|image_pad|> per image: vLLM's Qwen2.5-VL
+    processor expands it); the pixel budget is passed to vLLM's image processor."""
+
+    def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
+                 max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0):
+        from vllm import LLM
+        mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        self.llm = LLM(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
+                       limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm,
+                       tensor_parallel_size=tensor_parallel_size, seed=seed)
+        self.timings = {}
+
+    def _inputs(self, requests, add_generation_prompt=True):
+        out = []
+        for r in requests:
+            item = {"prompt": data.render_chat(r["messages"], add_generation_prompt=add_generation_prompt)}
+            images = [data.open_image(im) for im in r.get("images") or []]
+            if images:
+                item["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+            out.append(item)
+        return out
+
+    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1):
+        from vllm import SamplingParams
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, n=n, seed=seed)
+        outs = self.llm.generate(self._inputs(requests), params, use_tqdm=False)
+        return [[c.text for c in o.outputs] for o in outs]
+
+    def prompt_logprobs(self, requests):
+        """Per request {'token_ids', 'logprobs'}: the log-prob of each prompt token (first None)."""
+        from vllm import SamplingParams
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        res = []
+        for o in self.llm.generate(self._inputs(requests, False), params, use_tqdm=False):
+            ids = list(o.prompt_token_ids)
+            lps = [None if d is None else d[t].logprob for t, d in zip(ids, o.prompt_logprobs)]
+            res.append({"token_ids": ids, "logprobs": lps})
+        return res
