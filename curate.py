@@ -3,7 +3,9 @@
 Every step reads and writes ShareGPT JSONL and leaves a sidecar report (OUT.report.json and
 OUT.report.md) saying what it kept, changed or dropped and why. Steps are resumable: per-record
 results live in OUT.cache.jsonl (or OUT.cache/ for embeddings) keyed by a hash of the record and
-the step's settings, so a rerun only computes what is missing.
+the step's settings, so a rerun only computes what is missing. Decontamination lives in
+decontaminate.py (self-contained, also runnable alone); its record helpers, report and step
+files serve every step here.
 
     python curate.py augment       IN.jsonl OUT.jsonl
     python curate.py cot           IN.jsonl OUT.jsonl --teacher DIR --k 4 --temperature 0.8
@@ -13,21 +15,22 @@ the step's settings, so a rerun only computes what is missing.
     python curate.py pipeline      SPEC.json   # {"steps": [{"step": "cot", "in": ..., ...}, ...]}
 """
 import dataclasses
-import glob
-import hashlib
 import json
 import math
 import os
 import re
-import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import click
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
+
+import decontaminate
+from decontaminate import (DecontamConfig, bare_question, config_command, load_model, normalize_question,
+                           parse_options, read_step_input, record_key, record_name, source_of,
+                           strip_image_tags, template_question, turn_index, write_step_output)
 
 # --------------------------------------------------------------------------------------------
 # Prompts: appendix A of the paper, word for word ({QUESTION} and {ORIGINAL CAPTION} are the
@@ -56,84 +59,15 @@ Original description:
 
 Now rewrite this as a simplified, image-grounded caption suitable for training a vision-language model."""
 
-# gme-Qwen2-VL's default embedding instruction (its gme_inference.py, used for every corpus item).
-GME_INSTRUCTION = "You are a helpful assistant."
-
 # --------------------------------------------------------------------------------------------
-# Records, reports, caches
-
-
-def record_key(obj, *salt) -> str:
-    """Stable hash of a record (plus the step settings that change its result)."""
-    blob = json.dumps([obj, salt], sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()
-
-
-def source_of(record) -> str:
-    return str(record.get("source") or (record.get("meta") or {}).get("source") or "unknown")
-
-
-def record_name(record, index) -> str:
-    return str(record.get("id") or (record.get("meta") or {}).get("id") or f"#{index}")
-
-
-def turn_index(record, role, last=False):
-    idx = [i for i, m in enumerate(record.get("messages", [])) if m.get("role") == role]
-    return (idx[-1] if last else idx[0]) if idx else None
-
-
-def strip_image_tags(text: str) -> str:
-    return text.replace("<image>", "").strip()
-
-
-def load_image(image) -> Image.Image:
-    from data import open_image  # EXIF-upright RGB, 16-bit scans scaled: the pixels training sees
-    return open_image(image)
-
-
-class Report:
-    """Counts (overall and per source), settings and extra sections, written as JSON and Markdown."""
-
-    def __init__(self, step, config=None):
-        self.step, self.config = step, dataclasses.asdict(config) if config else {}
-        self.counts, self.by_source, self.sections = Counter(), defaultdict(Counter), {}
-
-    def count(self, what, source=None, n=1):
-        self.counts[what] += n
-        if source is not None:
-            self.by_source[source][what] += n
-
-    def to_dict(self):
-        return {"step": self.step, "config": self.config, "counts": dict(self.counts),
-                "by_source": {s: dict(c) for s, c in sorted(self.by_source.items())},
-                **self.sections}
-
-    def write(self, out_path):
-        stem = os.path.splitext(out_path)[0]
-        with open(stem + ".report.json", "w") as f:
-            json.dump(self.to_dict(), f, indent=1, ensure_ascii=False, default=str)
-        cols = sorted({k for c in self.by_source.values() for k in c})
-        md = [f"# curate.py {self.step}: {out_path}", _table(["setting", "value"], self.config.items()),
-              _table(["count", "n"], sorted(self.counts.items())),
-              _table(["source"] + cols, [[s] + [c.get(k, 0) for k in cols] for s, c in sorted(self.by_source.items())])]
-        for name, v in self.sections.items():
-            md.append(f"## {name}\n\n" + (f"```\n{v}\n```" if isinstance(v, str) else
-                                          _table(["key", "value"], v.items()) if isinstance(v, dict) else
-                                          _table(list(v[0]), [r.values() for r in v]) if v else "(none)"))
-        with open(stem + ".report.md", "w") as f:
-            f.write("\n\n".join(md) + "\n")
-
-
-def _table(header, rows):
-    cell = lambda v: (f"{v:.4f}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ")[:200]
-    return "\n".join(["| " + " | ".join(map(cell, r)) + " |" for r in [header, ["---"] * len(header)] + list(rows)])
+# Teacher calls and their cache
 
 
 class JsonlCache:
     """key -> result, appended line by line so an interrupted run keeps what it finished."""
 
     def __init__(self, path):
-        self.path, self.data = path, {}
+        self.data = {}
         if path and os.path.exists(path):
             with open(path) as f:
                 for line in f:
@@ -152,36 +86,6 @@ class JsonlCache:
         if self._f:
             self._f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
             self._f.flush()
-
-
-def read_records(path):
-    """ShareGPT JSON/JSONL -> (records, bad). Each record is data.to_canonical's form plus the
-    extra keys it carried (id, source, meta), which later steps report by; image paths resolve
-    against the file's folder. Unusable lines are returned in `bad` as (line, reason, raw)."""
-    from data import SampleError, to_canonical
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    lines = (json.loads(text) if text.lstrip().startswith("[")
-             else [ln for ln in text.splitlines() if ln.strip()])
-    records, bad, root = [], [], os.path.dirname(os.path.abspath(path))
-    for i, raw in enumerate(lines, 1):
-        try:
-            raw = json.loads(raw) if isinstance(raw, str) else raw
-            extra = {k: v for k, v in raw.items() if k not in ("messages", "conversations", "images", "image")}
-            records.append({**to_canonical(raw, root), **extra})
-        except (SampleError, json.JSONDecodeError, AttributeError) as e:
-            bad.append((i, getattr(e, "reason", "invalid_json"), raw))
-    return records, bad
-
-
-def write_records(records, path):
-    """JSONL, canonical keys first, extra keys (id, source, meta) kept for the next step."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({"messages": r["messages"], "images": [str(x) for x in r.get("images") or []],
-                                **{k: v for k, v in r.items() if k not in ("messages", "images")}},
-                               ensure_ascii=False) + "\n")
 
 
 def teacher_pass(teacher, todo, cache, report, cfg, judge, n=1, desc="teacher"):
@@ -227,29 +131,6 @@ class AugmentConfig:
     # phrase" instruction would contradict them, so such records are left as they are
 
 
-def _template_question(text, templates):
-    """The {question} slot of the first template (instructions filled in) that matches text."""
-    for t in templates:
-        if "{options}" in t:
-            continue
-        pattern = re.escape(t).replace(re.escape("{question}"), "(?P<q>.+)")
-        m = re.fullmatch(pattern, text, re.S)
-        if m:
-            return m.group("q").strip() if "q" in m.groupdict() else ""
-    return None
-
-
-def bare_question(text):
-    """(question, options) without image tags, option lines and the instruction a template of
-    sources.INSTRUCTIONS added, so augmented and raw copies of a question compare alike."""
-    import sources
-    stem, options = parse_options(text)
-    if options is None:
-        stem = next((q for q in (_template_question(stem, v) for k, v in sources.INSTRUCTIONS.items()
-                                 if k != "caption") if q), stem)
-    return stem, options
-
-
 def augment_records(records, cfg, report):
     """Re-render each single-exchange record's user turn with sources.py's instruction templates
     (INSTRUCTIONS, picked per record by sources.to_sharegpt(augment=True))."""
@@ -264,11 +145,10 @@ def augment_records(records, cfg, report):
             continue
         text, answer = strip_image_tags(turns[0]["content"]), turns[1]["content"]
         stem, options = bare_question(text)
-        caption = _template_question(text, sources.INSTRUCTIONS["caption"]) is not None
-        if options is None and not caption:
-            if len(answer.split()) > cfg.max_short_answer_words:
-                report.count("kept:long_answer", src), out.append(r)
-                continue
+        caption = template_question(text, sources.INSTRUCTIONS["caption"]) is not None
+        if options is None and not caption and len(answer.split()) > cfg.max_short_answer_words:
+            report.count("kept:long_answer", src), out.append(r)
+            continue
         rec = {"id": record_key(r), "question": stem, "answer": answer, "options": options,
                "images": r.get("images") or [], "meta": {"task": "caption"} if caption else {}}
         new = sources.to_sharegpt(rec, augment=True, seed=cfg.seed, system=system)
@@ -278,26 +158,8 @@ def augment_records(records, cfg, report):
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Response enhancement: CoT rationales with rejection sampling
-
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):：]\s*(\S.*?)\s*$")
-
-
-def parse_options(text):
-    """Split a multiple-choice user turn into (stem, {letter: option text}); options None when
-    the text does not hold consecutive option lines A., B., ... (at least two)."""
-    lines = strip_image_tags(text).splitlines()
-    opts, first = {}, None
-    for i, line in enumerate(lines):
-        m = _OPTION_LINE.match(line)
-        if m and m.group(1) == chr(ord("A") + len(opts)):
-            opts[m.group(1)] = m.group(2)
-            first = i if first is None else first
-        elif opts:
-            break  # options end; what follows is an instruction such as "Answer with the option's letter"
-    if len(opts) < 2:
-        return strip_image_tags(text), None
-    return "\n".join(lines[:first]).strip(), opts
+# 2. Response enhancement: CoT rationales with rejection sampling (parse_options, which splits
+# a multiple-choice question, lives in decontaminate.py: decontamination compares bare questions)
 
 
 def parse_gold(answer, options):
@@ -517,10 +379,6 @@ class PerplexityConfig:
     max_pixels: int = 262144         # paper: at most 262,144 pixels per image
 
 
-def _dtype(model):
-    return next(model.parameters()).dtype
-
-
 def _padded_batch(batch, pad):
     """(length, index, encoded sample, caption positions) rows -> right-padded model inputs."""
     L = max(t[0] for t in batch)
@@ -565,7 +423,7 @@ def score_records(records, model, tokenizer, processor, cfg, report, cache=None)
             batch = todo[b:b + cfg.batch_size]
             ids, tmask, mask, pv, grid = _padded_batch(batch, pad)
             sums, counts = caption_nll(model, ids.to(dev), tmask.to(dev), mask.to(dev),
-                                       pv if pv is None else pv.to(dev, _dtype(model)),
+                                       pv if pv is None else pv.to(dev, next(model.parameters()).dtype),
                                        grid if grid is None else grid.to(dev))
             for row, (_, i, _, pos) in enumerate(batch):
                 results[i] = {"ppl": math.exp(float(sums[row]) / int(counts[row])), "n": len(pos)}
@@ -649,271 +507,29 @@ def select_by_perplexity(records, results, cfg, report):
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Decontamination
-
-
-def normalize_question(text) -> str:
-    """Lowercase; runs of punctuation and whitespace become one space."""
-    return re.sub(r"[\W_]+", " ", str(text).lower()).strip()
-
-
-def image_hash(image) -> str:
-    """Hash of the decoded pixels: a file saved again losslessly (or renamed) hashes the same."""
-    im = load_image(image)
-    return hashlib.sha1(f"{im.size}".encode() + im.tobytes()).hexdigest()
-
-
-def query_of(record) -> str:
-    """The question a record asks: the first user turn without image tags, options and
-    instruction lines (parse_options), so benchmark stems and training prompts compare alike."""
-    if "question" in record and "messages" not in record:
-        return strip_image_tags(str(record["question"]))
-    u = turn_index(record, "user")
-    return bare_question(record["messages"][u]["content"])[0] if u is not None else ""
-
-
-@torch.no_grad()
-def max_similarity(train, bench, block=4096):
-    """Cosine similarity of every train row to its nearest bench row: (max, argmax) per train
-    row. L2-normalizes, then multiplies one train block by the whole benchmark at a time, so the
-    memory is block x len(bench) instead of len(train) x len(bench) (150k x 20k fp32 = 12 GB)."""
-    bench_t = F.normalize(bench.float(), dim=1).t().contiguous()
-    vals = torch.empty(len(train))
-    idx = torch.empty(len(train), dtype=torch.long)
-    buf = torch.empty(min(block, len(train)), bench_t.shape[1])
-    for s in range(0, len(train), block):
-        a = F.normalize(train[s:s + block].float(), dim=1)
-        sims = torch.mm(a, bench_t, out=buf[:len(a)])
-        torch.max(sims, dim=1, out=(vals[s:s + len(a)], idx[s:s + len(a)]))
-    return vals, idx
-
-
-class HashEmbedder:
-    """Deterministic, model-free embedder for tests and demos: the image as 16x16 area-averaged
-    RGB pixels (mean removed) and the normalized question as signed hashed character 3-grams,
-    each L2-normalized, concatenated / sqrt(2). Re-encoded or resized images and case or
-    punctuation rewording stay near 1.0; unrelated items land far below 0.95."""
-    name = "hash-v1"
-
-    def __init__(self, side=16, text_dim=1024, n=3):
-        self.side, self.text_dim, self.n = side, text_dim, n
-
-    def image_vec(self, images):
-        v = torch.zeros(3 * self.side * self.side)
-        for im in images:
-            small = load_image(im).resize((self.side, self.side), Image.BOX)
-            x = torch.tensor(list(small.tobytes()), dtype=torch.float32)
-            v += F.normalize(x - x.mean(), dim=0)
-        return F.normalize(v, dim=0)
-
-    def text_vec(self, text):
-        s = f" {normalize_question(text)} "
-        v = torch.zeros(self.text_dim)
-        for i in range(len(s) - self.n + 1):
-            h = zlib.crc32(s[i:i + self.n].encode())
-            v[h % self.text_dim] += 1.0 if (h >> 16) & 1 else -1.0
-        return F.normalize(v, dim=0)
-
-    def __call__(self, items):
-        return torch.stack([torch.cat([self.image_vec(ims), self.text_vec(q)]) / math.sqrt(2)
-                            for ims, q in items])
-
-
-class ModelEmbedder:
-    """gme-style embedding (REFERENCE.md section 7, gme-Qwen2-VL's gme_inference.py): the chat
-    string system instruction / user = images then text / assistant header then <|endoftext|>,
-    the final hidden state of the last token, L2-normalized. Any checkpoint QwenVL loads."""
-
-    def __init__(self, model, tokenizer, processor, instruction=GME_INSTRUCTION, device="cpu", name=""):
-        self.model, self.tok, self.proc, self.instruction = model.eval(), tokenizer, processor, instruction
-        self.device = torch.device(device)
-        # the cache key: a different checkpoint, instruction or pixel budget gives other vectors
-        self.name = f"gme:{name}:{instruction}:{processor.min_pixels}-{processor.max_pixels}"
-        self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-
-    def prompt(self, n_images, text):
-        vision = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
-        return (f"<|im_start|>system\n{self.instruction}<|im_end|>\n<|im_start|>user\n{vision}{text}"
-                f"<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
-
-    @torch.no_grad()
-    def __call__(self, items):
-        seqs, pvs, grids = [], [], []
-        for ims, text in items:
-            prompt = self.prompt(len(ims), text)
-            if ims:
-                pv, grid = self.proc([load_image(im) for im in ims])
-                pvs.append(pv), grids.append(grid)
-                merge = self.model.config.vision.spatial_merge_size ** 2
-                parts = prompt.split("<|image_pad|>")  # expand each image to its token count
-                prompt = parts[0] + "".join("<|image_pad|>" * (int(g.prod()) // merge) + p
-                                            for g, p in zip(grid, parts[1:]))
-            seqs.append(self.tok(prompt, add_special_tokens=False)["input_ids"])
-        L = max(map(len, seqs))
-        ids = torch.full((len(seqs), L), self.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)], mask[row, :len(s)] = torch.tensor(s), 1
-        hidden = self.model(ids.to(self.device), torch.cat(pvs).to(self.device, _dtype(self.model)) if pvs else None,
-                            torch.cat(grids).to(self.device) if grids else None,
-                            attention_mask=mask.to(self.device), return_hidden=True)
-        last = hidden[torch.arange(len(seqs)), mask.sum(1).to(self.device) - 1]
-        return F.normalize(last.float(), dim=1).cpu()
-
-
-class TensorCache:
-    """key -> embedding, stored as chunk files in a directory (JSON is too large for vectors)."""
-
-    def __init__(self, root):
-        self.root, self.data, self.buf = root, {}, {}
-        for p in sorted(glob.glob(os.path.join(root, "chunk_*.pt"))) if root else []:
-            try:
-                c = torch.load(p)
-                self.data.update(zip(c["keys"], c["emb"]))
-            except Exception:
-                pass  # a chunk cut by an interruption: recomputed
-
-    def put(self, keys, emb):
-        self.data.update(zip(keys, emb))
-        self.buf.update(zip(keys, emb))
-        if len(self.buf) >= 1024:
-            self.flush()
-
-    def flush(self):
-        if self.root and self.buf:
-            os.makedirs(self.root, exist_ok=True)
-            n = len(glob.glob(os.path.join(self.root, "chunk_*.pt")))
-            torch.save({"keys": list(self.buf), "emb": torch.stack(list(self.buf.values()))},
-                       os.path.join(self.root, f"chunk_{n:06d}.pt"))
-        self.buf = {}
-
-
-def embed_items(items, embedder, cache, batch_size, desc):
-    """items: (image hashes, images, query). Embeds those missing from the cache."""
-    keys = [record_key([h, q], embedder.name) for h, _, q in items]
-    todo = [i for i, k in enumerate(keys) if k not in cache.data]
-    for s in tqdm(range(0, len(todo), batch_size), desc=desc, disable=None):
-        part = todo[s:s + batch_size]
-        cache.put([keys[i] for i in part], embedder([(items[i][1], items[i][2]) for i in part]))
-    cache.flush()
-    return torch.stack([cache.data[k] for k in keys]) if keys else torch.zeros(0, 1)
-
-
-@dataclass
-class DecontamConfig:
-    bench: list = field(default_factory=list)  # benchmark JSONL files or name:root[:split]
-    embedder: str = "hash"      # "hash" (model-free) or a checkpoint dir (gme-Qwen2-VL-2B-Instruct)
-    threshold: float = 0.95     # paper section 3: similarity above 95% is excluded
-    block: int = 4096           # train rows per matrix product (memory = block x benchmark size)
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
-    min_pixels: int = 256 * 28 * 28   # gme_inference.py: min_image_tokens 256
-    max_pixels: int = 1280 * 28 * 28  # gme_inference.py: max_image_tokens 1280
-
-
-def _hashed(entries, report, side):
-    """(index, image hashes, images, query) for entries whose images all read; others counted."""
-    out = []
-    for i, (images, query) in enumerate(tqdm(entries, desc=f"hash {side}", disable=None)):
-        try:
-            out.append((i, [image_hash(im) for im in images], images, query))
-        except Exception:
-            report.count(f"{side}_unreadable_image")
-        if not images:
-            report.count(f"{side}_text_only")
-    return out
-
-
-def decontaminate(train, bench, embedder, cfg, report, cache=None):
-    """Returns (keep flags, removed rows). train: ShareGPT records; bench: records or
-    load_source-style dicts. An exact pass (pixel hash + normalized question) needs no model;
-    the rest is compared by embedding similarity."""
-    cache = cache or TensorCache(None)
-    t = _hashed([(r.get("images") or [], query_of(r)) for r in train], report, "train")
-    b = _hashed([(r.get("images") or [], query_of(r)) for r in bench], report, "bench")
-    exact = {(tuple(h), normalize_question(q)): j for j, h, _, q in b}
-    keep, removed, rest = [True] * len(train), [], []
-    for i, h, ims, q in t:
-        j = exact.get((tuple(h), normalize_question(q)))
-        if j is not None:
-            keep[i] = False
-            removed.append({"train": record_name(train[i], i), "train_question": q, "kind": "exact",
-                            "bench": record_name(bench[j], j), "bench_question": query_of(bench[j]), "score": 1.0})
-        else:
-            rest.append((i, h, ims, q))
-    if embedder is not None and rest and b:
-        bench_emb = embed_items([x[1:] for x in b], embedder, cache, cfg.batch_size, "embed bench")
-        train_emb = embed_items([x[1:] for x in rest], embedder, cache, cfg.batch_size, "embed train")
-        vals, idx = max_similarity(train_emb, bench_emb, cfg.block)
-        for (i, _, _, q), v, j in zip(rest, vals.tolist(), idx.tolist()):
-            if v > cfg.threshold:
-                jb = b[j][0]
-                keep[i] = False
-                removed.append({"train": record_name(train[i], i), "train_question": q, "kind": "embedding",
-                                "bench": record_name(bench[jb], jb), "bench_question": query_of(bench[jb]),
-                                "score": round(v, 6)})
-    checked = {x[0] for x in t}
-    for i, (r, k) in enumerate(zip(train, keep)):
-        report.count("dropped:contaminated" if not k else "kept" if i in checked else
-                     "kept:unchecked_unreadable_image", source_of(r))
-    report.sections["removed"] = removed
-    return keep, removed
-
-
-# --------------------------------------------------------------------------------------------
 # Steps over files, and the command line
-
-
-def _load_teacher(cfg):
-    import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
-    return evaluate.make_backend(cfg.backend, cfg.teacher)
-
-
-def _load_model(path, dtype, device):
-    from data import load_tokenizer
-    from infimed import QwenVL
-    model = QwenVL.from_pretrained(path, dtype=getattr(torch, dtype), device=device).eval()
-    return model, load_tokenizer(path)
-
-
-def load_bench(spec):
-    """Benchmark items from a JSONL file (ShareGPT or load_source-style lines, image paths
-    relative to the file) or from `name:root[:split]` through sources.load_source."""
-    if os.path.exists(spec):
-        rows, base = [], os.path.dirname(os.path.abspath(spec))
-        with open(spec) as f:
-            for line in f:
-                if line.strip():
-                    r = json.loads(line)
-                    r["images"] = [im if os.path.isabs(im) else os.path.join(base, im) for im in r.get("images") or []]
-                    rows.append(r)
-        return rows
-    import sources
-    name, root, split = (spec.split(":") + ["test"])[:3]
-    return sources.load_source(name, root, split)
 
 
 def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=None):
     """Read IN, run one step, write OUT (+ OUT.report.json/.md, OUT.dropped.jsonl)."""
-    stem = os.path.splitext(out_path)[0]
-    records, bad = read_records(in_path)
-    report = Report(step, cfg)
-    report.sections["input"] = {"path": in_path, "records": len(records), "unreadable_lines": len(bad)}
-    for line, reason, _ in bad:
-        report.count(f"dropped:invalid_record:{reason}")
-    report.sections["invalid_records"] = [{"line": ln, "reason": why} for ln, why, _ in bad]
-    keep = [True] * len(records)
+    if step == "decontaminate":
+        return decontaminate.run_step(in_path, out_path, cfg, embedder)
+    if step not in CONFIGS:
+        raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(CONFIGS)}")
     need = {"cot": "teacher", "caption": "teacher", "perplexity": "model"}.get(step)
     if need and not getattr(cfg, need) and teacher is None and model is None:
         raise click.UsageError(f"{step} needs --{need} DIR (a checkpoint directory)")
+    stem = os.path.splitext(out_path)[0]
+    records, report = read_step_input(step, in_path, cfg)
+    keep = [True] * len(records)
     if step == "augment":
         records = augment_records(records, cfg, report)
     elif step in ("cot", "caption"):
-        teacher = teacher or _load_teacher(cfg)
+        import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
+        teacher = teacher or evaluate.make_backend(cfg.backend, cfg.teacher)
         fn = enhance_responses if step == "cot" else refine_captions
         records = fn(records, teacher, cfg, report, JsonlCache(stem + ".cache.jsonl"))
-    elif step == "perplexity":
+    else:
         from data import ImageProcessor, load_tokenizer
         cache = JsonlCache(stem + ".cache.jsonl")
         if cfg.scorer == "vllm":
@@ -921,38 +537,13 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
             backend = evaluate.make_backend("vllm", cfg.model, dtype=cfg.dtype, max_pixels=cfg.max_pixels)
             results = score_with_prompt_logprobs(records, backend, load_tokenizer(cfg.model), cfg, report, cache)
         else:
-            model, tok = model or _load_model(cfg.model, cfg.dtype, cfg.device)
-            proc = ImageProcessor(max_pixels=cfg.max_pixels)
-            results = score_records(records, model, tok, proc, cfg, report, cache)
+            model, tok = model or load_model(cfg.model, cfg.dtype, cfg.device)
+            results = score_records(records, model, tok, ImageProcessor(max_pixels=cfg.max_pixels), cfg, report, cache)
         keep = select_by_perplexity(records, results, cfg, report)
         with open(stem + ".scores.jsonl", "w") as f:
             for i, (r, res, k) in enumerate(zip(records, results, keep)):
-                f.write(json.dumps({"index": i, "id": record_name(r, i), "source": source_of(r),
-                                    **res, "kept": k}) + "\n")
-    elif step == "decontaminate":
-        if embedder is None and cfg.embedder == "hash":
-            embedder = HashEmbedder()
-        elif embedder is None:
-            from data import ImageProcessor
-            m, tok = _load_model(cfg.embedder, cfg.dtype, cfg.device)
-            embedder = ModelEmbedder(m, tok, ImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels),
-                                     device=cfg.device, name=os.path.abspath(cfg.embedder))
-        specs = [cfg.bench] if isinstance(cfg.bench, str) else list(cfg.bench)
-        bench = [x for spec in specs for x in load_bench(spec)]
-        if not bench:
-            raise click.UsageError("decontaminate needs at least one --bench file or name:root[:split]")
-        report.sections["bench"] = {"specs": ", ".join(specs), "items": len(bench)}
-        keep, _ = decontaminate(records, bench, embedder, cfg, report, TensorCache(stem + ".cache"))
-    else:
-        raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(CONFIGS)}")
-    write_records([r for r, k in zip(records, keep) if k], out_path)
-    dropped = [r for r, k in zip(records, keep) if not k] + [raw for _, _, raw in bad]
-    if dropped:
-        with open(stem + ".dropped.jsonl", "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in dropped)
-    report.counts["output_records"] = sum(keep)
-    report.write(out_path)
-    return report
+                f.write(json.dumps({"index": i, "id": record_name(r, i), "source": source_of(r), **res, "kept": k}) + "\n")
+    return write_step_output(records, keep, out_path, report)
 
 
 CONFIGS = {"augment": AugmentConfig, "cot": CotConfig, "caption": CaptionConfig,
@@ -994,14 +585,7 @@ def _add_command(step):
     def command(in_path, out_path, **options):
         report = run_step(step, in_path, out_path, config_from(step, options))
         click.echo(json.dumps(dict(report.counts), indent=1))
-    for f in reversed(dataclasses.fields(CONFIGS[step])):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        kind = f.type if f.type in (int, float, str) else (str if isinstance(default, list) else float)
-        command = click.option("--" + f.name.replace("_", "-"), f.name, type=kind, default=default,
-                               multiple=isinstance(default, list), show_default=True)(command)
-    command = click.argument("in_path", type=click.Path(exists=True, dir_okay=False))(
-        click.argument("out_path", type=click.Path(dir_okay=False))(command))
-    cli.command(step, help=f"Run the {step} step on IN_PATH, writing OUT_PATH.")(command)
+    cli.command(step, help=f"Run the {step} step on IN_PATH, writing OUT_PATH.")(config_command(CONFIGS[step])(command))
 
 
 for _step in CONFIGS:

@@ -1,4 +1,4 @@
-"""Evaluation for infimed: answer parsing, MultiMedEval-style scoring, backends, benchmarks, analyses.
+"""Evaluation for infimed: answer parsing, MultiMedEval-style scoring, prompts, backends, the run.
 
     python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/VQA_RAD \
         --backend native --out runs/base [--limit 50] [--subset answer_type=CLOSED]
@@ -8,32 +8,26 @@
     python evaluate.py compare runs/base runs/trained -o table.md   # Table 1 shape, side by side
     python -m pytest -q tests/test_evaluate.py
 
-Benchmarks: vqa_rad, slake, path_vqa, pmc_vqa, pmc_vqa_open, mmmu, gmai_mmbench, synthetic (read
-by sources.load_source). Analyses: --shuffle (seeded option order), --circular (CircularEval),
---rephrase (VQA-RAD's question_rephrase or --rephrase-file), --grounding (answer + box), --cot
-(chain of thought, samples grouped by clinical skill); instruction following (invalid rate,
-response categories) and positional bias (chosen vs gold letters) are always in the summary.
-
-Scoring follows the public scorers the paper used: MultiMedEval's VQA scorer for VQA-RAD, SLAKE,
-Path-VQA (and open PMC-VQA), option-letter accuracy for multiple choice with a parser that is
-stricter than VLMEvalKit's about chain-of-thought answers and the article "A".
-Outputs per run directory: <benchmark>/<variant>.jsonl (one line per sample: prompt, response,
-parsed answer, score, flags), summary.json, table.md. A killed run resumes from its JSONL files.
+Benchmarks (sources.load_source): vqa_rad, slake, path_vqa, pmc_vqa, pmc_vqa_open, mmmu,
+gmai_mmbench, synthetic. Scoring follows the scorers the paper used: MultiMedEval's VQA scorer for
+VQA-RAD, SLAKE, Path-VQA (and open PMC-VQA); option accuracy for multiple choice, with a parser
+stricter than VLMEvalKit's about chain of thought and the article "A". The analyses, the LLM
+judge and the Table 1 Markdown are in report.py. Per run directory: <benchmark>/<variant>.jsonl
+(prompt, response, parsed answer, score, flags per sample), summary.json, table.md; a killed run
+resumes from its JSONL files.
 """
 import json
 import math
 import os
-import random
 import re
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass
 
-# ---------------------------------------------------------------------------------------------
-# Multiple-choice answer parsing
-# ---------------------------------------------------------------------------------------------
+import report
 
+# ---- Multiple-choice answer parsing ---------------------------------------------------------
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
 # a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's"
 _LETTER = re.compile(r"(?<![\w'’\-.])([A-Za-z])(?![\w'’]|-\w|\.\w)")
@@ -60,9 +54,8 @@ _NEG_AFTER = re.compile(r"[\)\]\*\"'.:,\s\-–]*(?:(?:is|are|was|seems|would\s+b
                         r"(?:not\b|incorrect\b|wrong\b|unlikely\b|less\s+likely\b|ruled\s+out\b|"
                         r"excluded\b|eliminated\b|false\b)", re.I)
 # words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
-_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|"
-                           r"factor|complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$",
-                           re.I)
+_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
+                           r"complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$", re.I)
 # "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
 _ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
                             r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
@@ -89,20 +82,18 @@ def _exact(response, options):
     return None
 
 
-def _is_letter_at(text, m, options, decorated=False):
+def _is_letter_at(text, m, options):
     """Does the single-letter token matched by `m` name an option (and not an article)?"""
     c = m.group(1)
     if c.upper() not in options:
         return False
     before, after = text[max(0, m.start(1) - 40):m.start(1)], text[m.end(1):m.end(1) + 200]
-    at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
-    decorated = decorated or (before.endswith(("(", "[", "**", '"', "'")) and
-                              after.startswith((")", "]", "**", '"', "'")))
-    if decorated:
-        return True
+    if before.endswith(("(", "[", "**", '"', "'")) and after.startswith((")", "]", "**", '"', "'")):
+        return True  # decorated: "(b)", "**A**"
     if _NAMED_BEFORE.search(before):
         return False
     if c.islower():  # lowercase only at the very start ("b.", "b)"), else "a" is the article
+        at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
         return at_start and re.match(r"\s*(?:[.):：]|$)", after) is not None
     if c in "AI" and _ARTICLE_AFTER.match(after):  # "A lesion", "A 45-year-old", "I think"
         return after.strip().lower().startswith(_opt_text(options[c]))  # unless "A X-ray"
@@ -139,13 +130,9 @@ def _cue_choice(text, options):
 def _text_spans(text, options):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
     count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped."""
-    low = text.lower()
-    spans = []
-    for letter, t in options.items():
-        t = _opt_text(t)
-        if t:
-            spans += [(m.start(), m.end(), letter) for m in
-                      re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", low)]
+    low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
+    spans = [(m.start(), m.end(), letter) for letter, t in texts.items() if t
+             for m in re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", low)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])]
@@ -163,13 +150,8 @@ def _resolve(text, options):
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(text[max(0, m.start(1) - 60):m.start(1)]) \
                 and not _NEG_AFTER.match(text[m.end(1):m.end(1) + 40]):
             letters.add(m.group(1).upper())
-    if len(letters) == 1:
-        return letters.pop()
-    if not letters:
-        by_text = {s[2] for s in spans}
-        if len(by_text) == 1:
-            return by_text.pop()
-    return None
+    found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
+    return found.pop() if len(found) == 1 else None
 
 
 def parse_choice(response, options):
@@ -197,12 +179,8 @@ def parse_choice(response, options):
     if not response or not response.strip():
         return None
     tags = _ANSWER_TAG.findall(response)
-    if tags:
-        hit = _resolve(tags[-1], options) if tags[-1].strip() else None
-        if hit:
-            return hit
-        response = _ANSWER_TAG.sub(" ", response)
-    return _resolve(response, options)
+    hit = _resolve(tags[-1], options) if tags and tags[-1].strip() else None
+    return hit or _resolve(_ANSWER_TAG.sub(" ", response), options)
 
 
 def response_category(response, options):
@@ -223,11 +201,9 @@ def response_category(response, options):
     return "cot"
 
 
-# ---------------------------------------------------------------------------------------------
-# MultiMedEval-style VQA scoring (REFERENCE.md section 6; MultiMedEval utils.clean_str and
-# task_families.VQA.evaluate, which use the VQA-v2 answer normalization)
-# ---------------------------------------------------------------------------------------------
-
+# ---- MultiMedEval-style VQA scoring ---------------------------------------------------------
+# REFERENCE.md section 6; MultiMedEval utils.clean_str and task_families.VQA.evaluate, which use
+# the VQA-v2 answer normalization
 YES_NO_PREFIX = "Answer the following question with yes or no. "  # MultiMedEval vqa.py
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
           "`", ",", "?", "!"]  # VQA-v2 list: note ':', "'", '*' and '.' are not in it
@@ -275,11 +251,9 @@ def bleu1(candidate, reference):
     exp(1 - r/c) when c <= r (c, r: candidate, reference lengths), 1 when c > r; 0 if nothing
     matches or the candidate is empty."""
     cand, ref = candidate.split(), reference.split()
-    if not cand or not ref:
-        return 0.0
     ref_counts = Counter(ref)
     matches = sum(min(n, ref_counts[w]) for w, n in Counter(cand).items())
-    if matches == 0:
+    if matches == 0:  # nothing in common, or an empty text
         return 0.0
     bp = 1.0 if len(cand) > len(ref) else math.exp(1 - len(ref) / len(cand))
     return bp * matches / len(cand)
@@ -308,19 +282,13 @@ def vqa_scores(prediction, gold):
     recall = common / len(g) if g else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     closed = clean_gold in ("yes", "no")
-    if closed:
-        accept = {"no", "not"} if clean_gold == "no" else {"yes"}
-        correct = bool(accept & p)
-    else:
-        correct = recall >= 0.75
+    accept = {"no", "not"} if clean_gold == "no" else {"yes"}
+    correct = bool(accept & p) if closed else recall >= 0.75
     return {"closed": closed, "correct": correct, "recall": recall, "precision": precision,
             "f1": f1, "bleu1": bleu1(clean_pred, clean_gold)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Prompts (rendered through data.render_chat, the same chat code as training) and boxes
-# ---------------------------------------------------------------------------------------------
-
+# ---- Prompts (rendered through data.render_chat, the same chat code as training) and boxes ----
 # Image placeholders go first with no newline after them, as in sources.to_sharegpt and the
 # Qwen2.5-VL template at inference. The multiple-choice instruction is the paper's augmentation
 # (REFERENCE.md section 1); the chain-of-thought one is the paper's appendix A prompt.
@@ -389,57 +357,7 @@ def box_iou(a, b):
     return iw * ih / union if union > 0 else 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Option shuffles and rotations (robustness) with their gold-letter bookkeeping
-# ---------------------------------------------------------------------------------------------
-
-def gold_letter(record):
-    """The gold option letter of a multiple-choice record (answer given as letter or as text)."""
-    options, ans = record["options"], str(record["answer"]).strip()
-    if ans.upper() in options:
-        return ans.upper()
-    hits = [k for k, v in options.items() if _opt_text(v) == _opt_text(ans)]
-    if len(hits) != 1:
-        raise ValueError(f"record {record.get('id')}: answer {ans!r} is not one of its options {options}")
-    return hits[0]
-
-
-def permute_options(record, order, tag):
-    """A copy of `record` whose option i holds the text of old letter order[i]; the gold letter
-    follows its text. meta['order'] keeps the mapping; id gains '#tag'."""
-    old = record["options"]
-    keys = list(old)
-    options = {keys[i]: old[o] for i, o in enumerate(order)}
-    gold = keys[order.index(gold_letter(record))]
-    return {**record, "id": f"{record['id']}#{tag}", "options": options, "answer": gold,
-            "meta": {**record.get("meta", {}), "base_id": record["id"], "order": list(order)}}
-
-
-def shuffle_record(record, seed):
-    """Options in a random order fixed by (seed, record id): reruns and resumes agree."""
-    order = list(record["options"])
-    random.Random(f"{seed}:{record['id']}").shuffle(order)
-    return permute_options(record, order, "shuffle")
-
-
-def rotate_records(record):
-    """All cyclic rotations of the options (MMBench CircularEval); rotation 0 is the original."""
-    keys = list(record["options"])
-    return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
-
-
-def circular_accuracy(rows):
-    """A question counts right only when every rotation of it was answered right."""
-    by_q = defaultdict(list)
-    for r in rows:
-        by_q[r["base_id"]].append(bool(r["correct"]))
-    return sum(all(v) for v in by_q.values()) / len(by_q) if by_q else 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Backends: a batch of chat requests {"messages": [...], "images": [...]} in, texts out
-# ---------------------------------------------------------------------------------------------
-
+# ---- Backends: a batch of chat requests {"messages": [...], "images": [...]} in, texts out ----
 class NativeBackend:
     """infimed.QwenVL with its key/value-cache `generate`: requests sorted by prompt length,
     left-padded batches, stop at <|im_end|> / <|endoftext|> (ids read from the tokenizer)."""
@@ -455,8 +373,7 @@ class NativeBackend:
         self.tok = data.load_tokenizer(model_dir)
         limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         has_cfg = os.path.exists(os.path.join(model_dir, "preprocessor_config.json"))
-        self.proc = (data.ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg
-                     else data.ImageProcessor(**limits))
+        self.proc = data.ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg else data.ImageProcessor(**limits)
         self.batch_size = batch_size
         self.stop_ids = [self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.stop_ids[1]
@@ -485,8 +402,7 @@ class NativeBackend:
         for i, (e, _, _) in enumerate(encoded):
             ids[i, L - len(e):], mask[i, L - len(e):] = torch.tensor(e), 1  # left padding
         pvs = [e[1] for e in encoded if e[1] is not None]
-        dtype = next(self.model.parameters()).dtype
-        pv = torch.cat(pvs).to(self.device, dtype) if pvs else None
+        pv = torch.cat(pvs).to(self.device, next(self.model.parameters()).dtype) if pvs else None
         grid = torch.cat([e[2] for e in encoded if e[2] is not None]).to(self.device) if pvs else None
         return ids.to(self.device), mask.to(self.device), pv, grid
 
@@ -503,9 +419,8 @@ class NativeBackend:
             for b in range(0, len(rows), self.batch_size):
                 chunk = rows[b:b + self.batch_size]
                 ids, mask, pv, grid = self._batch([encoded[i] for i, _ in chunk])
-                new = self.model.generate(ids, mask, pv, grid, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_p=top_p,
-                                          seed=None if seed is None else seed + b, stop_token_ids=self.stop_ids)
+                new = self.model.generate(ids, mask, pv, grid, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          top_p=top_p, seed=None if seed is None else seed + b, stop_token_ids=self.stop_ids)
                 for (i, j), toks in zip(chunk, new):
                     out[i][j] = self.tok.decode(toks, skip_special_tokens=True)
         self.timings["generate"] += time.perf_counter() - t0
@@ -529,33 +444,19 @@ def make_backend(kind, model_dir, **kw):
     if kind == "native":
         return NativeBackend(model_dir, **kw)
     if kind == "vllm":
-        try:
-            import vllm  # noqa: F401  (imported only here, only when this backend is chosen)
-        except ImportError as e:
-            raise RuntimeError("the vllm backend needs a GPU machine with `pip install -r "
-                               "requirements-vllm.txt`; use --backend native otherwise") from e
-        from vllm_backend import VLLMBackend
+        from vllm_backend import VLLMBackend  # imports vllm only when built, only when chosen
         return VLLMBackend(model_dir, **{k: v for k, v in kw.items() if k != "device"})
     raise ValueError(f"unknown backend {kind!r}: native or vllm")
 
 
-# ---------------------------------------------------------------------------------------------
-# Benchmarks, scoring of one sample, resumable runs
-# ---------------------------------------------------------------------------------------------
-
-# name -> (sources.load_source name, split, Table 1 column). Records with options are scored by
-# option accuracy, records without by MultiMedEval (so MMMU's 5 short-answer items are scored as
-# open VQA; VLMEvalKit turns them into 2-option questions instead). pmc_vqa_open drops the options.
-BENCHMARKS = {
-    "vqa_rad": ("vqa_rad", "test", "VQA-RAD"), "slake": ("slake", "test", "SLAKE(en)"),
-    "path_vqa": ("path_vqa", "test", "Path-VQA"), "pmc_vqa": ("pmc_vqa", "test", "PMC-VQA"),
-    "pmc_vqa_open": ("pmc_vqa", "test", "PMC-VQA(open)"), "mmmu": ("mmmu", "validation", "MMMU(H&M)"),
-    "gmai_mmbench": ("gmai_mmbench", "validation", "GMAI-MMBench"), "synthetic": ("synthetic", "test", "Synthetic"),
-}
-VARIANTS = ("base", "shuffle", "circular", "rephrase", "grounding", "cot")
-JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice question.\nQuestion: {question}\n"
-                "Options:\n{options}\nAnswer: {response}\nReply with the single letter of the option "
-                "the answer chooses, or Z if it chooses none or several.")
+# ---- Benchmarks, scoring of one sample, resumable runs --------------------------------------
+# name -> (sources.load_source name, split); report.COLUMNS names their Table 1 columns. Records
+# with options are scored by option accuracy, records without by MultiMedEval (so MMMU's 5
+# short-answer items are scored as open VQA; VLMEvalKit turns them into 2-option questions
+# instead). pmc_vqa_open drops the options.
+BENCHMARKS = {"vqa_rad": ("vqa_rad", "test"), "slake": ("slake", "test"), "path_vqa": ("path_vqa", "test"),
+              "pmc_vqa": ("pmc_vqa", "test"), "pmc_vqa_open": ("pmc_vqa", "test"), "mmmu": ("mmmu", "validation"),
+              "gmai_mmbench": ("gmai_mmbench", "validation"), "synthetic": ("synthetic", "test")}
 
 
 @dataclass
@@ -581,6 +482,17 @@ class EvalConfig:
     judge_backend: str = "native"
 
 
+def gold_letter(record):
+    """The gold option letter of a multiple-choice record (answer given as letter or as text)."""
+    options, ans = record["options"], str(record["answer"]).strip()
+    if ans.upper() in options:
+        return ans.upper()
+    hits = [k for k, v in options.items() if _opt_text(v) == _opt_text(ans)]
+    if len(hits) != 1:
+        raise ValueError(f"record {record.get('id')}: answer {ans!r} is not one of its options {options}")
+    return hits[0]
+
+
 def code_version():
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
@@ -591,10 +503,10 @@ def code_version():
 
 def load_benchmark(name, root, limit=None, subset=()):
     from sources import load_source
-    source, split, _ = BENCHMARKS[name]
-    records = list(load_source(source, root, split))
-    if name == "pmc_vqa_open":  # the same questions without options, scored against the text
-        records = [{**r, "answer": r["options"][gold_letter(r)], "options": None} for r in records]
+    source, split = BENCHMARKS[name]  # gold letters are checked here, before any generation
+    records = [{**r, "answer": gold_letter(r)} if r.get("options") else r for r in load_source(source, root, split)]
+    if name == "pmc_vqa_open":  # the same questions without options, scored against the gold text
+        records = [{**r, "answer": r["options"][r["answer"]], "options": None} for r in records]
     for key, value in subset:
         if records and not any(key in r or key in r.get("meta", {}) for r in records):
             raise ValueError(f"--subset {key}={value}: no {name} record has a field {key!r}; fields: "
@@ -603,36 +515,14 @@ def load_benchmark(name, root, limit=None, subset=()):
     return records[:limit] if limit else records
 
 
-def variant_records(records, variant, cfg):
-    if variant in ("base", "grounding"):
-        return records
-    mc = [r for r in records if r.get("options")]
-    if variant == "shuffle":
-        return [shuffle_record(r, cfg.seed) for r in mc]
-    if variant == "circular":
-        return [x for r in mc for x in rotate_records(r)]
-    if variant == "cot":
-        return mc
-    alt = {}  # rephrase: a file of {"id", "question"} lines, else the record's own rephrase field
-    if cfg.rephrase_file:
-        alt = {d["id"]: d["question"] for d in map(json.loads, open(cfg.rephrase_file)) if d.get("question")}
-    out = []
-    for r in records:
-        q = alt.get(r["id"]) or r.get("meta", {}).get("question_rephrase")
-        if q and q.strip() and q.strip().upper() != "NULL":
-            out.append({**r, "id": r["id"] + "#rephrase", "question": q.strip(),
-                        "meta": {**r.get("meta", {}), "base_id": r["id"]}})
-    return out
-
-
 def score_row(record, prompt, response, grounding=False):
     """One JSONL row: prompt, response, parsed answer, score and flags."""
     text = strip_boxes(response) if grounding else response
-    row = {"id": record["id"], "base_id": record.get("meta", {}).get("base_id", record["id"]),
-           "question": record["question"], "prompt": prompt, "response": response, "gold": record["answer"],
-           "flags": []}
-    if record.get("meta", {}).get("skill"):
-        row["skill"] = record["meta"]["skill"]
+    meta = record.get("meta", {})
+    row = {"id": record["id"], "base_id": meta.get("base_id", record["id"]), "question": record["question"],
+           "prompt": prompt, "response": response, "gold": record["answer"], "flags": []}
+    if meta.get("skill"):
+        row["skill"] = meta["skill"]
     if record.get("options"):
         options, gold = record["options"], gold_letter(record)
         parsed = parse_choice(text, options)
@@ -645,35 +535,16 @@ def score_row(record, prompt, response, grounding=False):
             row["invalid"] = not ({"yes", "no", "not"} & set(clean_text(text).split()))
     if grounding:
         row["box"] = parse_box(response)
-        gold_box = record.get("meta", {}).get("bbox")
-        if row["box"] and gold_box:
-            row["iou"] = box_iou(row["box"], gold_box)
+        if row["box"] and meta.get("bbox"):
+            row["iou"] = box_iou(row["box"], meta["bbox"])
     return row
-
-
-def judge_rows(judge, rows, cfg):
-    """LLM-as-judge for multiple-choice rows the parser found invalid; judged rows are flagged."""
-    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]]
-    if not todo:
-        return
-    reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
-        question=r["question"], response=r["response"],
-        options="\n".join(f"{k}. {v}" for k, v in r["options"].items()))}], "images": []} for r in todo]
-    for r, out in zip(todo, judge.generate(reqs, max_new_tokens=8, temperature=0.0, seed=cfg.seed)):
-        letter = out[0].strip(_DECOR + ".").upper()
-        r["flags"].append("judged")
-        r["judge_response"] = out[0]
-        if letter in r["options"]:
-            r.update(parsed=letter, correct=letter == r["gold"], invalid=False)
 
 
 def read_rows(path):
     """Finished rows of a JSONL file by id. A line cut off by a killed run is dropped and the
     file rewritten without it, so appending continues cleanly."""
-    if not os.path.exists(path):
-        return {}
     rows, bad = {}, 0
-    for line in open(path, encoding="utf-8"):
+    for line in open(path, encoding="utf-8") if os.path.exists(path) else []:
         try:
             r = json.loads(line)
             rows[r["id"]] = r
@@ -691,25 +562,23 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     from tqdm import tqdm
     done = read_rows(path)
     todo = [r for r in records if r["id"] not in done]
-    chunk = max(1, cfg.batch_size) * 4
-    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(records), initial=len(records) - len(todo),
-                                                        desc=os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)), unit="sample") as bar:
+    chunk, desc = max(1, cfg.batch_size) * 4, os.sep.join(path.split(os.sep)[-2:])  # benchmark/variant.jsonl
+    with open(path, "a", encoding="utf-8") as f, \
+            tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="sample") as bar:
         for i in range(0, len(todo), chunk):
-            part, rows, ready = todo[i:i + chunk], [], []
-            for r in part:
-                missing = [p for p in r["images"] if isinstance(p, (str, os.PathLike)) and not os.path.exists(p)]
-                if missing:
-                    rows.append({"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]),
-                                 "flags": ["missing_image"], "missing": [str(p) for p in missing], "correct": None})
-                else:
-                    ready.append(r)
+            part = todo[i:i + chunk]
+            missing = {r["id"]: [str(p) for p in r["images"] if isinstance(p, (str, os.PathLike)) and not os.path.exists(p)]
+                       for r in part}
+            ready = [r for r in part if not missing[r["id"]]]
+            rows = [{"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]), "flags": ["missing_image"],
+                     "missing": missing[r["id"]], "correct": None} for r in part if missing[r["id"]]]
             prompts = [build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in ready]
             reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]} for r, p in zip(ready, prompts)]
             outs = backend.generate(reqs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, seed=cfg.seed) if reqs else []
             scored = [score_row(r, p, o[0], variant == "grounding") for r, p, o in zip(ready, prompts, outs)]
             if judge is not None:
-                judge_rows(judge, scored, cfg)
+                report.judge_rows(judge, scored, cfg.seed)
             for r in rows + scored:
                 r["variant"] = variant
                 f.write(json.dumps(r) + "\n")
@@ -723,163 +592,19 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     return [rows[r["id"]] for r in records if r["id"] in rows]
 
 
-# ---------------------------------------------------------------------------------------------
-# Summaries, analyses, tables
-# ---------------------------------------------------------------------------------------------
-
-SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
-    ("modality recognition", r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
-    ("anatomical localization", r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),
-    ("disease feature interpretation", r"abnormal|lesion|diagnos|finding|feature|shape|size|densit|intensit|disease|patholog"),
-    ("option comparison reasoning", r"which of the following|most likely|best|compar|differ"),
-    ("question-image alignment", r""),
-]
-
-
-def _group(rows, key):
-    groups = defaultdict(list)
-    for r in rows:
-        groups[key(r)].append(r)
-    return groups
-
-
-def _mean(xs):
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-def summarize(rows):
-    scored = [r for r in rows if r.get("correct") is not None]
-    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": len(rows) - len(scored),
-         "accuracy": _mean(bool(r["correct"]) for r in scored)}
-    vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
-    if vqa:  # MultiMedEval's metric names
-        closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
-        s.update(n_closed=len(closed), n_open=len(open_), closed_accuracy=_mean(r["correct"] for r in closed),
-                 open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
-                 recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
-                 bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
-    if mc:
-        cats = Counter(r["category"] for r in mc)
-        s.update(n_mc=len(mc), mc_accuracy=_mean(r["correct"] for r in mc),
-                 invalid_rate=_mean(r["parsed"] is None for r in mc),
-                 categories={k: cats[k] / len(mc) for k in ("single_letter", "answer_prefixed", "cot", "invalid")},
-                 judged=sum("judged" in r["flags"] for r in mc),
-                 chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
-                 gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
-    if any("skill" in r for r in scored):  # per-skill accuracy where the benchmark names skills
-        s["by_skill"] = {k: {"n": len(g), "accuracy": _mean(r["correct"] for r in g)} for k, g in sorted(
-            _group(scored, lambda r: r.get("skill", "-")).items())}
-    if any("box" in r for r in scored):
-        s["box_rate"] = _mean(r.get("box") is not None for r in scored)
-        s["mean_iou"] = _mean(r["iou"] for r in scored if "iou" in r)
-    return s
-
-
-def compare_rows(base, other):
-    """Accuracy on the questions both runs scored, and per-question flips."""
-    b = {r["base_id"]: bool(r["correct"]) for r in base if r.get("correct") is not None}
-    o = {r["base_id"]: bool(r["correct"]) for r in other if r.get("correct") is not None}
-    ids = sorted(set(b) & set(o))
-    if not ids:
-        return {"n": 0}
-    acc_b, acc_o = _mean(b[i] for i in ids), _mean(o[i] for i in ids)
-    return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
-            "right_to_wrong": [i for i in ids if b[i] and not o[i]], "wrong_to_right": [i for i in ids if o[i] and not b[i]]}
-
-
-# the synthetic benchmark's own skill names (synthetic.SKILLS) -> the paper's five
-SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
-                 **dict.fromkeys(("presence", "shape", "brightness", "size", "count"), "disease feature interpretation")}
-
-
-def skill_of(record_or_row):
-    """The clinical skill a question exercises: the sample's own 'skill' (row field or record
-    meta) when it names one of the five or a synthetic skill, else the first SKILLS pattern that
-    matches the question."""
-    skill = record_or_row.get("skill") or record_or_row.get("meta", {}).get("skill")
-    skill = SKILL_ALIASES.get(skill, skill)
-    if skill in dict(SKILLS):
-        return skill
-    return next(name for name, pat in SKILLS if re.search(pat, record_or_row["question"].lower()))
-
-
-def cot_report(rows, path):
-    """Chain-of-thought samples grouped by clinical skill, for reading (Markdown)."""
-    groups = _group([r for r in rows if r.get("correct") is not None], skill_of)
-    lines = ["# Chain-of-thought samples by clinical skill", ""]
-    for name, _ in SKILLS:
-        g = groups.get(name, [])
-        lines += [f"## {name} ({len(g)} samples, accuracy {_fmt(_mean(r['correct'] for r in g))})", ""]
-        for r in g[:20]:
-            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}", "", "> " + r["response"].replace("\n", "\n> "), ""]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    return {name: {"n": len(groups.get(name, [])), "accuracy": _mean(r["correct"] for r in groups.get(name, []))}
-            for name, _ in SKILLS}
-
-
-def analyses(variant_rows, out_dir):
-    base, res = variant_rows.get("base"), {}
-    for v in ("shuffle", "rephrase", "grounding"):
-        if v in variant_rows and base is not None:
-            res[v] = compare_rows([r for r in base if v != "shuffle" or r.get("kind") == "mc"], variant_rows[v])
-    if "circular" in variant_rows:
-        rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
-        res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
-                           "rotation_accuracy": _mean(r["correct"] for r in rows)}
-    if "cot" in variant_rows:
-        res["cot_skills"] = cot_report(variant_rows["cot"], os.path.join(out_dir, "cot_by_skill.md"))
-    return res
-
-
-def _fmt(x):
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def table_md(runs):
-    """Markdown shaped like the paper's Table 1: one row per run, one column per benchmark
-    (accuracy in %: MultiMedEval correctness for VQA items, option accuracy for multiple choice;
-    '(scored/total)' follows when items were skipped), then a robustness / instruction-following
-    table where any run has those analyses."""
-    names = [b for b in BENCHMARKS if any(b in s["benchmarks"] for _, s in runs)]
-    lines = ["| Model | " + " | ".join(BENCHMARKS[b][2] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
-    def cell(d):  # a run that could not score every item (missing images) says how many it did
-        part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
-        return _fmt(d["accuracy"]) + part
-    for label, s in runs:
-        cells = [cell(s["benchmarks"][b]["base"]) if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    extra = []
-    for label, s in runs:
-        for b, d in s["benchmarks"].items():
-            a, base = d.get("analyses", {}), d.get("base", {})
-            get = lambda k, f: _fmt(a[k].get(f)) if k in a and a[k].get("n") else "-"
-            extra.append(f"| {label} | {BENCHMARKS[b][2]} | {_fmt(base.get('invalid_rate', base.get('yes_no_invalid_rate')))} | "
-                         f"{get('shuffle', 'delta')} | {get('circular', 'circular_accuracy')} | "
-                         f"{get('rephrase', 'delta')} | {get('grounding', 'delta')} |")
-    if any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values()):
-        lines += ["", "| Model | Benchmark | Invalid % | Shuffle Δ | CircularEval | Rephrase Δ | Grounding Δ |",
-                  "|---|---|---|---|---|---|---|"] + extra
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Orchestration and CLI
-# ---------------------------------------------------------------------------------------------
-
+# ---- Orchestration and CLI ------------------------------------------------------------------
 def evaluate(cfg, benchmarks, backend=None, log=print):
     """Run every benchmark ({name: data root}) and variant; write JSONL, summary.json, table.md."""
     os.makedirs(cfg.out, exist_ok=True)
-    run = {**asdict(cfg), "code_version": code_version(), "prompts": PROMPTS}
+    run = {**asdict(cfg), "name": cfg.name or os.path.basename(os.path.normpath(cfg.model)),
+           "code_version": code_version(), "prompts": PROMPTS}
     run_path = os.path.join(cfg.out, "run.json")
-    keys = ("model", "backend", "max_new_tokens", "temperature", "top_p", "seed", "min_pixels", "max_pixels")
-    if os.path.exists(run_path):
-        old = json.load(open(run_path))
-        diff = [k for k in keys if old.get(k) != run.get(k)]
-        if diff:
-            raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
-                             "choose another --out or delete it to start over")
+    old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
+    diff = [k for k in ("model", "backend", "max_new_tokens", "temperature", "top_p", "seed", "min_pixels",
+                        "max_pixels") if old.get(k) != run.get(k)]
+    if diff:
+        raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
+                         "choose another --out or delete it to start over")
     with open(run_path, "w") as f:
         json.dump(run, f, indent=2, default=str)
     kw = dict(batch_size=cfg.batch_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
@@ -892,20 +617,19 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
         log(f"{name}: {len(records)} records from {root}")
         os.makedirs(os.path.join(cfg.out, name), exist_ok=True)
         per = {}
-        for v in cfg.variants:
-            recs = variant_records(records, v, cfg)
+        for v in cfg.variants:  # base, then the analyses' variants (shuffled, rotated, ...)
+            recs = report.variant_records(records, v, cfg.seed, cfg.rephrase_file)
             if recs:
                 per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"), judge, log)
             else:
                 log(f"{name}: no records for the {v} analysis (needs options / rephrasings), skipped")
-        summary["benchmarks"][name] = {**{v: summarize(rows) for v, rows in per.items()},
-                                       "analyses": analyses(per, os.path.join(cfg.out, name))}
+        summary["benchmarks"][name] = {**{v: report.summarize(rows) for v, rows in per.items()},
+                                       "analyses": report.analyses(per, os.path.join(cfg.out, name))}
     summary["timings"] = dict(getattr(backend, "timings", {}))
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    table = table_md([(cfg.name or os.path.basename(os.path.normpath(cfg.model)), summary)])
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
-        f.write(table)
+        f.write(report.table_md([(run["name"], summary)]))
     return summary
 
 
@@ -943,18 +667,17 @@ def _cli():
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
     @click.option("--judge-model", help="checkpoint that judges unparsable multiple-choice answers")
     @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
-    def run(benchmarks, roots, subset, shuffle, circular, rephrase, grounding, cot, **kw):
+    def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""
-        flags = dict(shuffle=shuffle, circular=circular, rephrase=rephrase or bool(kw["rephrase_file"]),
-                     grounding=grounding, cot=cot)
-        cfg = EvalConfig(**kw, subset=tuple(tuple(s.split("=", 1)) for s in subset),
-                         variants=("base",) + tuple(v for v in VARIANTS[1:] if flags[v]))
-        per = dict(r.split("=", 1) for r in roots if "=" in r and r.split("=", 1)[0] in BENCHMARKS)
-        plain = [r for r in roots if r not in {f"{k}={v}" for k, v in per.items()}]
-        missing = [b for b in benchmarks if b not in per and not plain]
-        if missing:
-            raise click.UsageError(f"no --data-root for {', '.join(missing)}")
-        s = evaluate(cfg, {b: per.get(b, plain[0] if plain else None) for b in benchmarks}, log=click.echo)
+        kw["rephrase"] = kw["rephrase"] or bool(kw["rephrase_file"])  # a rephrase file implies --rephrase
+        variants = ("base",) + tuple(v for v in report.VARIANTS[1:] if kw.pop(v))  # the analysis flags
+        cfg = EvalConfig(**kw, subset=tuple(tuple(s.split("=", 1)) for s in subset), variants=variants)
+        named = dict(r.split("=", 1) for r in roots if "=" in r and r.split("=", 1)[0] in BENCHMARKS)
+        plain = [r for r in roots if not ("=" in r and r.split("=", 1)[0] in BENCHMARKS)]
+        dirs = {b: named.get(b, plain[0] if plain else None) for b in benchmarks}
+        if None in dirs.values():
+            raise click.UsageError(f"no --data-root for {', '.join(b for b, d in dirs.items() if d is None)}")
+        s = evaluate(cfg, dirs, log=click.echo)
         click.echo(open(os.path.join(cfg.out, "table.md")).read())
         click.echo(f"wrote {cfg.out}/summary.json, table.md and per-sample JSONL ({len(s['benchmarks'])} benchmarks)")
 
@@ -963,11 +686,7 @@ def _cli():
     @click.option("-o", "--output", help="also write the Markdown table here")
     def compare(runs, output):
         """Table-1-shaped Markdown comparing several run directories side by side."""
-        items = []
-        for d in runs:
-            s = json.load(open(os.path.join(d, "summary.json")))
-            items.append((s["run"].get("name") or os.path.basename(os.path.normpath(s["run"]["model"])), s))
-        table = table_md(items)
+        table = report.compare(runs)
         click.echo(table)
         if output:
             with open(output, "w") as f:

@@ -40,20 +40,21 @@ from infimed import QwenVL
 class TrainConfig:
     model: str = ""  # Hub-style checkpoint dir (config.json, safetensors, tokenizer files)
     data: str = ""  # ShareGPT JSONL (canonical records, see data.py)
-    out: str = "runs/sft"
+    out: str = "runs/sft"  # checkpoints step-NNNNNN/ and log.jsonl
     # paper section 4.1
-    epochs: int = 3
-    global_batch: int = 64  # samples per optimizer step = world size x micro_batch x accumulation
+    epochs: int = 3  # paper: 3 epochs
+    global_batch: int = 64  # paper: 64 samples per step = world size x micro_batch x accumulation
     micro_batch: int = 1  # samples per forward on one rank (packed into rows when packing=True)
-    max_len: int = 4096
+    max_len: int = 4096  # paper: max input sequence length 4096 tokens
     min_pixels: int = 3136  # 4 x 28 x 28, the Qwen2-VL image processor default
-    max_pixels: int = 262144  # 512 x 512: at most 334 image tokens per image
-    warmup_ratio: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-    # Not stated in the paper: lr 1e-5 is the common value for full Qwen2.5-VL SFT at this batch
-    # size; weight decay 0 and a cosine down to 0 are transformers' Trainer defaults.
-    lr: float = 1e-5
+    max_pixels: int = 262144  # paper: 262,144 = 512 x 512 pixels, at most 334 image tokens
+    warmup_ratio: float = 0.05  # paper: warm-up ratio 0.05, then cosine
+    beta1: float = 0.9  # paper: AdamW beta1
+    beta2: float = 0.999  # paper: AdamW beta2
+    # The paper states neither learning rate nor weight decay: 1e-5 is the usual full-SFT value
+    # for Qwen2.5-VL-3B/7B (e.g. LLaMA-Factory's examples); weight decay 0 and a cosine down to 0
+    # are transformers' Trainer defaults.
+    lr: float = 1e-5  # peak learning rate (not stated in the paper)
     min_lr_ratio: float = 0.0  # cosine floor = lr x min_lr_ratio
     weight_decay: float = 0.0  # applied to matrices only (never to biases and norm weights)
     eps: float = 1e-8
@@ -65,11 +66,11 @@ class TrainConfig:
     packing: bool = False  # pack each micro-batch's samples into rows of at most max_len
     grad_ckpt: bool = False  # non-reentrant activation checkpointing (reentrant breaks DDP)
     fsdp: bool = False  # FSDP2 fully_shard per decoder layer and vision block, plus the root
-    seed: int = 1337
+    seed: int = 1337  # data order (seed + epoch) and per-rank RNGs (seed + rank)
     save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
     keep: int = 2  # complete checkpoints kept in --out (older ones are deleted)
     stop_after: int = 0  # stop after this many optimizer steps (0 = never); the schedule is unchanged
-    resume: bool = False
+    resume: bool = False  # continue from the newest complete checkpoint in --out
     workers: int = 2  # DataLoader worker processes per rank
     peak_tflops: float = 0.0  # dense bf16 peak per GPU for MFU; 0 = look up the GPU name
 

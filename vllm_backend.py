@@ -14,7 +14,11 @@ class VLLMBackend:
 
     def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
                  max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0):
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise RuntimeError("the vllm backend needs a GPU machine with `pip install -r "
+                               "requirements-vllm.txt`; use --backend native otherwise") from e
         mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         self.llm = LLM(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
                        limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm,

@@ -1,9 +1,9 @@
-"""Benchmarks for curate.py (CPU, fp32):
+"""Benchmarks for decontaminate.py and curate.py (CPU, fp32):
 
     python bench/bench_curate.py                    # 30,000 x 20,000 x 1,536 search + perplexity
     python bench/bench_curate.py --n-train 150000   # the paper-scale search (150k SFT x 20k benchmark)
 
-1. Near-duplicate search (curate.max_similarity): every training embedding against every
+1. Near-duplicate search (decontaminate.max_similarity): every training embedding against every
    benchmark embedding, blocked. Reported: time, peak resident memory of the process (inputs
    included), and the ratio to the FLOP-bound time of ONE full-matrix matmul measured in the same
    run on a slice (4,096 training rows x the whole benchmark, best of 3) and extrapolated linearly in rows.
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import curate  # noqa: E402
+from decontaminate import max_similarity  # noqa: E402
 
 
 def rss_peak_gb():
@@ -34,7 +35,7 @@ def bench_search(n_train, n_bench, dim, block):
     bench = torch.randn(n_bench, dim, generator=g)
     base = rss_peak_gb()
     t0 = time.perf_counter()
-    vals, idx = curate.max_similarity(train, bench, block=block)
+    vals, idx = max_similarity(train, bench, block=block)
     t_blocked = time.perf_counter() - t0
     peak = rss_peak_gb()
     # Reference: one plain full-matrix product on a slice (FLOP-bound, no normalization, no max).

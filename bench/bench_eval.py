@@ -87,7 +87,6 @@ def main(n, new_tokens, batch_size):
         hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(root).eval()
         image_pad = native.tok.convert_tokens_to_ids("<|image_pad|>")
 
-
         def hf_run():  # same encoding, sorting and left-padded batches; only the model differs
             t0 = time.perf_counter()
             encoded = [native.encode(r) for r in reqs]

@@ -1,6 +1,11 @@
 """Speed of infimed.QwenVL against transformers' Qwen2.5-VL on the same config, weights and inputs:
 forward+backward of a batch with images, and greedy generation of 64 new tokens for 8 prompts
-with images (KV cache in both). CPU fp32 by default; bf16 on a GPU when one is present.
+with images (KV cache in both; the generated tokens are checked to be identical).
+Two sizes: "tiny" (per-token work is small, so framework overhead dominates, as in decoding on a
+GPU) and "small" (matrix products dominate on a CPU). CPU fp32 here; bf16 on a GPU when present.
+Both wall-clock and process CPU seconds are reported (medians of interleaved runs). One torch
+thread by default: on a shared 2-core machine multi-threaded timings of many small operations
+swing by 10x from run to run (pass --threads 0 for torch's default).
 
     python bench/bench_model.py
 """
@@ -17,18 +22,27 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from infimed import QwenVL  # noqa: E402
 
-VOCAB, V_START, V_END, IMG = 4000, 3990, 3991, 3992
+SIZES = {  # (text config, vision config, vocab)
+    "tiny": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, mrope_section=[2, 3, 3]),
+             dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=[1]), 1000),
+    "small": (dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=2, mrope_section=[4, 6, 6]),
+              dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]), 4000),
+}
 
 
-def build(device, dtype):
+def build(size, device, dtype):
+    text, vision, vocab = SIZES[size]
+    text = dict(text)
+    section = text.pop("mrope_section")
     torch.manual_seed(0)
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         rope_parameters=dict(rope_type="default", mrope_section=[4, 6, 6], rope_theta=1e6)),
-        vision_config=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-                           fullatt_block_indexes=[1, 3], window_size=112),
-        image_token_id=IMG, vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True)
+        text_config=dict(text, vocab_size=vocab, rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1,
+                         rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=1e6)),
+        vision_config=dict(vision, out_hidden_size=text["hidden_size"], window_size=112),
+        image_token_id=vocab - 8, vision_start_token_id=vocab - 10, vision_end_token_id=vocab - 9,
+        tie_word_embeddings=True)
     hf = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
@@ -36,12 +50,13 @@ def build(device, dtype):
     return hf.to(device=device, dtype=dtype), ours
 
 
-def batch(n_rows, grid, device, seed=0):
+def batch(cfg, n_rows, grid, device, seed=0):
     """n_rows prompts of varied text length around one image each, left-padded."""
     g = torch.Generator().manual_seed(seed)
     t, h, w = grid
-    rows = [torch.randint(1, 3000, (8 + 3 * i,), generator=g).tolist() + [V_START] + [IMG] * (t * h * w // 4)
-            + [V_END] + torch.randint(1, 3000, (12,), generator=g).tolist() for i in range(n_rows)]
+    text = lambda n: torch.randint(1, cfg.vocab_size - 20, (n,), generator=g).tolist()
+    rows = [text(8 + 3 * i) + [cfg.vision_start_token_id] + [cfg.image_token_id] * (t * h * w // 4)
+            + [cfg.vision_end_token_id] + text(12) for i in range(n_rows)]
     L = max(map(len, rows))
     ids = torch.zeros(n_rows, L, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -54,62 +69,67 @@ def batch(n_rows, grid, device, seed=0):
 
 
 def compare(fn_ref, fn_ours, repeat):
-    """Median seconds of each, runs interleaved so that load from other processes hits both alike."""
+    """Median (wall, cpu) seconds of each; runs interleaved so that other load hits both alike."""
     def once(fn):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - w, time.process_time() - c
 
     out = fn_ref(), fn_ours()  # warm-up; the outputs are returned for a correctness check
-    times = [(once(fn_ref), once(fn_ours)) for _ in range(repeat)]
-    return [statistics.median(t) for t in zip(*times)], out
+    runs = [(once(fn_ref), once(fn_ours)) for _ in range(repeat)]
+    med = lambda i, j: statistics.median(r[i][j] for r in runs)
+    return (med(0, 0), med(1, 0), med(0, 1), med(1, 1)), out
+
+
+def row(name, t):
+    hw, ow, hc, oc = t
+    return f"| {name} | {hw:.3f} | {ow:.3f} | {hw / ow:.2f}x | {hc:.3f} | {oc:.3f} | {hc / oc:.2f}x |"
 
 
 @click.command()
+@click.option("--sizes", default="tiny,small", help="comma-separated: tiny, small")
 @click.option("--rows", default=8)
 @click.option("--new-tokens", default=64)
-@click.option("--repeat", default=2, help="generation repeats; forward+backward runs 3x as many")
-@click.option("--threads", default=0, help="torch CPU threads (0: torch default)")
-def main(rows, new_tokens, repeat, threads):
+@click.option("--repeat", default=3, help="interleaved timed runs per measure")
+@click.option("--threads", default=1, help="torch CPU threads (0: torch default)")
+def main(sizes, rows, new_tokens, repeat, threads):
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    hf, ours = build(device, dtype)
-    b = batch(rows, (1, 16, 16), device)
-    mm = (b["input_ids"] == IMG).int()
+    print(f"device {device} ({torch.get_num_threads()} threads), {str(dtype).replace('torch.', '')}, "
+          f"{rows} prompts with one 16x16-patch image each, {new_tokens} new tokens")
+    print("| size: measure | transformers wall s | infimed wall s | speed-up | transformers cpu s | infimed cpu s "
+          "| speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes.split(","):
+        hf, ours = build(size, device, dtype)
+        b = batch(ours.config, rows, (1, 16, 16), device)
+        mm = (b["input_ids"] == ours.config.image_token_id).int()
 
-    def fwd_bwd(model, **extra):
-        model.zero_grad(set_to_none=True)
-        out = model(**b, **extra)
-        (out.logits if hasattr(out, "logits") else out).float().logsumexp(-1).mean().backward()
+        def fwd_bwd(model, **extra):
+            model.zero_grad(set_to_none=True)
+            out = model(**b, **extra)
+            (out.logits if hasattr(out, "logits") else out).float().logsumexp(-1).mean().backward()
 
-    hf.train(), ours.train()
-    (t_hf_fb, t_our_fb), _ = compare(lambda: fwd_bwd(hf, mm_token_type_ids=mm), lambda: fwd_bwd(ours), 3 * repeat)
-    hf.eval(), ours.eval()
+        hf.train(), ours.train()
+        t_fb, _ = compare(lambda: fwd_bwd(hf, mm_token_type_ids=mm), lambda: fwd_bwd(ours), repeat)
+        hf.eval(), ours.eval()
 
-    def hf_gen():
-        with torch.no_grad():
-            return hf.generate(**b, mm_token_type_ids=mm, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                               do_sample=False, eos_token_id=None, pad_token_id=0)
+        def hf_gen():
+            with torch.no_grad():
+                return hf.generate(**b, mm_token_type_ids=mm, max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    def our_gen():
-        return ours.generate(**b, max_new_tokens=new_tokens, stop_token_ids=[])
-
-    (t_hf_gen, t_our_gen), (ref, got) = compare(hf_gen, our_gen, repeat)
-    L = b["input_ids"].shape[1]
-    same = ref[:, L:].tolist() == got
-    print(f"device {device} ({torch.get_num_threads()} threads), dtype {str(dtype).replace('torch.', '')}, batch {rows} x {L} prompt tokens "
-          f"({rows} images of 16x16 patches), {new_tokens} new tokens")
-    print("| measure | transformers (s) | infimed (s) | speed-up |")
-    print("|---|---|---|---|")
-    print(f"| forward+backward | {t_hf_fb:.3f} | {t_our_fb:.3f} | {t_hf_fb / t_our_fb:.2f}x |")
-    print(f"| generate | {t_hf_gen:.3f} | {t_our_gen:.3f} | {t_hf_gen / t_our_gen:.2f}x |")
-    print(f"greedy tokens identical: {same}")
+        t_gen, (ref, got) = compare(hf_gen, lambda: ours.generate(**b, max_new_tokens=new_tokens,
+                                                                   stop_token_ids=[]), repeat)
+        same = ref[:, b["input_ids"].shape[1]:].tolist() == got
+        print(row(f"{size}: forward+backward", t_fb))
+        print(row(f"{size}: generate{'' if same else ' (TOKENS DIFFER)'}", t_gen))
 
 
 if __name__ == "__main__":

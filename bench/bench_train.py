@@ -4,8 +4,10 @@ on vs off on the same samples.
 
     python bench/bench_train.py            # CPU fp32 here; bf16 autocast + MFU on a GPU
 
-Each step is train.py's: a global batch of 8 samples (2 micro-batches of 4), loss normalized by
-the step's supervised tokens, logits only at supervised positions, clip, fused AdamW on GPU.
+Each step is train.py's: a global batch of 4 samples in one micro-batch, the loss the summed
+token cross-entropy over the step's supervised count, logits only at supervised positions;
+forward + backward is timed per batching mode (padded to the longest sample, or packed into one
+row), the clip + AdamW step once on its own.
 FLOPs per step (train.flops_per_step): 6 x params x tokens for the decoder layers, 6 x D x V
 per supervised token for the head, 6 x params per patch for the vision blocks, plus attention
 (6 x layers x D x s^2 per causal sample of length s; 12 x width x patches x span in the
@@ -21,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from infimed import QwenVL, QwenVLConfig, VisionConfig  # noqa: E402
 
-STEPS, GLOBAL, MICRO = 2, 8, 4
+GLOBAL, MICRO = 4, 4  # one step of 4 samples (a single micro-batch) per mode: minutes on 2 CPU cores
+MAX_LEN = 2048  # packed row length: all 4 samples share one row
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12}  # dense bf16, vendor specs
 
 
@@ -48,7 +51,8 @@ def samples(cfg, n, seed=0):
     return out
 
 
-def step(net, opt, batches, device, autocast):
+def forward_backward(net, batches, device, autocast):
+    """train.py's micro-steps: each loss is its sum of token CE over the step's supervised count."""
     n_sup = sum(train.supervised_count(b) for b in batches)
     for b in batches:
         inputs = {k: b[k].to(device) for k in ("input_ids", "labels", "attention_mask")}
@@ -57,9 +61,16 @@ def step(net, opt, batches, device, autocast):
         with autocast:
             ce = net(**inputs)
         (ce / n_sup).backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+
+
+def timed(fn, cuda):
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main():
@@ -73,37 +84,35 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     n_vision = sum(p.numel() for p in model.visual.blocks.parameters())
     n_text = sum(p.numel() for p in model.model.layers.parameters())
-    data = samples(cfg, GLOBAL * (STEPS + 1))
+    data = samples(cfg, GLOBAL)
     peak = next((v for k, v in PEAK.items() if cuda and k in torch.cuda.get_device_name()), None)
     print(f"model: 3B shape, {cfg.num_hidden_layers} decoder layers, {cfg.vision.depth} vision blocks, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params; {device}"
-          f"{' bf16 autocast' if cuda else ' fp32'}; {STEPS} timed steps of {GLOBAL} samples per mode")
+          f"{' bf16 autocast' if cuda else ' fp32'}; one step of {GLOBAL} samples per mode", flush=True)
+    warm = train.Collate(data, pad_id=0, max_len=MAX_LEN, packing=False)([0])
+    forward_backward(net, [warm], device, autocast)  # warm-up, untimed
+    opt_s = timed(lambda: (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), opt.step()), cuda)
+    opt.zero_grad(set_to_none=True)
     rows = {}
     for packing in (False, True):
-        collate = train.Collate(data, pad_id=0, max_len=1024, packing=packing)
-        plan = [list(range(s * GLOBAL, (s + 1) * GLOBAL)) for s in range(STEPS + 1)]
-        steps = [[collate(p[:MICRO]), collate(p[MICRO:])] for p in plan]
-        flops = tokens = slots = sup = 0
-        step(net, opt, steps[0], device, autocast)  # warm-up step, untimed
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for batches in steps[1:]:
-            step(net, opt, batches, device, autocast)
-            flops += train.flops_per_step(batches, cfg, n_text, n_vision)
-            tokens += sum(int((b["attention_mask"] > 0).sum()) for b in batches)
-            slots += sum(b["attention_mask"].numel() for b in batches)
-            sup += sum(train.supervised_count(b) for b in batches)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t
-        rows["packed" if packing else "padded"] = (1 - tokens / slots, tokens / dt, sup / dt, flops / dt, dt / STEPS)
-    print("\n| batching | padding | tokens/s | supervised tokens/s | TFLOP/s | MFU | s/step |")
+        collate = train.Collate(data, pad_id=0, max_len=MAX_LEN, packing=packing)
+        batches = [collate(list(range(s, s + MICRO))) for s in range(0, GLOBAL, MICRO)]
+        dt = timed(lambda: forward_backward(net, batches, device, autocast), cuda)
+        opt.zero_grad(set_to_none=True)
+        flops = train.flops_per_step(batches, cfg, n_text, n_vision)
+        tokens = sum(int((b["attention_mask"] > 0).sum()) for b in batches)
+        slots = sum(b["attention_mask"].numel() for b in batches)
+        sup = sum(train.supervised_count(b) for b in batches)
+        rows["packed" if packing else "padded"] = (1 - tokens / slots, tokens / dt, sup / dt, flops / dt, dt)
+        print(f"  {'packed' if packing else 'padded'}: {dt:.1f} s", flush=True)
+    print("\n| batching | padding | tokens/s | supervised tokens/s | TFLOP/s | MFU | fwd+bwd s |")
     print("|---|---|---|---|---|---|---|")
     for name, (pad, tps, sps, fps, sec) in rows.items():
         mfu = f"{fps / peak:.1%}" if peak else "n/a (CPU)"
-        print(f"| {name} | {pad:.1%} | {tps:,.0f} | {sps:,.0f} | {fps / 1e12:.3f} | {mfu} | {sec:.2f} |")
-    print(f"\npacked / padded tokens/s: {rows['packed'][1] / rows['padded'][1]:.2f}x "
+        print(f"| {name} | {pad:.1%} | {tps:,.1f} | {sps:,.1f} | {fps / 1e12:.3f} | {mfu} | {sec:.2f} |")
+    print(f"\nclip + AdamW step over {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params: {opt_s:.2f} s "
+          "(memory-bound; excluded from the rows above)")
+    print(f"packed / padded tokens/s: {rows['packed'][1] / rows['padded'][1]:.2f}x "
           f"(the same samples; padding {rows['padded'][0]:.1%} -> {rows['packed'][0]:.1%})")
 
 

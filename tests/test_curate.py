@@ -3,15 +3,16 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import curate
-from curate import (COT_PROMPT, CotConfig, DecontamConfig, HashEmbedder, Report, accept_rationale,
-                    check_caption, CaptionConfig, decontaminate, enhance_responses, max_similarity,
+from curate import (COT_PROMPT, CaptionConfig, CotConfig, accept_rationale, check_caption, enhance_responses,
                     parse_gold, parse_options)
+from data import write_sharegpt
+from decontaminate import Report
+# The tiny random model and the image fixtures are shared with the decontamination tests.
+from test_decontaminate import make_contamination_case, smooth_image, tiny, tiny_dir, write_case  # noqa: F401
 
 OPTIONS = {"A": "Liver", "B": "Spleen", "C": "Kidney", "D": "Lung"}
 
@@ -182,151 +183,6 @@ def test_augment_renders_sources_templates_and_strips_old_instructions():
     assert report.counts == {"augmented:yesno": 1, "augmented:choice": 1, "kept:long_answer": 1}
 
 
-# ------------------------------------------------------------------ decontamination
-
-def smooth_image(seed, size=224):
-    """A smooth random colour image (a 6x6 random field upsampled), so resizing and JPEG keep it."""
-    rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
-    return small.resize((size, size), Image.BICUBIC)
-
-
-def test_max_similarity_blocked_equals_full_matrix():
-    g = torch.Generator().manual_seed(0)
-    train, bench = torch.randn(103, 32, generator=g), torch.randn(17, 32, generator=g) * 3
-    full = torch.nn.functional.normalize(train, dim=1) @ torch.nn.functional.normalize(bench, dim=1).T
-    for block in (1, 7, 64, 1000):
-        vals, idx = max_similarity(train, bench, block=block)
-        assert torch.allclose(vals, full.max(1).values, atol=1e-6)
-        assert torch.equal(idx, full.argmax(1))
-
-
-def make_contamination_case(tmp_path):
-    """Benchmark of 3 items; train = exact copy, JPEG copy, resized copy (reworded), same image
-    with a different question, and 3 unrelated items."""
-    paths = {}
-    for k in range(8):
-        p = tmp_path / f"im{k}.png"
-        smooth_image(k).save(p)
-        paths[k] = str(p)
-    jpg, small = tmp_path / "im1.jpg", tmp_path / "im2_small.png"
-    smooth_image(1).save(jpg, quality=75)
-    smooth_image(2).resize((150, 150), Image.BILINEAR).save(small)
-    qs = ["Is there a fracture of the left femur?", "What organ is enlarged in this image?",
-          "Which lobe contains the mass?"]
-    bench = [{"id": f"b{k}", "question": qs[k], "images": [paths[k]]} for k in range(3)]
-
-    def rec(rid, img, q):
-        return {"id": rid, "source": "vqa", "images": [img],
-                "messages": [{"role": "user", "content": "<image>" + q}, {"role": "assistant", "content": "yes"}]}
-    train = [rec("exact", paths[0], qs[0]),
-             rec("jpeg", str(jpg), qs[1]),
-             rec("resized_reworded", str(small), "WHICH lobe contains the mass ??"),
-             rec("same_image_other_question", paths[0], "What is the imaging modality used here?"),
-             rec("unrelated1", paths[5], "Is the heart size normal?"),
-             rec("unrelated2", paths[6], "What is the abnormality in the right kidney?"),
-             rec("unrelated3", paths[7], "Which organ is enlarged in this picture?")]
-    return train, bench
-
-
-def test_decontaminate_with_hash_embedder_removes_copies_and_keeps_unrelated(tmp_path):
-    train, bench = make_contamination_case(tmp_path)
-    report = Report("decontaminate")
-    keep, removed = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
-    assert [r["id"] for r, k in zip(train, keep) if not k] == ["exact", "jpeg", "resized_reworded"]
-    by_id = {r["train"]: r for r in removed}
-    assert by_id["exact"]["kind"] == "exact" and by_id["exact"]["bench"] == "b0"
-    assert by_id["jpeg"]["bench"] == "b1" and by_id["jpeg"]["score"] > 0.95
-    assert by_id["resized_reworded"]["bench"] == "b2"
-    assert report.counts["dropped:contaminated"] == 3 and report.counts["kept"] == 4
-
-
-def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
-    train, bench = make_contamination_case(tmp_path)
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not an image")
-    train.append({"id": "broken", "images": [str(bad)], "messages": [{"role": "user", "content": "<image>q"}]})
-    report = Report("decontaminate")
-    keep, _ = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
-    assert keep[-1] and report.counts["train_unreadable_image"] == 1
-    assert report.counts["kept:unchecked_unreadable_image"] == 1
-
-
-# ------------------------------------------------------------------ tiny random model
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 2-layer random QwenVL with a small BPE tokenizer carrying the real Qwen special tokens."""
-    from data import build_tokenizer
-    from infimed import QwenVL, QwenVLConfig, VisionConfig
-    d = tmp_path_factory.mktemp("tiny")
-    tok = build_tokenizer(["Is there a fracture of the left femur? What organ is enlarged in this image? "
-                           "Which lobe contains the mass? A CT scan of the abdomen with a liver lesion."] * 5,
-                          str(d / "tok"), vocab_size=400)
-    ids = tok.convert_tokens_to_ids
-    vision = VisionConfig(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
-                          fullatt_block_indexes=[1])
-    cfg = QwenVLConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3],
-                       image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                       vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-                       bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), vision=vision)
-    torch.manual_seed(0)
-    return QwenVL(cfg).eval(), tok
-
-
-def test_model_embedder_is_last_token_hidden_state_of_gme_prompt(tiny, tmp_path):
-    from data import ImageProcessor
-    model, tok = tiny
-    proc = ImageProcessor(max_pixels=112 * 112)
-    p = tmp_path / "a.png"
-    smooth_image(0).save(p)
-    emb = curate.ModelEmbedder(model, tok, proc)
-    items = [([str(p)], "Is there a fracture?"), ([], "A much longer text-only query about the liver lesion."),
-             ([str(p)], "Which lobe?")]
-    batched = emb(items)
-    # Manual: one unpadded sequence, the gme chat string with the image expanded to its tokens.
-    pv, grid = proc([str(p)])
-    n_img = int(grid.prod()) // 4
-    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-            + "<|image_pad|>" * n_img + "<|vision_end|>Is there a fracture?<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
-    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        h = model(ids, pv, grid, return_hidden=True)[0, -1]
-    assert torch.allclose(batched[0], torch.nn.functional.normalize(h, dim=0), atol=1e-5)
-    for i, item in enumerate(items):  # right padding in a batch changes nothing
-        assert torch.allclose(batched[i], emb([item])[0], atol=1e-5)
-    assert torch.allclose(batched.norm(dim=1), torch.ones(3), atol=1e-6)
-
-
-def test_decontaminate_with_model_embedder(tiny, tmp_path):
-    """A random model squeezes every similarity toward 1 (each embedding is dominated by the shared
-    final <|endoftext|> token and template), so this test scales the paper's 0.95 up to 0.999; what
-    it checks is the wiring: copies that miss the exact pass are removed through the embeddings,
-    unrelated items are kept, and the nearest benchmark item of each copy is its source."""
-    from data import ImageProcessor
-    model, tok = tiny
-    train, bench = make_contamination_case(tmp_path)
-    one_pixel = tmp_path / "im0_edit.png"
-    im = smooth_image(0)
-    im.putpixel((3, 3), (0, 0, 0))
-    im.save(one_pixel)
-    qs = [b["question"] for b in bench]
-    train = [{"id": "one_pixel", "source": "v", "images": [str(one_pixel)], "messages": [{"role": "user", "content": "<image>" + qs[0]}]},
-             {"id": "jpeg", "source": "v", "images": [str(tmp_path / "im1.jpg")], "messages": [{"role": "user", "content": "<image>" + qs[1]}]},
-             {"id": "resized", "source": "v", "images": [str(tmp_path / "im2_small.png")], "messages": [{"role": "user", "content": "<image>" + qs[2]}]}
-             ] + train[4:]
-    emb = curate.ModelEmbedder(model, tok, ImageProcessor(max_pixels=112 * 112))
-    report = Report("decontaminate")
-    keep, removed = decontaminate(train, bench, emb, DecontamConfig(threshold=0.999), report)
-    assert [r["train"] for r in removed] == ["one_pixel", "jpeg"]
-    assert all(r["kind"] == "embedding" for r in removed)
-    assert keep == [False, False, True, True, True, True]
-    copies = emb([(t["images"], curate.query_of(t)) for t in train[:3]])
-    _, idx = max_similarity(copies, emb([(b["images"], b["question"]) for b in bench]))
-    assert idx.tolist() == [0, 1, 2]
-
-
 # ------------------------------------------------------------------ perplexity
 
 def test_caption_positions_take_the_last_assistant_turn_without_im_end():
@@ -416,7 +272,7 @@ def test_perplexity_step_is_resumable_and_counts_bad_input(tiny, tmp_path):
                  "messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "x " * 20}]})
     recs.append({"id": "noimg", "source": "roco", "messages": [{"role": "user", "content": "Describe."},
                                                               {"role": "assistant", "content": "y " * 20}]})
-    curate.write_records(recs, str(tmp_path / "in.jsonl"))
+    write_sharegpt(recs, str(tmp_path / "in.jsonl"))
     cfg = curate.PerplexityConfig(min_caption_tokens=3, max_pixels=112 * 112, keep_percentile=50)
     out = str(tmp_path / "out.jsonl")
     r1 = curate.run_step("perplexity", str(tmp_path / "in.jsonl"), out, cfg, model=(model, tok))
@@ -437,16 +293,6 @@ def test_perplexity_step_is_resumable_and_counts_bad_input(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------ steps, files, pipeline
-
-@pytest.fixture(scope="module")
-def tiny_dir(tiny, tmp_path_factory):
-    """The tiny model saved as a checkpoint directory that evaluate.NativeBackend loads."""
-    model, tok = tiny
-    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny"
-    model.save_pretrained(str(ckpt))
-    tok.save_pretrained(str(ckpt))
-    return str(ckpt)
-
 
 def test_prompt_logprob_scorer_matches_native_scores(tiny, tiny_dir, tmp_path):
     """The vLLM path (a backend's prompt_logprobs) run through evaluate.NativeBackend, which
@@ -473,11 +319,9 @@ def test_pipeline_runs_steps_in_order_with_reports(tiny_dir, tmp_path):
     train[-1]["images"] = train[0]["images"]
     train.append({"id": "bad", "images": ["x.png"], "messages": [{"role": "user", "content": "<image><image>q"},
                                                                  {"role": "assistant", "content": "a"}]})
-    curate.write_records(train, str(tmp_path / "in.jsonl"))
-    with open(tmp_path / "bench.jsonl", "w") as f:
-        f.writelines(json.dumps(b) + "\n" for b in bench)
-    spec = {"steps": [{"step": "augment", "in": str(tmp_path / "in.jsonl"), "out": str(tmp_path / "a.jsonl")},
-                      {"step": "decontaminate", "out": str(tmp_path / "b.jsonl"), "bench": [str(tmp_path / "bench.jsonl")]},
+    in_path, bench_path = write_case(tmp_path, train, bench)
+    spec = {"steps": [{"step": "augment", "in": in_path, "out": str(tmp_path / "a.jsonl")},
+                      {"step": "decontaminate", "out": str(tmp_path / "b.jsonl"), "bench": [bench_path]},
                       {"step": "cot", "out": str(tmp_path / "c.jsonl"), "teacher": str(ckpt), "k": 2,
                        "max_new_tokens": 4}]}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -485,6 +329,7 @@ def test_pipeline_runs_steps_in_order_with_reports(tiny_dir, tmp_path):
     assert res.exit_code == 0, res.output
     a = json.load(open(tmp_path / "a.report.json"))
     assert a["counts"]["dropped:invalid_record:image_count_mismatch"] == 1 and a["counts"]["output_records"] == 8
+    assert "in.jsonl line 9" in a["invalid_records"]["image_count_mismatch"]  # which file, which record
     b = json.load(open(tmp_path / "b.report.json"))
     assert b["counts"]["dropped:contaminated"] == 3 and b["counts"]["output_records"] == 5
     assert len(open(tmp_path / "b.dropped.jsonl").readlines()) == 3
@@ -502,27 +347,3 @@ def test_pipeline_rejects_unknown_settings(tmp_path):
         curate.run_pipeline(str(tmp_path / "spec.json"))
 
 
-def test_decontaminate_step_with_checkpoint_embedder_is_resumable(tiny_dir, tmp_path):
-    train, bench = make_contamination_case(tmp_path)
-    curate.write_records(train, str(tmp_path / "in.jsonl"))
-    with open(tmp_path / "bench.jsonl", "w") as f:
-        f.writelines(json.dumps(b) + "\n" for b in bench)
-    cfg = DecontamConfig(bench=[str(tmp_path / "bench.jsonl")], embedder=tiny_dir, threshold=0.999,
-                         min_pixels=56 * 56, max_pixels=112 * 112)
-    out = str(tmp_path / "out.jsonl")
-    first = curate.run_step("decontaminate", str(tmp_path / "in.jsonl"), out, cfg)
-    assert first.counts["dropped:contaminated"] >= 2  # the exact copy and the JPEG copy
-    assert os.listdir(tmp_path / "out.cache")
-
-    from data import ImageProcessor
-    model, tok = curate._load_model(tiny_dir, "float32", "cpu")
-    same = curate.ModelEmbedder(model, tok, ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
-                                name=os.path.abspath(tiny_dir))
-
-    class Refuses:  # same cache identity as the step's embedder, but must not be called
-        name = same.name
-
-        def __call__(self, items):
-            raise AssertionError("cached embeddings were recomputed")
-    second = curate.run_step("decontaminate", str(tmp_path / "in.jsonl"), out, cfg, embedder=Refuses())
-    assert second.sections["removed"] == first.sections["removed"]

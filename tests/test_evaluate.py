@@ -1,7 +1,7 @@
 """Tests for evaluate.py: the answer parser on a table of realistic responses, MultiMedEval-style
-scoring against hand-computed values, prompts and boxes, option shuffle / rotation bookkeeping,
-resumable runs, and an end-to-end run of the native backend with a tiny random Qwen2.5-VL
-checkpoint on real VQA-RAD records and on the synthetic benchmark.
+scoring against hand-computed values, prompts and boxes, resumable runs, and an
+end-to-end run of the native backend with a tiny random Qwen2.5-VL checkpoint on real VQA-RAD
+records and on the synthetic benchmark (the analyses and tables are tested in test_report.py).
 
     python -m pytest -q tests/test_evaluate.py
 """
@@ -15,6 +15,7 @@ import pytest
 
 import conftest
 import evaluate as ev
+import report
 from evaluate import parse_choice, response_category, vqa_scores
 
 # ----------------------------------------------------------------- parse_choice table
@@ -240,45 +241,7 @@ def test_boxes_do_not_reach_the_scorer():
     assert ev.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
 
 
-# ----------------------------------------------------------------- shuffles and rotations
 MC = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}, "Which modality?")
-
-
-def test_shuffle_keeps_gold_text_and_is_seeded():
-    a, b = ev.shuffle_record(MC, 0), ev.shuffle_record(MC, 0)
-    assert a == b and a["options"][a["answer"]] == "CT" and sorted(a["options"].values()) == sorted(MC["options"].values())
-    assert any(ev.shuffle_record(MC, s)["options"] != MC["options"] for s in range(3))
-    assert {ev.shuffle_record(MC, s)["answer"] for s in range(30)} == set("ABCDE")  # gold moves
-    assert a["meta"]["base_id"] == "q1" and a["id"] == "q1#shuffle"
-
-
-def test_rotations_move_gold_through_every_letter():
-    rots = ev.rotate_records(MC)
-    assert len(rots) == 5 and rots[0]["options"] == MC["options"] and rots[0]["answer"] == "C"
-    assert [r["answer"] for r in rots] == ["C", "B", "A", "E", "D"]
-    assert all(r["options"][r["answer"]] == "CT" for r in rots)
-    assert rots[1]["options"] == {"A": "MRI", "B": "CT", "C": "Ultrasound", "D": "PET", "E": "X-ray"}
-
-
-def test_gold_given_as_text_is_remapped():
-    r = ev.permute_options({**MC, "answer": "ct"}, ["C", "A", "B", "D", "E"], "p")
-    assert r["answer"] == "A"
-    with pytest.raises(ValueError, match="not one of its options"):
-        ev.gold_letter({**MC, "answer": "SPECT"})
-
-
-def test_circular_eval_needs_every_rotation_right():
-    rows = [{"base_id": "q1", "correct": c} for c in (True, True, True)] + \
-           [{"base_id": "q2", "correct": c} for c in (True, False, True)]
-    assert ev.circular_accuracy(rows) == 0.5
-
-
-def test_compare_rows_counts_flips():
-    base = [{"base_id": i, "correct": c} for i, c in [("a", True), ("b", False), ("c", True)]]
-    other = [{"base_id": i, "correct": c} for i, c in [("a", False), ("b", True), ("c", True), ("d", True)]]
-    res = ev.compare_rows(base, other)
-    assert res["n"] == 3 and res["right_to_wrong"] == ["a"] and res["wrong_to_right"] == ["b"]
-    assert res["delta"] == pytest.approx(0.0)
 
 
 # ----------------------------------------------------------------- runs: resume, tables, imports
@@ -311,24 +274,26 @@ def test_killed_run_resumes_without_redoing_samples(tmp_path):
     assert all(json.loads(line)["parsed"] == "A" for line in open(path))
 
 
+def test_run_hands_invalid_answers_to_the_judge(tmp_path):
+    class Rambling(EchoBackend):
+        def generate(self, requests, **kw):
+            return [["It could be several things."] for _ in requests]
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    judge = EchoBackend()  # replies 'yes' to the judge prompt: still no option
+    rows = ev.run_variant(Rambling(), [{**MC, "images": [str(img)]}], "base", ev.EvalConfig(model="m"),
+                          str(tmp_path / "v.jsonl"), judge=judge)
+    assert judge.seen == 1 and rows[0]["flags"] == ["judged"] and rows[0]["judge_response"] == "yes"
+    assert rows[0]["parsed"] is None and rows[0]["correct"] is False
+
+
 def test_missing_images_are_counted_not_fatal(tmp_path):
     recs = [rec("yes", id="a"), {**rec("no", id="b"), "images": [str(tmp_path / "gone.png")]}]
     (tmp_path / "a.png").write_bytes(b"")
     recs[0]["images"] = [str(tmp_path / "a.png")]
     rows = ev.run_variant(EchoBackend(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"), log=lambda m: None)
-    s = ev.summarize(rows)
+    s = report.summarize(rows)
     assert (s["n"], s["n_scored"], s["n_missing_image"], s["closed_accuracy"]) == (2, 1, 1, 1.0)
-
-
-def test_table_has_one_row_per_model_and_a_column_per_benchmark():
-    s1 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.745}, "analyses": {}},
-                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133},
-                                     "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
-    s2 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.6096, "n": 451, "n_scored": 18}, "analyses": {}}}}
-    lines = ev.table_md([("Infi-Med-3B", s1), ("Qwen2.5-VL-3B", s2)]).splitlines()
-    assert lines[0] == "| Model | VQA-RAD | PMC-VQA |"
-    assert lines[2] == "| Infi-Med-3B | 74.50 | 54.85 |" and lines[3] == "| Qwen2.5-VL-3B | 60.96 (18/451) | - |"
-    assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
 
 
 def test_vllm_backend_without_vllm_says_what_to_install(monkeypatch):
@@ -472,42 +437,7 @@ def test_end_to_end_synthetic_with_robustness_and_cli(tiny_model, synthetic_root
     assert len(table1) == 4 and table1[2].startswith("| tiny | ") and table1[3] == table1[2]
 
 
-# ----------------------------------------------------------------- judge and chain-of-thought report
-class LetterJudge:
-    def __init__(self, reply):
-        self.reply, self.prompts = reply, []
-
-    def generate(self, requests, **kw):
-        self.prompts += [r["messages"][0]["content"] for r in requests]
-        return [[self.reply] for _ in requests]
-
-
-def test_judge_fills_only_invalid_rows_and_marks_them():
-    r = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT"}, "Which modality?")
-    rows = [ev.score_row(r, "p", "It looks like a cross-sectional density scan."), ev.score_row(r, "p", "B")]
-    judge = LetterJudge(" C.")
-    ev.judge_rows(judge, rows, ev.EvalConfig(model="m"))
-    assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
-    assert rows[0]["parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
-    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B"
-    rows = [ev.score_row(r, "p", "no idea")]
-    ev.judge_rows(LetterJudge("Z"), rows, ev.EvalConfig(model="m"))  # the judge found no option either
-    assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and ev.summarize(rows)["judged"] == 1
-
-
-def test_cot_samples_grouped_by_skill(tmp_path):
-    qs = ["What imaging modality is shown?", "Where is the lesion located?", "What is the shape of the lesion?",
-          "Which of the following is most likely?", "What does the arrow point to?"]
-    rows = [{**ev.score_row(rec("A", {"A": "x", "B": "y"}, q, id=f"q{i}"), "p", "Thinking. <answer>A</answer>")}
-            for i, q in enumerate(qs)]
-    res = ev.cot_report(rows, str(tmp_path / "cot.md"))
-    assert [res[name]["n"] for name, _ in ev.SKILLS] == [1, 1, 1, 1, 1]
-    assert all(res[name]["accuracy"] == 1.0 for name, _ in ev.SKILLS)
-    assert "## modality recognition (1 samples, accuracy 100.00)" in (tmp_path / "cot.md").read_text()
-    assert ev.skill_of({"question": "What is seen?", "meta": {"skill": "anatomical localization"}}) == "anatomical localization"
-    assert ev.skill_of({"question": "What is seen?", "skill": "side"}) == "anatomical localization"  # synthetic name
-
-
+# ----------------------------------------------------------------- benchmark subsets
 def test_subset_filters_on_meta_and_rejects_unknown_fields():
     root = os.path.join(conftest.SHARED_DATA, "vqa_rad")
     closed = ev.load_benchmark("vqa_rad", root, subset=(("answer_type", "CLOSED"),))

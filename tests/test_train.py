@@ -161,6 +161,19 @@ def test_plan_gives_every_sample_once_and_same_steps_for_any_world_size():
     assert train.plan_epoch(sampler, epoch=1, world=2, accum=2) != two  # a new order each epoch
 
 
+def test_flops_count_matches_hand_formula():
+    cfg = QwenVLConfig(hidden_size=64, num_hidden_layers=3, vocab_size=1000,
+                       vision=VisionConfig(depth=4, hidden_size=32, fullatt_block_indexes=[3], window_size=112))
+    labels = torch.full((1, 10), -100)
+    labels[0, 6:] = 1  # 4 labels; 3 count (the first sits across the 1|2 sample boundary)
+    batch = {"attention_mask": torch.tensor([[1] * 6 + [2] * 4 + [0] * 2]),
+             "labels": torch.cat([labels, torch.full((1, 2), -100)], 1), "image_grid_thw": torch.tensor([[1, 8, 16]])}
+    text = 6 * 500 * 10 + 6 * 64 * 1000 * 3 + 6 * 3 * 64 * (6 ** 2 + 4 ** 2)  # layers, head, causal attention
+    patches = 128  # 8 x 16; windows of 8 x 8 = 64 patches in 3 blocks, the whole image in 1
+    vision = 6 * 700 * patches + 12 * 32 * patches * (3 * 64 + 1 * patches)
+    assert train.flops_per_step([batch], cfg, n_text=500, n_vision=700) == text + vision
+
+
 # ------------------------------------------------------------------------------------- loss
 def test_loss_sums_cross_entropy_of_supervised_next_tokens_only(setup):
     torch.manual_seed(0)

@@ -1,0 +1,268 @@
+"""Robustness and instruction-following analyses of evaluation runs, and their reports: which
+records each analysis asks (evaluate.py generates and scores them), and what the per-sample
+JSONL rows then say.
+
+    python evaluate.py run ... --shuffle --circular --rephrase --grounding --cot   # the analyses
+    python evaluate.py compare runs/base runs/trained -o table.md   # Table 1 shape, side by side
+    python -m pytest -q tests/test_report.py
+
+- `variant_records`: the records of a variant: options shuffled with a fixed seed, every cyclic
+  rotation (CircularEval), rephrased questions; base, grounding and cot ask the same records
+  with another prompt (evaluate.PROMPTS).
+- `judge_rows`: an optional LLM judge for multiple-choice answers the parser found invalid
+  (evaluate.py calls it on each chunk of scored rows; judged rows are flagged).
+- `summarize`: one variant of one benchmark -> MultiMedEval metrics, option accuracy,
+  instruction following (invalid rate, response-category shares, judged count), positional bias
+  (chosen vs gold letters), per-skill accuracy, box rate and IoU for grounding.
+- `analyses`: each variant against the base run: shuffled options, rephrased questions and
+  grounding (accuracy change and per-question flips), CircularEval, chain-of-thought samples
+  grouped by the paper's five clinical skills (written to cot_by_skill.md for reading).
+- `table_md` / `compare`: Markdown shaped like the paper's Table 1, one row per run, one column
+  per benchmark, then a robustness / instruction-following table.
+Everything here is pure Python over dicts (the judge is handed a backend): no model, no data
+loading, no import of evaluate.
+"""
+import json
+import os
+import random
+import re
+from collections import Counter, defaultdict
+
+# Table 1 columns in the paper's order, keyed by evaluate.BENCHMARKS names
+COLUMNS = {"vqa_rad": "VQA-RAD", "slake": "SLAKE(en)", "path_vqa": "Path-VQA", "pmc_vqa": "PMC-VQA",
+           "pmc_vqa_open": "PMC-VQA(open)", "mmmu": "MMMU(H&M)", "gmai_mmbench": "GMAI-MMBench",
+           "synthetic": "Synthetic"}
+SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
+    ("modality recognition", r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
+    ("anatomical localization", r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),
+    ("disease feature interpretation", r"abnormal|lesion|diagnos|finding|feature|shape|size|densit|intensit|disease|patholog"),
+    ("option comparison reasoning", r"which of the following|most likely|best|compar|differ"),
+    ("question-image alignment", r""),
+]
+# the synthetic benchmark's own skill names (synthetic.SKILLS) -> the paper's five
+SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
+                 **dict.fromkeys(("presence", "shape", "brightness", "size", "count"), "disease feature interpretation")}
+VARIANTS = ("base", "shuffle", "circular", "rephrase", "grounding", "cot")  # evaluate.py run flags
+CATEGORIES = ("single_letter", "answer_prefixed", "cot", "invalid")  # evaluate.response_category
+
+
+# ---- Robustness variants: which records each analysis asks --------------------------------
+def permute_options(record, order, tag):
+    """A copy of `record` whose option i holds the text of old letter order[i]; a gold letter
+    follows its text (a gold given as option text needs no change). meta['order'] keeps the
+    mapping and meta['base_id'] the original id; id gains '#tag'."""
+    old, keys = record["options"], list(record["options"])
+    letter = str(record["answer"]).strip().upper()
+    return {**record, "id": f"{record['id']}#{tag}", "options": {k: old[o] for k, o in zip(keys, order)},
+            "answer": keys[order.index(letter)] if letter in old else record["answer"],
+            "meta": {**record.get("meta", {}), "base_id": record["id"], "order": list(order)}}
+
+
+def shuffle_record(record, seed):
+    """Options in a random order fixed by (seed, record id): reruns and resumes agree."""
+    order = list(record["options"])
+    random.Random(f"{seed}:{record['id']}").shuffle(order)
+    return permute_options(record, order, "shuffle")
+
+
+def rotate_records(record):
+    """All cyclic rotations of the options (MMBench CircularEval); rotation 0 is the original."""
+    keys = list(record["options"])
+    return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
+
+
+def rephrase_records(records, rephrase_file=None):
+    """Records with a rephrased question: from a JSONL file of {"id", "question"} lines, else the
+    record's own meta['question_rephrase'] (VQA-RAD; its placeholder 'NULL' means none)."""
+    alt = {}
+    if rephrase_file:
+        with open(rephrase_file, encoding="utf-8") as f:
+            alt = {d["id"]: d["question"] for d in map(json.loads, f) if d.get("question")}
+    out = []
+    for r in records:
+        q = (alt.get(r["id"]) or r.get("meta", {}).get("question_rephrase") or "").strip()
+        if q and q.upper() != "NULL":
+            out.append({**r, "id": r["id"] + "#rephrase", "question": q,
+                        "meta": {**r.get("meta", {}), "base_id": r["id"]}})
+    return out
+
+
+def variant_records(records, variant, seed=0, rephrase_file=None):
+    """The records one variant asks: all of them for base and grounding (the prompt differs), the
+    multiple-choice ones for cot, shuffled or all rotations of those, or the rephrased ones."""
+    mc = [r for r in records if r.get("options")]
+    if variant == "shuffle":
+        return [shuffle_record(r, seed) for r in mc]
+    if variant == "circular":
+        return [x for r in mc for x in rotate_records(r)]
+    if variant == "rephrase":
+        return rephrase_records(records, rephrase_file)
+    return mc if variant == "cot" else records
+
+
+# ---- Instruction following: an LLM judge for answers the parser found invalid -------------
+JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice question.\nQuestion: {question}\n"
+                "Options:\n{options}\nAnswer: {response}\nReply with the single letter of the option "
+                "the answer chooses, or Z if it chooses none or several.")
+
+
+def judge_rows(judge, rows, seed=0):
+    """LLM-as-judge (any backend: .generate(requests, ...)) for the multiple-choice rows the parser
+    found invalid, in place; every judged row is flagged 'judged' and keeps the judge's reply."""
+    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]]
+    if not todo:
+        return
+    reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
+        question=r["question"], response=r["response"],
+        options="\n".join(f"{k}. {v}" for k, v in r["options"].items()))}], "images": []} for r in todo]
+    for r, out in zip(todo, judge.generate(reqs, max_new_tokens=8, temperature=0.0, seed=seed)):
+        letter = out[0].strip("*()[]\"'`“”‘’. \t\n").upper()  # ' C.' or '**C**' -> 'C'
+        r["flags"].append("judged")
+        r["judge_response"] = out[0]
+        if letter in r["options"]:
+            r.update(parsed=letter, correct=letter == r["gold"], invalid=False)
+
+
+# ---- Summaries, comparisons, tables --------------------------------------------------------
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def _fmt(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _by(rows, key):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return groups
+
+
+def _accuracy(rows):
+    return {"n": len(rows), "accuracy": _mean(bool(r["correct"]) for r in rows)}
+
+
+def summarize(rows):
+    """Metrics of one variant's rows; rows with correct=None (image missing) are counted apart."""
+    scored = [r for r in rows if r.get("correct") is not None]
+    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": len(rows) - len(scored),
+         "accuracy": _mean(bool(r["correct"]) for r in scored)}
+    vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
+    if vqa:  # MultiMedEval's metric names
+        closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
+        s.update(n_closed=len(closed), n_open=len(open_), closed_accuracy=_mean(r["correct"] for r in closed),
+                 open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
+                 recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
+                 bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
+    if mc:
+        cats = Counter(r["category"] for r in mc)
+        s.update(n_mc=len(mc), mc_accuracy=_mean(r["correct"] for r in mc),
+                 invalid_rate=_mean(r["parsed"] is None for r in mc),
+                 categories={k: cats[k] / len(mc) for k in CATEGORIES},
+                 judged=sum("judged" in r["flags"] for r in mc),
+                 chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
+                 gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
+    if any("skill" in r for r in scored):  # per-skill accuracy where the benchmark names skills
+        s["by_skill"] = {k: _accuracy(g) for k, g in sorted(_by(scored, lambda r: r.get("skill", "-")).items())}
+    if any("box" in r for r in scored):
+        s["box_rate"] = _mean(r.get("box") is not None for r in scored)
+        s["mean_iou"] = _mean(r["iou"] for r in scored if "iou" in r)
+    return s
+
+
+def compare_rows(base, other):
+    """Accuracy on the questions both runs scored, and per-question flips."""
+    b, o = ({r["base_id"]: bool(r["correct"]) for r in rows if r.get("correct") is not None} for rows in (base, other))
+    ids = sorted(set(b) & set(o))
+    if not ids:
+        return {"n": 0}
+    acc_b, acc_o = _mean(b[i] for i in ids), _mean(o[i] for i in ids)
+    return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
+            "right_to_wrong": [i for i in ids if b[i] and not o[i]], "wrong_to_right": [i for i in ids if o[i] and not b[i]]}
+
+
+def circular_accuracy(rows):
+    """CircularEval (MMBench): a question counts right only when every rotation of it was right."""
+    by_q = _by(rows, lambda r: r["base_id"])
+    return _mean(all(r["correct"] for r in g) for g in by_q.values()) or 0.0
+
+
+def skill_of(record_or_row):
+    """The clinical skill a question exercises: the sample's own 'skill' (row field or record
+    meta) when it names one of the five or a synthetic skill, else the first SKILLS pattern that
+    matches the question."""
+    skill = record_or_row.get("skill") or record_or_row.get("meta", {}).get("skill")
+    skill = SKILL_ALIASES.get(skill, skill)
+    if skill in dict(SKILLS):
+        return skill
+    return next(name for name, pat in SKILLS if re.search(pat, record_or_row["question"].lower()))
+
+
+def cot_report(rows, path):
+    """Chain-of-thought samples grouped by clinical skill, for reading (Markdown at `path`, at
+    most 20 samples a skill); returns each skill's count and accuracy."""
+    groups = _by([r for r in rows if r.get("correct") is not None], skill_of)
+    res = {name: _accuracy(groups.get(name, [])) for name, _ in SKILLS}
+    lines = ["# Chain-of-thought samples by clinical skill", ""]
+    for name, _ in SKILLS:
+        lines += [f"## {name} ({res[name]['n']} samples, accuracy {_fmt(res[name]['accuracy'])})", ""]
+        for r in groups.get(name, [])[:20]:
+            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}", "", "> " + r["response"].replace("\n", "\n> "), ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return res
+
+
+def analyses(variant_rows, out_dir):
+    """{variant: rows} of one benchmark -> each analysis against the base variant."""
+    base, res = variant_rows.get("base"), {}
+    for v in ("shuffle", "rephrase", "grounding"):  # shuffling only touches multiple-choice rows
+        if v in variant_rows and base is not None:
+            res[v] = compare_rows([r for r in base if v != "shuffle" or r.get("kind") == "mc"], variant_rows[v])
+    if "circular" in variant_rows:
+        rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
+        res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
+                           "rotation_accuracy": _mean(r["correct"] for r in rows)}
+    if "cot" in variant_rows:
+        res["cot_skills"] = cot_report(variant_rows["cot"], os.path.join(out_dir, "cot_by_skill.md"))
+    return res
+
+
+def table_md(runs):
+    """[(label, summary)] -> Markdown shaped like the paper's Table 1: one row per run, one column
+    per benchmark (accuracy in %: MultiMedEval correctness for VQA items, option accuracy for
+    multiple choice; '(scored/total)' follows when items were skipped), then a robustness /
+    instruction-following table where any run has those analyses."""
+    names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
+    lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def cell(d):  # a run that could not score every item (missing images) says how many it did
+        part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
+        return _fmt(d["accuracy"]) + part
+    for label, s in runs:
+        cells = [cell(s["benchmarks"][b]["base"]) if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    extra = []
+    for label, s in runs:
+        for b, d in s["benchmarks"].items():
+            a, base = d.get("analyses", {}), d.get("base", {})
+            cells = [_fmt(a[k].get(f)) if a.get(k, {}).get("n") else "-" for k, f in (
+                ("shuffle", "delta"), ("circular", "circular_accuracy"), ("rephrase", "delta"), ("grounding", "delta"))]
+            invalid = _fmt(base.get("invalid_rate", base.get("yes_no_invalid_rate")))
+            extra.append(f"| {label} | {COLUMNS[b]} | {invalid} | " + " | ".join(cells) + " |")
+    if any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values()):
+        lines += ["", "| Model | Benchmark | Invalid % | Shuffle Δ | CircularEval | Rephrase Δ | Grounding Δ |",
+                  "|---|---|---|---|---|---|---|"] + extra
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs):
+    """Table 1 Markdown of several run directories (each with its summary.json), side by side."""
+    runs = []
+    for d in run_dirs:
+        with open(os.path.join(d, "summary.json")) as f:
+            s = json.load(f)
+        runs.append((s["run"]["name"], s))
+    return table_md(runs)

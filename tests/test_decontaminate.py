@@ -1,0 +1,232 @@
+"""Tests for decontaminate.py: python -m pytest -q tests/test_decontaminate.py"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import curate
+import decontaminate as dc
+from data import write_sharegpt
+from decontaminate import (DecontamConfig, HashEmbedder, ModelEmbedder, Report, decontaminate, load_model,
+                           max_similarity, query_of, run_step)
+
+
+def smooth_image(seed, size=224):
+    """A smooth random colour image (a 6x6 random field upsampled), so resizing and JPEG keep it."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    return small.resize((size, size), Image.BICUBIC)
+
+
+def test_max_similarity_blocked_equals_full_matrix():
+    g = torch.Generator().manual_seed(0)
+    train, bench = torch.randn(103, 32, generator=g), torch.randn(17, 32, generator=g) * 3
+    full = torch.nn.functional.normalize(train, dim=1) @ torch.nn.functional.normalize(bench, dim=1).T
+    for block in (1, 7, 64, 1000):
+        vals, idx = max_similarity(train, bench, block=block)
+        assert torch.allclose(vals, full.max(1).values, atol=1e-6)
+        assert torch.equal(idx, full.argmax(1))
+
+
+def make_contamination_case(tmp_path):
+    """Benchmark of 3 items; train = exact copy, JPEG copy, resized copy (reworded), same image
+    with a different question, and 3 unrelated items."""
+    paths = {}
+    for k in range(8):
+        p = tmp_path / f"im{k}.png"
+        smooth_image(k).save(p)
+        paths[k] = str(p)
+    jpg, small = tmp_path / "im1.jpg", tmp_path / "im2_small.png"
+    smooth_image(1).save(jpg, quality=75)
+    smooth_image(2).resize((150, 150), Image.BILINEAR).save(small)
+    qs = ["Is there a fracture of the left femur?", "What organ is enlarged in this image?",
+          "Which lobe contains the mass?"]
+    bench = [{"id": f"b{k}", "question": qs[k], "images": [paths[k]]} for k in range(3)]
+
+    def rec(rid, img, q):
+        return {"id": rid, "source": "vqa", "images": [img],
+                "messages": [{"role": "user", "content": "<image>" + q}, {"role": "assistant", "content": "yes"}]}
+    train = [rec("exact", paths[0], qs[0]),
+             rec("jpeg", str(jpg), qs[1]),
+             rec("resized_reworded", str(small), "WHICH lobe contains the mass ??"),
+             rec("same_image_other_question", paths[0], "What is the imaging modality used here?"),
+             rec("unrelated1", paths[5], "Is the heart size normal?"),
+             rec("unrelated2", paths[6], "What is the abnormality in the right kidney?"),
+             rec("unrelated3", paths[7], "Which organ is enlarged in this picture?")]
+    return train, bench
+
+
+def write_case(tmp_path, train, bench):
+    """in.jsonl (ShareGPT) and bench.jsonl (load_source-style lines) -> their paths."""
+    write_sharegpt(train, str(tmp_path / "in.jsonl"))
+    with open(tmp_path / "bench.jsonl", "w") as f:
+        f.writelines(json.dumps(b) + "\n" for b in bench)
+    return str(tmp_path / "in.jsonl"), str(tmp_path / "bench.jsonl")
+
+
+def test_decontaminate_with_hash_embedder_removes_copies_and_keeps_unrelated(tmp_path):
+    train, bench = make_contamination_case(tmp_path)
+    report = Report("decontaminate")
+    keep, removed = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
+    assert [r["id"] for r, k in zip(train, keep) if not k] == ["exact", "jpeg", "resized_reworded"]
+    by_id = {r["train"]: r for r in removed}
+    assert by_id["exact"]["kind"] == "exact" and by_id["exact"]["bench"] == "b0"
+    assert by_id["jpeg"]["bench"] == "b1" and by_id["jpeg"]["score"] > 0.95
+    assert by_id["resized_reworded"]["bench"] == "b2"
+    assert report.counts["dropped:contaminated"] == 3 and report.counts["kept"] == 4
+
+
+def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
+    train, bench = make_contamination_case(tmp_path)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    train.append({"id": "broken", "images": [str(bad)], "messages": [{"role": "user", "content": "<image>q"}]})
+    report = Report("decontaminate")
+    keep, _ = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
+    assert keep[-1] and report.counts["train_unreadable_image"] == 1
+    assert report.counts["kept:unchecked_unreadable_image"] == 1
+
+
+# ------------------------------------------------------------------ tiny random model
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer random QwenVL with a small BPE tokenizer carrying the real Qwen special tokens."""
+    from data import build_tokenizer
+    from infimed import QwenVL, QwenVLConfig, VisionConfig
+    d = tmp_path_factory.mktemp("tiny")
+    tok = build_tokenizer(["Is there a fracture of the left femur? What organ is enlarged in this image? "
+                           "Which lobe contains the mass? A CT scan of the abdomen with a liver lesion."] * 5,
+                          str(d / "tok"), vocab_size=400)
+    ids = tok.convert_tokens_to_ids
+    vision = VisionConfig(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
+                          fullatt_block_indexes=[1])
+    cfg = QwenVLConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3],
+                       image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                       vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+                       bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), vision=vision)
+    torch.manual_seed(0)
+    return QwenVL(cfg).eval(), tok
+
+
+def test_model_embedder_is_last_token_hidden_state_of_gme_prompt(tiny, tmp_path):
+    from data import ImageProcessor
+    model, tok = tiny
+    proc = ImageProcessor(max_pixels=112 * 112)
+    p = tmp_path / "a.png"
+    smooth_image(0).save(p)
+    emb = ModelEmbedder(model, tok, proc)
+    items = [([str(p)], "Is there a fracture?"), ([], "A much longer text-only query about the liver lesion."),
+             ([str(p)], "Which lobe?")]
+    batched = emb(items)
+    # Manual: one unpadded sequence, the gme chat string with the image expanded to its tokens.
+    pv, grid = proc([str(p)])
+    n_img = int(grid.prod()) // 4
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+            + "<|image_pad|>" * n_img + "<|vision_end|>Is there a fracture?<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        h = model(ids, pv, grid, return_hidden=True)[0, -1]
+    assert torch.allclose(batched[0], torch.nn.functional.normalize(h, dim=0), atol=1e-5)
+    for i, item in enumerate(items):  # right padding in a batch changes nothing
+        assert torch.allclose(batched[i], emb([item])[0], atol=1e-5)
+    assert torch.allclose(batched.norm(dim=1), torch.ones(3), atol=1e-6)
+
+
+def test_decontaminate_with_model_embedder(tiny, tmp_path):
+    """A random model squeezes every similarity toward 1 (each embedding is dominated by the shared
+    final <|endoftext|> token and template), so this test scales the paper's 0.95 up to 0.999; what
+    it checks is the wiring: copies that miss the exact pass are removed through the embeddings,
+    unrelated items are kept, and the nearest benchmark item of each copy is its source."""
+    from data import ImageProcessor
+    model, tok = tiny
+    train, bench = make_contamination_case(tmp_path)
+    one_pixel = tmp_path / "im0_edit.png"
+    im = smooth_image(0)
+    im.putpixel((3, 3), (0, 0, 0))
+    im.save(one_pixel)
+    qs = [b["question"] for b in bench]
+    train = [{"id": "one_pixel", "source": "v", "images": [str(one_pixel)], "messages": [{"role": "user", "content": "<image>" + qs[0]}]},
+             {"id": "jpeg", "source": "v", "images": [str(tmp_path / "im1.jpg")], "messages": [{"role": "user", "content": "<image>" + qs[1]}]},
+             {"id": "resized", "source": "v", "images": [str(tmp_path / "im2_small.png")], "messages": [{"role": "user", "content": "<image>" + qs[2]}]}
+             ] + train[4:]
+    emb = ModelEmbedder(model, tok, ImageProcessor(max_pixels=112 * 112))
+    report = Report("decontaminate")
+    keep, removed = decontaminate(train, bench, emb, DecontamConfig(threshold=0.999), report)
+    assert [r["train"] for r in removed] == ["one_pixel", "jpeg"]
+    assert all(r["kind"] == "embedding" for r in removed)
+    assert keep == [False, False, True, True, True, True]
+    copies = emb([(t["images"], query_of(t)) for t in train[:3]])
+    _, idx = max_similarity(copies, emb([(b["images"], b["question"]) for b in bench]))
+    assert idx.tolist() == [0, 1, 2]
+
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model saved as a checkpoint directory that evaluate.NativeBackend loads."""
+    model, tok = tiny
+    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(str(ckpt))
+    tok.save_pretrained(str(ckpt))
+    return str(ckpt)
+
+
+
+def test_decontaminate_step_with_checkpoint_embedder_is_resumable(tiny_dir, tmp_path):
+    in_path, bench_path = write_case(tmp_path, *make_contamination_case(tmp_path))
+    cfg = DecontamConfig(bench=[bench_path], embedder=tiny_dir, threshold=0.999,
+                         min_pixels=56 * 56, max_pixels=112 * 112)
+    out = str(tmp_path / "out.jsonl")
+    first = run_step(in_path, out, cfg)
+    assert first.counts["dropped:contaminated"] >= 2  # the exact copy and the JPEG copy
+    assert os.listdir(tmp_path / "out.cache")
+
+    from data import ImageProcessor
+    model, tok = load_model(tiny_dir, "float32", "cpu")
+    same = ModelEmbedder(model, tok, ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+                         name=os.path.abspath(tiny_dir))
+
+    class Refuses:  # same cache identity as the step's embedder, but must not be called
+        name = same.name
+
+        def __call__(self, items):
+            raise AssertionError("cached embeddings were recomputed")
+    second = run_step(in_path, out, cfg, embedder=Refuses())
+    assert second.sections["removed"] == first.sections["removed"]
+
+
+def test_query_of_strips_image_tags_options_and_added_instructions():
+    bench = {"question": "<image>Is the liver enlarged?", "images": []}
+    yesno = {"messages": [{"role": "user", "content": "<image>Answer the following question with yes or no. "
+                                                      "Is the liver enlarged?"}]}
+    choice = {"messages": [{"role": "user", "content": "<image>Is the liver enlarged?\nA. yes\nB. no\n"
+                                                       "Answer with the letter of the correct option only."}]}
+    assert query_of(bench) == query_of(yesno) == query_of(choice) == "Is the liver enlarged?"
+    assert query_of({"messages": [{"role": "assistant", "content": "x"}]}) == ""
+
+
+def test_standalone_command_equals_curate_subcommand(tmp_path):
+    in_path, bench_path = write_case(tmp_path, *make_contamination_case(tmp_path))
+    args = [in_path, None, "--bench", bench_path, "--threshold", "0.95"]
+    for name, command in [("alone", dc.main), ("curate", curate.cli)]:
+        args[1] = str(tmp_path / f"{name}.jsonl")
+        res = CliRunner().invoke(command, (["decontaminate"] if name == "curate" else []) + args)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["dropped:contaminated"] == 3
+    alone, via_curate = (open(tmp_path / f"{n}.jsonl").read() for n in ("alone", "curate"))
+    assert alone == via_curate and len(alone.splitlines()) == 4
+    report = json.load(open(tmp_path / "alone.report.json"))
+    assert [r["train"] for r in report["removed"]] == ["exact", "jpeg", "resized_reworded"]
+    assert len(open(tmp_path / "alone.dropped.jsonl").readlines()) == 3
+
+
+def test_step_without_benchmark_is_a_usage_error(tmp_path):
+    write_sharegpt(make_contamination_case(tmp_path)[0], str(tmp_path / "in.jsonl"))
+    res = CliRunner().invoke(dc.main, [str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 2 and "--bench" in res.output

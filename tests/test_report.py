@@ -1,0 +1,161 @@
+"""Tests for report.py: option shuffle / rotation bookkeeping, CircularEval, per-question flips,
+rephrased records, the LLM judge, summaries (instruction following, positional bias), chain-of-thought samples
+grouped by clinical skill, and the Table-1-shaped Markdown.
+
+    python -m pytest -q tests/test_report.py
+"""
+import json
+
+import pytest
+
+import evaluate as ev
+import report
+
+MC = {"id": "q1", "question": "Which modality?", "answer": "C", "images": ["a.png"], "meta": {},
+      "options": {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}}
+
+
+def row(id, correct, **kw):
+    return {"id": id, "base_id": id.split("#")[0], "correct": correct, "flags": [], **kw}
+
+
+# ----------------------------------------------------------------- shuffles and rotations
+def test_shuffle_keeps_gold_text_and_is_seeded():
+    a, b = report.shuffle_record(MC, 0), report.shuffle_record(MC, 0)
+    assert a == b and a["options"][a["answer"]] == "CT" and sorted(a["options"].values()) == sorted(MC["options"].values())
+    assert any(report.shuffle_record(MC, s)["options"] != MC["options"] for s in range(3))
+    assert {report.shuffle_record(MC, s)["answer"] for s in range(30)} == set("ABCDE")  # gold moves
+    assert a["meta"]["base_id"] == "q1" and a["id"] == "q1#shuffle"
+
+
+def test_rotations_move_gold_through_every_letter():
+    rots = report.rotate_records(MC)
+    assert len(rots) == 5 and rots[0]["options"] == MC["options"] and rots[0]["answer"] == "C"
+    assert [r["answer"] for r in rots] == ["C", "B", "A", "E", "D"]
+    assert all(r["options"][r["answer"]] == "CT" for r in rots)
+    assert rots[1]["options"] == {"A": "MRI", "B": "CT", "C": "Ultrasound", "D": "PET", "E": "X-ray"}
+
+
+def test_gold_given_as_text_is_remapped():
+    r = report.permute_options({**MC, "answer": "ct"}, ["C", "A", "B", "D", "E"], "p")
+    assert ev.gold_letter(r) == "A" and r["options"]["A"] == "CT"
+    assert report.permute_options({**MC, "answer": "c"}, ["C", "A", "B", "D", "E"], "p")["answer"] == "A"
+    with pytest.raises(ValueError, match="not one of its options"):
+        ev.gold_letter({**MC, "answer": "SPECT"})
+
+
+def test_circular_eval_needs_every_rotation_right():
+    rows = [{"base_id": "q1", "correct": c} for c in (True, True, True)] + \
+           [{"base_id": "q2", "correct": c} for c in (True, False, True)]
+    assert report.circular_accuracy(rows) == 0.5
+
+
+def test_compare_rows_counts_flips():
+    base = [{"base_id": i, "correct": c} for i, c in [("a", True), ("b", False), ("c", True)]]
+    other = [{"base_id": i, "correct": c} for i, c in [("a", False), ("b", True), ("c", True), ("d", True)]]
+    res = report.compare_rows(base, other)
+    assert res["n"] == 3 and res["right_to_wrong"] == ["a"] and res["wrong_to_right"] == ["b"]
+    assert res["delta"] == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------- which records each variant asks
+def test_variant_records_per_analysis(tmp_path):
+    yn = {**MC, "id": "q2", "options": None, "answer": "yes", "meta": {"question_rephrase": "Is it there?"}}
+    null = {**yn, "id": "q3", "meta": {"question_rephrase": "NULL"}}  # VQA-RAD's placeholder: no rephrasing
+    recs = [MC, yn, null]
+    assert report.variant_records(recs, "base") == recs and report.variant_records(recs, "grounding") == recs
+    assert report.variant_records(recs, "cot") == [MC]
+    assert [r["id"] for r in report.variant_records(recs, "shuffle")] == ["q1#shuffle"]
+    assert len(report.variant_records(recs, "circular")) == 5
+    reph = report.variant_records(recs, "rephrase")
+    assert [(r["id"], r["question"], r["meta"]["base_id"]) for r in reph] == [("q2#rephrase", "Is it there?", "q2")]
+    path = tmp_path / "reph.jsonl"
+    path.write_text(json.dumps({"id": "q1", "question": " Which imaging modality? "}) + "\n")
+    assert [r["question"] for r in report.variant_records(recs, "rephrase", rephrase_file=str(path))] == \
+        ["Which imaging modality?", "Is it there?"]
+
+
+# ----------------------------------------------------------------- LLM judge for invalid answers
+class LetterJudge:
+    def __init__(self, reply):
+        self.reply, self.prompts = reply, []
+
+    def generate(self, requests, **kw):
+        self.prompts += [r["messages"][0]["content"] for r in requests]
+        return [[self.reply] for _ in requests]
+
+
+def test_judge_fills_only_invalid_rows_and_marks_them():
+    r = {**MC, "options": {"A": "X-ray", "B": "MRI", "C": "CT"}}
+    rows = [ev.score_row(r, "p", "It looks like a cross-sectional density scan."), ev.score_row(r, "p", "B")]
+    judge = LetterJudge(" C.")
+    report.judge_rows(judge, rows)
+    assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
+    assert rows[0]["parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
+    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B"
+    rows = [ev.score_row(r, "p", "no idea")]
+    report.judge_rows(LetterJudge("Z"), rows)  # the judge found no option either
+    assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and report.summarize(rows)["judged"] == 1
+
+
+# ----------------------------------------------------------------- summaries and analyses
+def test_summary_has_instruction_following_and_positional_bias():
+    rows = [row("a", True, kind="mc", parsed="A", gold="A", category="single_letter"),
+            row("b", False, kind="mc", parsed="A", gold="B", category="cot"),
+            row("c", False, kind="mc", parsed=None, gold="B", category="invalid"),
+            row("d", True, kind="mc", parsed="B", gold="B", category="answer_prefixed", flags=["judged"]),
+            {"id": "e", "base_id": "e", "flags": ["missing_image"], "correct": None}]
+    s = report.summarize(rows)
+    assert (s["n"], s["n_scored"], s["n_missing_image"], s["n_mc"]) == (5, 4, 1, 4)
+    assert s["accuracy"] == s["mc_accuracy"] == 0.5 and s["invalid_rate"] == 0.25 and s["judged"] == 1
+    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.25, "cot": 0.25, "invalid": 0.25}
+    assert s["chosen_letters"] == {"A": 2, "B": 1, "invalid": 1} and s["gold_letters"] == {"A": 1, "B": 3}
+
+
+def test_analyses_compare_each_variant_with_base(tmp_path):
+    base = [row("m", True, kind="mc"), row("v", True, kind="vqa")]
+    per = {"base": base, "shuffle": [row("m#shuffle", False, kind="mc")],
+           "rephrase": [row("v#rephrase", True, kind="vqa")],
+           "circular": [row("m#rot0", True), row("m#rot1", False), row("n#rot0", True), row("n#rot1", True)]}
+    res = report.analyses(per, str(tmp_path))
+    assert res["shuffle"]["n"] == 1 and res["shuffle"]["right_to_wrong"] == ["m"]  # only multiple-choice rows
+    assert res["rephrase"]["n"] == 1 and res["rephrase"]["delta"] == 0.0
+    assert res["circular"] == {"n": 2, "circular_accuracy": 0.5, "rotation_accuracy": 0.75}
+
+
+def test_cot_samples_grouped_by_skill(tmp_path):
+    qs = ["What imaging modality is shown?", "Where is the lesion located?", "What is the shape of the lesion?",
+          "Which of the following is most likely?", "What does the arrow point to?"]
+    rows = [{**ev.score_row({**MC, "id": f"q{i}", "question": q, "answer": "A", "options": {"A": "x", "B": "y"}},
+                            "p", "Thinking. <answer>A</answer>")} for i, q in enumerate(qs)]
+    res = report.cot_report(rows, str(tmp_path / "cot.md"))
+    assert [res[name]["n"] for name, _ in report.SKILLS] == [1, 1, 1, 1, 1]
+    assert all(res[name]["accuracy"] == 1.0 for name, _ in report.SKILLS)
+    assert "## modality recognition (1 samples, accuracy 100.00)" in (tmp_path / "cot.md").read_text()
+    assert report.skill_of({"question": "What is seen?", "meta": {"skill": "anatomical localization"}}) == "anatomical localization"
+    assert report.skill_of({"question": "What is seen?", "skill": "side"}) == "anatomical localization"  # synthetic name
+
+
+# ----------------------------------------------------------------- tables
+def test_table_has_one_row_per_model_and_a_column_per_benchmark():
+    s1 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.745}, "analyses": {}},
+                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133},
+                                     "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
+    s2 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.6096, "n": 451, "n_scored": 18}, "analyses": {}}}}
+    lines = report.table_md([("Infi-Med-3B", s1), ("Qwen2.5-VL-3B", s2)]).splitlines()
+    assert lines[0] == "| Model | VQA-RAD | PMC-VQA |"
+    assert lines[2] == "| Infi-Med-3B | 74.50 | 54.85 |" and lines[3] == "| Qwen2.5-VL-3B | 60.96 (18/451) | - |"
+    assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
+
+
+def test_every_benchmark_has_a_table_column():
+    assert list(report.COLUMNS) == list(ev.BENCHMARKS)
+
+
+def test_compare_reads_run_directories(tmp_path):
+    for name, acc in (("base", 0.5), ("trained", 0.75)):
+        (tmp_path / name).mkdir()
+        summary = {"run": {"name": name}, "benchmarks": {"slake": {"base": {"accuracy": acc}}}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    assert report.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
+        ["| Model | SLAKE(en) |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
