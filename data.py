@@ -18,11 +18,11 @@ from PIL import Image, ImageChops, ImageOps
 
 # ---- Tokenizer -------------------------------------------------------------------------------
 
-# The Qwen2 special tokens in their real order. In the real Qwen2 / Qwen2.5-VL vocabulary they
-# take ids 151643..151656 (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645,
-# <|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655, <|video_pad|> 151656;
-# Qwen2.5-VL-3B-Instruct tokenizer_config.json "added_tokens_decoder"). A locally built tokenizer
-# appends them after its own BPE vocabulary, so code must always read ids from the tokenizer.
+# The Qwen2 special tokens in their real order: ids 151643..151656 in the real vocabulary
+# (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <|vision_start|> 151652,
+# <|vision_end|> 151653, <|image_pad|> 151655, <|video_pad|> 151656; Qwen2.5-VL-3B-Instruct
+# tokenizer_config.json). A locally built tokenizer appends them after its own BPE vocabulary,
+# so code always reads ids from the tokenizer.
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -56,9 +56,8 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 
 def build_tokenizer(texts, out_dir, vocab_size=2048):
     """Train a small byte-level BPE on `texts` with the Qwen2 pipeline (NFC, Qwen2 split regex,
-    byte-level), append the Qwen2 special tokens, and save a directory that
-    `transformers.AutoTokenizer.from_pretrained` and `load_tokenizer` read, chat template included.
-    Returns the loaded tokenizer."""
+    byte-level), append the Qwen2 special tokens, save a directory that AutoTokenizer and
+    `load_tokenizer` read (chat template included) and return the loaded tokenizer."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
     from tokenizers import pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
@@ -74,15 +73,13 @@ def build_tokenizer(texts, out_dir, vocab_size=2048):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
-    # Same settings as Qwen2.5-VL-Instruct's tokenizer_config.json: no BOS, eos <|im_end|>,
-    # pad <|endoftext|>.
+    # As Qwen2.5-VL-Instruct's tokenizer_config.json: no BOS, eos <|im_end|>, pad <|endoftext|>.
     config = {
         "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False,
         "clean_up_tokenization_spaces": False, "errors": "replace", "split_special_tokens": False,
         "model_max_length": 131072, "additional_special_tokens": SPECIAL_TOKENS[1:],
-        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE,
-    }
+        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE}
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
     return load_tokenizer(out_dir)
@@ -160,16 +157,14 @@ def _gray_or_rgb(image):
 def open_image(image):
     """A PIL image (or a path to one) as an 8-bit RGB PIL image, upright.
 
-    - EXIF orientation is applied (cameras and phones store rotated pixels plus an EXIF tag).
-      transformers' `load_image` does this for paths, but its image processor does not for PIL
-      images it is handed; we always do, so a path and an opened file give the same pixels.
-    - Transparency (RGBA, LA, palette with a transparent index) is composited onto white, and
-      every other mode (L, P, CMYK, 1, ...) goes through PIL's RGB conversion, as transformers does.
-    - 16/32-bit integer and float images (mode I;16, I, F: 16-bit PNG/TIFF radiographs) are scaled
-      to 8 bits over the smallest 2**k - 1 range (k >= 8) that holds their maximum: a 12-bit image
-      is divided by 4095/255. transformers' PIL conversion clips such values at 255 instead, which
-      turns most of a radiograph white; this is the one place where we deliberately differ.
-    """
+    - EXIF orientation is applied, for paths and PIL images alike (transformers' `load_image`
+      does it for paths only), so a path and an opened file give the same pixels.
+    - Transparency (RGBA, LA, palette with a transparent index) is composited onto white; other
+      modes (L, P, CMYK, 1, ...) go through PIL's RGB conversion, as in transformers.
+    - 16/32-bit and float images (I;16, I, F: 16-bit PNG/TIFF radiographs) are scaled to 8 bits
+      over the smallest 2**k - 1 range (k >= 8) holding their maximum (12-bit: / (4095/255)).
+      transformers clips them at 255 instead, turning most of a radiograph white: the one place
+      where we deliberately differ."""
     image = _gray_or_rgb(image)
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -246,10 +241,8 @@ class ImageProcessor:
         grids = [(1, a.shape[0] // p, a.shape[1] // p) for a in arrays]
         sizes = [g[1] * g[2] for g in grids]
         out = np.empty((sum(sizes), 3 * self.temporal_patch_size * p * p), np.float32)
-        start = 0
-        for a, n in zip(arrays, sizes):
+        for a, start, n in zip(arrays, np.cumsum([0] + sizes), sizes):
             self._patchify(a, out[start:start + n])
-            start += n
         return torch.from_numpy(out), torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
 
     def save_pretrained(self, out_dir):
@@ -264,8 +257,7 @@ class ImageProcessor:
             "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
             "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
             "merge_size": self.merge_size, "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-        }
+            "image_std": list(self.image_std)}
         with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
 
@@ -300,13 +292,11 @@ class SampleError(ValueError):
 
 
 def _content_text(content):
-    """Message content as template text. A string may hold `<image>` placeholders; a list holds
-    template content parts ({"type": "image"} / {"type": "text", "text": ...}).
-
-    `<image>` and one newline directly after it are one image part: LLaVA-style data writes
-    "<image>\\nQuestion", while inference with content parts [image, "Question"] renders no
-    newline after <|vision_end|>. Mapping both to the same text keeps training and inference
-    prompts identical."""
+    """Message content as template text: a string with `<image>` placeholders, or a list of
+    template parts ({"type": "image"} / {"type": "text", "text": ...}). `<image>` plus one
+    newline right after it is one image part: LLaVA-style data writes "<image>\\nQuestion" while
+    inference parts [image, "Question"] render no newline after <|vision_end|>; mapping both to
+    the same text keeps training and inference prompts identical."""
     if isinstance(content, str):
         return content.replace(IMAGE_PLACEHOLDER + "\n", VISION_SPAN).replace(
             IMAGE_PLACEHOLDER, VISION_SPAN)
@@ -322,11 +312,10 @@ def _content_text(content):
 
 
 def render_chat(messages, add_generation_prompt=False):
-    """The Qwen2.5-VL chat template (REFERENCE section 4), rendered in Python: a default system
-    turn when the first message is not a system message, `<|im_start|>{role}\\n{content}
-    <|im_end|>\\n` per turn, `<|im_start|>assistant\\n` as generation prompt. Each image becomes
-    `<|vision_start|><|image_pad|><|vision_end|>`; encode() expands the pad to the image's
-    token count. The same function renders training samples and evaluation prompts."""
+    """The Qwen2.5-VL chat template (REFERENCE section 4) in Python: a default system turn unless
+    the first message is one, `<|im_start|>{role}\\n{content}<|im_end|>\\n` per turn,
+    `<|im_start|>assistant\\n` as generation prompt, VISION_SPAN per image (encode() expands the
+    pad to the image's token count). Renders training samples and evaluation prompts alike."""
     text = []
     if messages and messages[0]["role"] != "system":
         text.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
@@ -345,31 +334,26 @@ def check_messages(messages, n_images, for_training=True):
     body = messages[1:] if messages and messages[0].get("role") == "system" else messages
     if not body:
         raise SampleError("empty", "conversation has no user/assistant turns; add them")
-    n_placeholders = 0
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if role not in ("system", "user", "assistant"):
             raise SampleError("bad_role", f"message {i} has role {role!r}; use system, user or "
                                           "assistant (human/gpt in the `conversations` dialect)")
         if role == "system" and i != 0:
-            raise SampleError("non_alternating", f"message {i} is a system message; only the "
-                                                 "first message may be one")
+            raise SampleError("non_alternating", f"message {i} is a system message; only the first "
+                                                 "message may be one")
         if not isinstance(content, str):
             raise SampleError("bad_content", f"message {i} content is {type(content).__name__}; "
                                              "use a string with <image> placeholders")
-        found = [t for t in SPECIAL_TOKENS if t in content]
-        if found:
+        if found := [t for t in SPECIAL_TOKENS if t in content]:
             raise SampleError("special_tokens", f"message {i} ({role}) contains special tokens "
                               f"{found}; remove them (the chat template adds its own)")
-        n = content.count(IMAGE_PLACEHOLDER)
-        if n and role == "assistant":
+        if role == "assistant" and IMAGE_PLACEHOLDER in content:
             raise SampleError("image_in_assistant", f"message {i} is an assistant turn with an "
                               "<image> placeholder; images belong in user (or system) turns")
-        n_placeholders += n
-    expected = ["user", "assistant"] * len(body)
-    roles = [m["role"] for m in body]
-    last = "assistant" if for_training else "user"
-    if roles != expected[:len(roles)] or roles[-1] != last:
+    n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    roles, last = [m["role"] for m in body], "assistant" if for_training else "user"
+    if roles != (["user", "assistant"] * len(roles))[:len(roles)] or roles[-1] != last:
         raise SampleError("non_alternating", f"roles {roles} must alternate user/assistant, "
                           f"starting with user and ending with {last}")
     if n_placeholders != n_images:
@@ -377,23 +361,30 @@ def check_messages(messages, n_images, for_training=True):
                           f"{n_images} images; put exactly one <image> in the text per image")
 
 
+def _image_error(im, e):
+    """The SampleError for an image that raised `e` (a missing, too extreme or unreadable file)."""
+    name = "a PIL image" if isinstance(im, Image.Image) else im
+    if isinstance(e, FileNotFoundError):
+        return SampleError("image_missing", f"image {name} does not exist; fix the path (relative "
+                           "paths resolve against the data file's folder) or drop the record")
+    if isinstance(e, ValueError):  # smart_resize refuses the shape; PIL's bad image data
+        reason = "image_aspect" if "aspect ratio" in str(e) else "image_corrupt"
+        return SampleError(reason, f"image {name}: {e}")
+    # OSError / DecompressionBombError: PIL's unreadable or truncated file
+    return SampleError("image_corrupt", f"cannot read image {name}: {e}; re-export it or drop the record")
+
+
 def load_images(images, image_processor):
     """(pixel_values, image_grid_thw) for a record's images; SampleError naming the unusable one."""
     out = [(torch.zeros(0, 3 * image_processor.temporal_patch_size * image_processor.patch_size ** 2),
             torch.zeros(0, 3, dtype=torch.int64))]
     for im in images:
-        name = "a PIL image" if isinstance(im, Image.Image) else im
-        if not isinstance(im, Image.Image) and not os.path.isfile(im):
-            raise SampleError("image_missing", f"image {name} does not exist; fix the path (relative"
-                              " paths resolve against the data file's folder) or drop the record")
         try:
+            if not isinstance(im, Image.Image) and not os.path.isfile(im):
+                raise FileNotFoundError(im)
             out.append(image_processor(im))
-        except ValueError as e:
-            reason = "image_aspect" if "aspect ratio" in str(e) else "image_corrupt"
-            raise SampleError(reason, f"image {name}: {e}") from e
-        except (OSError, Image.DecompressionBombError) as e:  # PIL's unreadable/truncated file
-            raise SampleError("image_corrupt", f"cannot read image {name}: {e}; re-export it or "
-                              "drop the record") from e
+        except (ValueError, OSError, Image.DecompressionBombError) as e:
+            raise _image_error(im, e) from e
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
@@ -409,25 +400,19 @@ def image_token_counts(images, image_processor):
                     (w, h), orientation = f.size, f.getexif().get(0x0112, 1)
             h, w = (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # EXIF 90-degree turns
             rh, rw = image_processor.target_size(h, w)
-        except FileNotFoundError as e:
-            raise SampleError("image_missing", f"image {im} does not exist") from e
-        except ValueError as e:
-            raise SampleError("image_aspect", f"image {im}: {e}") from e
-        except (OSError, Image.DecompressionBombError) as e:
-            raise SampleError("image_corrupt", f"cannot read image {im}: {e}") from e
+        except (ValueError, OSError, Image.DecompressionBombError) as e:
+            raise _image_error(im, e) from e
         counts.append(rh * rw // (image_processor.patch_size * image_processor.merge_size) ** 2)
     return counts
 
 
 def _tokenize_turns(messages, tokenizer, tokens_per_image):
-    """Token ids and labels built turn by turn (never by searching the ids for "assistant").
-
-    Returns a list of (ids, labels, n_images) per turn, the default system turn included.
-    Each turn is `<|im_start|>` + tokens("{role}\\n{content}") + `<|im_end|>` + tokens("\\n").
-    Special tokens split the text the tokenizer sees, so these pieces tokenize exactly like
-    the whole rendered conversation. Assistant turns supervise the content tokens and
-    `<|im_end|>`; a token that straddles the role header (content starting with a newline
-    merges into the header's newline) stays unsupervised."""
+    """(ids, labels, n_images) per turn, the default system turn included, built turn by turn
+    (never by searching the ids for "assistant"): `<|im_start|>` + tokens("{role}\\n{content}")
+    + `<|im_end|>` + tokens("\\n"). Special tokens split the text the tokenizer sees, so the
+    pieces tokenize exactly like the whole conversation. Assistant turns supervise content and
+    `<|im_end|>`; a token straddling the role header (content starting with a newline merges
+    into the header's newline) stays unsupervised."""
     ids_of = tokenizer.convert_tokens_to_ids
     im_start, im_end, pad = ids_of("<|im_start|>"), ids_of("<|im_end|>"), ids_of("<|image_pad|>")
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -455,11 +440,10 @@ def _tokenize_turns(messages, tokenizer, tokens_per_image):
 
 
 def _fit_turns(turns, max_len):
-    """Over-length policy: keep the system turn and the first user/assistant exchange, then as
-    many following whole exchanges as fit in max_len; later exchanges (and their images) are
-    dropped. Never cuts inside a turn, so never inside an image span. Raises SampleError
-    ("too_long") when the first exchange alone does not fit. Returns (turns kept, exchanges
-    dropped)."""
+    """Over-length policy -> (turns kept, exchanges dropped): the system turn, the first exchange,
+    then as many whole exchanges as fit in max_len; later ones (and their images) are dropped.
+    Never cuts inside a turn (so never inside an image span); SampleError ("too_long") when the
+    first exchange alone does not fit."""
     first = sum(len(t[0]) for t in turns[:3])  # system + first exchange
     if first > max_len:
         raise SampleError("too_long", f"the first exchange alone has {first} tokens > max_len="
@@ -503,9 +487,8 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 
 def to_canonical(raw, image_root=None):
-    """One ShareGPT record in either dialect -> {"messages": [...], "images": [...]} (other keys
-    such as id or meta are kept). Relative image paths are joined to `image_root`. Raises
-    SampleError."""
+    """One ShareGPT record in either dialect -> {"messages": [...], "images": [...]}, other keys
+    (id, meta, ...) kept, relative image paths joined to `image_root`. Raises SampleError."""
     if not isinstance(raw, dict):
         raise SampleError("bad_content", f"record is a {type(raw).__name__}, not a JSON object")
     if "messages" in raw:
@@ -536,9 +519,18 @@ def to_canonical(raw, image_root=None):
     return {**extra, "messages": messages, "images": images}
 
 
-def _count(report, reason, message):
-    report["skipped"][reason] = report["skipped"].get(reason, 0) + 1
-    report["examples"].setdefault(reason, message)
+def _new_report(path, n_read):
+    return {"path": path, "read": n_read, "kept": 0, "skipped": {}, "examples": {}}
+
+
+def _skip(report, where, e, strict):
+    """Count SampleError `e` under its reason, keeping one example naming file and record;
+    strict: raise it with that message instead."""
+    msg = f"{report['path']} {where}: {e}"
+    if strict:
+        raise SampleError(e.reason, msg) from e
+    report["skipped"][e.reason] = report["skipped"].get(e.reason, 0) + 1
+    report["examples"].setdefault(e.reason, msg)
 
 
 def format_report(report):
@@ -551,10 +543,9 @@ def format_report(report):
 
 def read_sharegpt(path, strict=False, image_root=None):
     """Read a ShareGPT JSON array or JSONL file -> (records, report). Bad records are skipped
-    and counted per reason in report["skipped"] (with one example error each in
-    report["examples"]); strict=True raises on the first one instead. Relative image paths
-    resolve against `image_root` (default: the file's folder). Images are opened later, by
-    encode(), which reports missing or corrupt files through SampleError."""
+    and counted per reason in report["skipped"] (one example each in report["examples"]);
+    strict=True raises on the first instead. Relative image paths resolve against `image_root`
+    (default: the file's folder). Images are opened later, by encode() (SampleError)."""
     records, _, report = _read_sharegpt(path, strict, image_root)
     return records, report
 
@@ -566,33 +557,25 @@ def _read_sharegpt(path, strict, image_root):
         text = f.read()
     if text.lstrip().startswith("["):  # a JSON array: one parse error makes the file unusable
         try:
-            raws = [(i, r) for i, r in enumerate(json.loads(text))]
+            raws, where = list(enumerate(json.loads(text))), "record"
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write it as JSONL") from e
-        where = "record"
-    else:
-        raws, where = [], "line"
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                raws.append((i + 1, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raws.append((i + 1, SampleError("invalid_json", f"invalid JSON ({e.msg} at "
-                                                f"column {e.colno}); fix or delete the line")))
-    records, places = [], []
-    report = {"path": path, "read": len(raws), "kept": 0, "skipped": {}, "examples": {}}
+    else:  # JSONL: a bad line is one skipped record
+        raws = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        where = "line"
+    records, places, report = [], [], _new_report(path, len(raws))
     for i, raw in raws:
         try:
-            if isinstance(raw, SampleError):
-                raise raw
+            if where == "line":
+                try:
+                    raw = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise SampleError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno}); "
+                                                      "fix or delete the line") from e
             records.append(to_canonical(raw, image_root))
             places.append(f"{where} {i}")
         except SampleError as e:
-            msg = f"{path} {where} {i}: {e}"
-            if strict:
-                raise SampleError(e.reason, msg) from e
-            _count(report, e.reason, msg)
+            _skip(report, f"{where} {i}", e, strict)
     report["kept"] = len(records)
     return records, places, report
 
@@ -616,13 +599,12 @@ def write_sharegpt(records, path):
 # ---- Dataset, batching, packing, sampling ----------------------------------------------------
 
 class SFTDataset(torch.utils.data.Dataset):
-    """Training samples from a ShareGPT file (or a list of canonical records).
-
-    Construction validates every record and measures its exact token length from text and image
-    headers (no pixel decoding), applying the over-length policy of `encode`; unusable records
-    are skipped and counted in `self.report` (strict=True raises on the first). `self.lengths`
-    feeds packing and length-grouped sampling. Items are encode() dicts; an image that fails
-    only at decode time yields None, which `collate` drops and counts (batch["n_skipped"])."""
+    """Training samples from a ShareGPT file (or a list of canonical records). Construction
+    validates every record and measures its exact token length from text and image headers (no
+    pixel decoding) under encode()'s over-length policy; unusable records are counted in
+    `self.report` (strict=True raises). `self.lengths` feeds packing and length-grouped sampling.
+    Items are encode() dicts, or None for an image that fails only at decode time (`collate`
+    drops and counts those: batch["n_skipped"])."""
 
     def __init__(self, path_or_records, tokenizer, image_processor, max_len=4096, strict=False):
         from tqdm import tqdm
@@ -631,8 +613,7 @@ class SFTDataset(torch.utils.data.Dataset):
         else:
             records = list(path_or_records)
             places = [f"record {i}" for i in range(len(records))]
-            self.report = {"path": "<records>", "read": len(records), "kept": 0, "skipped": {},
-                           "examples": {}}
+            self.report = _new_report("<records>", len(records))
         self.tokenizer, self.image_processor, self.max_len, self.strict = (
             tokenizer, image_processor, max_len, strict)
         self.records, self.lengths = [], []
@@ -643,10 +624,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 counts = image_token_counts(rec["images"], image_processor)
                 ids, _, _, dropped = plan_sample(rec, tokenizer, counts, max_len)
             except SampleError as e:
-                msg = f"{self.report['path']} {where}: {e}"
-                if strict:
-                    raise SampleError(e.reason, msg) from e
-                _count(self.report, e.reason, msg)
+                _skip(self.report, where, e, strict)
                 continue
             self.records.append(rec)
             self.lengths.append(len(ids))
@@ -689,15 +667,13 @@ def pack(lengths, max_len):
 
 
 def collate(batch, pad_id, padding_side="right"):
-    """Samples (encode dicts) or packed rows (lists of them) -> dict(input_ids (B, L),
-    labels (B, L), attention_mask (B, L), pixel_values, image_grid_thw, n_skipped).
-
-    attention_mask is 0 on padding and k on the tokens of the k-th sample of a row (1..k), so
-    the model blocks attention across samples and restarts M-RoPE positions per sample. Images
-    are concatenated in row-major token order, the order the model consumes them. Right padding
-    for training, left for generation. Every sample starts with an unsupervised token, so a
-    shifted loss never predicts one packed sample from the previous one. Returns None when
-    every sample was skipped."""
+    """Samples (encode dicts) or packed rows (lists of them) -> dict(input_ids, labels,
+    attention_mask (all (B, L)), pixel_values, image_grid_thw, n_skipped); None when every
+    sample was skipped. attention_mask is 0 on padding and k on the k-th sample of a row, so the
+    model blocks attention across samples and restarts M-RoPE per sample. Images go in row-major
+    token order, the order the model consumes them. Right padding for training, left for
+    generation. Each sample starts with an unsupervised token, so a shifted loss never predicts
+    one packed sample from the previous one."""
     rows = [b if isinstance(b, list) else [b] for b in batch]
     n_skipped = sum(s is None for r in rows for s in r)
     rows = [[s for s in r if s is not None] for r in rows]
@@ -762,12 +738,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         n = len(self.lengths)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         order = np.resize(order, n + self.repeated)  # repeats cyclically when tiny
-        chunk = self.batch_size * self.group_chunks
-        parts = []
-        for start in range(0, len(order), chunk):
-            c = order[start:start + chunk]
-            parts.append(c[np.argsort(-self.lengths[c], kind="stable")])
-        batches = np.array_split(np.concatenate(parts), self.n_batches)
+        chunks = np.split(order, range(0, len(order), self.batch_size * self.group_chunks)[1:])
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = np.array_split(order, self.n_batches)
         if self.shuffle:
             batches = [batches[j] for j in rng.permutation(len(batches))]
         return [b.tolist() for b in batches[self.rank::self.world_size]]

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 
 import click
@@ -33,6 +34,9 @@ from tqdm import tqdm
 
 import data
 from infimed import QwenVL
+
+# torch.distributed.checkpoint warns when used by a single process, which is intended here
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 # ----------------------------------------------------------------------------------- config

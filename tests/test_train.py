@@ -278,6 +278,17 @@ def test_resume_continues_exactly(setup, reference):
     assert max_diff(final_weights(straight), final_weights(part)) == 0.0
 
 
+def test_resume_on_another_number_of_processes(setup, reference):
+    """A step holds the same samples whatever the world size and the resume state is resharded,
+    so 1 step on 2 DDP ranks, then 3 steps resumed in one process, equal 4 steps in one process."""
+    straight, _ = reference
+    two = config(setup, "reshard", global_batch=8, micro_batch=2, epochs=2, stop_after=1)
+    torchrun(two)
+    train.train(dataclasses.replace(two, micro_batch=8, stop_after=0, resume=True))
+    assert [r["step"] for r in log(two)] == [1, 2, 3, 4]
+    assert max_diff(final_weights(straight), final_weights(two)) <= 1e-5
+
+
 def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     cfg, model = reference
