@@ -17,7 +17,6 @@ import torch
 from PIL import Image, ImageChops, ImageOps
 
 # ---- Tokenizer -------------------------------------------------------------------------------
-
 # The Qwen2 special tokens in their real order: ids 151643..151656 in the real vocabulary
 # (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <|vision_start|> 151652,
 # <|vision_end|> 151653, <|image_pad|> 151655, <|video_pad|> 151656; Qwen2.5-VL-3B-Instruct
@@ -26,8 +25,7 @@ from PIL import Image, ImageChops, ImageOps
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 IMAGE_PLACEHOLDER = "<image>"  # ShareGPT / LLaVA convention: one per image, in order
 DEFAULT_SYSTEM = "You are a helpful assistant."  # the template's default system prompt
 
@@ -50,8 +48,7 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
     "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def build_tokenizer(texts, out_dir, vocab_size=2048):
@@ -101,7 +98,6 @@ def load_tokenizer(path):
 
 
 # ---- Images: pixel budget, RGB conversion, patches -------------------------------------------
-
 # CLIP normalization constants used by Qwen2-VL / Qwen2.5-VL (preprocessor_config.json
 # image_mean / image_std; OpenAI CLIP).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -143,8 +139,7 @@ def _gray_or_rgb(image):
         image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64)
-        top = max(float(a.max()), 0.0)
-        bits = max(8, math.ceil(math.log2(top + 1))) if top > 255 else 8
+        bits = max(8, math.ceil(math.log2(max(float(a.max()), 0.0) + 1)))
         a = np.clip(a, 0, None) * (255.0 / (2 ** bits - 1))  # negative values become 0
         image = Image.fromarray(np.round(a).astype(np.uint8), mode="L")
     if "A" in image.getbands() or "transparency" in image.info:
@@ -277,7 +272,6 @@ class ImageProcessor:
 
 
 # ---- Chat template and loss mask -------------------------------------------------------------
-
 VISION_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"  # what the template emits per image
 
 
@@ -466,8 +460,7 @@ def plan_sample(record, tokenizer, tokens_per_image, max_len=4096):
 
 def encode(record, tokenizer, image_processor, max_len=4096):
     """A canonical record -> dict(input_ids, labels (-100 = unsupervised), pixel_values,
-    image_grid_thw, exchanges_dropped). Raises SampleError for a record that cannot be used;
-    see _fit_turns for the over-length policy."""
+    image_grid_thw, exchanges_dropped), or SampleError; over-length policy: _fit_turns."""
     images = list(record.get("images") or [])
     check_messages(record["messages"], len(images))
     pixel_values, grid = load_images(images, image_processor)
@@ -481,7 +474,6 @@ def encode(record, tokenizer, image_processor, max_len=4096):
 
 
 # ---- ShareGPT records ------------------------------------------------------------------------
-
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "system": "system"}  # the `conversations` dialect (from/value) and the canonical one
 
@@ -597,7 +589,6 @@ def write_sharegpt(records, path):
 
 
 # ---- Dataset, batching, packing, sampling ----------------------------------------------------
-
 class SFTDataset(torch.utils.data.Dataset):
     """Training samples from a ShareGPT file (or a list of canonical records). Construction
     validates every record and measures its exact token length from text and image headers (no
@@ -646,9 +637,8 @@ class SFTDataset(torch.utils.data.Dataset):
 
 
 def pack(lengths, max_len):
-    """Rows of sample indices whose lengths sum to at most max_len (best-fit decreasing,
-    deterministic: ties keep index order). A packed batch is
-    `collate([[dataset[i] for i in row] for row in rows], pad_id)`."""
+    """Rows of sample indices whose lengths sum to at most max_len (best-fit decreasing, ties in
+    index order). A packed batch is `collate([[dataset[i] for i in row] for row in rows], pad_id)`."""
     import bisect
     rows, free = [], []  # free: sorted (space left, row index)
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -676,8 +666,7 @@ def collate(batch, pad_id, padding_side="right"):
     one packed sample from the previous one."""
     rows = [b if isinstance(b, list) else [b] for b in batch]
     n_skipped = sum(s is None for r in rows for s in r)
-    rows = [[s for s in r if s is not None] for r in rows]
-    rows = [r for r in rows if r]
+    rows = [r for r in ([s for s in r if s is not None] for r in rows) if r]
     if not rows:
         return None
     width = max(sum(len(s["input_ids"]) for s in r) for r in rows)
@@ -685,10 +674,9 @@ def collate(batch, pad_id, padding_side="right"):
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):
-        row_ids = torch.cat([s["input_ids"] for s in r])
-        n = len(row_ids)
+        n = sum(len(s["input_ids"]) for s in r)
         span = slice(0, n) if padding_side == "right" else slice(width - n, width)
-        ids[b, span] = row_ids
+        ids[b, span] = torch.cat([s["input_ids"] for s in r])
         labels[b, span] = torch.cat([torch.as_tensor(s["labels"]) for s in r])
         mask[b, span] = torch.cat([torch.full((len(s["input_ids"]),), k + 1) for k, s in enumerate(r)])
     samples = [s for r in rows for s in r]
@@ -709,12 +697,11 @@ def cu_seqlens(attention_mask):
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Batch sampler (DataLoader(batch_sampler=...)): each epoch (set_epoch) permutes the
-    samples with `seed + epoch`, sorts chunks of batch_size * group_chunks by length (similar
-    lengths share a batch: less padding), cuts batches, shuffles their order and deals them
-    round-robin to ranks. Every rank gets the same number of batches (DDP needs equal steps);
-    every sample appears exactly once per epoch over all ranks, batch sizes differing by at most
-    one, except with fewer samples than batches, when `self.repeated` samples fill the gap."""
+    """Batch sampler (DataLoader(batch_sampler=...)): each epoch (set_epoch) permutes samples with
+    `seed + epoch`, sorts chunks of batch_size * group_chunks by length (less padding), cuts
+    batches, shuffles them and deals them round-robin to ranks. Every rank gets the same number
+    of batches (DDP needs equal steps) and every sample appears once per epoch, batch sizes within
+    one of each other; with fewer samples than batches, `self.repeated` samples fill the gap."""
 
     def __init__(self, lengths, batch_size, seed=0, rank=0, world_size=1, shuffle=True,
                  group_chunks=50):
@@ -753,8 +740,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 def padding_fraction(plan, lengths):
-    """Share of padding tokens when each batch of `plan` (lists of indices into `lengths`) is
-    padded to its longest row."""
+    """Share of padding when each batch of `plan` (index lists into `lengths`) pads to its longest."""
     real = sum(lengths[i] for b in plan for i in b)
     total = sum(len(b) * max(lengths[i] for i in b) for b in plan if b)
     return 1 - real / total if total else 0.0

@@ -3,18 +3,17 @@
     python sources.py convert --source vqa_rad --root data/VQA_RAD --split train -o vqa_rad.jsonl
     python sources.py mix [SPEC.json] --data-root data -o sft_mix.jsonl --seed 0
 
-`load_source(name, root, split, **kw)` reads one dataset from its raw distributed format into a
-list of plain records:
+`load_source(name, root, split, **kw)` reads one dataset from its raw distributed format into
+plain records:
 
     {"id": str, "question": str, "answer": str, "options": {"A": text, ...} | None,
      "images": [path | PIL.Image, ...], "meta": {...source fields...},
      "conversations": [{"from", "value"}, ...]   # only for already-conversational sources}
 
-For multiple-choice items `answer` is the option letter (meta["answer_text"] holds its text).
-Reading annotations never opens an image file: a missing file is found (and counted) when the
-record is used, e.g. by `mix`. Images embedded in parquet/TSV files become PIL images opened
-lazily from their bytes (PIL decodes pixels on first use). Malformed rows are skipped, counted by
-reason and returned in `records.report` (a `SourceReport`); nothing is dropped silently.
+A multiple-choice `answer` is the option letter (meta["answer_text"]: its text). Reading never
+opens an image file (a missing one is counted when the record is used, e.g. by `mix`); images
+embedded in parquet/TSV become PIL images decoded lazily. Malformed rows are skipped and counted
+by reason in `records.report` (a `SourceReport`); nothing is dropped silently.
 """
 import ast
 import base64
@@ -98,16 +97,11 @@ def image_bytes(im):
     return buf.getvalue(), ".png"
 
 
-def _need_pyarrow():
+def _parquet_rows(paths):
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ImportError("reading parquet files needs pyarrow: pip install pyarrow") from e
-    return pq
-
-
-def _parquet_rows(paths):
-    pq = _need_pyarrow()
     for path in tqdm(paths, desc="parquet files", unit="file", leave=False, disable=len(paths) < 2):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
             yield from ((path, row) for row in batch.to_pylist())
@@ -115,13 +109,9 @@ def _parquet_rows(paths):
 
 def _hf_image(value, root):
     """An HF `Image` feature cell ({"bytes", "path"}) -> lazy PIL image, a path, or None."""
+    if isinstance(value, dict):  # embedded bytes win over the path
+        value = value.get("bytes") or value.get("path")
     if not value:
-        return None
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return _open_embedded(value["bytes"])
-        if value.get("path"):
-            return os.path.join(root, value["path"])
         return None
     if isinstance(value, (bytes, bytearray)):
         return _open_embedded(bytes(value))
@@ -132,11 +122,29 @@ def _find(root, *names):
     """First existing candidate under root (root may itself be the file)."""
     if os.path.isfile(root):
         return root
-    for n in names:
-        p = os.path.join(root, n)
-        if os.path.exists(p):
-            return p
-    raise FileNotFoundError(f"none of {list(names)} found under {root!r}: point --root at the dataset folder")
+    found = next((p for p in (os.path.join(root, n) for n in names) if os.path.exists(p)), None)
+    if found is None:
+        raise FileNotFoundError(f"none of {list(names)} found under {root!r}: point --root at the "
+                                "dataset folder")
+    return found
+
+
+def _jsonl(path, report):
+    """(line index, object) per non-blank line of a JSONL file, each counted in report.rows; a
+    line that is not a JSON object is skipped and counted."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            report.rows += 1
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                r = None
+            if isinstance(r, dict):
+                yield i, r
+            else:
+                report.skip(i, "not a JSON object line")
 
 
 def _pick(table, split, source):
@@ -147,7 +155,7 @@ def _pick(table, split, source):
 
 def _split_files(root, split, ext="parquet"):
     """HF hub layout: <root>/**/<split>-00000-of-0000N.<ext> (validation may be 'val')."""
-    alias = {"val": "validation", "valid": "validation", "dev": "dev"}.get(split, split)
+    alias = {"val": "validation", "valid": "validation"}.get(split, split)
     files = sorted(set(glob.glob(os.path.join(root, "**", f"{alias}-*.{ext}"), recursive=True)
                        + glob.glob(os.path.join(root, "**", f"{alias}.{ext}"), recursive=True)))
     if not files:
@@ -156,6 +164,25 @@ def _split_files(root, split, ext="parquet"):
 
 
 # ----------------------------------------------------------------------------- readers
+def _qa_json(source, path, img_dir, image_key, keep, report):
+    """VQA-RAD and SLAKE: a JSON list of {qid, question, answer, <image_key>, ...} rows, of which
+    those with keep(row) true belong to the split. Whitespace around meta strings is stripped."""
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)
+    out = []
+    for i, r in enumerate(rows):
+        if not keep(r):
+            continue
+        report.rows += 1
+        if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get(image_key):
+            report.skip(i, f"missing question, answer or {image_key}"); continue
+        meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
+                if k not in ("question", "answer")}
+        out.append(_record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
+                           [os.path.join(img_dir, r[image_key])], meta))
+    return out
+
+
 def read_vqa_rad(root, split, report):
     """Official 'VQA_RAD Dataset Public.json'. Split by phrase_type: test = test_freeform +
     test_para (451 items), train = freeform + para. Images in 'VQA_RAD Image Folder' or images/."""
@@ -165,38 +192,16 @@ def read_vqa_rad(root, split, report):
                     if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
     wanted = _pick({"train": ("freeform", "para"), "test": ("test_freeform", "test_para"),
                     "all": ("freeform", "para", "test_freeform", "test_para")}, split, "vqa_rad")
-    out = []
-    for i, r in enumerate(json.load(open(path))):
-        if r.get("phrase_type") not in wanted:
-            continue
-        report.rows += 1
-        if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get("image_name"):
-            report.skip(i, "missing question, answer or image_name"); continue
-        meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
-                if k not in ("question", "answer")}
-        out.append(_record(f"vqa_rad-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
-                           [os.path.join(img_dir, r["image_name"])], meta))
-    return out
+    return _qa_json("vqa_rad", path, img_dir, "image_name", lambda r: r.get("phrase_type") in wanted, report)
 
 
 def read_slake(root, split, report, lang="en"):
     """SLAKE train.json / validate.json / test.json, images under imgs/<img_name>.
     `lang` filters q_lang ('en' default; None keeps both English and Chinese)."""
-    fname = _pick({"train": "train.json", "validation": "validate.json", "val": "validate.json",
-                   "validate": "validate.json", "test": "test.json"}, split, "slake")
-    path = _find(root, fname)
-    img_dir = os.path.join(os.path.dirname(path), "imgs")
-    out = []
-    for i, r in enumerate(json.load(open(path))):
-        if lang and r.get("q_lang") != lang:
-            continue
-        report.rows += 1
-        if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get("img_name"):
-            report.skip(i, "missing question, answer or img_name"); continue
-        meta = {k: v for k, v in r.items() if k not in ("question", "answer")}
-        out.append(_record(f"slake-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
-                           [os.path.join(img_dir, r["img_name"])], meta))
-    return out
+    path = _find(root, _pick({"train": "train.json", "validation": "validate.json", "val": "validate.json",
+                              "validate": "validate.json", "test": "test.json"}, split, "slake"))
+    return _qa_json("slake", path, os.path.join(os.path.dirname(path), "imgs"), "img_name",
+                    lambda r: not lang or r.get("q_lang") == lang, report)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -214,14 +219,10 @@ def read_path_vqa(root, split, report):
     images at images/<split>/<image>.jpg. Split names: train, val, test."""
     try:
         files = _split_files(root, split)
-    except FileNotFoundError:
-        files = None
-    rows = []
-    if files:
         rows = [(f"{split}-{i}", r, _hf_image(r.get("image"), root))
                 for i, (_, r) in enumerate(_parquet_rows(files))]
-    else:
-        s = {"validation": "val"}.get(split, split)
+    except FileNotFoundError:  # no parquet files: the original pickles
+        rows, s = [], {"validation": "val"}.get(split, split)
         path = _find(root, f"qas/{s}/{s}_qa.pkl", f"qas/{s}_vqa.pkl", f"{s}_qa.pkl", f"{s}_vqa.pkl")
         with open(path, "rb") as f:
             data = _PlainUnpickler(f).load()
@@ -256,7 +257,8 @@ def read_pmc_vqa(root, split, report, file=None, subset="vqa"):
     """PMC-VQA CSV. v1 columns: Figure_path, Question, Answer (text), Choice A..D, Answer_label
     (letter); v2: index, Figure_path, Caption, Question, Choice A..D (or A..D), Answer (letter),
     split. Some revisions spell 'Anwser'. subset='caption' yields one caption record per figure."""
-    path = os.path.join(root, file) if file else _find(root, f"{split}.csv", f"{split}_2.csv", f"{split}_clean.csv")
+    path = (os.path.join(root, file) if file
+            else _find(root, f"{split}.csv", f"{split}_2.csv", f"{split}_clean.csv"))
     base = os.path.dirname(path)
     img_dir = next((os.path.join(base, d) for d in ("images", "images_2", "figures")
                     if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
@@ -316,7 +318,8 @@ def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
         images = [_hf_image(r.get(f"image_{n}"), root) for n in tags]
         if not tags or any(im is None for im in images):
             report.skip(rid, "an <image N> tag without its image column (or no image)"); continue
-        meta = {k: r.get(k) for k in ("question_type", "subfield", "img_type", "topic_difficulty", "explanation")}
+        meta = {k: r.get(k) for k in ("question_type", "subfield", "img_type", "topic_difficulty",
+                                      "explanation")}
         meta["subject"] = subject
         answer = str(r.get("answer", "")).strip()
         if opts:
@@ -347,7 +350,8 @@ def read_gmai_mmbench(root, split, report, file=None):
         img = r.get("image", "")
         if len(img) < 64 and img in by_index:
             img = by_index[img]
-        options = {L: r[L].strip() for L in "ABCDE" if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
+        options = {L: r[L].strip() for L in "ABCDE"
+                   if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
         answer = (r.get("answer") or "").strip()
         if not r.get("question") or len(options) < 2 or answer not in options:
             report.skip(rid, "missing question/options or answer not among options"); continue
@@ -376,8 +380,7 @@ def _conversation_record(rid, convs, images, meta, report):
     n_tags = sum(t["value"].count("<image>") for t in convs)
     if n_tags not in (0, len(images)):
         report.skip(rid, f"{n_tags} <image> tags for {len(images)} images"); return None
-    m = re.search(r"<answer>\s*(.*?)\s*</answer>", convs[-1]["value"], re.S)
-    if m:
+    if m := re.search(r"<answer>\s*(.*?)\s*</answer>", convs[-1]["value"], re.S):
         meta["final_answer"] = m.group(1)
     question = humans[0]["value"].replace("<image>", "").strip()
     return _record(rid, question, convs[-1]["value"].strip(), images, meta, conversations=convs)
@@ -389,22 +392,12 @@ def read_gmai_reasoning(root, split, report, file="reasoning_mcq_sft.jsonl"):
     path = _find(root, file)
     base = os.path.dirname(path)
     out = []
-    for i, line in enumerate(open(path, encoding="utf-8")):
-        if not line.strip():
-            continue
-        report.rows += 1
-        try:
-            r = json.loads(line)
-            assert isinstance(r, dict)
-        except (json.JSONDecodeError, AssertionError):
-            report.skip(i, "not a JSON object line"); continue
+    for i, r in _jsonl(path, report):
         imgs = r.get("images") or ([r["image"]] if r.get("image") else [])
         meta = {k: v for k, v in r.items() if k not in ("conversations", "image", "images")}
-        rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
-                                   [os.path.join(base, p) for p in imgs], meta, report)
-        if rec:
-            out.append(rec)
-    return out
+        out.append(_conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
+                                        [os.path.join(base, p) for p in imgs], meta, report))
+    return [r for r in out if r is not None]
 
 
 def read_llava_onevision(root, split, report, subsets=None):
@@ -422,19 +415,15 @@ def read_llava_onevision(root, split, report, subsets=None):
         if r.get("image") and img is None:
             report.skip(r.get("id") or i, "embedded image is not a readable image"); continue
         meta = {"data_source": r.get("data_source"), "subset": os.path.basename(os.path.dirname(path))}
-        rec = _conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
-                                   [img] if img is not None else [], meta, report)
-        if rec:
-            out.append(rec)
-    return out
+        out.append(_conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
+                                        [img] if img is not None else [], meta, report))
+    return [r for r in out if r is not None]
 
 
 def read_synthetic(root, split, report):
     """Benchmark records written by synthetic.py (<root>/<split>.jsonl, image paths relative)."""
     out = []
-    for i, line in enumerate(open(_find(root, f"{split}.jsonl"), encoding="utf-8")):
-        report.rows += 1
-        r = json.loads(line)
+    for _, r in _jsonl(_find(root, f"{split}.jsonl"), report):
         if "messages" in r:
             raise ValueError(f"{root}/{split}.jsonl is ShareGPT training data, not benchmark records: "
                              "use it directly as an SFT file")
@@ -506,18 +495,15 @@ def to_sharegpt(record, augment=False, seed=0, with_answer=True, system=None):
             turns = turns[:-1]
         return {"messages": msgs + turns, "images": images}
     form = answer_form(record)
-    templates = INSTRUCTIONS[form]
-    k = 0
-    if augment:
-        k = int(hashlib.sha1(f"{seed}:{record['id']}".encode()).hexdigest(), 16) % len(templates)
+    templates = INSTRUCTIONS[form]  # augment: a stable per-record pick; else the canonical first
+    pick = int(hashlib.sha1(f"{seed}:{record['id']}".encode()).hexdigest(), 16) % len(templates)
     question = record["question"].replace("<image>", "").strip()
-    text = templates[k].format(question=question, options=format_options(record.get("options") or {}))
+    text = templates[pick if augment else 0].format(question=question,
+                                                    options=format_options(record.get("options") or {}))
     msgs.append({"role": "user", "content": "<image>" * len(images) + text})
     if with_answer:
         answer = record["answer"].strip()
-        if form == "yesno":
-            answer = answer.capitalize()
-        msgs.append({"role": "assistant", "content": answer})
+        msgs.append({"role": "assistant", "content": answer.capitalize() if form == "yesno" else answer})
     return {"messages": msgs, "images": images}
 
 
@@ -588,16 +574,12 @@ TABLE2 = {
 def _read_sharegpt_file(path, report):
     """Minimal ShareGPT JSONL passthrough for generated sets; image paths relative to the file."""
     out = []
-    for i, line in enumerate(open(path, encoding="utf-8")):
-        if not line.strip():
-            continue
-        report.rows += 1
+    for i, r in _jsonl(path, report):
         try:
-            r = json.loads(line)
             msgs = r["messages"]
-            images = [p if os.path.isabs(p) else os.path.join(os.path.dirname(path), p) for p in r.get("images", [])]
+            images = [os.path.join(os.path.dirname(path), p) for p in r.get("images", [])]  # abs stays
             assert sum(m["content"].count("<image>") for m in msgs) == len(images)
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+        except (KeyError, TypeError, AssertionError):
             report.skip(i, "not a ShareGPT line with matching <image> tags"); continue
         out.append({"messages": msgs, "images": images})
     return out
@@ -642,35 +624,31 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
             try:
                 records = load_source(entry["name"], root, entry.get("split", "train"), **entry.get("kw", {}))
             except (FileNotFoundError, ValueError) as e:
-                raise FileNotFoundError(f"spec entry {label!r}: {e} (roots are relative to --data-root)") from e
+                raise FileNotFoundError(f"spec entry {label!r}: {e} (roots are relative to "
+                                        "--data-root)") from e
             rep, converted = records.report, []
             for r in tqdm(records, desc=label, unit="rec", leave=False):
                 try:
                     converted.append(to_sharegpt(r, augment=spec.get("augment", False), seed=seed))
                 except (KeyError, ValueError, IndexError) as e:
                     rep.skip(r["id"], f"cannot convert: {type(e).__name__}")
-        usable = []
-        for s in converted:
-            if any(isinstance(p, str) and not os.path.exists(p) for p in s["images"]):
-                rep.skip(None, "missing image file")
-            else:
-                usable.append(s)
+        usable = [s for s in converted
+                  if all(not isinstance(p, str) or os.path.exists(p) for p in s["images"])]
+        for _ in range(len(converted) - len(usable)):
+            rep.skip(None, "missing image file")
         target = entry.get("target")
         rng = random.Random(f"{seed}:{label}")
         chosen = usable if target is None or target >= len(usable) else rng.sample(usable, target)
-        chosen = [_materialize(s, out_dir, img_dir) for s in tqdm(chosen, desc=f"{label} images", leave=False)]
-        for s in chosen:
-            s["source"] = label
+        chosen = [{**_materialize(s, out_dir, img_dir), "source": label}
+                  for s in tqdm(chosen, desc=f"{label} images", leave=False)]
         samples += chosen
         report["sources"][label] = {
             "rows": rep.rows, "usable": len(usable), "target": target, "used": len(chosen),
             "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.skipped)}
     random.Random(seed).shuffle(samples)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
+    with open(out_path + ".tmp", "w", encoding="utf-8") as f:  # atomic: no half-written mix
+        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+    os.replace(out_path + ".tmp", out_path)
     report["total"] = len(samples)
     with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
         json.dump(report, f, indent=1)
@@ -679,16 +657,24 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
 
 def report_table(report):
     """The mix report as a Markdown table."""
-    lines = ["| source | rows | usable | target | used | shortfall | skipped |", "|---|---|---|---|---|---|---|"]
+    lines = ["| source | rows | usable | target | used | shortfall | skipped |", "|---" * 7 + "|"]
     for label, r in report["sources"].items():
         skipped = "; ".join(f"{k}: {v}" for k, v in r["skipped"].items()) or "-"
-        lines.append(f"| {label} | {r['rows']} | {r['usable']} | {r['target'] if r['target'] is not None else 'all'} "
-                     f"| {r['used']} | {r['shortfall']} | {skipped} |")
+        cells = [label, r["rows"], r["usable"], "all" if r["target"] is None else r["target"], r["used"],
+                 r["shortfall"], skipped]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines.append(f"| total | | | | {report['total']} | | |")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- CLI
+def _json_or_text(value):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 @click.group()
 def cli():
     """Dataset readers and the SFT mix."""
@@ -701,18 +687,13 @@ def cli():
 @click.option("-o", "--out", required=True, help="output ShareGPT JSONL")
 @click.option("--augment/--no-augment", default=False, help="vary instruction templates per record")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--kw", multiple=True, help="extra reader argument key=value (value parsed as JSON if it can be)")
+@click.option("--kw", multiple=True,
+              help="extra reader argument key=value (value parsed as JSON if it can be)")
 def convert(source, root, split, out, augment, seed, kw):
     """Convert one dataset split to ShareGPT JSONL."""
-    kwargs = {}
-    for item in kw:
-        k, _, v = item.partition("=")
-        try:
-            kwargs[k] = json.loads(v)
-        except json.JSONDecodeError:
-            kwargs[k] = v
-    spec = {"seed": seed, "augment": augment,
-            "sources": [{"name": source, "root": os.path.abspath(root), "split": split, "target": None, "kw": kwargs}]}
+    kwargs = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in kw)}
+    spec = {"seed": seed, "augment": augment, "sources": [
+        {"name": source, "root": os.path.abspath(root), "split": split, "target": None, "kw": kwargs}]}
     try:
         report = build_mix(spec, out, data_root="/")
     except (FileNotFoundError, ValueError) as e:
