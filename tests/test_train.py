@@ -207,7 +207,8 @@ def test_two_process_ddp_equals_one_process_whole_batch(setup, reference):
     ddp = config(setup, "ddp", global_batch=8, micro_batch=2, epochs=2)
     torchrun(ddp)
     ds = make_dataset(setup)
-    steps = train.plan_epoch(data.LengthGroupedSampler(ds.lengths, 8, seed=0), 0, 2, 2)
+    sampler = data.LengthGroupedSampler(ds.lengths, 8, seed=0, group_chunks=TrainConfig.length_group)
+    steps = train.plan_epoch(sampler, 0, 2, 2)
     sup = [train.supervised_count(data.collate([ds[i]], 0)) for i in range(len(ds))]
     micro = [sum(sup[i] for i in mb) for s in steps for r in s for mb in r]
     assert max(micro) >= 3 * min(micro)  # really uneven micro-batches
@@ -350,7 +351,8 @@ def test_nan_loss_stops_with_step_and_sample_ids(setup, tmp_path):
         os.link(os.path.join(setup["model"], f), os.path.join(bad, f))
     with pytest.raises(FloatingPointError, match=r"step 0: loss nan.*not applied.*Sample indices") as e:
         train.train(config(setup, "nan", model=bad))
-    first_step = train.plan_epoch(data.LengthGroupedSampler(train_lengths(setup), 8, seed=0), 0, 1, 1)[0][0][0]
+    sampler = data.LengthGroupedSampler(train_lengths(setup), 8, seed=0, group_chunks=TrainConfig.length_group)
+    first_step = train.plan_epoch(sampler, 0, 1, 1)[0][0][0]
     assert sorted(json.loads(str(e.value).split("): ")[-1])) == sorted(first_step)
     assert not train.list_checkpoints(os.path.join(setup["root"], "nan"))
 

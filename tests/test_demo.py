@@ -1,0 +1,88 @@
+"""The shortened demo end to end (`python demo.py --quick`): every stage leaves its outputs, the
+planted benchmark items are removed by curation, training lowers the loss, and the report and
+plots are written. One demo run (about 1-2 minutes on 2 cores) serves all the checks."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo") / "demo_out")
+    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--out", out], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_synthetic_data_has_train_test_and_captions(out):
+    synth = os.path.join(out, "synth")
+    train, test = read_jsonl(os.path.join(synth, "train.jsonl")), read_jsonl(os.path.join(synth, "test.jsonl"))
+    captions = read_jsonl(os.path.join(synth, "captions.jsonl"))
+    assert len(train) == 240 and len(test) == 60
+    assert {c["split"] for c in captions} == {"train", "test"}
+    assert all(os.path.exists(os.path.join(synth, r["images"][0])) for r in test)
+
+
+def test_base_checkpoint_is_a_hub_style_directory(out):
+    files = set(os.listdir(os.path.join(out, "base")))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "preprocessor_config.json"} <= files
+    with open(os.path.join(out, "base", "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["model_type"] == "qwen2_5_vl" and cfg["vocab_size"] % 64 == 0
+
+
+def test_curation_removes_every_planted_benchmark_item(out):
+    with open(os.path.join(out, "curate", "summary.json")) as f:
+        s = json.load(f)
+    assert len(s["planted"]) == 4
+    assert sorted(s["planted_removed"]) == sorted(s["planted"])
+    train_ids = {r["id"] for r in read_jsonl(os.path.join(out, "curate", "train.jsonl"))}
+    assert not train_ids & set(s["planted"])
+    # the perplexity filter dropped some captions, the others all reached the training file
+    assert 0 < s["captions_kept"] < s["raw"]["captions"]
+    assert s["train"] == len(train_ids) == s["raw"]["questions"] + s["captions_kept"]
+    for step in ("vqa_augmented", "captions_filtered", "decontaminated"):
+        assert os.path.exists(os.path.join(out, "curate", f"{step}.report.json"))
+
+
+def test_training_reduces_the_loss(out):
+    log = read_jsonl(os.path.join(out, "run", "log.jsonl"))
+    assert len(log) == 40  # 2 epochs of 316 records at global batch 16 = 2 x 20 steps
+    first = sum(r["loss"] for r in log[:5]) / 5
+    last = sum(r["loss"] for r in log[-5:]) / 5
+    assert last < 0.8 * first
+    assert os.path.isdir(os.path.join(out, "run", "step-000040"))
+
+
+def test_both_models_are_evaluated_with_shuffled_options(out):
+    for name in ("base", "trained"):
+        with open(os.path.join(out, "eval", name, "summary.json")) as f:
+            s = json.load(f)["benchmarks"]["synthetic"]
+        assert s["base"]["n_scored"] == 60
+        assert s["shuffle"]["n_scored"] == s["base"]["n_mc"] > 0
+
+
+def test_report_and_plots_are_written(out):
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    assert "Table 1" in report and "| trained |" in report
+    for skill in ("modality", "presence", "count"):
+        assert f"| {skill} |" in report
+    for png in ("loss.png", "accuracy.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "timings.json")) as f:
+        assert {"data", "model", "curate", "train", "eval base", "eval trained", "total"} <= set(json.load(f))
+
