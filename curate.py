@@ -1,4 +1,4 @@
-"""Data curation for Infi-Med SFT data (paper section 3, appendix A; REFERENCE.md section 7).
+"""Data curation for Infi-Med SFT data (paper section 3 and appendix A).
 
 Every step reads and writes ShareGPT JSONL and leaves a sidecar report (OUT.report.json and
 OUT.report.md) saying what it kept, changed or dropped and why. Steps are resumable: per-record
@@ -173,7 +173,7 @@ def parse_gold(answer, options):
 
 
 def accept_rationale(text, options, gold, min_reasoning_chars=1):
-    """Rejection-sampling test (REFERENCE.md section 7): exactly one `<answer>X</answer>`, at the
+    """Rejection-sampling test: exactly one `<answer>X</answer>`, at the
     very end, X an upper-case option letter equal to gold, non-empty reasoning before it.
     Returns (ok, reason). The tag must be exact because the kept text becomes a training target
     that teaches the format the prompt asks for."""
@@ -208,8 +208,8 @@ def accept_rationale(text, options, gold, min_reasoning_chars=1):
 class CotConfig:
     teacher: str = ""            # checkpoint dir of the teacher model
     backend: str = "native"      # native | vllm (evaluate.py backends)
-    k: int = 4                   # samples per question; REFERENCE.md 7: common practice 4-8
-    temperature: float = 0.8     # REFERENCE.md 7: common practice 0.7-1.0
+    k: int = 4                   # samples per question; common practice is 4-8
+    temperature: float = 0.8     # common practice is 0.7-1.0
     top_p: float = 1.0
     max_new_tokens: int = 1024
     seed: int = 0
@@ -374,7 +374,7 @@ class PerplexityConfig:
     max_ppl: float | None = None     # keep ppl <= this ...
     keep_percentile: float | None = None  # ... and/or the lowest p% within each source
     scorer: str = "infimed"          # infimed: our model, batched | vllm: vLLM prompt log-probs
-    min_caption_tokens: int = 8      # ours: shorter captions have noisy perplexity (REFERENCE.md 7)
+    min_caption_tokens: int = 8      # ours: shorter captions have noisy perplexity
     max_len: int = 4096              # paper: max sequence 4096
     max_pixels: int = 262144         # paper: at most 262,144 pixels per image
 

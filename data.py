@@ -306,10 +306,10 @@ def _content_text(content):
 
 
 def render_chat(messages, add_generation_prompt=False):
-    """The Qwen2.5-VL chat template (REFERENCE section 4) in Python: a default system turn unless
-    the first message is one, `<|im_start|>{role}\\n{content}<|im_end|>\\n` per turn,
-    `<|im_start|>assistant\\n` as generation prompt, VISION_SPAN per image (encode() expands the
-    pad to the image's token count). Renders training samples and evaluation prompts alike."""
+    """The Qwen2.5-VL-Instruct chat template (its tokenizer_config.json) in Python: a default
+    system turn unless the first message is one, `<|im_start|>{role}\\n{content}<|im_end|>\\n`
+    per turn, `<|im_start|>assistant\\n` as generation prompt, VISION_SPAN per image (encode()
+    expands the pad to the image's token count). Renders training samples and evaluation prompts alike."""
     text = []
     if messages and messages[0]["role"] != "system":
         text.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")

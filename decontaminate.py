@@ -1,4 +1,4 @@
-"""Benchmark decontamination of SFT data (paper section 3; REFERENCE.md section 7): a training
+"""Benchmark decontamination of SFT data (paper section 3): a training
 record whose images and question match a benchmark item is removed, by an exact pass (decoded
 pixels + normalized question) and then by embedding similarity above 0.95 (gme-Qwen2-VL-style
 embeddings from any checkpoint QwenVL loads, or the model-free HashEmbedder). Needs data.py.
@@ -250,7 +250,7 @@ class HashEmbedder:
 
 
 class ModelEmbedder:
-    """gme-style embedding (REFERENCE.md section 7, gme-Qwen2-VL's gme_inference.py): the chat
+    """gme-style embedding (gme-Qwen2-VL's gme_inference.py): the chat
     string system instruction / user = images then text / assistant header then <|endoftext|>,
     the final hidden state of the last token, L2-normalized. Any checkpoint QwenVL loads."""
 

@@ -202,7 +202,7 @@ def response_category(response, options):
 
 
 # ---- MultiMedEval-style VQA scoring ---------------------------------------------------------
-# REFERENCE.md section 6; MultiMedEval utils.clean_str and task_families.VQA.evaluate, which use
+# MultiMedEval utils.clean_str and task_families.VQA.evaluate, which use
 # the VQA-v2 answer normalization
 YES_NO_PREFIX = "Answer the following question with yes or no. "  # MultiMedEval vqa.py
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
@@ -291,7 +291,7 @@ def vqa_scores(prediction, gold):
 # ---- Prompts (rendered through data.render_chat, the same chat code as training) and boxes ----
 # Image placeholders go first with no newline after them, as in sources.to_sharegpt and the
 # Qwen2.5-VL template at inference. The multiple-choice instruction is the paper's augmentation
-# (REFERENCE.md section 1); the chain-of-thought one is the paper's appendix A prompt.
+# (section 3.1); the chain-of-thought one is the paper's appendix A prompt.
 PROMPTS = {
     "closed": "{images}" + YES_NO_PREFIX + "{question}",
     "open": "{images}{question}",
@@ -473,7 +473,7 @@ class EvalConfig:
     device: str = None  # native backend: default cuda when available
     dtype: str = None  # e.g. bfloat16 (native: the checkpoint's dtype by default; vLLM: bfloat16)
     min_pixels: int = None
-    max_pixels: int = 262144  # the paper's budget (REFERENCE.md section 1)
+    max_pixels: int = 262144  # the paper's budget (section 4.1)
     limit: int = None
     subset: tuple = ()  # (key, value) filters on record fields or meta
     variants: tuple = ("base",)

@@ -38,7 +38,7 @@ NAMES = ("vqa_rad", "slake", "path_vqa", "pmc_vqa", "mmmu", "gmai_mmbench", "gma
          "llava_onevision", "synthetic")
 LETTERS = "ABCDEFGHIJ"
 # MMMU's "Health & Medicine" discipline = these five subjects (MMMU paper, Table 9); 30
-# validation items each = the 150 items of REFERENCE.md section 6.
+# validation items each = the 150 items the paper evaluates.
 HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                    "Pharmacy", "Public_Health")
 
@@ -450,7 +450,7 @@ def load_source(name, root, split, **kw):
 # Instruction augmentation (paper section 3.1): a clarifying instruction per answer form. The
 # first template of each list is the canonical one; augment=True picks one per record, stably.
 # The canonical yes/no template and the bare open one are the MultiMedEval prompts that
-# evaluate.py asks with (REFERENCE.md section 6), so training covers the evaluation prompts.
+# evaluate.py asks with, so training covers the evaluation prompts.
 INSTRUCTIONS = {
     "choice": ["{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
                "{question}\n{options}\nAnswer with the letter of the correct option only."],
