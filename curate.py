@@ -379,22 +379,10 @@ class PerplexityConfig:
     max_pixels: int = 262144         # paper: at most 262,144 pixels per image
 
 
-def _padded_batch(batch, pad):
-    """(length, index, encoded sample, caption positions) rows -> right-padded model inputs."""
-    L = max(t[0] for t in batch)
-    ids = torch.full((len(batch), L), pad, dtype=torch.long)
-    mask, tmask = torch.zeros_like(ids), torch.zeros(len(batch), L, dtype=torch.bool)
-    for row, (n, _, s, pos) in enumerate(batch):
-        ids[row, :n], mask[row, :n], tmask[row, pos] = s["input_ids"], 1, True
-    pv = [s["pixel_values"] for _, _, s, _ in batch if s["image_grid_thw"].numel()]
-    grid = [s["image_grid_thw"] for _, _, s, _ in batch if s["image_grid_thw"].numel()]
-    return ids, tmask, mask, torch.cat(pv) if pv else None, torch.cat(grid) if grid else None
-
-
 def score_records(records, model, tokenizer, processor, cfg, report, cache=None):
     """Per record: {"ppl", "n"} or {"error"}. Records are encoded a window at a time (bounded
     memory), sorted by length within the window and scored in right-padded batches."""
-    from data import SampleError, encode
+    from data import SampleError, collate, encode
     cache = cache or JsonlCache(None)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
@@ -421,10 +409,13 @@ def score_records(records, model, tokenizer, processor, cfg, report, cache=None)
         todo.sort(key=lambda t: t[0])
         for b in range(0, len(todo), cfg.batch_size):
             batch = todo[b:b + cfg.batch_size]
-            ids, tmask, mask, pv, grid = _padded_batch(batch, pad)
-            sums, counts = caption_nll(model, ids.to(dev), tmask.to(dev), mask.to(dev),
-                                       pv if pv is None else pv.to(dev, next(model.parameters()).dtype),
-                                       grid if grid is None else grid.to(dev))
+            x = collate([s for _, _, s, _ in batch], pad)  # right-padded, every record has an image
+            tmask = torch.zeros_like(x["input_ids"], dtype=torch.bool)
+            for row, (_, _, _, pos) in enumerate(batch):
+                tmask[row, pos] = True
+            sums, counts = caption_nll(model, x["input_ids"].to(dev), tmask.to(dev), x["attention_mask"].to(dev),
+                                       x["pixel_values"].to(dev, next(model.parameters()).dtype),
+                                       x["image_grid_thw"].to(dev))
             for row, (_, i, _, pos) in enumerate(batch):
                 results[i] = {"ppl": math.exp(float(sums[row]) / int(counts[row])), "n": len(pos)}
         for i in pending[w:w + window]:

@@ -473,6 +473,23 @@ def encode(record, tokenizer, image_processor, max_len=4096):
             "exchanges_dropped": dropped}
 
 
+def encode_prompt(text, images, tokenizer, image_processor):
+    """Already-rendered text with one <|image_pad|> per image (an evaluation prompt from
+    render_chat, a gme embedding string) -> the encode() dict with nothing supervised: each pad
+    expanded to its image's token count. collate(..., padding_side="left") batches these for
+    generation."""
+    pad = "<|image_pad|>"
+    pieces, images = text.split(pad), list(images)
+    if len(pieces) - 1 != len(images):
+        raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(images)} images")
+    pixel_values, grid = image_processor(images)  # no images: (0, 1176) and (0, 3)
+    counts = (grid.prod(-1) // image_processor.merge_size ** 2).tolist()
+    text = pieces[0] + "".join(pad * n + p for n, p in zip(counts, pieces[1:]))
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    return {"input_ids": ids, "labels": torch.full_like(ids, -100), "pixel_values": pixel_values,
+            "image_grid_thw": grid}
+
+
 # ---- ShareGPT records ------------------------------------------------------------------------
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "system": "system"}  # the `conversations` dialect (from/value) and the canonical one

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from data import open_image, read_sharegpt, write_sharegpt  # open_image: the pixels training sees
+# open_image: the pixels training sees
+from data import collate, encode_prompt, open_image, read_sharegpt, write_sharegpt
 
 # gme-Qwen2-VL's default embedding instruction (its gme_inference.py, used for every corpus item).
 GME_INSTRUCTION = "You are a helpful assistant."
@@ -142,29 +143,16 @@ def load_model(path, dtype, device):
 # --------------------------------------------------------------------------------------------
 # Questions: what a record asks, without the wording curation adds
 
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):：]\s*(\S.*?)\s*$")
-
-
 def normalize_question(text) -> str:
     """Lowercase; runs of punctuation and whitespace become one space."""
     return re.sub(r"[\W_]+", " ", str(text).lower()).strip()
 
 
 def parse_options(text):
-    """Split a multiple-choice user turn into (stem, {letter: option text}); options None when
-    the text does not hold consecutive option lines A., B., ... (at least two)."""
-    lines = strip_image_tags(text).splitlines()
-    opts, first = {}, None
-    for i, line in enumerate(lines):
-        m = _OPTION_LINE.match(line)
-        if m and m.group(1) == chr(ord("A") + len(opts)):
-            opts[m.group(1)] = m.group(2)
-            first = i if first is None else first
-        elif opts:
-            break  # options end; what follows is an instruction such as "Answer with the option's letter"
-    if len(opts) < 2:
-        return strip_image_tags(text), None
-    return "\n".join(lines[:first]).strip(), opts
+    """A multiple-choice user turn -> (stem, {letter: option text}) without image tags; options
+    None when the text holds no run of option lines A., B., ... (sources.split_options)."""
+    import sources
+    return sources.split_options(strip_image_tags(text))
 
 
 def template_question(text, templates):
@@ -268,26 +256,14 @@ class ModelEmbedder:
 
     @torch.no_grad()
     def __call__(self, items):
-        seqs, pvs, grids = [], [], []
-        for ims, text in items:
-            prompt = self.prompt(len(ims), text)
-            if ims:
-                pv, grid = self.proc([open_image(im) for im in ims])
-                pvs.append(pv), grids.append(grid)
-                merge = self.model.config.vision.spatial_merge_size ** 2
-                parts = prompt.split("<|image_pad|>")  # expand each image to its token count
-                prompt = parts[0] + "".join("<|image_pad|>" * (int(g.prod()) // merge) + p
-                                            for g, p in zip(grid, parts[1:]))
-            seqs.append(self.tok(prompt, add_special_tokens=False)["input_ids"])
-        ids = torch.full((len(seqs), max(map(len, seqs))), self.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)], mask[row, :len(s)] = torch.tensor(s), 1
-        dtype = next(self.model.parameters()).dtype
-        hidden = self.model(ids.to(self.device), torch.cat(pvs).to(self.device, dtype) if pvs else None,
-                            torch.cat(grids).to(self.device) if grids else None,
-                            attention_mask=mask.to(self.device), return_hidden=True)
-        last = hidden[torch.arange(len(seqs)), mask.sum(1).to(self.device) - 1]
+        b = collate([encode_prompt(self.prompt(len(ims), text), [open_image(im) for im in ims], self.tok,
+                                   self.proc) for ims, text in items], self.pad)  # right-padded
+        ids, mask = b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
+        grid = b["image_grid_thw"]
+        pv = b["pixel_values"].to(self.device, next(self.model.parameters()).dtype) if len(grid) else None
+        hidden = self.model(ids, pv, grid.to(self.device) if len(grid) else None, attention_mask=mask,
+                            return_hidden=True)
+        last = hidden[torch.arange(len(ids)), mask.sum(1) - 1]
         return F.normalize(last.float(), dim=1).cpu()
 
 

@@ -380,31 +380,17 @@ class NativeBackend:
         self.timings = Counter()  # seconds: 'images' (processing + tokenizing), 'generate'
 
     def encode(self, request, add_generation_prompt=True):
-        """-> (token ids with each <|image_pad|> expanded to its image's token count, pixel
-        values or None, image_grid_thw or None)."""
+        """-> data.encode_prompt's dict for the rendered conversation (image pads expanded)."""
         text = self.data.render_chat(request["messages"], add_generation_prompt=add_generation_prompt)
-        images, pad = list(request.get("images") or []), "<|image_pad|>"
-        pieces = text.split(pad)
-        if len(pieces) - 1 != len(images):
-            raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(images)} images")
-        pv = grid = None
-        if images:
-            pv, grid = self.proc(images)
-            counts = (grid.prod(-1) // self.proc.merge_size ** 2).tolist()
-            text = pieces[0] + "".join(pad * n + p for n, p in zip(counts, pieces[1:]))
-        return self.tok(text, add_special_tokens=False)["input_ids"], pv, grid
+        return self.data.encode_prompt(text, request.get("images") or [], self.tok, self.proc)
 
     def _batch(self, encoded):
-        torch = self.torch
-        L = max(len(e[0]) for e in encoded)
-        ids = torch.full((len(encoded), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), L), dtype=torch.long)
-        for i, (e, _, _) in enumerate(encoded):
-            ids[i, L - len(e):], mask[i, L - len(e):] = torch.tensor(e), 1  # left padding
-        pvs = [e[1] for e in encoded if e[1] is not None]
-        pv = torch.cat(pvs).to(self.device, next(self.model.parameters()).dtype) if pvs else None
-        grid = torch.cat([e[2] for e in encoded if e[2] is not None]).to(self.device) if pvs else None
-        return ids.to(self.device), mask.to(self.device), pv, grid
+        """Left-padded (data.collate) model inputs on the device; pixels None for text only."""
+        b = self.data.collate(encoded, self.pad_id, padding_side="left")
+        has_images = len(b["image_grid_thw"]) > 0
+        pv = b["pixel_values"].to(self.device, next(self.model.parameters()).dtype) if has_images else None
+        grid = b["image_grid_thw"].to(self.device) if has_images else None
+        return b["input_ids"].to(self.device), b["attention_mask"].to(self.device), pv, grid
 
     def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1):
         """n completions per request. With sampling, batch b draws from seed + b, so a result is
@@ -412,7 +398,7 @@ class NativeBackend:
         t0 = time.perf_counter()
         encoded = [self.encode(r) for r in requests]
         self.timings["images"] += time.perf_counter() - t0
-        rows = sorted(((i, j) for i in range(len(requests)) for j in range(n)), key=lambda r: len(encoded[r[0]][0]))
+        rows = sorted(((i, j) for i in range(len(requests)) for j in range(n)), key=lambda r: len(encoded[r[0]]["input_ids"]))
         out = [[None] * n for _ in requests]
         t0 = time.perf_counter()
         with self.torch.inference_mode():
@@ -436,7 +422,7 @@ class NativeBackend:
                 ids, mask, pv, grid = self._batch([e])
                 logits = self.model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)[0].float()
                 lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
-                res.append({"token_ids": e[0], "logprobs": [None] + lp.tolist()})
+                res.append({"token_ids": e["input_ids"].tolist(), "logprobs": [None] + lp.tolist()})
         return res
 
 

@@ -463,7 +463,7 @@ INSTRUCTIONS = {
 }
 _FIXED = sorted({p.strip() for ts in INSTRUCTIONS.values() for t in ts
                  for p in re.split(r"\{question\}|\{options\}", t) if p.strip()}, key=len, reverse=True)
-_OPTION_LINE = re.compile(r"^\(?([A-J])\s*[.):]\s*(\S.*)$")
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):：]\s*(\S.*?)\s*$")  # "A. x", "(B) y", "C: z"
 
 
 def answer_form(record):
@@ -508,17 +508,21 @@ def to_sharegpt(record, augment=False, seed=0, with_answer=True, system=None):
 
 
 def split_options(text):
-    """'stem\nA. x\nB. y' -> ('stem', {'A': 'x', 'B': 'y'}); options None without >= 2 lines
-    lettered A, B, ... in order at the end of the text."""
+    """'stem\nA. x\nB. y[\ninstruction]' -> ('stem', {'A': 'x', 'B': 'y'}): the first run of
+    >= 2 lines lettered A, B, ... in order; lines after the run (an instruction such as "Answer
+    with the option's letter") are dropped. Without such a run: (the text, None)."""
     lines = text.strip().splitlines()
-    options, k = {}, len(lines)
-    while k > 0 and (m := _OPTION_LINE.match(lines[k - 1].strip())):
-        options[m.group(1)] = m.group(2).strip()
-        k -= 1
-    letters = sorted(options)
-    if len(options) < 2 or "".join(letters) != LETTERS[:len(letters)]:
+    options, first = {}, None
+    for i, line in enumerate(lines):
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) == chr(ord("A") + len(options)):
+            options[m.group(1)] = m.group(2)
+            first = i if first is None else first
+        elif options:
+            break
+    if len(options) < 2:
         return text.strip(), None
-    return "\n".join(lines[:k]).strip(), dict(sorted(options.items()))
+    return "\n".join(lines[:first]).strip(), options
 
 
 def augment_sharegpt(sample, seed=0, max_open_words=5):

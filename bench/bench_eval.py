@@ -90,7 +90,7 @@ def main(n, new_tokens, batch_size):
         def hf_run():  # same encoding, sorting and left-padded batches; only the model differs
             t0 = time.perf_counter()
             encoded = [native.encode(r) for r in reqs]
-            order = sorted(range(len(reqs)), key=lambda i: len(encoded[i][0]))
+            order = sorted(range(len(reqs)), key=lambda i: len(encoded[i]["input_ids"]))
             res, t_gen = {}, 0.0
             for b in range(0, len(order), batch_size):
                 chunk = order[b:b + batch_size]
@@ -110,7 +110,7 @@ def main(n, new_tokens, batch_size):
         # where the native time goes: encoding, prefill (generate 1 token), decode (the rest)
         t_enc, encoded = timed(lambda: [native.encode(r) for r in reqs], 3)
         batches = []
-        order = sorted(range(n), key=lambda i: len(encoded[i][0]))
+        order = sorted(range(n), key=lambda i: len(encoded[i]["input_ids"]))
         for b in range(0, n, batch_size):
             batches.append(native._batch([encoded[i] for i in order[b:b + batch_size]]))
 

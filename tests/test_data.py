@@ -292,6 +292,17 @@ def test_encode_ids_equal_transformers_tokenization_with_expanded_image_pads(tok
     assert len(out["labels"]) == len(out["input_ids"])
 
 
+@pytest.mark.parametrize("messages,n_images", CONVERSATIONS)
+def test_encode_prompt_of_rendered_text_gives_the_ids_of_encode_and_supervises_nothing(tok, messages, n_images):
+    rec, proc = _record(messages, n_images), data.ImageProcessor()
+    out = data.encode_prompt(data.render_chat(messages), rec["images"], tok, proc)
+    ref = data.encode(rec, tok, proc)
+    assert out["input_ids"].tolist() == ref["input_ids"].tolist()
+    assert torch.equal(out["pixel_values"], ref["pixel_values"])
+    assert torch.equal(out["image_grid_thw"], ref["image_grid_thw"].reshape(-1, 3))
+    assert bool((out["labels"] == -100).all())
+
+
 def _supervised_runs(tok, out):
     runs, cur = [], []
     for t, lab in zip(out["input_ids"].tolist(), out["labels"].tolist()):
