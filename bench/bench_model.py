@@ -1,6 +1,8 @@
 """Speed of infimed.QwenVL against transformers' Qwen2.5-VL on the same config, weights and inputs:
 forward+backward of a batch with images, and greedy generation of 64 new tokens for 8 prompts
-with images (KV cache in both; the generated tokens are checked to be identical).
+with images (KV cache in both; the generated tokens are checked to be identical), split into
+prefill (generating 1 token: vision tower, prompt, first token) and per-token decode
+((time for 64 tokens - time for 1) / 63).
 Two sizes: "tiny" (per-token work is small, so framework overhead dominates, as in decoding on a
 GPU) and "small" (matrix products dominate on a CPU). CPU fp32 here; bf16 on a GPU when present.
 Both wall-clock and process CPU seconds are reported (medians of interleaved runs). One torch
@@ -85,9 +87,10 @@ def compare(fn_ref, fn_ours, repeat):
     return (med(0, 0), med(1, 0), med(0, 1), med(1, 1)), out
 
 
-def row(name, t):
-    hw, ow, hc, oc = t
-    return f"| {name} | {hw:.3f} | {ow:.3f} | {hw / ow:.2f}x | {hc:.3f} | {oc:.3f} | {hc / oc:.2f}x |"
+def row(name, t, scale=1.0, digits=3):
+    hw, ow, hc, oc = (v * scale for v in t)
+    f = f".{digits}f"
+    return f"| {name} | {hw:{f}} | {ow:{f}} | {hw / ow:.2f}x | {hc:{f}} | {oc:{f}} | {hc / oc:.2f}x |"
 
 
 @click.command()
@@ -103,7 +106,7 @@ def main(sizes, rows, new_tokens, repeat, threads):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     print(f"device {device} ({torch.get_num_threads()} threads), {str(dtype).replace('torch.', '')}, "
           f"{rows} prompts with one 16x16-patch image each, {new_tokens} new tokens")
-    print("| size: measure | transformers wall s | infimed wall s | speed-up | transformers cpu s | infimed cpu s "
+    print("| size: measure | transformers wall | infimed wall | speed-up | transformers cpu | infimed cpu "
           "| speed-up |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes.split(","):
@@ -120,16 +123,21 @@ def main(sizes, rows, new_tokens, repeat, threads):
         t_fb, _ = compare(lambda: fwd_bwd(hf, mm_token_type_ids=mm), lambda: fwd_bwd(ours), repeat)
         hf.eval(), ours.eval()
 
-        def hf_gen():
+        def hf_gen(n):
             with torch.no_grad():
-                return hf.generate(**b, mm_token_type_ids=mm, max_new_tokens=new_tokens,
-                                   min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+                return hf.generate(**b, mm_token_type_ids=mm, max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False, eos_token_id=None, pad_token_id=0)
 
-        t_gen, (ref, got) = compare(hf_gen, lambda: ours.generate(**b, max_new_tokens=new_tokens,
-                                                                   stop_token_ids=[]), repeat)
-        same = ref[:, b["input_ids"].shape[1]:].tolist() == got
-        print(row(f"{size}: forward+backward", t_fb))
-        print(row(f"{size}: generate{'' if same else ' (TOKENS DIFFER)'}", t_gen))
+        ours_gen = lambda n: ours.generate(**b, max_new_tokens=n, stop_token_ids=[])
+        t_gen, (ref, got) = compare(lambda: hf_gen(new_tokens), lambda: ours_gen(new_tokens), repeat)
+        t_pre, (ref1, got1) = compare(lambda: hf_gen(1), lambda: ours_gen(1), repeat)
+        L = b["input_ids"].shape[1]
+        same = ref[:, L:].tolist() == got and ref1[:, L:].tolist() == got1
+        t_dec = tuple((g - p) / (new_tokens - 1) for g, p in zip(t_gen, t_pre))
+        print(row(f"{size}: forward+backward (s)", t_fb))
+        print(row(f"{size}: generate (s){'' if same else ' (TOKENS DIFFER)'}", t_gen))
+        print(row(f"{size}: generate, prefill (ms)", t_pre, 1e3, 1))
+        print(row(f"{size}: generate, decode per token (ms)", t_dec, 1e3, 2))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import torch
 from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                           Qwen2VLForConditionalGeneration)
 
-from infimed import QwenVL, QwenVLConfig, rope_index, sample, vision_layout
+from infimed import (QwenVL, QwenVLConfig, Segments, attention_mask_4d, mrope_cos_sin, rope_index, sample,
+                     vision_layout)
 
 # Tiny vocabulary: special ids live inside it (the real ones are 151652..151656).
 VOCAB, V_START, V_END, IMG, VID, EOS = 300, 288, 289, 290, 291, 292
@@ -144,6 +145,18 @@ def test_vision_layout_without_windows_keeps_raster_order():
     assert order.tolist() == list(range(len(order))) and wl == fl == [96, 60, 16]
     assert hw[:4].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]  # first 2x2 merge unit
     assert hw[4:8].tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+
+
+@pytest.mark.parametrize("lens", [[6, 6, 6], [6, 2, 9], [7]])
+def test_segments_attend_each_segment_alone(lens):
+    """Equal lengths take the reshape path without a mask, unequal ones the padded, masked one."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), 2, 8, generator=g) for _ in range(3))
+    got = Segments(lens, "cpu").attend(q, k, v)
+    alone = lambda s: torch.nn.functional.scaled_dot_product_attention(*(t[s].transpose(0, 1) for t in (q, k, v)))
+    bounds = torch.tensor([0] + lens).cumsum(0).tolist()
+    ref = torch.cat([alone(slice(a, b)).transpose(0, 1) for a, b in zip(bounds[:-1], bounds[1:])])
+    assert got.shape == q.shape and (got - ref).abs().max() <= 1e-6
 
 
 def test_pixel_rows_must_match_grid(pair):
@@ -317,6 +330,46 @@ def test_stop_token_ends_row_and_is_excluded(pair):
         cut = row_full.index(stop) if stop in row_full else len(row_full)
         assert row == row_full[:cut]
     assert all(len(r) == 10 for r in full)
+
+
+def test_fused_decode_gives_the_layers_tokens(pair):
+    """generate's fused decode step (decode_weights) against the layers' own forward, on left-padded
+    rows with images: greedy, sampled at a fixed seed, with a stop token, and one unpadded row."""
+    _, ours, _ = pair
+    batch = make_batch("left")
+    for kw in (dict(stop_token_ids=[]), dict(stop_token_ids=[], temperature=1.0, top_p=0.9, seed=5)):
+        fused = ours.generate(**batch, max_new_tokens=16, **kw)
+        assert fused == ours.generate(**batch, max_new_tokens=16, fused=False, **kw)
+        assert all(len(set(row)) > 5 for row in fused)  # varied text, so a wrong step would show
+    stop = fused[1][6]
+    got = ours.generate(**batch, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=5, stop_token_ids=[stop])
+    assert got == ours.generate(**batch, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=5,
+                                stop_token_ids=[stop], fused=False)
+    assert len(got[1]) == 6
+    row = batch["input_ids"][2:, batch["attention_mask"][2].bool()]
+    assert ours.generate(row, max_new_tokens=16, stop_token_ids=[]) == \
+        ours.generate(row, max_new_tokens=16, stop_token_ids=[], fused=False)
+
+
+def test_last_only_layer_equals_last_row_of_full_layer(pair):
+    """DecoderLayer(last=True), used by prefill's last layer, gives the full layer's last row and
+    writes the same keys/values, with and without a padding mask."""
+    _, ours, _ = pair
+    batch = make_batch("left")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cfg, layer = ours.config, ours.model.layers[0]
+    with torch.no_grad():
+        x = ours.embed(ids, batch["pixel_values"], batch["image_grid_thw"])
+        pos, _ = rope_index(ids, batch["image_grid_thw"], mask, IMG, 2)
+        cos, sin = mrope_cos_sin(pos, cfg, x.dtype)
+        for m in (attention_mask_4d(mask), None):
+            shape = (ids.shape[0], cfg.num_key_value_heads, ids.shape[1], cfg.head_dim)
+            caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(2)]
+            full = layer(x, cos, sin, m, caches[0])
+            last = layer(x, cos, sin, m, caches[1], last=True)
+            assert last.shape == (ids.shape[0], 1, cfg.hidden_size)
+            assert (last - full[:, -1:]).abs().max() <= 1e-5
+            assert all(torch.equal(a, b) for a, b in zip(*caches))
 
 
 def test_top_p_keeps_only_the_nucleus():
