@@ -69,6 +69,7 @@ def _varied_images():
         ("rgb_wide_aspect_150", Image.fromarray(_picture(6, 900, 8))),
         ("rgb_odd_333x77", Image.fromarray(_picture(333, 77, 9))),
         ("grayscale_L", Image.fromarray(_picture(250, 260, 10)[..., 0])),
+        ("gray_stored_as_rgb_1024x1024", Image.fromarray(_picture(1024, 1024, 13)[..., 0]).convert("RGB")),
         ("LA", Image.fromarray(rgba[..., [0, 3]], "LA")),
         ("RGBA", Image.fromarray(rgba, "RGBA")),
         ("palette", pal),
@@ -156,14 +157,39 @@ def test_image_processor_equals_transformers(oracle_cls, name, image):
     assert pv.dtype == torch.float32 and grid.dtype == torch.int64
     assert np.array_equal(grid.numpy(), ref_grid)
     assert pv.shape == ref_pv.shape and pv.shape[1] == 1176
-    assert np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(pv.numpy(), ref_pv)  # bit-identical, not merely close
 
 
 def test_image_processor_equals_transformers_at_hub_default_budget(oracle_cls):
     image = Image.fromarray(_picture(700, 950, 20))
     ref_pv, ref_grid = _oracle(oracle_cls, image, max_pixels=12845056)
     pv, grid = data.ImageProcessor(max_pixels=12845056)(image)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
+
+
+@pytest.mark.parametrize("shape,y,x,channel", [
+    ((700, 900), 3, 450, 1),  # inside the strip checked first
+    ((700, 900), 350, 10, 2),  # below it: only the full check sees it
+    ((700, 900), 699, 899, 0),  # the last pixel, red differing from green and blue
+    ((6, 300), 5, 150, 2),  # too short for a strip
+])
+def test_gray_as_rgb_is_resized_as_one_band_only_if_every_pixel_agrees(oracle_cls, shape, y, x, channel):
+    gray = _picture(*shape, seed=30)[..., 0]
+    rgb = np.repeat(gray[..., None], 3, -1)
+    band = data._one_band(Image.fromarray(rgb))
+    assert band.mode == "L" and band.tobytes() == gray.tobytes()
+    ref_pv, ref_grid = _oracle(oracle_cls, Image.fromarray(rgb))
+    pv, grid = data.ImageProcessor()(Image.fromarray(rgb))
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
+    # One channel of one pixel far off: the picture is colour, and resizing its first band
+    # instead would give other values, so only the RGB path matches the oracle.
+    rgb[y, x, channel] = 0 if rgb[y, x, channel] > 127 else 255
+    image = Image.fromarray(rgb)
+    assert data._one_band(image) is image
+    ref_pv, ref_grid = _oracle(oracle_cls, image)
+    pv, grid = data.ImageProcessor()(image)
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
+    assert not np.array_equal(pv.numpy(), data.ImageProcessor()(image.getchannel(0))[0].numpy())
 
 
 def test_several_images_concatenate_in_order_and_count_tokens(oracle_cls):
@@ -171,7 +197,7 @@ def test_several_images_concatenate_in_order_and_count_tokens(oracle_cls):
     ref_pv, ref_grid = _oracle(oracle_cls, images)
     proc = data.ImageProcessor()
     pv, grid = proc(images)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
     assert data.image_token_counts(images, proc) == (grid.prod(-1) // 4).tolist()
 
 
@@ -183,7 +209,7 @@ def test_exif_orientation_is_applied_like_transformers_load_image(oracle_cls, tm
     pv, grid = data.ImageProcessor()(path)
     upright = ImageOps.exif_transpose(Image.open(path))
     ref_pv, ref_grid = _oracle(oracle_cls, upright)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
     assert np.array_equal(_oracle(oracle_cls, path)[1], ref_grid)  # transformers' path route agrees
     # Deliberate difference: handed the opened PIL image, transformers ignores the EXIF tag.
     assert grid[0, 1] > grid[0, 2] and not np.array_equal(_oracle(oracle_cls, Image.open(path))[1], ref_grid)
@@ -197,7 +223,7 @@ def test_16bit_image_is_scaled_not_clipped(oracle_cls):
     eight_bit = Image.fromarray(np.round(values * (255 / 4095)).astype(np.uint8))
     pv, grid = data.ImageProcessor()(image)
     ref_pv, ref_grid = _oracle(oracle_cls, eight_bit)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.abs(pv.numpy() - ref_pv).max() <= 1e-5
+    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
     # transformers clips every value above 255 to white: most of this image saturates there.
     clipped, _ = _oracle(oracle_cls, image)
     white, _ = _oracle(oracle_cls, Image.new("RGB", image.size, "white"))
