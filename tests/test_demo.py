@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import demo
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -74,6 +76,30 @@ def test_both_models_are_evaluated_with_shuffled_options(out):
         assert s["shuffle"]["n_scored"] == s["base"]["n_mc"] > 0
 
 
+def test_caption_attributes_reads_each_value_from_the_words():
+    said = demo.caption_attributes("An MRI scan showing one lesion: a large dark square on the left side.")
+    assert said == {"shape": "square", "brightness": "dark", "size": "large", "side": "left"}
+    # a word inside another word does not count; two values of one attribute name neither
+    said = demo.caption_attributes("A CT scan: a small or large circles, brightly lit, leftover.")
+    assert said == {"shape": None, "brightness": None, "size": None, "side": None}
+
+
+def test_single_lesion_scans_are_captioned_and_checked(out):
+    test = read_jsonl(os.path.join(out, "synth", "test.jsonl"))
+    lesion = {r["images"][0]: r["meta"]["lesions"][0] for r in test if len(r["meta"]["lesions"]) == 1}
+    for name in ("base", "trained"):
+        rows = read_jsonl(os.path.join(out, "eval", name, "captions.jsonl"))
+        assert sorted(r["image"] for r in rows) == sorted(lesion)
+        for r in rows:
+            assert r["named"] == demo.caption_attributes(r["caption"])
+            assert r["correct"] == {a: r["named"][a] == lesion[r["image"]][a] for a in r["named"]}
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    assert "## Lesion attributes named in captions" in report
+    for a in ("shape", "brightness", "size", "side"):
+        assert f"| {a} | {len(lesion)} |" in report
+
+
 def test_report_and_plots_are_written(out):
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
@@ -84,5 +110,6 @@ def test_report_and_plots_are_written(out):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "timings.json")) as f:
-        assert {"data", "model", "curate", "train", "eval base", "eval trained", "total"} <= set(json.load(f))
+        assert {"data", "model", "curate", "train", "eval base", "eval trained", "captions base", "captions trained",
+                "total"} <= set(json.load(f))
 
