@@ -149,7 +149,10 @@ def augment_records(records, cfg, report):
         if options is None and not caption and len(answer.split()) > cfg.max_short_answer_words:
             report.count("kept:long_answer", src), out.append(r)
             continue
-        rec = {"id": record_key(r), "question": stem, "answer": answer, "options": options,
+        # the template is picked from the seed and this key: the record's id, else its text and
+        # image file names, never the folder the images sit in (same data, same pick anywhere)
+        key = r.get("id") or record_key(r["messages"], [os.path.basename(str(p)) for p in r.get("images") or []])
+        rec = {"id": key, "question": stem, "answer": answer, "options": options,
                "images": r.get("images") or [], "meta": {"task": "caption"} if caption else {}}
         new = sources.to_sharegpt(rec, augment=True, seed=cfg.seed, system=system)
         out.append({**r, **new})

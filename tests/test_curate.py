@@ -183,6 +183,19 @@ def test_augment_renders_sources_templates_and_strips_old_instructions():
     assert report.counts == {"augmented:yesno": 1, "augmented:choice": 1, "kept:long_answer": 1}
 
 
+def test_augment_picks_the_same_templates_wherever_the_images_live():
+    def records(folder, with_id):
+        return [{**({"id": f"q{i}"} if with_id else {}), "images": [f"{folder}/img_{i}.png"],
+                 "messages": [{"role": "user", "content": f"<image>Is lesion {i} visible?"},
+                              {"role": "assistant", "content": "yes"}]} for i in range(40)]
+    for with_id in (True, False):
+        a, b = (curate.augment_records(records(folder, with_id), curate.AugmentConfig(seed=0), Report("augment"))
+                for folder in ("/data/run1", "/elsewhere/copy"))
+        prompts = [r["messages"][0]["content"] for r in a]
+        assert prompts == [r["messages"][0]["content"] for r in b]
+        assert len(set(p.replace(str(i), "") for i, p in enumerate(prompts))) == 2  # both yes/no templates used
+
+
 # ------------------------------------------------------------------ perplexity
 
 def test_caption_positions_take_the_last_assistant_turn_without_im_end():
