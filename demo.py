@@ -312,10 +312,15 @@ def stage_train(cfg, paths):
 
 
 # ---------------------------------------------------------------------------- 5. evaluation
+def model_settings(cfg, model_dir):
+    """What an evaluation of a checkpoint depends on: redone when the checkpoint is rewritten."""
+    return {"model": os.path.abspath(model_dir), "n_test": cfg.n_test, "seed": cfg.seed,
+            "trained": os.path.getmtime(os.path.join(model_dir, "config.json"))}
+
+
 def stage_eval(cfg, paths, name, model_dir, label):
     out = os.path.join(paths["eval"], name)
-    settings = {"model": os.path.abspath(model_dir), "n_test": cfg.n_test, "seed": cfg.seed,
-                "max_new_tokens": cfg.max_new_tokens, "trained": os.path.getmtime(os.path.join(model_dir, "config.json"))}
+    settings = dict(model_settings(cfg, model_dir), max_new_tokens=cfg.max_new_tokens)
     if done(out + ".done", settings):
         print("(already evaluated)")
         return out
@@ -344,8 +349,7 @@ def stage_captions(cfg, paths, name, model_dir):
     so this shows what the vision tower has learned to see even where the answers lag."""
     import evaluate
     out = os.path.join(paths["eval"], name, "captions.jsonl")
-    settings = {"model": os.path.abspath(model_dir), "n_test": cfg.n_test, "seed": cfg.seed,
-                "trained": os.path.getmtime(os.path.join(model_dir, "config.json"))}
+    settings = model_settings(cfg, model_dir)
     if done(out + ".done", settings):
         print("(already captioned)")
         return out
