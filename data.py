@@ -1,4 +1,4 @@
-"""Data core for infimed: tokenizer, pixel-budgeted image processor, Qwen2.5-VL chat template,
+"""Data core for infimed: tokenizer loading, pixel-budgeted image processor, Qwen2.5-VL chat template,
 loss mask, ShareGPT records with validation, batching and packing.
 
     python -m pytest -q tests/test_data.py      # the tests pin every piece against transformers
@@ -29,59 +29,6 @@ SPECIAL_TOKENS = [
 IMAGE_PLACEHOLDER = "<image>"  # ShareGPT / LLaVA convention: one per image, in order
 DEFAULT_SYSTEM = "You are a helpful assistant."  # the template's default system prompt
 
-# Qwen2 pre-tokenizer split (Qwen2 tokenizer.json, "pre_tokenizer" Split pattern).
-QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-                           r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-
-# The real Qwen2.5-VL chat template (Qwen2.5-VL-*-Instruct chat_template.json), byte for byte.
-# Kept here so a checkpoint directory written by this project carries it without other files.
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def build_tokenizer(texts, out_dir, vocab_size=2048):
-    """Train a small byte-level BPE on `texts` with the Qwen2 pipeline (NFC, Qwen2 split regex,
-    byte-level), append the Qwen2 special tokens, save a directory that AutoTokenizer and
-    `load_tokenizer` read (chat template included) and return the loaded tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    # every one of the 256 byte symbols is in the vocabulary, so any text encodes (byte-level)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    os.makedirs(out_dir, exist_ok=True)
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    # As Qwen2.5-VL-Instruct's tokenizer_config.json: no BOS, eos <|im_end|>, pad <|endoftext|>.
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False, "errors": "replace", "split_special_tokens": False,
-        "model_max_length": 131072, "additional_special_tokens": SPECIAL_TOKENS[1:],
-        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    return load_tokenizer(out_dir)
-
-
 def load_tokenizer(path):
     """A transformers fast tokenizer from a checkpoint directory (ours or a real Qwen2.5-VL one)."""
     from transformers import AutoTokenizer
@@ -93,7 +40,7 @@ def load_tokenizer(path):
     missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
     if missing:
         raise ValueError(f"{path}: tokenizer lacks the Qwen2 special tokens {missing}; use a "
-                         "Qwen2-VL / Qwen2.5-VL tokenizer or one written by build_tokenizer")
+                         "Qwen2-VL / Qwen2.5-VL tokenizer or one written by synthetic.build_tokenizer")
     return tok
 
 

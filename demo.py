@@ -166,6 +166,7 @@ def tiny_config(cfg, tok):
 def stage_model(cfg, paths):
     import torch
     import data
+    import synthetic
     from infimed import QwenVL
     settings = {k: getattr(cfg, k) for k in ("seed", "n_train", "vocab_size", "hidden_size", "num_layers", "num_heads",
                                              "num_kv_heads", "intermediate_size", "vision_depth", "vision_width",
@@ -178,7 +179,7 @@ def stage_model(cfg, paths):
     records, _ = data.read_sharegpt(os.path.join(paths["synth"], "train.jsonl"))
     texts = [data.render_chat(r["messages"]) for r in records]
     texts += [c["caption"] for c in read_jsonl(os.path.join(paths["synth"], "captions.jsonl")) if c["split"] == "train"]
-    tok = data.build_tokenizer(texts, paths["base"], vocab_size=cfg.vocab_size)
+    tok = synthetic.build_tokenizer(texts, paths["base"], vocab_size=cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     model = QwenVL(tiny_config(cfg, tok))
     model.save_pretrained(paths["base"])
@@ -547,7 +548,7 @@ def demo(cfg):
     print(f"$ python synthetic.py -o {paths['synth']} --n-train {cfg.n_train} --n-test {cfg.n_test} --seed {cfg.seed}")
     timed("data", stage_data, cfg, paths)
 
-    say("2. Tokenizer and a tiny Qwen2.5-VL (data.build_tokenizer, infimed.QwenVL)",
+    say("2. Tokenizer and a tiny Qwen2.5-VL (synthetic.build_tokenizer, infimed.QwenVL)",
         "A byte-level BPE learned on the training text, with the real Qwen special tokens and chat template, and "
         "a randomly initialised model with the real architecture (vision tower with 2D rotary, 2x2 patch merger, "
         "decoder with M-RoPE and grouped-query attention) at a size a CPU trains in minutes. Saved as a Hub-style "

@@ -18,6 +18,9 @@ localization, as multiple choice (options shuffled from the seed), closed yes/no
 Lesion attributes are only asked when the image has exactly one lesion, so every answer is a
 function of the stored metadata. Lesions are large and high-contrast by default because small
 local features are hard to learn from scratch; `SynthConfig` holds every knob.
+
+`build_tokenizer` is the stand-in for a downloaded tokenizer: a small byte-level BPE trained on
+the demo's text that carries the real Qwen2 special tokens and Qwen2.5-VL chat template.
 """
 import hashlib
 import json
@@ -31,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import data
 import sources
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound")
@@ -298,6 +302,64 @@ def generate(out_dir, n_train=20000, n_test=500, seed=0, image_size=112, cfg=Non
         if name.startswith(("train_", "test_")) and name not in written:
             os.remove(os.path.join(out_dir, "images", name))
     return summary
+
+
+# ----------------------------------------------------------------------------- tokenizer
+# Real checkpoints bring their tokenizer; the demo and the tests train a small BPE on their own
+# text instead, with the real Qwen2 pre-tokenizer, special tokens and chat template, so every
+# id that code reads from a tokenizer means what it means in Qwen2.5-VL.
+
+# Qwen2 pre-tokenizer split (Qwen2 tokenizer.json, "pre_tokenizer" Split pattern).
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+                           r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+# The real Qwen2.5-VL chat template (Qwen2.5-VL-*-Instruct chat_template.json), byte for byte.
+# Kept here so a tokenizer directory built by build_tokenizer carries it without other files.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_tokenizer(texts, out_dir, vocab_size=2048):
+    """Train a small byte-level BPE on `texts` with the Qwen2 pipeline (NFC, Qwen2 split regex,
+    byte-level), append the Qwen2 special tokens, save a directory that AutoTokenizer and
+    `load_tokenizer` read (chat template included) and return the loaded tokenizer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    # every one of the 256 byte symbols is in the vocabulary, so any text encodes (byte-level)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in data.SPECIAL_TOKENS])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    # As Qwen2.5-VL-Instruct's tokenizer_config.json: no BOS, eos <|im_end|>, pad <|endoftext|>.
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False, "errors": "replace", "split_special_tokens": False,
+        "model_max_length": 131072, "additional_special_tokens": data.SPECIAL_TOKENS[1:],
+        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE}
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+    return data.load_tokenizer(out_dir)
 
 
 @click.command()

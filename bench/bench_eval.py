@@ -18,6 +18,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import evaluate as ev  # noqa: E402
+import synthetic  # noqa: E402
 from infimed import QwenVL, QwenVLConfig, VisionConfig  # noqa: E402
 
 QUESTIONS = ["Is there a lesion in the left lung?", "Which imaging modality was used to acquire this image?",
@@ -27,7 +28,7 @@ QUESTIONS = ["Is there a lesion in the left lung?", "Which imaging modality was 
 
 def build(root):
     """A small Qwen2.5-VL checkpoint (random weights) with its tokenizer and image processor."""
-    tok = data.build_tokenizer([" ".join(QUESTIONS) + " yes no CT MRI X-ray ultrasound"] * 20, root, vocab_size=600)
+    tok = synthetic.build_tokenizer([" ".join(QUESTIONS) + " yes no CT MRI X-ray ultrasound"] * 20, root, vocab_size=600)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),

@@ -1,4 +1,4 @@
-"""Tests for data.py: tokenizer, image processor, chat template, loss mask, ShareGPT records,
+"""Tests for data.py: tokenizer loading, image processor, chat template, loss mask, ShareGPT records,
 batching. transformers is the oracle (Qwen2VLImageProcessorPil, apply_chat_template).
 
     python -m pytest -q tests/test_data.py
@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 
 import conftest
 import data
+import synthetic
 
 VQA_RAD_IMAGES = sorted(
     os.path.join(conftest.SHARED_DATA, "vqa_rad", "images", f)
@@ -29,7 +30,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return data.build_tokenizer(CORPUS, str(tmp_path_factory.mktemp("tok")), vocab_size=600)
+    return synthetic.build_tokenizer(CORPUS, str(tmp_path_factory.mktemp("tok")), vocab_size=600)
 
 
 @pytest.fixture(scope="module")
@@ -87,36 +88,6 @@ def _images_for_parity():
 
 
 # ----------------------------------------------------------------------------- tokenizer
-
-def test_build_tokenizer_appends_qwen_special_tokens_in_real_order(tok):
-    ids = [tok.convert_tokens_to_ids(t) for t in data.SPECIAL_TOKENS]
-    first = ids[0]
-    assert ids == list(range(first, first + len(data.SPECIAL_TOKENS)))  # 151643.. in Qwen2
-    assert first == len(tok) - len(data.SPECIAL_TOKENS)  # right after the BPE vocabulary
-    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    assert tok.bos_token is None
-
-
-def test_build_tokenizer_directory_loads_in_transformers_with_chat_template(tok, tmp_path):
-    from transformers import AutoTokenizer
-    tok.save_pretrained(str(tmp_path))
-    again = AutoTokenizer.from_pretrained(str(tmp_path))
-    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
-        real = f.read()
-    assert again.chat_template == real
-    assert data.load_tokenizer(str(tmp_path)).encode("<|image_pad|> liver") == tok.encode(
-        "<|image_pad|> liver")
-
-
-def test_chat_template_constant_is_the_real_file_byte_for_byte():
-    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
-        assert data.QWEN2_5_VL_CHAT_TEMPLATE == f.read()
-
-
-def test_tokenizer_is_byte_level_and_round_trips_any_text(tok):
-    text = "Ünïcödé 🩺 CT: 3.5 cm\n\tlesion"
-    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
-
 
 def test_load_tokenizer_rejects_a_tokenizer_without_qwen_special_tokens(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers

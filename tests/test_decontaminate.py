@@ -96,7 +96,7 @@ def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-layer random QwenVL with a small BPE tokenizer carrying the real Qwen special tokens."""
-    from data import build_tokenizer
+    from synthetic import build_tokenizer
     from infimed import QwenVL, QwenVLConfig, VisionConfig
     d = tmp_path_factory.mktemp("tiny")
     tok = build_tokenizer(["Is there a fracture of the left femur? What organ is enlarged in this image? "

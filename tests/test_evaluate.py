@@ -313,8 +313,9 @@ def make_tiny_checkpoint(out_dir, texts):
     whose special-token ids the config uses, and a preprocessor_config.json (small pixel budget)."""
     import torch
     import data
+    import synthetic
     from infimed import QwenVL, QwenVLConfig, VisionConfig
-    tok = data.build_tokenizer(texts, out_dir, vocab_size=400)
+    tok = synthetic.build_tokenizer(texts, out_dir, vocab_size=400)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),

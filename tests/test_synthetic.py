@@ -1,4 +1,5 @@
-"""The synthetic medical VQA set: disjoint splits, answers derivable from the scene, determinism.
+"""The synthetic medical VQA set: disjoint splits, answers derivable from the scene, determinism;
+the locally trained tokenizer with the real Qwen special tokens and chat template.
 
     python -m pytest -q tests/test_synthetic.py
 """
@@ -12,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import conftest
+import data
 import synthetic as S
 from sources import load_source
 
@@ -156,3 +159,40 @@ def test_cli_writes_the_set(tmp_path):
     assert res.exit_code == 0, res.output
     assert "train: 12 questions on 4 images" in res.output
     assert len(read_jsonl(tmp_path / "test.jsonl")) == 6
+
+
+# ----------------------------------------------------------------------------- tokenizer
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    corpus = ["Is there a lesion in this CT scan? Yes, a small bright circle on the left side."] * 20
+    return S.build_tokenizer(corpus, str(tmp_path_factory.mktemp("tok")), vocab_size=400)
+
+
+def test_build_tokenizer_appends_qwen_special_tokens_in_real_order(tok):
+    ids = [tok.convert_tokens_to_ids(t) for t in data.SPECIAL_TOKENS]
+    first = ids[0]
+    assert ids == list(range(first, first + len(data.SPECIAL_TOKENS)))  # 151643.. in Qwen2
+    assert first == len(tok) - len(data.SPECIAL_TOKENS)  # right after the BPE vocabulary
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert tok.bos_token is None
+
+
+def test_build_tokenizer_directory_loads_in_transformers_with_chat_template(tok, tmp_path):
+    from transformers import AutoTokenizer
+    tok.save_pretrained(str(tmp_path))
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+        real = f.read()
+    assert again.chat_template == real
+    assert data.load_tokenizer(str(tmp_path)).encode("<|image_pad|> liver") == tok.encode(
+        "<|image_pad|> liver")
+
+
+def test_chat_template_constant_is_the_real_file_byte_for_byte():
+    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+        assert S.QWEN2_5_VL_CHAT_TEMPLATE == f.read()
+
+
+def test_tokenizer_is_byte_level_and_round_trips_any_text(tok):
+    text = "Ünïcödé 🩺 CT: 3.5 cm\n\tlesion"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text

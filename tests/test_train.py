@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import data
+import synthetic
 import train
 from infimed import QwenVL, QwenVLConfig, VisionConfig
 from train import TrainConfig
@@ -67,7 +68,7 @@ def setup(tmp_path_factory):
     """A tiny model dir (config, safetensors, tokenizer) and train JSONL files."""
     root = str(tmp_path_factory.mktemp("train"))
     texts = ["What color is the square? The square is red green blue yellow. Say times."] * 20
-    tok = data.build_tokenizer(texts, os.path.join(root, "model"), vocab_size=300)
+    tok = synthetic.build_tokenizer(texts, os.path.join(root, "model"), vocab_size=300)
     torch.manual_seed(0)
     QwenVL(tiny_config(tok)).save_pretrained(os.path.join(root, "model"))
     paths = {}
@@ -299,7 +300,7 @@ def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
         assert os.path.exists(os.path.join(ckpt, name)), name
     assert json.load(open(os.path.join(ckpt, "preprocessor_config.json")))["max_pixels"] == 12544
     tok = AutoTokenizer.from_pretrained(ckpt)
-    assert tok.chat_template == data.QWEN2_5_VL_CHAT_TEMPLATE
+    assert tok.chat_template == synthetic.QWEN2_5_VL_CHAT_TEMPLATE
     hf, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     proc = data.ImageProcessor(min_pixels=3136, max_pixels=12544)
