@@ -60,6 +60,9 @@ _NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group
 _ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
                             r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
 _DECOR = "*()[]\"'`“”‘’ \t\n"
+# an option letter right after an option text: "CT (B)", "CT B", "CT, option B", "CT - B"
+_LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\*]*([A-Z])|[\(\[]([a-z])[\)\]])"
+                                r"(?![\w'’]|-\w|\.\w)")
 
 
 def _opt_text(text):
@@ -113,12 +116,18 @@ def _cue_choice(text, options):
                     after.strip().lower().startswith(_opt_text(options[c.upper()])):
                 found.append((m.end() + lm.start(1), lm.group(1).upper()))
                 continue
-        # "the answer is ultrasound": an option text right after the cue (longest first)
-        head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest).lower()
+        # "the answer is ultrasound": an option text right after the cue (longest first). When a
+        # letter follows the text ("Answer: CT (B)"), it must be that text's letter: "Answer: CT A"
+        # with A another option commits to a letter the cue does not settle; the letter rules do.
+        head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest)
+        low = head.lower() if len(head.lower()) == len(head) else head  # keep offsets aligned
         for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
             t = _opt_text(t)
-            if t and head.startswith(t) and not re.match(r"\w", head[len(t):len(t) + 1]):
-                found.append((m.end(), letter))
+            if t and low.startswith(t) and not re.match(r"\w", low[len(t):len(t) + 1]):
+                then = _LETTER_AFTER_TEXT.match(head[len(t):])
+                named = (then.group(1) or then.group(2)).upper() if then else None
+                if named is None or named == letter or named not in options:
+                    found.append((m.end(), letter))
                 break
     for m in _CUE_AFTER.finditer(text):
         c = m.group(2)
@@ -164,7 +173,9 @@ def parse_choice(response, options):
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', or a cue followed by an option's text.
+         'Option B is correct', 'C: correct', or a cue followed by an option's text ('the answer
+         is ultrasound'; when a letter follows the text it must be that text's: 'Answer: CT A',
+         A naming another option, is left to rule 4 and counts as A).
       4. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
          'B-cell', names ('hepatitis B', 'panel A'), letters inside a quoted option text, and

@@ -43,6 +43,10 @@ PARSE_CASES = [
     # option text only
     ("Ultrasound", O4, "D"), ("computed tomography.", O4, "C"), ("It is an ultrasound image.", O4, "D"),
     ("The answer is ultrasound.", O4, "D"), ("This is a magnetic resonance imaging scan of the brain.", O4, "B"),
+    # option text then a letter: the letter must agree, else the letter decides (as VLMEvalKit's rule)
+    ("Answer: Ultrasound (D)", O4, "D"), ("The answer is ultrasound, option D.", O4, "D"),
+    ("Answer: Ultrasound A", O4, "A"), ("The answer is ultrasound, option B.", O4, "B"),
+    ("The answer is ultrasound. A is wrong.", O4, "D"), ("Answer: ultrasound (b)", O4, "B"),
     # the article A
     ("A lesion is seen in the right lobe on computed tomography.", O4, "C"),
     ("A computed tomography scan of the abdomen.", O4, "C"),
