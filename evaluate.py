@@ -120,11 +120,11 @@ def _cue_choice(text, options):
         # letter follows the text ("Answer: CT (B)"), it must be that text's letter: "Answer: CT A"
         # with A another option commits to a letter the cue does not settle; the letter rules do.
         head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest)
-        low = head.lower() if len(head.lower()) == len(head) else head  # keep offsets aligned
         for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
             t = _opt_text(t)
-            if t and low.startswith(t) and not re.match(r"\w", low[len(t):len(t) + 1]):
-                then = _LETTER_AFTER_TEXT.match(head[len(t):])
+            hit = t and re.match(re.escape(t) + r"(?!\w)", head, re.I)
+            if hit:
+                then = _LETTER_AFTER_TEXT.match(head, hit.end())
                 named = (then.group(1) or then.group(2)).upper() if then else None
                 if named is None or named == letter or named not in options:
                     found.append((m.end(), letter))
