@@ -21,12 +21,16 @@ local features are hard to learn from scratch; `SynthConfig` holds every knob.
 
 `build_tokenizer` is the stand-in for a downloaded tokenizer: a small byte-level BPE trained on
 the demo's text that carries the real Qwen2 special tokens and Qwen2.5-VL chat template.
+`pretrain_vision` is the stand-in for Qwen2.5-VL's pretrained vision tower: it trains a random
+tower to state what the training captions say (`caption_labels`) through linear heads on the mean
+of its output tokens, a path short enough to teach it lesion shape and side within a minute.
 """
 import hashlib
 import json
 import math
 import os
 import random
+import re
 from dataclasses import asdict, dataclass
 
 import click
@@ -302,6 +306,67 @@ def generate(out_dir, n_train=20000, n_test=500, seed=0, image_size=112, cfg=Non
         if name.startswith(("train_", "test_")) and name not in written:
             os.remove(os.path.join(out_dir, "images", name))
     return summary
+
+
+# -------------------------------------------------------- captions -> labels, vision pretraining
+def caption_attributes(text):
+    """{attribute: the one value of it that `text` names, or None} for a lesion's shape,
+    brightness, size and side: 'a large dark square on the left side' -> large, dark, square, left."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    named = {a: [v for v in CHOICES[a] if v in words] for a in LESION_SKILLS}
+    return {a: v[0] if len(v) == 1 else None for a, v in named.items()}
+
+
+CAPTION_COUNTS = {"no": 0, "one": 1, "two": 2, "three": 3}
+
+
+def caption_labels(text):
+    """The class labels a caption (see `caption`) states, as indices into CHOICES: modality,
+    lesion count and, for a single lesion, shape, brightness, size and side; -100 (what the loss
+    ignores) for what it does not state.
+    'An MRI scan showing one lesion: a large dark square on the left side.' -> MRI, 1, square, ..."""
+    words = re.findall(r"[a-z-]+", text.lower())
+    modality = [i for i, m in enumerate(CHOICES["modality"]) if m.lower() in words]
+    count = [CAPTION_COUNTS[w] for w in words if w in CAPTION_COUNTS]  # "no visible lesion", "two lesions"
+    labels = {"modality": modality[0] if len(modality) == 1 else -100, "count": count[0] if len(count) == 1 else -100}
+    for a, v in caption_attributes(text).items():
+        labels[a] = CHOICES[a].index(v) if v is not None and labels["count"] == 1 else -100
+    return labels
+
+
+def pretrain_vision(model, pixel_values, grid_thw, labels, steps, lr, batch, seed, log=print):
+    """Trains model.visual (tower and merger) to state each label from the mean of an image's merged
+    tokens, through one linear head per label that is thrown away afterwards. pixel_values
+    (n_images, patches, dim), one grid_thw (1, 3) for all; labels {name: (n_images,) class indices,
+    -100 = unknown}, each name a key of CHOICES. AdamW, warmup then cosine (train.lr_at). Returns
+    predict(pixel_values) -> {name: logits}, to probe what the tower has learned."""
+    import torch
+    import torch.nn.functional as F
+    import train
+    vis, width = model.visual, model.config.vision.out_hidden_size
+    torch.manual_seed(seed)
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(CHOICES[k])) for k in labels})
+    sched = train.TrainConfig(lr=lr, warmup_ratio=0.05)
+    opt = torch.optim.AdamW(list(vis.parameters()) + list(heads.parameters()), lr=lr, weight_decay=0.0)
+    order = torch.Generator().manual_seed(seed)
+
+    def predict(x):
+        h = vis(x.flatten(0, 1), grid_thw.repeat(len(x), 1)).view(len(x), -1, width).mean(1)
+        return {k: head(h) for k, head in heads.items()}
+
+    for step in tqdm(range(steps), desc="vision pretraining"):
+        for g in opt.param_groups:
+            g["lr"] = train.lr_at(step, steps, sched)
+        idx = torch.randint(0, len(pixel_values), (batch,), generator=order)
+        out = predict(pixel_values[idx])
+        known = {k: labels[k][idx] >= 0 for k in heads}
+        loss = sum(F.cross_entropy(out[k][m], labels[k][idx][m]) for k, m in known.items() if m.any())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 200 == 0 or step + 1 == steps:
+            log(f"step {step + 1}: loss {loss.item():.3f}")
+    return predict
 
 
 # ----------------------------------------------------------------------------- tokenizer

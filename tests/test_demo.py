@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import demo
+import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +46,19 @@ def test_base_checkpoint_is_a_hub_style_directory(out):
     assert cfg["model_type"] == "qwen2_5_vl" and cfg["vocab_size"] % 64 == 0
 
 
+def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
+    import torch
+    from infimed import QwenVL
+    base = QwenVL.from_pretrained(os.path.join(out, "base"))
+    torch.manual_seed(demo.DemoConfig().seed)  # the seed stage_model initialises with
+    fresh = QwenVL(base.config)
+    same = {k for k, v in base.state_dict().items() if torch.equal(v, fresh.state_dict()[k])}
+    assert all(not k.startswith("visual.") for k in same)  # tower and merger were trained
+    assert all(k in same for k in base.state_dict() if not k.startswith("visual."))
+    with open(os.path.join(out, "vision_probe.json")) as f:
+        assert set(json.load(f)) == set(synthetic.CHOICES)  # one probe per caption label
+
+
 def test_curation_removes_every_planted_benchmark_item(out):
     with open(os.path.join(out, "curate", "summary.json")) as f:
         s = json.load(f)
@@ -76,14 +90,6 @@ def test_both_models_are_evaluated_with_shuffled_options(out):
         assert s["shuffle"]["n_scored"] == s["base"]["n_mc"] > 0
 
 
-def test_caption_attributes_reads_each_value_from_the_words():
-    said = demo.caption_attributes("An MRI scan showing one lesion: a large dark square on the left side.")
-    assert said == {"shape": "square", "brightness": "dark", "size": "large", "side": "left"}
-    # a word inside another word does not count; two values of one attribute name neither
-    said = demo.caption_attributes("A CT scan: a small or large circles, brightly lit, leftover.")
-    assert said == {"shape": None, "brightness": None, "size": None, "side": None}
-
-
 def test_single_lesion_scans_are_captioned_and_checked(out):
     test = read_jsonl(os.path.join(out, "synth", "test.jsonl"))
     lesion = {r["images"][0]: r["meta"]["lesions"][0] for r in test if len(r["meta"]["lesions"]) == 1}
@@ -91,7 +97,7 @@ def test_single_lesion_scans_are_captioned_and_checked(out):
         rows = read_jsonl(os.path.join(out, "eval", name, "captions.jsonl"))
         assert sorted(r["image"] for r in rows) == sorted(lesion)
         for r in rows:
-            assert r["named"] == demo.caption_attributes(r["caption"])
+            assert r["named"] == synthetic.caption_attributes(r["caption"])
             assert r["correct"] == {a: r["named"][a] == lesion[r["image"]][a] for a in r["named"]}
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
@@ -110,6 +116,6 @@ def test_report_and_plots_are_written(out):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "timings.json")) as f:
-        assert {"data", "model", "curate", "train", "eval base", "eval trained", "captions base", "captions trained",
-                "total"} <= set(json.load(f))
+        assert {"data", "model", "vision", "curate", "train", "eval base", "eval trained", "captions base",
+                "captions trained", "total"} <= set(json.load(f))
 

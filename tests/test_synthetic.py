@@ -161,6 +161,51 @@ def test_cli_writes_the_set(tmp_path):
     assert len(read_jsonl(tmp_path / "test.jsonl")) == 6
 
 
+# ------------------------------------------------------- captions -> labels, vision pretraining
+def test_caption_attributes_reads_each_value_from_the_words():
+    said = S.caption_attributes("An MRI scan showing one lesion: a large dark square on the left side.")
+    assert said == {"shape": "square", "brightness": "dark", "size": "large", "side": "left"}
+    # a word inside another word does not count; two values of one attribute name neither
+    said = S.caption_attributes("A CT scan: a small or large circles, brightly lit, leftover.")
+    assert said == {"shape": None, "brightness": None, "size": None, "side": None}
+
+
+def test_caption_labels_invert_the_caption_of_every_scene():
+    rng, cfg = np.random.default_rng(0), S.SynthConfig()
+    for _ in range(200):
+        _, modality, lesions = S.make_scan(rng, cfg)
+        labels = S.caption_labels(S.caption(modality, lesions))
+        assert labels["modality"] == S.CHOICES["modality"].index(modality)
+        assert labels["count"] == len(lesions)
+        for a in S.LESION_SKILLS:  # stated only for a single lesion
+            assert labels[a] == (S.CHOICES[a].index(lesions[0][a]) if len(lesions) == 1 else -100)
+
+
+def test_pretrain_vision_teaches_the_tower_only(tok):
+    import torch
+    from infimed import QwenVL, QwenVLConfig, VisionConfig
+    vision = VisionConfig(depth=1, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=2)
+    torch.manual_seed(0)
+    model = QwenVL(QwenVLConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=1, mrope_section=[2, 1, 1], vision=vision))
+    cfg, rng = S.SynthConfig(image_size=56), np.random.default_rng(0)
+    ip = data.ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+    scans = [S.make_scan(rng, cfg) for _ in range(320)]
+    x = torch.stack([ip([Image.fromarray(pixels)])[0] for pixels, _, _ in scans])
+    labels = [S.caption_labels(S.caption(m, lesions)) for _, m, lesions in scans]
+    y = {k: torch.tensor([r[k] for r in labels]) for k in ("modality", "brightness")}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predict = S.pretrain_vision(model, x[:256], torch.tensor([[1, 4, 4]]), {k: v[:256] for k, v in y.items()},
+                                steps=150, lr=3e-3, batch=32, seed=0, log=lambda _: None)
+    with torch.no_grad():
+        out = predict(x[256:])
+    acc = {k: float((out[k].argmax(-1) == y[k][256:])[y[k][256:] >= 0].float().mean()) for k in y}
+    assert acc["modality"] >= 0.95 and acc["brightness"] >= 0.8, acc  # held out; chance 0.25 and 0.5
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("visual.") for k in changed)
+    assert any(k.startswith("visual.blocks.") for k in changed) and any(k.startswith("visual.merger.") for k in changed)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
