@@ -213,13 +213,16 @@ def stage_vision(cfg, paths):
     import torch
     import data
     import synthetic
-    from infimed import QwenVL
+    from infimed import QwenVL, QwenVLConfig
     settings = {"vision_steps": cfg.vision_steps, "vision_lr": cfg.vision_lr, "vision_batch": cfg.vision_batch,
                 "seed": cfg.seed, "base_built": os.path.getmtime(paths["base_done"])}
     if done(paths["vision_done"], settings):
         print("(already pretrained)")
         return
-    model = QwenVL.from_pretrained(paths["base"])
+    # from the same random init as stage_model (same config and seed), never from an earlier
+    # pretraining: a rerun with other settings gives what a fresh run gives
+    torch.manual_seed(cfg.seed)
+    model = QwenVL(QwenVLConfig.from_pretrained(paths["base"]))
     ip = data.ImageProcessor.from_pretrained(paths["base"])
     x, grid, labels = caption_set(paths, "train", ip)  # training scans only: the benchmark's never
     predict = synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch,
@@ -573,14 +576,18 @@ def stage_report(cfg, paths, evals, captions, timings):
 
 
 # ------------------------------------------------------------------------------------ main
+def demo_paths(out):
+    """Every stage's output folder or file under `out`, and its done-marker."""
+    names = {"synth": "synth", "base": "base", "curate": "curate", "run": "run", "eval": "eval",
+             "vision_probe": "vision_probe.json"}
+    names.update({f"{stage}_done": f"{stage}.done" for stage in ("synth", "base", "vision", "curate", "run")})
+    return {"out": out, **{k: os.path.join(out, v) for k, v in names.items()}}
+
+
 def demo(cfg):
     import train
     out = cfg.out
-    paths = {"out": out, "synth": os.path.join(out, "synth"), "base": os.path.join(out, "base"),
-             "curate": os.path.join(out, "curate"), "run": os.path.join(out, "run"), "eval": os.path.join(out, "eval")}
-    paths.update(synth_done=os.path.join(out, "synth.done"), base_done=os.path.join(out, "base.done"),
-                 vision_done=os.path.join(out, "vision.done"), vision_probe=os.path.join(out, "vision_probe.json"),
-                 curate_done=os.path.join(out, "curate.done"), run_done=os.path.join(out, "run.done"))
+    paths = demo_paths(out)
     os.makedirs(paths["eval"], exist_ok=True)
     timings, total = {}, Clock()
 

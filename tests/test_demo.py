@@ -59,6 +59,17 @@ def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
         assert set(json.load(f)) == set(synthetic.CHOICES)  # one probe per caption label
 
 
+def test_vision_pretraining_rerun_starts_from_the_same_init(out):
+    import torch
+    from infimed import QwenVL
+    paths = demo.demo_paths(out)
+    first = QwenVL.from_pretrained(paths["base"]).state_dict()
+    os.remove(paths["vision_done"])  # as if a setting had changed: the stage runs again
+    demo.stage_vision(demo.replace(demo.DemoConfig(out=out), **demo.QUICK), paths)
+    again = QwenVL.from_pretrained(paths["base"]).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)  # not pretrained on top of itself
+
+
 def test_curation_removes_every_planted_benchmark_item(out):
     with open(os.path.join(out, "curate", "summary.json")) as f:
         s = json.load(f)
