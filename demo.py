@@ -614,11 +614,11 @@ def demo(cfg):
 
     say("2b. Vision pretraining (synthetic.pretrain_vision)",
         "Qwen2.5-VL starts from a pretrained vision tower; this one is random, and trained only through the "
-        "language model it learned whole-image cues (modality, brightness) while its captions named a lesion's side "
-        "at chance (44%) and its shape in 44% of scans (chance 33%). So first the tower and merger learn, from the training captions, to state what each caption says "
-        "(modality, count, lesion shape, brightness, size, side) through throw-away linear heads, "
-        f"{cfg.vision_steps} steps. Their accuracy on the benchmark scans is printed; SFT then refines the tower "
-        "at a low learning rate.")
+        "language model it learned whole-image cues (modality, brightness) while its captions named a lesion's "
+        "side at chance (44%) and its shape in 44% of scans (chance 33%). So first the tower and merger learn, "
+        "from the training captions, to state what each caption says (modality, count, lesion shape, brightness, "
+        f"size, side) through throw-away linear heads, {cfg.vision_steps} steps. Their accuracy on the benchmark "
+        "scans is printed; SFT then refines the tower at a low learning rate.")
     timed("vision", stage_vision, cfg, paths)
 
     say("3. Curation (curate.py, decontaminate.py)",

@@ -28,7 +28,8 @@ QUESTIONS = ["Is there a lesion in the left lung?", "Which imaging modality was 
 
 def build(root):
     """A small Qwen2.5-VL checkpoint (random weights) with its tokenizer and image processor."""
-    tok = synthetic.build_tokenizer([" ".join(QUESTIONS) + " yes no CT MRI X-ray ultrasound"] * 20, root, vocab_size=600)
+    text = " ".join(QUESTIONS) + " yes no CT MRI X-ray ultrasound"
+    tok = synthetic.build_tokenizer([text] * 20, root, vocab_size=600)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
