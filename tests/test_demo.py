@@ -60,14 +60,27 @@ def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
 
 
 def test_vision_pretraining_rerun_starts_from_the_same_init(out):
-    import torch
+    """Rerunning the stage (its marker gone) pretrains the stage-2 random init again, not the tower
+    it already pretrained. Two runs agree closely but not bit for bit: the demo ran the first in
+    another process, and multi-threaded float sums in the backward pass need not add up in the
+    same order (measured: about one run in three differed, by at most 6e-5 after the quick run's 40
+    steps). Pretraining on top of the pretrained tower moves weights by 2e-2."""
+    import data
     from infimed import QwenVL
     paths = demo.demo_paths(out)
+    cfg = demo.replace(demo.DemoConfig(out=out), **demo.QUICK)
     first = QwenVL.from_pretrained(paths["base"]).state_dict()
     os.remove(paths["vision_done"])  # as if a setting had changed: the stage runs again
-    demo.stage_vision(demo.replace(demo.DemoConfig(out=out), **demo.QUICK), paths)
-    again = QwenVL.from_pretrained(paths["base"]).state_dict()
-    assert all(torch.equal(first[k], again[k]) for k in first)  # not pretrained on top of itself
+    demo.stage_vision(cfg, paths)
+    model = QwenVL.from_pretrained(paths["base"])
+    again = {k: v.clone() for k, v in model.state_dict().items()}
+    drift = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert drift(first, again) <= 1e-3
+    # what the stage must not do: continue from its own output
+    x, grid, labels = demo.caption_set(paths, "train", data.ImageProcessor.from_pretrained(paths["base"]))
+    synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch, cfg.seed,
+                              log=lambda line: None)
+    assert drift(again, model.state_dict()) >= 1e-2
 
 
 def test_curation_removes_every_planted_benchmark_item(out):
