@@ -8,9 +8,11 @@ GPU) and "small" (matrix products dominate on a CPU). CPU fp32 here; bf16 on a G
 Both wall-clock and process CPU seconds are reported (medians of interleaved runs). One torch
 thread by default: on a shared 2-core machine multi-threaded timings of many small operations
 swing by 10x from run to run (pass --threads 0 for torch's default).
-On a CPU the last line per size is a bound: transformers' generate time over the time our
-generate spends inside matrix-product and attention kernels (torch profiler, self time), work
-that any implementation with the same outputs repeats; the rest of our time is overhead.
+On a CPU the "bound" line per size is transformers' generate time over the time our generate
+spends inside matrix-product and attention kernels (torch profiler, self time), work that any
+implementation with the same outputs repeats; the rest of our time is overhead. The last lines
+(--no-compile skips them) time both generators with torch.compile, compilation excluded and
+printed apart: ours compiles its decode step, transformers its forward over a static cache.
 
     python bench/bench_model.py
 """
@@ -100,9 +102,11 @@ def row(name, t, scale=1.0, digits=3):
 @click.option("--sizes", default="tiny,small", help="comma-separated: tiny, small")
 @click.option("--rows", default=8)
 @click.option("--new-tokens", default=64)
-@click.option("--repeat", default=3, help="interleaved timed runs per measure")
+@click.option("--repeat", default=5, help="interleaved timed runs per measure")
 @click.option("--threads", default=1, help="torch CPU threads (0: torch default)")
-def main(sizes, rows, new_tokens, repeat, threads):
+@click.option("--compile/--no-compile", "compiled", default=True,
+              help="also time generation with both decoders compiled (torch.compile; a C++ compiler on CPU)")
+def main(sizes, rows, new_tokens, repeat, threads, compiled):
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,12 +130,12 @@ def main(sizes, rows, new_tokens, repeat, threads):
         t_fb, _ = compare(lambda: fwd_bwd(hf, mm_token_type_ids=mm), lambda: fwd_bwd(ours), repeat)
         hf.eval(), ours.eval()
 
-        def hf_gen(n):
+        def hf_gen(n, **extra):
             with torch.no_grad():
                 return hf.generate(**b, mm_token_type_ids=mm, max_new_tokens=n, min_new_tokens=n,
-                                   do_sample=False, eos_token_id=None, pad_token_id=0)
+                                   do_sample=False, eos_token_id=None, pad_token_id=0, **extra)
 
-        ours_gen = lambda n: ours.generate(**b, max_new_tokens=n, stop_token_ids=[])
+        ours_gen = lambda n, **extra: ours.generate(**b, max_new_tokens=n, stop_token_ids=[], **extra)
         t_gen, (ref, got) = compare(lambda: hf_gen(new_tokens), lambda: ours_gen(new_tokens), repeat)
         t_pre, (ref1, got1) = compare(lambda: hf_gen(1), lambda: ours_gen(1), repeat)
         L = b["input_ids"].shape[1]
@@ -145,6 +149,33 @@ def main(sizes, rows, new_tokens, repeat, threads):
             kernels = kernel_seconds(lambda: ours_gen(new_tokens))
             print(f"| {size}: generate, bound | in kernels {kernels:.3f} s of our {t_gen[1]:.3f} s | "
                   f"at most {t_gen[0] / kernels:.2f}x | | | |")
+        if compiled:
+            compiled_rows(size, hf_gen, ours_gen, ref[:, L:].tolist(), new_tokens, repeat)
+
+
+def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat):
+    """Both decoders through torch.compile, compilation excluded (its time is printed): ours
+    compiles its fused decode step (generate(compile=True)); transformers compiles its forward
+    over a static cache (its documented route; it does so by itself on GPUs only, so CPU is
+    switched on, and its default "reduce-overhead" mode is CUDA graphs, so "default" here)."""
+    from transformers import CompileConfig
+    # compiled code is cached per Python function, across models: without a reset the second
+    # size would get a graph with symbolic sizes (automatic dynamic shapes), as another process won't
+    torch._dynamo.reset()
+    cc = CompileConfig(mode="default" if not torch.cuda.is_available() else "reduce-overhead")
+    cc._compile_all_devices = True
+    hf_c = lambda n: hf_gen(n, cache_implementation="static", compile_config=cc)
+    ours_c = lambda n: ours_gen(n, compile=True)
+    first = []
+    for fn in (hf_c, ours_c):  # the first call for a shape compiles
+        t = time.perf_counter()
+        fn(new_tokens)
+        first.append(time.perf_counter() - t)
+    t_gen, (ref, got) = compare(lambda: hf_c(new_tokens), lambda: ours_c(new_tokens), repeat)
+    L = ref.shape[1] - new_tokens
+    same = ref[:, L:].tolist() == got == tokens
+    print(row(f"{size}: generate, both compiled (s){'' if same else ' (TOKENS DIFFER)'}", t_gen))
+    print(f"| {size}: generate, compiling (first call, s) | {first[0]:.1f} | {first[1]:.1f} | | | | |")
 
 
 KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
