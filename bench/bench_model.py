@@ -159,8 +159,9 @@ def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat):
     over a static cache (its documented route; it does so by itself on GPUs only, so CPU is
     switched on, and its default "reduce-overhead" mode is CUDA graphs, so "default" here)."""
     from transformers import CompileConfig
-    # compiled code is cached per Python function, across models: without a reset the second
-    # size would get a graph with symbolic sizes (automatic dynamic shapes), as another process won't
+    # compiled code is cached per Python function, across models: without a reset the second size
+    # would get a graph with symbolic sizes (automatic dynamic shapes), where its own process
+    # would compile fixed ones
     torch._dynamo.reset()
     cc = CompileConfig(mode="default" if not torch.cuda.is_available() else "reduce-overhead")
     cc._compile_all_devices = True

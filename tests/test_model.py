@@ -300,8 +300,8 @@ def test_bf16_load_runs_close_to_fp32(pair):
 # -------------------------------------------------------------------- generation
 def test_compiled_decode_gives_the_eager_tokens(pair):
     """generate(compile=True) runs the fused decode step through torch.compile: the same tokens as
-    the eager step on left-padded rows with images, greedy and sampled, and a second call with
-    another prompt length reuses the compiled step's code path (recompiling for the new shape)."""
+    the eager step on left-padded rows with images, greedy and sampled, and on one unpadded row
+    (another batch size and cache length, so compiled again with those sizes symbolic)."""
     _, ours, _ = pair
     batch = make_batch("left")
     for kw in (dict(stop_token_ids=[]), dict(stop_token_ids=[], temperature=1.0, top_p=0.9, seed=5)):
