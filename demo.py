@@ -487,9 +487,10 @@ def stage_report(cfg, paths, evals, captions, timings):
     results = {}
     for name, d in evals.items():
         s = overall(d)
-        acc = {k: a for k, (_, a) in per_skill(d, test).items()}
+        counts = per_skill(d, test)
+        acc = {k: a for k, (_, a) in counts.items()}
         acc["overall"] = s["base"]["accuracy"]
-        results[name] = {"summary": s, "skills": acc, "counts": per_skill(d, test), "forms": per_skill(d, test, "form")}
+        results[name] = {"summary": s, "skills": acc, "counts": counts, "forms": per_skill(d, test, "form")}
     plots(paths, log, skills, skill_chance, [(n, r["skills"]) for n, r in results.items()])
     table = subprocess.run([sys.executable, "evaluate.py", "compare"] + list(evals.values()), cwd=HERE,
                            capture_output=True, text=True, check=True).stdout.strip()
