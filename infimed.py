@@ -269,8 +269,9 @@ class VisionTower(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg)
 
-    def forward(self, pixel_values, grid_thw, ckpt=False):
-        """pixel_values (N, C*T*P*P) patch rows, grid_thw (n_images, 3) -> (N / 4, out_hidden_size)."""
+    def forward(self, pixel_values, grid_thw, ckpt=False, blocks=None):
+        """pixel_values (N, C*T*P*P) patch rows, grid_thw (n_images, 3) -> (N / 4, out_hidden_size).
+        `blocks`: callables standing in for self.blocks (their compiled versions, from generate)."""
         cfg, unit = self.cfg, self.cfg.spatial_merge_size ** 2
         n_patches = int(grid_thw.prod(-1).sum())
         if pixel_values.shape[0] != n_patches:
@@ -292,7 +293,7 @@ class VisionTower(nn.Module):
         ang = torch.cat([ang, ang], -1)[:, None]
         cos, sin = ang.cos(), ang.sin()
         full, local = Segments(frame_lens, dev), Segments(window_lens, dev)
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks if blocks is None else blocks):
             seg = full if i in cfg.fullatt_block_indexes else local
             if ckpt:
                 x = checkpoint(blk, x, cos, sin, seg, use_reentrant=False)
@@ -443,13 +444,14 @@ class QwenVL(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ----- forward
-    def embed(self, input_ids, pixel_values=None, image_grid_thw=None):
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, vision_blocks=None):
         x = self.model.embed_tokens(input_ids)
         if pixel_values is None:
             return x
         if image_grid_thw is None:
             raise ValueError("pixel_values given without image_grid_thw")
-        feats = self.visual(pixel_values, image_grid_thw, ckpt=self.gradient_checkpointing and self.training)
+        feats = self.visual(pixel_values, image_grid_thw, ckpt=self.gradient_checkpointing and self.training,
+                            blocks=vision_blocks)
         is_img = input_ids == self.config.image_token_id
         if int(is_img.sum()) != feats.shape[0]:
             raise ValueError(f"{int(is_img.sum())} image tokens in input_ids but the images give "
@@ -592,15 +594,20 @@ class QwenVL(nn.Module):
             x = torch.addmm(x, layer.mlp.act(gate) * up, w["down"])
         return (lm_head @ self.model.norm(x).t()).t().float()  # (V, D) @ (D, B): as fast as a (D, V) copy
 
-    def compiled_decode_step(self):
-        """decode_step through torch.compile, built on first use and kept for later calls. It fuses
-        the step's ~30 small ops per layer (norms, rotary, cache writes, SwiGLU) into a few
-        kernels; on a CPU it needs a C++ compiler. The first call with a new cache length, and the
-        first with a new batch size, compile once more with that size symbolic (torch.compile's
-        automatic dynamic shapes); later sizes reuse those (measured: 3 compilations for 5 shapes)."""
-        if "_compiled_step" not in self.__dict__:
-            self.__dict__["_compiled_step"] = torch.compile(self.decode_step)
-        return self.__dict__["_compiled_step"]
+    def compiled(self):
+        """(decode_step, decoder layers, vision blocks) through torch.compile, for generate(compile=
+        True); built on first use and kept for later calls. Compiling fuses the many small ops
+        (norms, rotary, cache writes, SwiGLU: a third of a CPU prefill's time) into a few kernels;
+        on a CPU it needs a C++ compiler. A new size (cache length, batch, prompt length, image
+        layout) compiles once more with that size symbolic (torch.compile's automatic dynamic
+        shapes; measured: 3 compilations for 5 shapes of the decode step). The compiled layers
+        share this model's parameters and are kept outside its modules: training, state_dict and
+        save_pretrained see the model as it was."""
+        if "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = (torch.compile(self.decode_step),
+                                          [torch.compile(layer) for layer in self.model.layers],
+                                          [torch.compile(block) for block in self.visual.blocks])
+        return self.__dict__["_compiled"]
 
     @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad per op)
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -613,9 +620,9 @@ class QwenVL(nn.Module):
         Images are encoded once at prefill; decoding reuses a preallocated key/value cache.
         fused=True decodes with decode_weights() (faster; copies most of the decoder's weights for
         the call's duration); fused=False runs the layers' own forward (the same tokens).
-        compile=True runs the fused step through torch.compile (compiled_decode_step): the first
-        call pays the compilation (measured on a 2-core CPU: 5-25 s), later calls decode faster
-        (bench/bench_model.py: 1.8 vs 2.5 ms per token on its "small" model, the same tokens)."""
+        compile=True runs the prefill's vision blocks and decoder layers and the fused decode step
+        through torch.compile (compiled()): the first call pays the compilation (measured in
+        bench/bench_model.py on a 2-core CPU: 2.5-17 s), later calls run faster, same tokens."""
         cfg = self.config
         B, L = input_ids.shape
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -626,9 +633,12 @@ class QwenVL(nn.Module):
             stop_token_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         stops = torch.tensor(stop_token_ids, dtype=torch.long, device=input_ids.device)
         gen = torch.Generator(input_ids.device).manual_seed(seed) if seed is not None else None
+        if compile and not fused:
+            raise ValueError("compile=True compiles the fused decode step: it needs fused=True")
+        decode, layers, blocks = self.compiled() if compile else (self.decode_step, self.model.layers, None)
         pos, deltas = rope_index(input_ids, image_grid_thw, mask, cfg.image_token_id, cfg.vision.spatial_merge_size)
         next_pos = deltas + mask.sum(1)  # M-RoPE position of the first generated token, per row
-        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        x = self.embed(input_ids, pixel_values, image_grid_thw, vision_blocks=blocks)
         T = L + max_new_tokens
         shape = (B, cfg.num_key_value_heads, T, cfg.head_dim)
         caches = [(x.new_zeros(shape), x.new_zeros(shape)) for _ in self.model.layers]
@@ -643,13 +653,10 @@ class QwenVL(nn.Module):
         steps = next_pos[:, None] + torch.arange(max_new_tokens, device=x.device)
         dec_cos, dec_sin = (t.permute(2, 0, 1, 3) for t in mrope_cos_sin(steps.expand(3, -1, -1), cfg, x.dtype))
         slot = torch.arange(L, T, device=x.device)[:, None]  # step n writes cache slot L + n
-        if compile and not fused:
-            raise ValueError("compile=True compiles the fused decode step: it needs fused=True")
         weights = self.decode_weights() if fused else None
-        decode = self.compiled_decode_step() if compile else self.decode_step
 
         def step(x, cos, sin, start, attn):
-            for i, (layer, cache) in enumerate(zip(self.model.layers, caches)):  # the last layer's
+            for i, (layer, cache) in enumerate(zip(layers, caches)):  # the last layer's
                 x = layer(x, cos, sin, attn, cache, start, last=i == len(caches) - 1)  # other rows are unused
             return self.logits(self.model.norm(x[:, -1]))
 

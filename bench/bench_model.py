@@ -154,10 +154,12 @@ def main(sizes, rows, new_tokens, repeat, threads, compiled):
 
 
 def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat):
-    """Both decoders through torch.compile, compilation excluded (its time is printed): ours
-    compiles its fused decode step (generate(compile=True)); transformers compiles its forward
-    over a static cache (its documented route; it does so by itself on GPUs only, so CPU is
-    switched on, and its default "reduce-overhead" mode is CUDA graphs, so "default" here)."""
+    """Both generate()s through torch.compile, compilation excluded (its time is printed): ours
+    compiles its vision blocks and decoder layers for the prefill and its fused decode step
+    (generate(compile=True)); transformers compiles its forward over a static cache for the
+    decode steps, its prefill runs eager (its documented route; it does so by itself on GPUs
+    only, so CPU is switched on, and its default "reduce-overhead" mode is CUDA graphs, so
+    "default" here)."""
     from transformers import CompileConfig
     # compiled code is cached per Python function, across models: without a reset the second size
     # would get a graph with symbolic sizes (automatic dynamic shapes), where its own process

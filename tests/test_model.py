@@ -299,11 +299,13 @@ def test_bf16_load_runs_close_to_fp32(pair):
 
 # -------------------------------------------------------------------- generation
 def test_compiled_decode_gives_the_eager_tokens(pair):
-    """generate(compile=True) runs the fused decode step through torch.compile: the same tokens as
-    the eager step on left-padded rows with images, greedy and sampled, and on one unpadded row
-    (another batch size and cache length, so compiled again with those sizes symbolic)."""
+    """generate(compile=True) runs the vision blocks, the decoder layers' prefill and the fused
+    decode step through torch.compile: the same tokens as eager on left-padded rows with images,
+    greedy and sampled, and on one unpadded text-only row (another batch size and cache length,
+    so compiled again with those sizes symbolic). The model's own modules stay as they were."""
     _, ours, _ = pair
     batch = make_batch("left")
+    keys = list(ours.state_dict())
     for kw in (dict(stop_token_ids=[]), dict(stop_token_ids=[], temperature=1.0, top_p=0.9, seed=5)):
         eager = ours.generate(**batch, max_new_tokens=16, **kw)
         assert ours.generate(**batch, max_new_tokens=16, compile=True, **kw) == eager
@@ -313,6 +315,7 @@ def test_compiled_decode_gives_the_eager_tokens(pair):
         ours.generate(row, max_new_tokens=16, stop_token_ids=[])
     with pytest.raises(ValueError, match="fused=True"):
         ours.generate(**batch, max_new_tokens=4, compile=True, fused=False)
+    assert list(ours.state_dict()) == keys  # no compiled wrapper registered as a submodule
 
 
 def test_batched_generation_equals_rows_alone(pair):
