@@ -12,7 +12,8 @@ On a CPU the "bound" line per size is transformers' generate time over the time 
 spends inside matrix-product and attention kernels (torch profiler, self time), work that any
 implementation with the same outputs repeats; the rest of our time is overhead. The last lines
 (--no-compile skips them) time both generators with torch.compile, compilation excluded and
-printed apart: ours compiles its decode step, transformers its forward over a static cache.
+printed apart: ours compiles its prefill layers and decode step, transformers its forward
+over a static cache for the decode steps.
 
     python bench/bench_model.py
 """

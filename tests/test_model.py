@@ -298,7 +298,7 @@ def test_bf16_load_runs_close_to_fp32(pair):
 
 
 # -------------------------------------------------------------------- generation
-def test_compiled_decode_gives_the_eager_tokens(pair):
+def test_compiled_generate_gives_the_eager_tokens(pair):
     """generate(compile=True) runs the vision blocks, the decoder layers' prefill and the fused
     decode step through torch.compile: the same tokens as eager on left-padded rows with images,
     greedy and sampled, and on one unpadded text-only row (another batch size and cache length,
