@@ -18,9 +18,12 @@ it, so the data is made easy to see (112-pixel scans, 16 image tokens, large hig
 lesions; synthetic.py) and the learning rate is high (2e-3). A real Qwen2.5-VL has a pretrained
 vision tower; the stand-in here is a short pretraining of the tower on the training captions
 (synthetic.pretrain_vision), without which the tower learned shape and side only at chance.
-What such a model does not learn in minutes is to read multiple-choice options (to map the
-answer it sees onto a letter): report.md shows it per skill, and what its captions name per
-lesion attribute. A real run starts from Qwen2.5-VL-3B-Instruct instead (see README.md).
+What such a model does not learn in minutes is to map the answer it sees onto an option letter
+in one step, so curation writes each multiple-choice answer as a short check of the options
+("A. CT: no\nB. MRI: yes\n<answer>B</answer>", `option_check`), the stand-in for the paper's
+teacher-written chains of thought (--bare-letters trains the bare letters instead). report.md
+shows accuracy per skill and question form, and what the captions name per lesion attribute.
+A real run starts from Qwen2.5-VL-3B-Instruct instead (see README.md).
 """
 import json
 import os
@@ -67,16 +70,19 @@ class DemoConfig:
     n_planted: int = 3  # benchmark items copied into the training data, per kind (exact, reworded)
     caption_keep_percentile: float = 95.0  # perplexity filter on the captions
     decontam_threshold: float = 0.95  # the paper's similarity threshold (section 3)
+    option_check: bool = True  # multiple-choice answers as a check of the options (option_check)
     # 4. training (train.py)
     nproc: int = 2
-    epochs: int = 7  # measured: 5,187 steps, 596 s of a 739 s demo on 2 cores, 0.762 accuracy
+    epochs: int = 7  # 5,187 steps; README.md lists the runs with 5, 6 and 7 epochs
     global_batch: int = 16
     lr: float = 2e-3  # the language model (and the default for every part)
     lr_vision: float = 2e-4  # vision tower and merger: low, so SFT refines the pretrained features (2e-3 wiped them)
     warmup_ratio: float = 0.05
     # 5. evaluation (evaluate.py)
     eval_batch: int = 32
-    max_new_tokens: int = 8
+    # the longest option check (4 count options, the last one right: "A. 1: no\n...D. 3: yes\n
+    # <answer>D</answer>") is 40 tokens with the demo's tokenizer, then <|im_end|>
+    max_new_tokens: int = 48
 
 
 QUICK = dict(n_train=240, n_test=60, n_planted=2, epochs=2, global_batch=16, vision_steps=40)
@@ -264,9 +270,51 @@ def planted_items(cfg, paths):
     return out
 
 
+def option_check(options, gold):
+    """The demo's stand-in for a teacher's chain of thought: the options checked in order, each
+    'yes' or 'no', up to the right one, then its letter in the paper's answer tags:
+        "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    Why not the bare letter: from scratch, in minutes, a 2-layer model does not learn to map the
+    answer it sees onto a letter (find the option that names it, then copy the letter before it;
+    measured: 34.8% with bare letters, chance 29.7%). Each step of the check is simpler: copy the
+    option after its letter (plain induction), judge that one value against the scan (yes or no),
+    repeat the letter of the line that said yes. How reliably the judgement forms: README.md."""
+    lines = []
+    for letter, text in options.items():
+        lines.append(f"{letter}. {text}: {'yes' if letter == gold else 'no'}")
+        if letter == gold:
+            break
+    return "\n".join(lines) + f"\n<answer>{gold}</answer>"
+
+
+def enhance_choice_answers(records):
+    """Multiple-choice records (a letter answer to lettered options) get `option_check` as their
+    answer; the rest are kept as they are. Returns (records, counts)."""
+    import curate
+    import decontaminate
+    out, counts = [], defaultdict(int)
+    for r in records:
+        user, answer = r["messages"][-2]["content"], r["messages"][-1]["content"]
+        _, options = decontaminate.parse_options(user)
+        gold = curate.parse_gold(answer, options) if options else None
+        if gold is None:
+            counts["kept:not_multiple_choice"] += 1
+            out.append(r)
+            continue
+        text = option_check(options, gold)
+        ok, why = curate.accept_rationale(text, options, gold)
+        if not ok:  # cannot happen for option_check's output; counted, never silent
+            counts[f"kept:rejected:{why}"] += 1
+            out.append(r)
+            continue
+        counts["enhanced"] += 1
+        out.append({**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": text}]})
+    return out, dict(counts)
+
+
 def stage_curate(cfg, paths):
     settings = {k: getattr(cfg, k) for k in ("seed", "n_train", "n_test", "n_planted", "caption_keep_percentile",
-                                             "decontam_threshold", "vocab_size")}
+                                             "decontam_threshold", "vocab_size", "option_check")}
     if done(paths["curate_done"], settings):
         print("(already curated)")
         return
@@ -289,15 +337,24 @@ def stage_curate(cfg, paths):
     # b) instruction augmentation of the questions (paper section 3.1)
     run([py, "curate.py", "augment", os.path.join(synth, "mix_vqa.jsonl"), os.path.join(d, "vqa_augmented.jsonl"),
          "--seed", cfg.seed])
-    # c) perplexity filter on the captions (paper section 3.3): keep the lowest 95% per source.
+    # c) response enhancement (paper section 3.2): the multiple-choice answers become a short
+    # check of the options, written from the known answer and kept only if it passes the
+    # rejection test a teacher's chain of thought must pass (curate.accept_rationale)
+    enhanced = read_jsonl(os.path.join(d, "vqa_augmented.jsonl"))
+    counts = {"kept:bare_letters": len(enhanced)}
+    if cfg.option_check:
+        enhanced, counts = enhance_choice_answers(enhanced)
+    write_jsonl(enhanced, os.path.join(d, "vqa_enhanced.jsonl"))
+    print(f"response enhancement (demo.option_check): {counts}")
+    # d) perplexity filter on the captions (paper section 3.3): keep the lowest 95% per source.
     # The scorer here is the base model, whose language model is untrained, so which 5% go is
     # arbitrary: the demo shows the mechanics; a real run scores with Qwen2.5-VL-3B-Instruct.
     run([py, "curate.py", "perplexity", os.path.join(synth, "mix_captions.jsonl"),
          os.path.join(d, "captions_filtered.jsonl"), "--model", paths["base"],
          "--keep-percentile", cfg.caption_keep_percentile, "--batch-size", 32])
-    merged = read_jsonl(os.path.join(d, "vqa_augmented.jsonl")) + read_jsonl(os.path.join(d, "captions_filtered.jsonl"))
+    merged = enhanced + read_jsonl(os.path.join(d, "captions_filtered.jsonl"))
     write_jsonl(merged, os.path.join(d, "mix_curated.jsonl"))
-    # d) decontamination against the benchmark: exact pass + embedding pass (paper section 3)
+    # e) decontamination against the benchmark: exact pass + embedding pass (paper section 3)
     run([py, "decontaminate.py", os.path.join(d, "mix_curated.jsonl"), os.path.join(d, "decontaminated.jsonl"),
          "--bench", os.path.join(synth, "test.jsonl"), "--embedder", "hash", "--threshold", cfg.decontam_threshold])
     with open(os.path.join(d, "decontaminated.report.json")) as f:
@@ -311,7 +368,7 @@ def stage_curate(cfg, paths):
     train = [r for r in merged if r["id"] not in exact_ids]
     write_jsonl(train, os.path.join(d, "train.jsonl"))
     summary = {"raw": {"questions": len(questions), "captions": len(captions), "planted": len(planted)},
-               "augmented": len(read_jsonl(os.path.join(d, "vqa_augmented.jsonl"))),
+               "augmented": len(enhanced), "enhanced": counts,
                "captions_kept": len(read_jsonl(os.path.join(d, "captions_filtered.jsonl"))),
                "removed_exact": sorted(exact_ids), "embedding_matches": len(by_embedding),
                "embedding_matches_planted": sorted(r["train"] for r in by_embedding if r["train"].startswith("planted")),
@@ -498,6 +555,9 @@ def stage_report(cfg, paths, evals, captions, timings):
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
+    def answer_forms(categories):  # {'single_letter': 0.0, 'cot': 1.0, ...} -> 'cot 100.0'
+        return ", ".join(f"{k.replace('_', ' ')} {pct(v)}" for k, v in (categories or {}).items() if v) or "-"
+
     first = sum(r["loss"] for r in log[:10]) / len(log[:10])
     last = sum(r["loss"] for r in log[-10:]) / len(log[-10:])
     lines = ["# infimed demo report", "",
@@ -535,18 +595,22 @@ def stage_report(cfg, paths, evals, captions, timings):
                      " | ".join(pct(named[name][a]) for name in rows) + " |")
     lines += ["",
               "## Robustness and instruction following", "",
-              "| Model | Multiple-choice accuracy | Shuffled options | Δ | Invalid MC answers | Invalid yes/no answers |",
-              "|---|---|---|---|---|---|"]
+              "| Model | Multiple-choice accuracy | Shuffled options | Δ | Invalid MC answers | Invalid yes/no answers "
+              "| MC answer forms |",
+              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         s = r["summary"]
         sh = s.get("analyses", {}).get("shuffle", {})
         lines.append(f"| {name} | {pct(s['base'].get('mc_accuracy'))} | {pct(sh.get('accuracy_variant'))} | "
                      f"{pct(sh.get('delta'))} | {pct(s['base'].get('invalid_rate'))} | "
-                     f"{pct(s['base'].get('yes_no_invalid_rate'))} |")
-    lines += ["", "## Curation", "",
+                     f"{pct(s['base'].get('yes_no_invalid_rate'))} | {answer_forms(s['base'].get('categories'))} |")
+    lines += ["", "MC answer forms are the paper's response categories (evaluate.response_category): a single "
+              "letter, a short answer-prefixed line, or a chain of thought (the option check counts as one).",
+              "", "## Curation", "",
               f"- raw mix: {cur['raw']['questions']} questions, {cur['raw']['captions']} captions, "
               f"{cur['raw']['planted']} planted benchmark items",
               f"- instruction augmentation: {cur['augmented']} records re-rendered with the instruction templates",
+              "- response enhancement (option checks): " + ", ".join(f"{k} {v}" for k, v in cur["enhanced"].items()),
               f"- perplexity filter: {cur['captions_kept']} of {cur['raw']['captions']} captions kept",
               f"- decontamination, exact pass: removed {len(cur['removed_exact'])} records; planted items removed: "
               f"{len(cur['planted_removed'])} of {len(cur['planted'])}",
@@ -623,8 +687,10 @@ def demo(cfg):
     timed("vision", stage_vision, cfg, paths)
 
     say("3. Curation (curate.py, decontaminate.py)",
-        "Instruction augmentation re-renders each question with an answer-format instruction; a perplexity filter "
-        "drops the captions the scorer finds least likely; decontamination removes training records that match a "
+        "Instruction augmentation re-renders each question with an answer-format instruction; response "
+        "enhancement turns each multiple-choice answer into a short check of the options ending in "
+        "<answer>X</answer> (the stand-in for a teacher's chain of thought, checked by the same rejection test); "
+        "a perplexity filter drops the captions the scorer finds least likely; decontamination removes training records that match a "
         f"benchmark item. {2 * cfg.n_planted} benchmark questions were planted in the training data on purpose: "
         "the report shows them removed.")
     timed("curate", stage_curate, cfg, paths)
@@ -664,14 +730,16 @@ def demo(cfg):
 @click.option("--quick", is_flag=True, help="a shortened run (small data, few steps) for tests")
 @click.option("--fresh", is_flag=True, help="delete --out first instead of reusing finished stages")
 @click.option("--epochs", type=int, help="override the number of training epochs")
+@click.option("--bare-letters", is_flag=True, help="train multiple-choice answers as the bare letter "
+              "(no option check), to see what the check adds")
 @click.option("--nproc", type=int, default=2, show_default=True, help="training processes (torchrun)")
-def main(out, quick, fresh, epochs, nproc):
+def main(out, quick, fresh, epochs, bare_letters, nproc):
     """Run the whole pipeline on synthetic data and write a report."""
     # every stage runs from the repository root; --out is kept relative to it when possible so the
     # printed commands stay short
     out = os.path.relpath(os.path.abspath(out), HERE)
     os.chdir(HERE)
-    cfg = replace(DemoConfig(out=out, nproc=nproc), **(QUICK if quick else {}))
+    cfg = replace(DemoConfig(out=out, nproc=nproc, option_check=not bare_letters), **(QUICK if quick else {}))
     if epochs:
         cfg = replace(cfg, epochs=epochs)
     if fresh:

@@ -97,6 +97,44 @@ def test_curation_removes_every_planted_benchmark_item(out):
         assert os.path.exists(os.path.join(out, "curate", f"{step}.report.json"))
 
 
+def test_option_check_walks_the_options_up_to_the_right_one():
+    import evaluate
+    options = {"A": "CT", "B": "MRI", "C": "X-ray"}
+    assert demo.option_check(options, "B") == "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    assert demo.option_check(options, "A") == "A. CT: yes\n<answer>A</answer>"
+    assert all(evaluate.parse_choice(demo.option_check(options, g), options) == g for g in options)
+
+
+def test_enhancement_rewrites_choice_answers_only_and_counts_them():
+    choice = {"messages": [{"role": "user", "content": "<image>Which modality?\nA. CT\nB. MRI\n"
+                                                       "Answer with the option's letter."},
+                           {"role": "assistant", "content": "B"}], "images": ["x.png"]}
+    open_q = {"messages": [{"role": "user", "content": "<image>Which modality?"},
+                           {"role": "assistant", "content": "MRI"}], "images": ["x.png"]}
+    out, counts = demo.enhance_choice_answers([choice, open_q])
+    assert counts == {"enhanced": 1, "kept:not_multiple_choice": 1}
+    assert out[0]["messages"][0] == choice["messages"][0]  # the question stays as it was
+    assert out[0]["messages"][1]["content"] == "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    assert out[1] == open_q
+
+
+def test_every_trained_choice_answer_is_an_option_check_within_the_generation_budget(out):
+    import decontaminate
+    from data import load_tokenizer
+    tok = load_tokenizer(os.path.join(out, "base"))
+    n = 0
+    for r in read_jsonl(os.path.join(out, "curate", "train.jsonl")):
+        _, options = decontaminate.parse_options(r["messages"][-2]["content"])
+        if options:
+            answer = r["messages"][-1]["content"]
+            gold = answer.rsplit("<answer>", 1)[-1][0]
+            assert answer == demo.option_check(options, gold)
+            assert len(tok(answer + "<|im_end|>")["input_ids"]) <= demo.DemoConfig().max_new_tokens
+            n += 1
+    with open(os.path.join(out, "curate", "summary.json")) as f:
+        assert json.load(f)["enhanced"]["enhanced"] >= n > 0  # exact planted copies leave after it
+
+
 def test_training_reduces_the_loss(out):
     log = read_jsonl(os.path.join(out, "run", "log.jsonl"))
     assert len(log) == 40  # 2 epochs of 316 records at global batch 16 = 2 x 20 steps
