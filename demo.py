@@ -337,7 +337,7 @@ def stage_curate(cfg, paths):
     # b) instruction augmentation of the questions (paper section 3.1)
     run([py, "curate.py", "augment", os.path.join(synth, "mix_vqa.jsonl"), os.path.join(d, "vqa_augmented.jsonl"),
          "--seed", cfg.seed])
-    # c) response enhancement (paper section 3.2): the multiple-choice answers become a short
+    # c) response enhancement (paper section 3.1): the multiple-choice answers become a short
     # check of the options, written from the known answer and kept only if it passes the
     # rejection test a teacher's chain of thought must pass (curate.accept_rationale)
     enhanced = read_jsonl(os.path.join(d, "vqa_augmented.jsonl"))
@@ -346,7 +346,7 @@ def stage_curate(cfg, paths):
         enhanced, counts = enhance_choice_answers(enhanced)
     write_jsonl(enhanced, os.path.join(d, "vqa_enhanced.jsonl"))
     print(f"response enhancement (demo.option_check): {counts}")
-    # d) perplexity filter on the captions (paper section 3.3): keep the lowest 95% per source.
+    # d) perplexity filter on the captions (paper section 3.1): keep the lowest 95% per source.
     # The scorer here is the base model, whose language model is untrained, so which 5% go is
     # arbitrary: the demo shows the mechanics; a real run scores with Qwen2.5-VL-3B-Instruct.
     run([py, "curate.py", "perplexity", os.path.join(synth, "mix_captions.jsonl"),
