@@ -294,9 +294,9 @@ def enhance_choice_answers(records):
     import decontaminate
     out, counts = [], defaultdict(int)
     for r in records:
-        user, answer = r["messages"][-2]["content"], r["messages"][-1]["content"]
-        _, options = decontaminate.parse_options(user)
-        gold = curate.parse_gold(answer, options) if options else None
+        u, a = decontaminate.turn_index(r, "user"), decontaminate.turn_index(r, "assistant", last=True)
+        _, options = decontaminate.parse_options(r["messages"][u]["content"]) if u is not None else ("", None)
+        gold = curate.parse_gold(r["messages"][a]["content"], options) if options and a is not None else None
         if gold is None:
             counts["kept:not_multiple_choice"] += 1
             out.append(r)
@@ -308,7 +308,9 @@ def enhance_choice_answers(records):
             out.append(r)
             continue
         counts["enhanced"] += 1
-        out.append({**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": text}]})
+        messages = [dict(m) for m in r["messages"]]
+        messages[a]["content"] = text
+        out.append({**r, "messages": messages})
     return out, dict(counts)
 
 
@@ -595,8 +597,8 @@ def stage_report(cfg, paths, evals, captions, timings):
                      " | ".join(pct(named[name][a]) for name in rows) + " |")
     lines += ["",
               "## Robustness and instruction following", "",
-              "| Model | Multiple-choice accuracy | Shuffled options | Δ | Invalid MC answers | Invalid yes/no answers "
-              "| MC answer forms |",
+              "| Model | Multiple-choice accuracy | Shuffled options | Δ | Invalid MC answers "
+              "| Invalid yes/no answers | MC answer forms |",
               "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         s = r["summary"]
@@ -690,9 +692,9 @@ def demo(cfg):
         "Instruction augmentation re-renders each question with an answer-format instruction; response "
         "enhancement turns each multiple-choice answer into a short check of the options ending in "
         "<answer>X</answer> (the stand-in for a teacher's chain of thought, checked by the same rejection test); "
-        "a perplexity filter drops the captions the scorer finds least likely; decontamination removes training records that match a "
-        f"benchmark item. {2 * cfg.n_planted} benchmark questions were planted in the training data on purpose: "
-        "the report shows them removed.")
+        "a perplexity filter drops the captions the scorer finds least likely; decontamination removes training "
+        f"records that match a benchmark item. {2 * cfg.n_planted} benchmark questions were planted in the "
+        "training data on purpose: the report shows them removed.")
     timed("curate", stage_curate, cfg, paths)
 
     say("4. Supervised fine-tuning (torchrun --nproc_per_node 2 train.py)",
