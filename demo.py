@@ -19,10 +19,11 @@ lesions; synthetic.py) and the learning rate is high (2e-3). A real Qwen2.5-VL h
 vision tower; the stand-in here is a short pretraining of the tower on the training captions
 (synthetic.pretrain_vision), without which the tower learned shape and side only at chance.
 What such a model does not learn in minutes is to map the answer it sees onto an option letter
-in one step, so curation writes each multiple-choice answer as a short check of the options
-("A. CT: no\nB. MRI: yes\n<answer>B</answer>", `option_check`), the stand-in for the paper's
-teacher-written chains of thought (--bare-letters trains the bare letters instead). report.md
-shows accuracy per skill and question form, and what the captions name per lesion attribute.
+in one step, so curation writes each multiple-choice answer as the answer, then a short check of
+the options ("MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>", `option_check`), the stand-in
+for the paper's teacher-written chains of thought (--bare-letters trains the bare letters
+instead). report.md shows accuracy per skill and question form, and what the captions name per
+lesion attribute.
 A real run starts from Qwen2.5-VL-3B-Instruct instead (see README.md).
 """
 import json
@@ -73,15 +74,15 @@ class DemoConfig:
     option_check: bool = True  # multiple-choice answers as a check of the options (option_check)
     # 4. training (train.py)
     nproc: int = 2
-    epochs: int = 7  # 5,187 steps; README.md lists the runs with 5, 6 and 7 epochs
+    epochs: int = 6  # 4,446 steps; README.md lists the runs with 5, 6 and 7 epochs
     global_batch: int = 16
     lr: float = 2e-3  # the language model (and the default for every part)
     lr_vision: float = 2e-4  # vision tower and merger: low, so SFT refines the pretrained features (2e-3 wiped them)
     warmup_ratio: float = 0.05
     # 5. evaluation (evaluate.py)
     eval_batch: int = 32
-    # the longest option check (4 count options, the last one right: "A. 1: no\n...D. 3: yes\n
-    # <answer>D</answer>") is 40 tokens with the demo's tokenizer, then <|im_end|>
+    # the longest option check (4 count options, the last one right: "3\nA. 2: no\n...D. 3: yes\n
+    # <answer>D</answer>") is 42 tokens with the demo's tokenizer, then <|im_end|>
     max_new_tokens: int = 48
 
 
@@ -271,20 +272,22 @@ def planted_items(cfg, paths):
 
 
 def option_check(options, gold):
-    """The demo's stand-in for a teacher's chain of thought: the options checked in order, each
-    'yes' or 'no', up to the right one, then its letter in the paper's answer tags:
-        "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    """The demo's stand-in for a teacher's chain of thought: the answer first, then the options
+    checked in order, each 'yes' or 'no', up to the right one, then its letter in the paper's
+    answer tags:
+        "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
     Why not the bare letter: from scratch, in minutes, a 2-layer model does not learn to map the
     answer it sees onto a letter (find the option that names it, then copy the letter before it;
-    measured: 34.8% with bare letters, chance 29.7%). Each step of the check is simpler: copy the
-    option after its letter (plain induction), judge that one value against the scan (yes or no),
-    repeat the letter of the line that said yes. How reliably the judgement forms: README.md."""
-    lines = []
+    measured: 34.8% with bare letters, chance 29.7%). Each step here is simpler: say what the scan
+    shows (the open question, the model's best skill), copy the next option after its letter
+    (plain induction), judge it (yes or no), repeat the letter of the line that said yes. The
+    first line helps the judgement without deciding it; how reliably it forms: README.md."""
+    lines = [options[gold]]
     for letter, text in options.items():
         lines.append(f"{letter}. {text}: {'yes' if letter == gold else 'no'}")
         if letter == gold:
             break
-    return "\n".join(lines) + f"\n<answer>{gold}</answer>"
+    return "\n".join(lines + [f"<answer>{gold}</answer>"])
 
 
 def enhance_choice_answers(records):

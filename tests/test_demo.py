@@ -97,11 +97,11 @@ def test_curation_removes_every_planted_benchmark_item(out):
         assert os.path.exists(os.path.join(out, "curate", f"{step}.report.json"))
 
 
-def test_option_check_walks_the_options_up_to_the_right_one():
+def test_option_check_states_the_answer_then_walks_the_options_up_to_it():
     import evaluate
     options = {"A": "CT", "B": "MRI", "C": "X-ray"}
-    assert demo.option_check(options, "B") == "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
-    assert demo.option_check(options, "A") == "A. CT: yes\n<answer>A</answer>"
+    assert demo.option_check(options, "B") == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    assert demo.option_check(options, "A") == "CT\nA. CT: yes\n<answer>A</answer>"
     assert all(evaluate.parse_choice(demo.option_check(options, g), options) == g for g in options)
 
 
@@ -114,7 +114,7 @@ def test_enhancement_rewrites_choice_answers_only_and_counts_them():
     out, counts = demo.enhance_choice_answers([choice, open_q])
     assert counts == {"enhanced": 1, "kept:not_multiple_choice": 1}
     assert out[0]["messages"][0] == choice["messages"][0]  # the question stays as it was
-    assert out[0]["messages"][1]["content"] == "A. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    assert out[0]["messages"][1]["content"] == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
     assert out[1] == open_q
 
 
