@@ -559,9 +559,10 @@ class QwenVL(nn.Module):
         gate/up concatenated (one matrix product instead of three and two), stored with o_proj
         transposed, (in, out) contiguous: on a few rows CPU BLAS (MKL) runs these ~1.5x faster in
         that layout than in nn.Linear's (out, in). down_proj and lm_head gain nothing from it and
-        are used as they are. The copies (attention plus 2/3 of the MLP weights) are built per
-        generate() call, so they always match the parameters; checkpoints, state_dict keys and
-        training never see them."""
+        are used as they are (a (D, V) copy of a real LM head, 151936 x 2048 fp32, takes 4.2 s on a
+        CPU core and decodes no faster: 229 ms per 8-row product against 198 ms for W @ x.T). The
+        copies (attention plus 2/3 of the MLP weights) are built per generate() call, so they
+        always match the parameters; checkpoints, state_dict keys and training never see them."""
         layers = []
         for layer in self.model.layers:
             a, m = layer.self_attn, layer.mlp
@@ -592,7 +593,7 @@ class QwenVL(nn.Module):
             x = torch.addmm(x, o.reshape(B, -1), w["o"])  # residual added inside the matrix product
             gate, up = (layer.post_attention_layernorm(x) @ w["gate_up"]).chunk(2, -1)
             x = torch.addmm(x, layer.mlp.act(gate) * up, w["down"])
-        return (lm_head @ self.model.norm(x).t()).t().float()  # (V, D) @ (D, B): as fast as a (D, V) copy
+        return (lm_head @ self.model.norm(x).t()).t().float()  # (V, D) @ (D, B): no (D, V) copy needed
 
     def compiled(self):
         """(decode_step, decoder layers, vision blocks) through torch.compile, for generate(compile=
@@ -653,7 +654,7 @@ class QwenVL(nn.Module):
         steps = next_pos[:, None] + torch.arange(max_new_tokens, device=x.device)
         dec_cos, dec_sin = (t.permute(2, 0, 1, 3) for t in mrope_cos_sin(steps.expand(3, -1, -1), cfg, x.dtype))
         slot = torch.arange(L, T, device=x.device)[:, None]  # step n writes cache slot L + n
-        weights = self.decode_weights() if fused else None
+        weights = self.decode_weights() if fused and max_new_tokens > 1 else None  # no decode step: no copies
 
         def step(x, cos, sin, start, attn):
             for i, (layer, cache) in enumerate(zip(layers, caches)):  # the last layer's
@@ -687,8 +688,8 @@ class QwenVL(nn.Module):
 
 def sample(logits, temperature=0.0, top_p=1.0, generator=None):
     """(B, V) logits -> (B,) token ids: argmax, or temperature + nucleus (top-p) sampling."""
-    if temperature <= 0:
-        return logits.argmax(-1)
+    if temperature <= 0:  # max's indices: the same first-maximum rule as argmax, 2.5x faster on CPU
+        return logits.max(-1).indices  # (measured, 8 x 151936 fp32: 0.69 ms against 1.77 ms)
     probs = torch.softmax(logits.float() / temperature, -1)
     if top_p < 1.0:  # keep the smallest set of top tokens whose mass reaches top_p
         sp, idx = probs.sort(-1, descending=True)

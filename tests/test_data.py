@@ -138,6 +138,15 @@ def test_image_processor_equals_transformers_at_hub_default_budget(oracle_cls):
     assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
 
 
+@pytest.mark.parametrize("patch,merge,temporal", [(16, 2, 2), (15, 2, 2), (14, 1, 2), (14, 2, 1), (14, 2, 3)])
+def test_image_processor_equals_transformers_for_other_patch_geometries(oracle_cls, patch, merge, temporal):
+    geometry = dict(patch_size=patch, merge_size=merge, temporal_patch_size=temporal)
+    images = [Image.fromarray(_picture(300, 517, 21)), Image.fromarray(_picture(300, 517, 22)[..., 0])]
+    ref = oracle_cls(min_pixels=3136, max_pixels=262144, **geometry)(images, return_tensors="np")
+    pv, grid = data.ImageProcessor(min_pixels=3136, max_pixels=262144, **geometry)(images)
+    assert np.array_equal(grid.numpy(), ref["image_grid_thw"]) and np.array_equal(pv.numpy(), ref["pixel_values"])
+
+
 @pytest.mark.parametrize("shape,y,x,channel", [
     ((700, 900), 3, 450, 1),  # inside the strip checked first
     ((700, 900), 350, 10, 2),  # below it: only the full check sees it

@@ -397,3 +397,19 @@ def test_top_p_keeps_only_the_nucleus():
     g = torch.Generator().manual_seed(0)
     drawn = {int(sample(logits, 1.0, 0.7, g)) for _ in range(200)}
     assert drawn == {0, 1}
+
+
+def test_greedy_takes_the_first_of_tied_maxima():
+    """sample() picks with max().indices: ties go to the lowest id, as argmax (and transformers)
+    decide them, also on the transposed logits the fused decode step returns."""
+    logits = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, 7.0, 7.0]])
+    assert sample(logits).tolist() == [1, 0, 2]
+    assert sample(logits.t().contiguous().t()).tolist() == [1, 0, 2]
+
+
+def test_one_token_generation_is_the_first_token_of_longer_ones(pair):
+    """max_new_tokens=1 skips building the decode weights; its token is the longer run's first."""
+    _, ours, _ = pair
+    batch = make_batch("left")
+    first = [row[:1] for row in ours.generate(**batch, max_new_tokens=4, stop_token_ids=[])]
+    assert ours.generate(**batch, max_new_tokens=1, stop_token_ids=[]) == first
