@@ -556,13 +556,15 @@ class QwenVL(nn.Module):
     # ----- generation
     def decode_weights(self):
         """The decoder's matrices rearranged for one-token decode steps: per layer, q/k/v and
-        gate/up concatenated (one matrix product instead of three and two), stored with o_proj
-        transposed, (in, out) contiguous: on a few rows CPU BLAS (MKL) runs these ~1.5x faster in
-        that layout than in nn.Linear's (out, in). down_proj and lm_head gain nothing from it and
-        are used as they are (a (D, V) copy of a real LM head, 151936 x 2048 fp32, takes 4.2 s on a
-        CPU core and decodes no faster: 229 ms per 8-row product against 198 ms for W @ x.T). The
-        copies (attention plus 2/3 of the MLP weights) are built per generate() call, so they
-        always match the parameters; checkpoints, state_dict keys and training never see them."""
+        gate/up concatenated (one matrix product instead of three and two) and all four stored
+        transposed, (in, out) contiguous: with caches cold, as between decode steps, MKL runs 8-row
+        products on "small"'s matrices 1.2x faster in that layout than on nn.Linear's (out, in)
+        weights (44-113 us against 52-135 us each; down_proj alone took decoding from 2.95-3.06 to
+        2.57-2.71 ms per token). The LM head is used as it is: a (D, V) copy of a real one,
+        151936 x 2048 fp32, takes 4.2 s on a CPU core and decodes no faster (229 ms per 8-row
+        product against 198 ms for W @ x.T). The copies are built per generate() call, so they
+        always match the parameters; checkpoints, state_dict keys and training never see them.
+        At real widths they cost time and memory (README, "Speed on a CPU"); fused=False skips them."""
         layers = []
         for layer in self.model.layers:
             a, m = layer.self_attn, layer.mlp
@@ -571,7 +573,7 @@ class QwenVL(nn.Module):
                 qkv_bias=torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
                 o=a.o_proj.weight.t().contiguous(),
                 gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).t().contiguous(),
-                down=m.down_proj.weight.t()))
+                down=m.down_proj.weight.t().contiguous()))
         return layers, self.lm_head.weight
 
     def decode_step(self, x, weights, caches, cos, sin, bias, t):
@@ -619,11 +621,11 @@ class QwenVL(nn.Module):
         A row stops after max_new_tokens or at a stop token, which is NOT included in its list.
         stop_token_ids=None uses the config's eos_token_id; pass [] to never stop early.
         Images are encoded once at prefill; decoding reuses a preallocated key/value cache.
-        fused=True decodes with decode_weights() (faster; copies most of the decoder's weights for
-        the call's duration); fused=False runs the layers' own forward (the same tokens).
+        fused=True decodes with decode_weights() (faster; copies the decoder's matrices, not its
+        LM head, for the call's duration); fused=False runs the layers' own forward (the same tokens).
         compile=True runs the prefill's vision blocks and decoder layers and the fused decode step
         through torch.compile (compiled()): the first call pays the compilation (measured in
-        bench/bench_model.py on a 2-core CPU: 2.5-17 s), later calls run faster, same tokens."""
+        bench/bench_model.py on a 2-core CPU: 1.8-17 s), later calls run faster, same tokens."""
         cfg = self.config
         B, L = input_ids.shape
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask

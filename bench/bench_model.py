@@ -151,16 +151,17 @@ def main(sizes, rows, new_tokens, repeat, threads, compiled):
             print(f"| {size}: generate, bound | in kernels {kernels:.3f} s of our {t_gen[1]:.3f} s | "
                   f"at most {t_gen[0] / kernels:.2f}x | | | |")
         if compiled:
-            compiled_rows(size, hf_gen, ours_gen, ref[:, L:].tolist(), new_tokens, repeat)
+            compiled_rows(size, hf_gen, ours_gen, ref[:, L:].tolist(), new_tokens, repeat, t_gen)
 
 
-def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat):
+def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat, t_eager):
     """Both generate()s through torch.compile, compilation excluded (its time is printed): ours
     compiles its vision blocks and decoder layers for the prefill and its fused decode step
     (generate(compile=True)); transformers compiles its forward over a static cache for the
     decode steps, its prefill runs eager (its documented route; it does so by itself on GPUs
     only, so CPU is switched on, and its default "reduce-overhead" mode is CUDA graphs, so
-    "default" here)."""
+    "default" here). The last row sets ours compiled against transformers' eager generate, timed
+    before (medians of separately interleaved runs)."""
     from transformers import CompileConfig
     # compiled code is cached per Python function, across models: without a reset the second size
     # would get a graph with symbolic sizes (automatic dynamic shapes), where its own process
@@ -180,6 +181,8 @@ def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat):
     same = ref[:, L:].tolist() == got == tokens
     print(row(f"{size}: generate, both compiled (s){'' if same else ' (TOKENS DIFFER)'}", t_gen))
     print(f"| {size}: generate, compiling (first call, s) | {first[0]:.1f} | {first[1]:.1f} | | | | |")
+    print(row(f"{size}: generate, transformers eager vs ours compiled (s)",
+              (t_eager[0], t_gen[1], t_eager[2], t_gen[3])))
 
 
 KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
