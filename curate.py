@@ -1,26 +1,34 @@
 """Data curation for Infi-Med SFT data (paper section 3 and appendix A).
 
 Every step reads and writes ShareGPT JSONL and leaves a sidecar report (OUT.report.json and
-OUT.report.md) saying what it kept, changed or dropped and why. Steps are resumable: per-record
-results live in OUT.cache.jsonl (or OUT.cache/ for embeddings) keyed by a hash of the record and
-the step's settings, so a rerun only computes what is missing. Decontamination lives in
-decontaminate.py (self-contained, also runnable alone); its record helpers, report and step
-files serve every step here.
+OUT.report.md) saying what it kept, changed or dropped and why, with records in and out per
+source. Steps are resumable: per-record results live in OUT.cache.jsonl (or OUT.cache/ for
+embeddings) keyed by a hash of the record and the step's settings, so a rerun only computes what
+is missing. Each step touches only the records it is for (captions for caption refinement and
+perplexity, multiple choice for chain of thought) and passes the rest, counted. A step that
+rewrites a prompt first stores the record's original question and options (remember_original),
+which decontamination compares. Decontamination lives in decontaminate.py (self-contained, also
+runnable alone); its record helpers, report and step files serve every step here.
 
-    python curate.py augment       IN.jsonl OUT.jsonl
-    python curate.py cot           IN.jsonl OUT.jsonl --teacher DIR --k 4 --temperature 0.8
+    python curate.py cot           IN.jsonl OUT.jsonl --teacher DIR --k 4 --temperature 0.8 \
+                                   [--sample 5000 --cap 3000 --accepted-only --verifier DIR]
+    python curate.py merge         IN.jsonl OUT.jsonl --add LABEL=GENERATED.jsonl
     python curate.py caption       IN.jsonl OUT.jsonl --teacher DIR
+    python curate.py augment       IN.jsonl OUT.jsonl
     python curate.py perplexity    IN.jsonl OUT.jsonl --model DIR --keep-percentile 90
     python curate.py decontaminate IN.jsonl OUT.jsonl --bench test.jsonl --embedder DIR|hash
     python curate.py pipeline      SPEC.json   # {"steps": [{"step": "cot", "in": ..., ...}, ...]}
+
+The README's "Running the real recipe" gives the order from raw downloads to the training file.
 """
 import dataclasses
 import json
 import math
 import os
+import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 import torch
@@ -29,8 +37,9 @@ from tqdm import tqdm
 
 import decontaminate
 from decontaminate import (DecontamConfig, bare_question, config_command, load_model, normalize_question,
-                           parse_options, read_step_input, record_key, record_name, source_of,
-                           strip_image_tags, template_question, turn_index, write_step_output)
+                           parse_options, read_step_input, record_key, record_name, remember_original, source_of,
+                           strip_image_tags, turn_index, write_step_output)
+from evaluate import parse_choice
 
 # --------------------------------------------------------------------------------------------
 # Prompts: appendix A of the paper, word for word ({QUESTION} and {ORIGINAL CAPTION} are the
@@ -121,6 +130,22 @@ def _user_request(record, prompt):
 
 
 # --------------------------------------------------------------------------------------------
+# Which records a step applies to
+
+
+def is_caption(record):
+    """An image-caption record: the mix marks them (task "caption"); otherwise a user turn that is
+    one of the caption instructions (sources.INSTRUCTIONS["caption"]) with a single answer."""
+    import sources
+    if record.get("task") == "caption":
+        return True
+    u = turn_index(record, "user")
+    roles = [m["role"] for m in record.get("messages", []) if m["role"] != "system"]
+    return (roles == ["user", "assistant"]
+            and strip_image_tags(record["messages"][u]["content"]) in sources.INSTRUCTIONS["caption"])
+
+
+# --------------------------------------------------------------------------------------------
 # 1. Instruction augmentation (sources.INSTRUCTIONS templates)
 
 
@@ -133,7 +158,10 @@ class AugmentConfig:
 
 def augment_records(records, cfg, report):
     """Re-render each single-exchange record's user turn with sources.py's instruction templates
-    (INSTRUCTIONS, picked per record by sources.to_sharegpt(augment=True))."""
+    (INSTRUCTIONS, picked per record by sources.to_sharegpt(augment=True)). The instruction must
+    fit the target: a multiple-choice record whose answer is not a bare option letter (a
+    rationale ending in <answer>X</answer>, an option's text) keeps its prompt, since "answer with
+    the option's letter directly" would contradict what it is trained to write."""
     import sources
     out = []
     for r in tqdm(records, desc="augment", disable=None):
@@ -145,17 +173,20 @@ def augment_records(records, cfg, report):
             continue
         text, answer = strip_image_tags(turns[0]["content"]), turns[1]["content"]
         stem, options = bare_question(text)
-        caption = template_question(text, sources.INSTRUCTIONS["caption"]) is not None
+        caption = is_caption(r)
+        if options is not None and answer.strip() not in options:
+            report.count("kept:target_not_a_letter", src), out.append(r)
+            continue
         if options is None and not caption and len(answer.split()) > cfg.max_short_answer_words:
             report.count("kept:long_answer", src), out.append(r)
             continue
         # the template is picked from the seed and this key: the record's id, else its text and
         # image file names, never the folder the images sit in (same data, same pick anywhere)
         key = r.get("id") or record_key(r["messages"], [os.path.basename(str(p)) for p in r.get("images") or []])
-        rec = {"id": key, "question": stem, "answer": answer, "options": options,
+        rec = {"id": key, "question": stem, "answer": answer.strip(), "options": options,
                "images": r.get("images") or [], "meta": {"task": "caption"} if caption else {}}
         new = sources.to_sharegpt(rec, augment=True, seed=cfg.seed, system=system)
-        out.append({**r, **new})
+        out.append({**remember_original(dict(r)), **new})
         report.count("augmented:" + sources.answer_form(rec), src)
     return out
 
@@ -176,10 +207,10 @@ def parse_gold(answer, options):
 
 
 def accept_rationale(text, options, gold, min_reasoning_chars=1):
-    """Rejection-sampling test: exactly one `<answer>X</answer>`, at the
-    very end, X an upper-case option letter equal to gold, non-empty reasoning before it.
-    Returns (ok, reason). The tag must be exact because the kept text becomes a training target
-    that teaches the format the prompt asks for."""
+    """Rejection-sampling test of the format and the final letter: exactly one
+    `<answer>X</answer>`, at the very end, X an upper-case option letter equal to gold, non-empty
+    reasoning before it. Returns (ok, reason). The tag must be exact because the kept text becomes
+    a training target that teaches the format the prompt asks for."""
     if not isinstance(text, str) or not text.strip():
         return False, "empty"
     t = text.strip()
@@ -207,6 +238,39 @@ def accept_rationale(text, options, gold, min_reasoning_chars=1):
     return True, "ok"
 
 
+def _body(text):
+    """A rationale without its answer tag."""
+    return re.sub(r"<answer>.*?</answer>", " ", text, flags=re.S | re.I).strip()
+
+
+def consistent_rationale(text, options, gold):
+    """The paper keeps "logically consistent" explanations (section 3.1): the reasoning before
+    the answer tag must not itself commit to another option. evaluate.parse_choice reads the body
+    as it would a model's answer; a body that concludes nothing (it weighs every option) passes."""
+    return parse_choice(_body(text), options) in (None, gold)
+
+
+# ours: the paper's three acceptance criteria ("faithful, logically consistent, and correctly
+# aligned with the given options", section 3.1) asked of a verifier model as a yes/no question
+VERIFY_PROMPT = """You are reviewing an explanation written for a multiple-choice question about this image.
+
+Question:
+
+{QUESTION}
+
+Explanation:
+
+{RATIONALE}
+
+Is the explanation faithful to the image and the question, logically consistent, and correctly aligned with the given options, supporting option {LETTER}? Answer with yes or no."""
+
+
+# The criteria in the order they are checked; a sample is accepted when it passes all of them.
+FORMAT_FAILURES = ("empty", "no_answer_tag", "several_answer_tags", "unbalanced_tag", "malformed_tag",
+                   "text_after_answer", "not_a_letter", "empty_reasoning")
+CRITERIA = ("format", "letter", "consistency", "verifier")
+
+
 @dataclass
 class CotConfig:
     teacher: str = ""            # checkpoint dir of the teacher model
@@ -218,45 +282,134 @@ class CotConfig:
     seed: int = 0
     batch_size: int = 16
     min_reasoning_chars: int = 1
+    sample: int = 0              # draw this many multiple-choice records at random (0 = all of them)
+    cap: int = 0                 # stop once this many records are enhanced (0 = no cap; paper: ~3k)
+    accepted_only: bool = False  # write only the enhanced records: the paper's separate reasoning set
+    verifier: str = ""           # optional checkpoint dir asked whether each explanation is faithful
+    verifier_backend: str = "native"
 
 
-def enhance_responses(records, teacher, cfg, report, cache=None):
-    """Multiple-choice records get the first accepted rationale of k teacher samples as their
-    answer, and the appendix A prompt as their question, so the target (a rationale) is what the
-    user turn asks for; the rest keep their short answer. Everything is counted per source."""
+def rule_verdict(text, options, gold, cfg):
+    """(criterion that failed or None, reason) under the rule-based criteria."""
+    ok, why = accept_rationale(text, options, gold, cfg.min_reasoning_chars)
+    if not ok:
+        return ("format" if why in FORMAT_FAILURES else "letter"), why
+    if not consistent_rationale(text, options, gold):
+        return "consistency", "commits_to_another_option"
+    return None, "ok"
+
+
+def verify_pass(verifier, todo, cache, report, cfg):
+    """todo: (key, request). Asks the verifier (greedy, a few tokens) and caches True/False."""
+    need = [t for t in todo if cache.get(t[0]) is None]
+    for s in tqdm(range(0, len(need), cfg.batch_size), desc="verify", disable=None):
+        part = need[s:s + cfg.batch_size]
+        try:
+            outs = verifier.generate([t[1] for t in part], max_new_tokens=8, temperature=0.0, seed=cfg.seed)
+        except Exception as e:
+            report.count("verifier_error", n=len(part))
+            report.sections.setdefault("verifier_errors", []).append({"error": repr(e)[:200]})
+            continue
+        for t, samples in zip(part, outs):
+            cache.put(t[0], {"yes": normalize_question(samples[0]).split()[:1] == ["yes"], "text": samples[0]})
+
+
+def _tally(passed, failed):
+    """Count one sample against each rule criterion it reached (those before `failed` it passed)."""
+    for c in CRITERIA[:3]:
+        passed[c]["in"] += 1
+        if c == failed:
+            return
+        passed[c]["ok"] += 1
+
+
+def enhance_responses(records, teacher, cfg, report, cache=None, verifier=None):
+    """Multiple-choice records get the first accepted of k teacher rationales as their answer,
+    and the appendix A prompt as their question, so the target (a rationale) is what the user
+    turn asks for. A sample is accepted when it passes every criterion, in order: format (one
+    final <answer>X</answer> after some reasoning), letter (X is the gold option), consistency
+    (consistent_rationale) and, with a verifier, the verifier's yes to VERIFY_PROMPT.
+    cfg.sample draws that many multiple-choice records at random (seeded); cfg.cap stops asking
+    once that many are enhanced; cfg.accepted_only writes only the enhanced records (the paper's
+    separate ~3k reasoning set). Everything is counted per source and per criterion."""
     cache = cache or JsonlCache(None)
-    salt = (COT_PROMPT, cfg.teacher, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
-    out, todo = list(records), []
+    salt = ("samples-v2", COT_PROMPT, cfg.teacher, cfg.k, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+            cfg.seed)
+    fate = "dropped" if cfg.accepted_only else "kept"  # what happens to a record that is not enhanced
+    todo = []
     for i, r in enumerate(records):
         src, u, a = source_of(r), turn_index(r, "user"), turn_index(r, "assistant", last=True)
         stem, options = parse_options(r["messages"][u]["content"]) if u is not None and a is not None else ("", None)
         gold = parse_gold(r["messages"][a]["content"], options) if options else None
         if gold is None:
-            report.count("kept:not_multiple_choice" if options is None else "kept:gold_not_parsed", src)
+            report.count(f"{fate}:not_multiple_choice" if options is None else f"{fate}:gold_not_parsed", src)
             continue
         question = stem + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
-        todo.append((record_key(r, *salt), _user_request(r, COT_PROMPT.replace("{QUESTION}", question)), (options, gold, i)))
-
-    def judge(samples, ctx):
-        verdicts = [accept_rationale(x, ctx[0], ctx[1], cfg.min_reasoning_chars) for x in samples]
-        chosen = next((x.strip() for x, (ok, _) in zip(samples, verdicts) if ok), None)
-        return {"text": chosen, "reasons": [why for _, why in verdicts]}
-    teacher_pass(teacher, todo, cache, report, cfg, judge, n=cfg.k, desc="cot")
-    for key, request, (_, _, i) in todo:
-        src, hit = source_of(records[i]), cache.get(key)
-        report.count("multiple_choice", src)
-        for why in (hit or {}).get("reasons", []):
-            report.count(f"sample:{why}", src)
-        if hit is None or hit["text"] is None:
-            report.count("kept:teacher_error" if hit is None else "kept:no_accepted_rationale", src)
+        todo.append((record_key(r, *salt), _user_request(r, COT_PROMPT.replace("{QUESTION}", question)),
+                     (options, gold, i, question)))
+    drawn = todo
+    if cfg.sample and cfg.sample < len(todo):
+        drawn = random.Random(cfg.seed).sample(todo, cfg.sample)
+        picked = {t[2][2] for t in drawn}
+        for t in todo:
+            if t[2][2] not in picked:
+                report.count(f"{fate}:not_drawn", source_of(records[t[2][2]]))
+    passed = {c: Counter() for c in CRITERIA}  # criterion -> {"in": samples checked, "ok": passed}
+    enhanced, chunk = {}, max(cfg.batch_size, 1) * 4  # chunks, so that a cap stops the teacher early
+    for c0 in range(0, len(drawn), chunk):
+        part = drawn[c0:c0 + chunk]
+        if cfg.cap and len(enhanced) >= cfg.cap:
+            for _, _, ctx in part:
+                report.count(f"{fate}:cap_reached", source_of(records[ctx[2]]))
             continue
-        r = out[i] = json.loads(json.dumps(records[i]))
-        r["messages"][turn_index(r, "user")]["content"] = request["messages"][0]["content"]
-        r["messages"][turn_index(r, "assistant", last=True)]["content"] = hit["text"]
-        report.count("enhanced", src)
+        teacher_pass(teacher, part, cache, report, cfg, lambda samples, _: {"samples": samples}, n=cfg.k, desc="cot")
+        verdicts = {key: [(x, *rule_verdict(x, options, gold, cfg)) for x in cache.get(key)["samples"]]
+                    for key, _, (options, gold, _, _) in part if cache.get(key) is not None}
+        if verifier is not None:  # only samples that pass the rules are shown to the verifier
+            # the verifier sees the reasoning without its tag and is asked about the letter apart
+            verify_pass(verifier, [(record_key("verify", cfg.verifier, key, x), _user_request(
+                records[i], VERIFY_PROMPT.format(QUESTION=question, RATIONALE=_body(x), LETTER=gold)))
+                for key, _, (_, gold, i, question) in part for x, failed, _ in verdicts.get(key, [])
+                if failed is None], cache, report, cfg)
+        for key, request, (options, gold, i, question) in part:
+            src = source_of(records[i])
+            report.count("multiple_choice", src)
+            if key not in verdicts:
+                report.count(f"{fate}:teacher_error", src)
+                continue
+            chosen = None
+            for x, failed, why in verdicts[key]:
+                _tally(passed, failed)
+                if failed is None and verifier is not None:
+                    v = cache.get(record_key("verify", cfg.verifier, key, x))
+                    passed["verifier"]["in"] += v is not None
+                    passed["verifier"]["ok"] += bool(v and v["yes"])
+                    failed, why = (None, "ok") if v and v["yes"] else \
+                        ("verifier", "verifier_said_no" if v else "verifier_error")
+                report.count(f"sample:{why}", src)
+                if failed is None and chosen is None:
+                    chosen = x.strip()
+            if chosen is None:
+                report.count(f"{fate}:no_accepted_rationale", src)
+            elif cfg.cap and len(enhanced) >= cfg.cap:
+                report.count(f"{fate}:cap_reached", src)
+            else:
+                enhanced[i] = (request["messages"][0]["content"], chosen)
+                report.count("enhanced", src)
+    out = []
+    for i, r in enumerate(records):
+        if i in enhanced:
+            r = remember_original(json.loads(json.dumps(r)))
+            r["messages"][turn_index(r, "user")]["content"] = enhanced[i][0]
+            r["messages"][turn_index(r, "assistant", last=True)]["content"] = enhanced[i][1]
+        elif cfg.accepted_only:
+            continue
+        out.append(r)
     report.sections["acceptance_rate"] = {
         s: round(c["enhanced"] / c["multiple_choice"], 4) for s, c in sorted(report.by_source.items())
         if c["multiple_choice"]}
+    report.sections["acceptance_by_criterion"] = {
+        c: f"{n['ok']} of {n['in']} samples" for c, n in passed.items() if c != "verifier" or verifier is not None}
     return out
 
 
@@ -303,12 +456,16 @@ def check_caption(text, cfg):
 
 
 def refine_captions(records, teacher, cfg, report, cache=None):
-    """The last assistant turn (the caption) is rewritten by the teacher with the appendix A
-    prompt; an output failing check_caption leaves the original caption, counted by reason."""
+    """The caption of each image-caption record (is_caption) is rewritten by the teacher with the
+    appendix A prompt; an output failing check_caption leaves the original caption, counted by
+    reason. Every other record passes unchanged, counted "not_applicable"."""
     cache = cache or JsonlCache(None)
     salt = (CAPTION_PROMPT, cfg.teacher, cfg.temperature, cfg.max_new_tokens, cfg.seed)
     out, todo = list(records), []
     for i, r in enumerate(records):
+        if not is_caption(r):
+            report.count("not_applicable", source_of(r))
+            continue
         a = turn_index(r, "assistant", last=True)
         if a is None or not r["messages"][a]["content"].strip():
             report.count("kept:no_caption", source_of(r))
@@ -323,7 +480,7 @@ def refine_captions(records, teacher, cfg, report, cache=None):
         if not ok:
             report.count(f"kept:{why}", src)
             continue
-        out[i] = json.loads(json.dumps(records[i]))
+        out[i] = remember_original(json.loads(json.dumps(records[i])))
         out[i]["messages"][a]["content"] = hit["text"].strip()
         report.count("refined", src)
     return out
@@ -475,8 +632,10 @@ def text_histogram(values, bins=12, width=40):
 
 
 def select_by_perplexity(records, results, cfg, report):
-    """Keep flags: ppl <= max_ppl and/or ppl <= the keep_percentile-th percentile of its source.
-    Records without a score (no image, unreadable) are kept and counted; too short are dropped."""
+    """Keep flags: a scored caption is kept when ppl <= max_ppl and/or ppl <= the
+    keep_percentile-th percentile of the captions of its source. Records without a score are
+    kept and counted by why: not a caption ("not_applicable"), no image, unreadable, too short
+    to score (fewer than min_caption_tokens: their perplexity is noise, not a verdict)."""
     by_src = defaultdict(list)
     for r, res in zip(records, results):
         if "ppl" in res:
@@ -489,8 +648,8 @@ def select_by_perplexity(records, results, cfg, report):
     for r, res in zip(records, results):
         src = source_of(r)
         if "ppl" not in res:
-            ok = res["error"] != "too_short"
-            report.count(("kept:" if ok else "dropped:") + res["error"].split(":")[0], src)
+            ok, why = True, res["error"].split(":")[0]
+            report.count(why if why == "not_applicable" else "kept:" + why, src)
         else:
             ok = (cfg.max_ppl is None or res["ppl"] <= cfg.max_ppl) and res["ppl"] <= cut.get(src, math.inf)
             report.count("kept" if ok else "dropped:perplexity", src)
@@ -500,11 +659,66 @@ def select_by_perplexity(records, results, cfg, report):
     return keep
 
 
+def perplexity_step(records, cfg, report, stem, model=None):
+    """Scores the image-caption records (is_caption) only, selects, writes OUT.scores.jsonl (one
+    line per caption) and returns the keep flags for all records."""
+    from data import ImageProcessor, load_tokenizer
+    captions = [i for i, r in enumerate(records) if is_caption(r)]
+    todo, cache = [records[i] for i in captions], JsonlCache(stem + ".cache.jsonl")
+    if not todo:
+        scored = []
+    elif cfg.scorer == "vllm":
+        import evaluate
+        backend = evaluate.make_backend("vllm", cfg.model, dtype=cfg.dtype, max_pixels=cfg.max_pixels)
+        scored = score_with_prompt_logprobs(todo, backend, load_tokenizer(cfg.model), cfg, report, cache)
+    else:
+        model, tok = model or load_model(cfg.model, cfg.dtype, cfg.device)
+        scored = score_records(todo, model, tok, ImageProcessor(max_pixels=cfg.max_pixels), cfg, report, cache)
+    results = [{"error": "not_applicable"}] * len(records)
+    for i, res in zip(captions, scored):
+        results[i] = res
+    keep = select_by_perplexity(records, results, cfg, report)
+    with open(stem + ".scores.jsonl", "w") as f:
+        for i in captions:
+            f.write(json.dumps({"index": i, "id": record_name(records[i], i), "source": source_of(records[i]),
+                                **results[i], "kept": keep[i]}) + "\n")
+    return keep
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Merging a generated set into the mix
+
+
+@dataclass
+class MergeConfig:
+    add: list = field(default_factory=list)  # LABEL=PATH: a ShareGPT file joining as source LABEL
+    seed: int = 0  # the merged records are shuffled with this seed
+
+
+def merge_records(records, cfg, report):
+    """IN's records plus every --add file's, relabelled, shuffled deterministically."""
+    from data import read_sharegpt
+    out = list(records)
+    for spec in cfg.add:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise click.UsageError(f"--add {spec!r}: expected LABEL=PATH, e.g. "
+                                   "pmc_vqa_reasoning=sft/pmc_vqa_reasoning.jsonl")
+        added, info = read_sharegpt(path)
+        for reason, n in info["skipped"].items():
+            report.count(f"dropped:invalid_record:{reason}", label, n)
+        report.sections.setdefault("added", {})[label] = f"{len(added)} records from {path}"
+        report.count("in", label, len(added))
+        out += [{**r, "source": label} for r in added]
+    random.Random(cfg.seed).shuffle(out)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Steps over files, and the command line
 
 
-def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=None):
+def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=None, verifier=None):
     """Read IN, run one step, write OUT (+ OUT.report.json/.md, OUT.dropped.jsonl)."""
     if step == "decontaminate":
         return decontaminate.run_step(in_path, out_path, cfg, embedder)
@@ -515,33 +729,28 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
         raise click.UsageError(f"{step} needs --{need} DIR (a checkpoint directory)")
     stem = os.path.splitext(out_path)[0]
     records, report = read_step_input(step, in_path, cfg)
-    keep = [True] * len(records)
+    keep = None  # every record, unless a filter says otherwise
     if step == "augment":
         records = augment_records(records, cfg, report)
+    elif step == "merge":
+        records = merge_records(records, cfg, report)
     elif step in ("cot", "caption"):
         import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
         teacher = teacher or evaluate.make_backend(cfg.backend, cfg.teacher)
-        fn = enhance_responses if step == "cot" else refine_captions
-        records = fn(records, teacher, cfg, report, JsonlCache(stem + ".cache.jsonl"))
-    else:
-        from data import ImageProcessor, load_tokenizer
         cache = JsonlCache(stem + ".cache.jsonl")
-        if cfg.scorer == "vllm":
-            import evaluate
-            backend = evaluate.make_backend("vllm", cfg.model, dtype=cfg.dtype, max_pixels=cfg.max_pixels)
-            results = score_with_prompt_logprobs(records, backend, load_tokenizer(cfg.model), cfg, report, cache)
+        if step == "caption":
+            records = refine_captions(records, teacher, cfg, report, cache)
         else:
-            model, tok = model or load_model(cfg.model, cfg.dtype, cfg.device)
-            results = score_records(records, model, tok, ImageProcessor(max_pixels=cfg.max_pixels), cfg, report, cache)
-        keep = select_by_perplexity(records, results, cfg, report)
-        with open(stem + ".scores.jsonl", "w") as f:
-            for i, (r, res, k) in enumerate(zip(records, results, keep)):
-                f.write(json.dumps({"index": i, "id": record_name(r, i), "source": source_of(r), **res, "kept": k}) + "\n")
-    return write_step_output(records, keep, out_path, report)
+            if cfg.verifier and verifier is None:
+                verifier = evaluate.make_backend(cfg.verifier_backend, cfg.verifier)
+            records = enhance_responses(records, teacher, cfg, report, cache, verifier)
+    else:
+        keep = perplexity_step(records, cfg, report, stem, model)
+    return write_step_output(records, [True] * len(records) if keep is None else keep, out_path, report)
 
 
 CONFIGS = {"augment": AugmentConfig, "cot": CotConfig, "caption": CaptionConfig,
-           "perplexity": PerplexityConfig, "decontaminate": DecontamConfig}
+           "perplexity": PerplexityConfig, "merge": MergeConfig, "decontaminate": DecontamConfig}
 
 
 def config_from(step, options):

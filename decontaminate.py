@@ -104,6 +104,8 @@ def read_step_input(step, in_path, cfg):
     records, info = read_sharegpt(in_path)
     report = Report(step, cfg)
     report.sections["input"] = {"path": in_path, "records": len(records), "unreadable_lines": info["read"] - info["kept"]}
+    for r in records:
+        report.count("in", source_of(r))
     for reason, n in info["skipped"].items():
         report.count(f"dropped:invalid_record:{reason}", n=n)
     report.sections["invalid_records"] = info["examples"]
@@ -111,10 +113,14 @@ def read_step_input(step, in_path, cfg):
 
 
 def write_step_output(records, keep, out_path, report):
-    """OUT (kept records), OUT.dropped.jsonl (the others, if any), OUT.report.json/.md."""
+    """OUT (kept records), OUT.dropped.jsonl (the others, if any), OUT.report.json/.md. The
+    report's per-source table gets "in" (read_step_input) and "out" columns."""
     write_sharegpt([r for r, k in zip(records, keep) if k], out_path)
     if not all(keep):
         write_sharegpt([r for r, k in zip(records, keep) if not k], os.path.splitext(out_path)[0] + ".dropped.jsonl")
+    for r, k in zip(records, keep):
+        if k:
+            report.by_source[source_of(r)]["out"] += 1
     report.counts["output_records"] = sum(keep)
     report.write(out_path)
     return report
@@ -125,8 +131,12 @@ def config_command(cls):
     def add(command):
         for f in reversed(dataclasses.fields(cls)):
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            flag = "--" + f.name.replace("_", "-")
+            if f.type is bool:
+                command = click.option(flag, f.name, is_flag=True, default=default)(command)
+                continue
             kind = f.type if f.type in (int, float, str) else (str if isinstance(default, list) else float)
-            command = click.option("--" + f.name.replace("_", "-"), f.name, type=kind, default=default,
+            command = click.option(flag, f.name, type=kind, default=default,
                                    multiple=isinstance(default, list), show_default=True)(command)
         return click.argument("in_path", type=click.Path(exists=True, dir_okay=False))(
             click.argument("out_path", type=click.Path(dir_okay=False))(command))
@@ -166,9 +176,13 @@ def template_question(text, templates):
 
 
 def bare_question(text):
-    """(question, options) without image tags, option lines and the instruction a template of
-    sources.INSTRUCTIONS added, so augmented and raw copies of a question compare alike."""
+    """(question, options) without image tags, option lines, the instruction a template of
+    sources.INSTRUCTIONS added or the chain-of-thought prompt around it (curate.COT_PROMPT), so
+    raw, augmented and CoT copies of a question compare alike."""
+    import curate
     import sources
+    text = strip_image_tags(text)
+    text = template_question(text, [curate.COT_PROMPT.replace("{QUESTION}", "{question}")]) or text
     stem, options = parse_options(text)
     if options is None:
         stem = next((q for k, v in sources.INSTRUCTIONS.items() if k != "caption"
@@ -177,11 +191,26 @@ def bare_question(text):
 
 
 def query_of(record) -> str:
-    """The question a record (ShareGPT, or load_source-style with "question") asks."""
+    """The question a record (ShareGPT, or load_source-style with "question") asks: its original
+    question when a step rewrote the prompt (remember_original), else the bare user turn."""
     if "question" in record and "messages" not in record:
         return strip_image_tags(str(record["question"]))
+    original = record.get("original") or {}
+    if original.get("question") is not None:
+        return strip_image_tags(str(original["question"]))
     u = turn_index(record, "user")
     return bare_question(record["messages"][u]["content"])[0] if u is not None else ""
+
+
+def remember_original(record):
+    """Before a step rewrites a record's prompt (augmentation, chain of thought, caption
+    refinement): store what it asks, its question and options, in record["original"] once, so
+    decontamination compares the original item however later steps reword it. Returns record."""
+    if not (record.get("original") or {}).get("question"):
+        u = turn_index(record, "user")
+        stem, options = bare_question(record["messages"][u]["content"]) if u is not None else ("", None)
+        record["original"] = {"question": stem, "options": options}
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +376,8 @@ def decontaminate(train, bench, embedder, cfg, report, cache=None):
 
     def remove(i, q, j, kind, score):
         keep[i] = False
-        removed.append({"train": record_name(train[i], i), "train_question": q, "kind": kind,
+        removed.append({"train": record_name(train[i], i), "source": source_of(train[i]), "train_question": q,
+                        "kind": kind,
                         "bench": record_name(bench[j], j), "bench_question": query_of(bench[j]), "score": score})
 
     for i, h, ims, q in t:

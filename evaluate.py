@@ -8,10 +8,11 @@
     python evaluate.py compare runs/base runs/trained -o table.md   # Table 1 shape, side by side
     python -m pytest -q tests/test_evaluate.py
 
-Benchmarks (sources.load_source): vqa_rad, slake, path_vqa, pmc_vqa, pmc_vqa_open, mmmu,
-gmai_mmbench, synthetic. Scoring follows the scorers the paper used: MultiMedEval's VQA scorer for
-VQA-RAD, SLAKE, Path-VQA (and open PMC-VQA); option accuracy for multiple choice, with a parser
-stricter than VLMEvalKit's about chain of thought and the article "A". The analyses, the LLM
+Benchmarks (sources.load_source): vqa_rad, slake, path_vqa, pmc_vqa (the clean test set),
+pmc_vqa_full, pmc_vqa_open, mmmu, gmai_mmbench, synthetic. Scoring follows the scorers the paper
+used: MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA (and open PMC-VQA); option accuracy
+for multiple choice, with a parser stricter than VLMEvalKit's about chain of thought and the
+article "A". The analyses, the LLM
 judge and the Table 1 Markdown are in report.py. Per run directory: <benchmark>/<variant>.jsonl
 (prompt, response, parsed answer, score, flags per sample), summary.json, table.md; a killed run
 resumes from its JSONL files.
@@ -450,9 +451,11 @@ def make_backend(kind, model_dir, **kw):
 # name -> (sources.load_source name, split); report.COLUMNS names their Table 1 columns. Records
 # with options are scored by option accuracy, records without by MultiMedEval (so MMMU's 5
 # short-answer items are scored as open VQA; VLMEvalKit turns them into 2-option questions
-# instead). pmc_vqa_open drops the options.
+# instead). pmc_vqa is the manually validated clean test set the paper reports (test_clean.csv,
+# 2k items); pmc_vqa_full the whole test.csv; pmc_vqa_open drops the options of the clean set.
 BENCHMARKS = {"vqa_rad": ("vqa_rad", "test"), "slake": ("slake", "test"), "path_vqa": ("path_vqa", "test"),
-              "pmc_vqa": ("pmc_vqa", "test"), "pmc_vqa_open": ("pmc_vqa", "test"), "mmmu": ("mmmu", "validation"),
+              "pmc_vqa": ("pmc_vqa", "test_clean"), "pmc_vqa_full": ("pmc_vqa", "test"),
+              "pmc_vqa_open": ("pmc_vqa", "test_clean"), "mmmu": ("mmmu", "validation"),
               "gmai_mmbench": ("gmai_mmbench", "validation"), "synthetic": ("synthetic", "test")}
 
 

@@ -30,8 +30,8 @@ from collections import Counter, defaultdict
 
 # Table 1 columns in the paper's order, keyed by evaluate.BENCHMARKS names
 COLUMNS = {"vqa_rad": "VQA-RAD", "slake": "SLAKE(en)", "path_vqa": "Path-VQA", "pmc_vqa": "PMC-VQA",
-           "pmc_vqa_open": "PMC-VQA(open)", "mmmu": "MMMU(H&M)", "gmai_mmbench": "GMAI-MMBench",
-           "synthetic": "Synthetic"}
+           "pmc_vqa_full": "PMC-VQA(full test)", "pmc_vqa_open": "PMC-VQA(open)", "mmmu": "MMMU(H&M)",
+           "gmai_mmbench": "GMAI-MMBench", "synthetic": "Synthetic"}
 SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
     ("modality recognition", r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
     ("anatomical localization", r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),

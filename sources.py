@@ -1,10 +1,10 @@
 """Dataset readers, ShareGPT conversion with instruction augmentation, and the SFT mix (Table 2).
 
     python sources.py convert --source vqa_rad --root data/VQA_RAD --split train -o vqa_rad.jsonl
-    python sources.py mix [SPEC.json] --data-root data -o sft_mix.jsonl --seed 0
+    python sources.py mix [SPEC.json] --data-root data -o sft/mix.jsonl --seed 0
 
-`load_source(name, root, split, **kw)` reads one dataset from its raw distributed format into
-plain records:
+`iter_source(name, root, split, report)` streams one dataset from its raw distributed format as
+plain records (`load_source` returns them as a list):
 
     {"id": str, "question": str, "answer": str, "options": {"A": text, ...} | None,
      "images": [path | PIL.Image, ...], "meta": {...source fields...},
@@ -13,7 +13,8 @@ plain records:
 A multiple-choice `answer` is the option letter (meta["answer_text"]: its text). Reading never
 opens an image file (a missing one is counted when the record is used, e.g. by `mix`); images
 embedded in parquet/TSV become PIL images decoded lazily. Malformed rows are skipped and counted
-by reason in `records.report` (a `SourceReport`); nothing is dropped silently.
+by reason in the reader's `SourceReport`; nothing is dropped silently. Each reader's docstring
+names the layout it expects and where its publisher documents it (PUBLISHED).
 """
 import ast
 import base64
@@ -41,6 +42,25 @@ LETTERS = "ABCDEFGHIJ"
 # validation items each = the 150 items the paper evaluates.
 HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                    "Pharmacy", "Public_Health")
+# Where each dataset is published, and what to download: every "not found" error quotes this.
+PUBLISHED = {
+    "vqa_rad": "https://osf.io/89kps/ ('VQA_RAD Dataset Public.json' and 'VQA_RAD Image Folder/')",
+    "slake": "https://huggingface.co/datasets/BoKelvin/SLAKE (train.json, validate.json, test.json, "
+             "imgs.zip unpacked to imgs/)",
+    "path_vqa": "https://huggingface.co/datasets/flaviagiammarino/path-vqa (data/<split>-*.parquet), or "
+                "the original release's qas/<split>/<split>_qa.pkl with images/<split>/",
+    "pmc_vqa": "https://huggingface.co/datasets/xmcmic/PMC-VQA (train.csv, test.csv, test_clean.csv, "
+               "images.zip unpacked to images/; train_2.csv, test_2.csv, images_2.zip unpacked to "
+               "images_2/figures/)",
+    "mmmu": "https://huggingface.co/datasets/MMMU/MMMU (<Subject>/<split>-*.parquet)",
+    "gmai_mmbench": "https://huggingface.co/datasets/OpenGVLab/GMAI-MMBench (GMAI_mm_bench_VAL.tsv, "
+                    "GMAI_mm_bench_TEST_part_1..11.tsv) or VLMEvalKit's copy GMAI-MMBench_VAL.tsv",
+    "gmai_reasoning": "https://huggingface.co/datasets/General-Medical-AI/GMAI-Reasoning10K "
+                      "(reasoning_mcq_sft.jsonl and the images it references)",
+    "llava_onevision": "https://huggingface.co/datasets/lmms-lab/LLaVA-OneVision-Data "
+                       "(<subset>/train-*.parquet)",
+    "synthetic": "synthetic.py (<root>/<split>.jsonl)",
+}
 
 
 # ----------------------------------------------------------------------------- records + report
@@ -97,14 +117,21 @@ def image_bytes(im):
     return buf.getvalue(), ".png"
 
 
-def _parquet_rows(paths):
+def _parquet_rows(paths, source, needed, batch_size=64):
+    """(path, row dict) for every row, a batch at a time: memory holds one batch of rows and one
+    row group, never the file. Each file must have the needed columns. Row groups are asked for
+    one at a time: iter_batches over all of them pre-buffers every row group first, which holds
+    the whole file in memory (bench/bench_mix.py measures it)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ImportError("reading parquet files needs pyarrow: pip install pyarrow") from e
     for path in tqdm(paths, desc="parquet files", unit="file", leave=False, disable=len(paths) < 2):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            yield from ((path, row) for row in batch.to_pylist())
+        f = pq.ParquetFile(path)
+        _require_columns(path, f.schema_arrow.names, needed, source)
+        for group in range(f.num_row_groups):
+            for batch in f.iter_batches(batch_size=batch_size, row_groups=[group]):
+                yield from ((path, row) for row in batch.to_pylist())
 
 
 def _hf_image(value, root):
@@ -118,15 +145,34 @@ def _hf_image(value, root):
     return os.path.join(root, str(value))
 
 
-def _find(root, *names):
+def _missing(source, root, what):
+    return FileNotFoundError(f"{source}: {what} not found under {root!r}. Expected the layout as "
+                             f"published at {PUBLISHED[source]}; point --root (or the spec's root) at "
+                             "that folder")
+
+
+def _find(source, root, *names):
     """First existing candidate under root (root may itself be the file)."""
     if os.path.isfile(root):
         return root
     found = next((p for p in (os.path.join(root, n) for n in names) if os.path.exists(p)), None)
     if found is None:
-        raise FileNotFoundError(f"none of {list(names)} found under {root!r}: point --root at the "
-                                "dataset folder")
+        raise _missing(source, root, " or ".join(repr(n) for n in names))
     return found
+
+
+def _first_dir(base, *names):
+    """The first of base/<name> that is a folder (else the first name: its missing files are
+    counted, with their paths, by whoever opens them)."""
+    return next((os.path.join(base, n) for n in names if os.path.isdir(os.path.join(base, n))),
+                os.path.join(base, names[0]))
+
+
+def _require_columns(path, found, needed, source):
+    lost = [c for c in needed if c not in (found or [])]
+    if lost:
+        raise ValueError(f"{path}: missing column(s) {lost}; found {list(found or [])}, expected at least "
+                         f"{list(needed)} (the layout published at {PUBLISHED[source]})")
 
 
 def _jsonl(path, report):
@@ -153,23 +199,24 @@ def _pick(table, split, source):
     return table[split]
 
 
-def _split_files(root, split, ext="parquet"):
+def _split_files(source, root, split, ext="parquet"):
     """HF hub layout: <root>/**/<split>-00000-of-0000N.<ext> (validation may be 'val')."""
     alias = {"val": "validation", "valid": "validation"}.get(split, split)
     files = sorted(set(glob.glob(os.path.join(root, "**", f"{alias}-*.{ext}"), recursive=True)
                        + glob.glob(os.path.join(root, "**", f"{alias}.{ext}"), recursive=True)))
     if not files:
-        raise FileNotFoundError(f"no {alias}-*.{ext} files under {root!r}")
+        raise _missing(source, root, f"{alias}-*.{ext} files")
     return files
 
 
 # ----------------------------------------------------------------------------- readers
+# Each reader is a generator: records come one at a time, so the mix can sample a source far
+# larger than memory. Rows are counted in report.rows and every skipped row in report.skip.
 def _qa_json(source, path, img_dir, image_key, keep, report):
     """VQA-RAD and SLAKE: a JSON list of {qid, question, answer, <image_key>, ...} rows, of which
     those with keep(row) true belong to the split. Whitespace around meta strings is stripped."""
     with open(path, encoding="utf-8") as f:
         rows = json.load(f)
-    out = []
     for i, r in enumerate(rows):
         if not keep(r):
             continue
@@ -178,30 +225,32 @@ def _qa_json(source, path, img_dir, image_key, keep, report):
             report.skip(i, f"missing question, answer or {image_key}"); continue
         meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
                 if k not in ("question", "answer")}
-        out.append(_record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
-                           [os.path.join(img_dir, r[image_key])], meta))
-    return out
+        yield _record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
+                      [os.path.join(img_dir, r[image_key])], meta)
 
 
 def read_vqa_rad(root, split, report):
-    """Official 'VQA_RAD Dataset Public.json'. Split by phrase_type: test = test_freeform +
-    test_para (451 items), train = freeform + para. Images in 'VQA_RAD Image Folder' or images/."""
-    path = _find(root, "VQA_RAD Dataset Public.json")
+    """VQA-RAD as released on OSF (https://osf.io/89kps/): 'VQA_RAD Dataset Public.json' (a list
+    of {qid, image_name, image_organ, question, answer, answer_type, phrase_type, ...}) and the
+    images in 'VQA_RAD Image Folder/' (or images/). Split by phrase_type: test = test_freeform +
+    test_para (451 items), train = freeform + para (1,797)."""
+    path = _find("vqa_rad", root, "VQA_RAD Dataset Public.json")
     base = os.path.dirname(path)
-    img_dir = next((os.path.join(base, d) for d in ("VQA_RAD Image Folder", "images")
-                    if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
     wanted = _pick({"train": ("freeform", "para"), "test": ("test_freeform", "test_para"),
                     "all": ("freeform", "para", "test_freeform", "test_para")}, split, "vqa_rad")
-    return _qa_json("vqa_rad", path, img_dir, "image_name", lambda r: r.get("phrase_type") in wanted, report)
+    yield from _qa_json("vqa_rad", path, _first_dir(base, "VQA_RAD Image Folder", "images"), "image_name",
+                        lambda r: r.get("phrase_type") in wanted, report)
 
 
 def read_slake(root, split, report, lang="en"):
-    """SLAKE train.json / validate.json / test.json, images under imgs/<img_name>.
+    """SLAKE as published (https://www.med-vqa.com/slake/, mirrored at BoKelvin/SLAKE on the HF
+    hub): train.json / validate.json / test.json, each a list of {img_id, img_name, question,
+    answer, q_lang, answer_type, content_type, modality, ...}; images under imgs/<img_name>.
     `lang` filters q_lang ('en' default; None keeps both English and Chinese)."""
-    path = _find(root, _pick({"train": "train.json", "validation": "validate.json", "val": "validate.json",
-                              "validate": "validate.json", "test": "test.json"}, split, "slake"))
-    return _qa_json("slake", path, os.path.join(os.path.dirname(path), "imgs"), "img_name",
-                    lambda r: not lang or r.get("q_lang") == lang, report)
+    path = _find("slake", root, _pick({"train": "train.json", "validation": "validate.json", "val": "validate.json",
+                                       "validate": "validate.json", "test": "test.json"}, split, "slake"))
+    yield from _qa_json("slake", path, os.path.join(os.path.dirname(path), "imgs"), "img_name",
+                        lambda r: not lang or r.get("q_lang") == lang, report)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -211,27 +260,31 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is expected")
 
 
+def _path_vqa_pickle_rows(root, split):
+    s = {"validation": "val"}.get(split, split)
+    path = _find("path_vqa", root, f"qas/{s}/{s}_qa.pkl", f"qas/{s}_vqa.pkl", f"{s}_qa.pkl", f"{s}_vqa.pkl")
+    with open(path, "rb") as f:
+        data = _PlainUnpickler(f).load()
+    img_dir = os.path.join(root, "images", s)
+    for i, r in enumerate(data):
+        name = r.get("image") or r.get("img_id") if isinstance(r, dict) else None
+        yield (f"{s}-{r.get('question_id', i) if isinstance(r, dict) else i}", r,
+               os.path.join(img_dir, name + ".jpg") if name else None)
+
+
 def read_path_vqa(root, split, report):
-    """PathVQA. (1) HF parquet (flaviagiammarino/path-vqa: image {bytes, path}, question, answer),
-    files <root>/**/<split>-*.parquet; (2) the original pickles, when no parquet is found:
+    """PathVQA. (1) The HF parquet release (https://huggingface.co/datasets/flaviagiammarino/
+    path-vqa, its dataset card: image {bytes, path}, question, answer), files
+    <root>/**/<split>-*.parquet; (2) the original pickles, when no parquet is found:
     qas/<split>/<split>_qa.pkl = list of {"image": "train_0422", "question", "answer"}, or
     qas/<split>_vqa.pkl = list of {"img_id", "sent", "label": {answer: score}, "answer_type"};
     images at images/<split>/<image>.jpg. Split names: train, val, test."""
     try:
-        files = _split_files(root, split)
-        rows = [(f"{split}-{i}", r, _hf_image(r.get("image"), root))
-                for i, (_, r) in enumerate(_parquet_rows(files))]
+        files = _split_files("path_vqa", root, split)
+        rows = ((f"{split}-{i}", r, _hf_image(r.get("image"), root))
+                for i, (_, r) in enumerate(_parquet_rows(files, "path_vqa", ["image", "question", "answer"])))
     except FileNotFoundError:  # no parquet files: the original pickles
-        rows, s = [], {"validation": "val"}.get(split, split)
-        path = _find(root, f"qas/{s}/{s}_qa.pkl", f"qas/{s}_vqa.pkl", f"{s}_qa.pkl", f"{s}_vqa.pkl")
-        with open(path, "rb") as f:
-            data = _PlainUnpickler(f).load()
-        img_dir = os.path.join(root, "images", s)
-        for i, r in enumerate(data):
-            name = r.get("image") or r.get("img_id") if isinstance(r, dict) else None
-            rows.append((f"{s}-{r.get('question_id', i) if isinstance(r, dict) else i}", r,
-                         os.path.join(img_dir, name + ".jpg") if name else None))
-    out = []
+        rows = _path_vqa_pickle_rows(root, split)
     for rid, r, img in rows:
         report.rows += 1
         if not isinstance(r, dict):
@@ -244,8 +297,7 @@ def read_path_vqa(root, split, report):
             report.skip(rid, "missing question, answer or image"); continue
         a = str(a).strip()
         meta = {"answer_type": r.get("answer_type") or ("yes/no" if a.lower() in ("yes", "no") else "other")}
-        out.append(_record(f"path_vqa-{rid}", str(q).strip(), a, [img], meta))
-    return out
+        yield _record(f"path_vqa-{rid}", str(q).strip(), a, [img], meta)
 
 
 def _strip_choice(cell, letter):
@@ -253,35 +305,55 @@ def _strip_choice(cell, letter):
     return re.sub(rf"^\s*{letter}\s*[:.)]\s*", "", str(cell or "")).strip()
 
 
-def read_pmc_vqa(root, split, report, file=None, subset="vqa"):
-    """PMC-VQA CSV. v1 columns: Figure_path, Question, Answer (text), Choice A..D, Answer_label
-    (letter); v2: index, Figure_path, Caption, Question, Choice A..D (or A..D), Answer (letter),
-    split. Some revisions spell 'Anwser'. subset='caption' yields one caption record per figure."""
-    path = (os.path.join(root, file) if file
-            else _find(root, f"{split}.csv", f"{split}_2.csv", f"{split}_clean.csv"))
-    base = os.path.dirname(path)
-    img_dir = next((os.path.join(base, d) for d in ("images", "images_2", "figures")
-                    if os.path.isdir(os.path.join(base, d))), os.path.join(base, "images"))
-    out, seen = [], set()
+# PMC-VQA files per (split, version), and where each version's figures unpack (dataset card at
+# https://huggingface.co/datasets/xmcmic/PMC-VQA; images_2.zip holds a figures/ folder, which
+# PMC-VQA users keep as images_2/figures/).
+PMC_VQA_FILES = {("train", 1): "train.csv", ("test", 1): "test.csv", ("test_clean", 1): "test_clean.csv",
+                 ("train", 2): "train_2.csv", ("test", 2): "test_2.csv"}
+PMC_VQA_IMAGES = {1: ("images",), 2: ("images_2/figures", "figures", "images_2")}
+
+
+def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
+    """PMC-VQA (dataset card: https://huggingface.co/datasets/xmcmic/PMC-VQA).
+    Version 1 (227k questions on 149k figures): train.csv, test.csv and test_clean.csv (the
+    manually validated test set the paper evaluates on), figures from images.zip in images/.
+    Columns: Figure_path, Question, Answer (the answer's text; early revisions spell it 'Anwser'),
+    Choice A..D (cells carry their letter: 'A:Diffuse uptake'), Answer_label (the letter).
+    Version 2 (non-compound figures, with their captions): train_2.csv, test_2.csv, figures
+    from images_2.zip in images_2/figures/. Columns: index, Figure_path, Caption, Question,
+    Choice A..D, Answer (the letter), split.
+    subset='vqa' yields the multiple-choice questions (default version 1, the test_clean
+    version); subset='caption' yields one image-caption record per figure (version 2, the
+    only one with captions)."""
+    version = version or (2 if subset == "caption" else 1)
+    if subset == "caption" and version != 2:
+        raise ValueError("pmc_vqa captions exist only in version 2 (train_2.csv / test_2.csv)")
+    name = _pick({s: f for (s, v), f in PMC_VQA_FILES.items() if v == int(version)}, split, f"pmc_vqa v{version}")
+    path = _find("pmc_vqa", root, name)
+    img_dir = _first_dir(os.path.dirname(path), *PMC_VQA_IMAGES[int(version)])
+    seen = set()
     with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.DictReader(f)):
+        reader = csv.DictReader(f)
+        columns = [c.strip().replace("Anwser", "Answer") for c in reader.fieldnames or []]
+        choice = "A" if "A" in columns and "Choice A" not in columns else "Choice A"
+        needed = ["Figure_path", "Caption"] if subset == "caption" else ["Figure_path", "Question", "Answer", choice]
+        _require_columns(path, columns, needed, "pmc_vqa")
+        for i, row in enumerate(reader):
             row = {k.strip().replace("Anwser", "Answer"): (v or "").strip() for k, v in row.items() if k}
-            if row.get("split") and row["split"] != split:
-                continue
             report.rows += 1
             fig = row.get("Figure_path", "")
             if not fig:
                 report.skip(i, "missing Figure_path"); continue
             rid = row.get("index") or str(i)
-            meta = {"figure": fig, "caption": row.get("Caption")}
+            meta = {"figure": fig, "caption": row.get("Caption"), "version": int(version)}
             if subset == "caption":
                 if not row.get("Caption"):
                     report.skip(i, "missing Caption"); continue
                 if fig in seen:  # one caption per figure, not one per question
                     report.skip(i, "duplicate figure"); continue
                 seen.add(fig)
-                out.append(_record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"],
-                                   [os.path.join(img_dir, fig)], {**meta, "task": "caption"}))
+                yield _record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"],
+                              [os.path.join(img_dir, fig)], {**meta, "task": "caption"})
                 continue
             options = {L: _strip_choice(row.get(f"Choice {L}", row.get(L)), L) for L in "ABCD"
                        if row.get(f"Choice {L}", row.get(L))}
@@ -292,17 +364,17 @@ def read_pmc_vqa(root, split, report, file=None, subset="vqa"):
                 label = next((L for L, t in options.items() if t == _strip_choice(raw, "[A-D]")), None)
             if not row.get("Question") or len(options) < 2 or label not in options:
                 report.skip(i, "missing question/options or answer not among options"); continue
-            out.append(_record(f"pmc_vqa-{rid}", row["Question"], label, [os.path.join(img_dir, fig)],
-                               {**meta, "answer_text": options[label]}, options=options))
-    return out
+            yield _record(f"pmc_vqa-{rid}", row["Question"], label, [os.path.join(img_dir, fig)],
+                          {**meta, "answer_text": options[label]}, options=options)
 
 
 def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
-    """MMMU parquet (<root>/<Subject>/<split>-*.parquet): id, question with <image N> tags,
-    options as a Python list literal string, answer, image_1..image_7, question_type, subfield.
-    The <image N> tags stay in the text; images are listed in N order."""
-    out = []
-    for path, r in _parquet_rows(_split_files(root, split)):
+    """MMMU parquet as on the HF hub (https://huggingface.co/datasets/MMMU/MMMU, one config per
+    subject: <root>/<Subject>/<split>-*.parquet): id, question with <image N> tags, options as
+    a Python list literal string, answer, image_1..image_7, question_type, subfield. The <image N>
+    tags stay in the text; images are listed in N order."""
+    needed = ["id", "question", "options", "answer", "image_1"]
+    for path, r in _parquet_rows(_split_files("mmmu", root, split), "mmmu", needed):
         rid = str(r.get("id", ""))
         subject = re.sub(r"^(dev|validation|test)_|_\d+$", "", rid)
         if subjects and subject not in subjects:
@@ -329,43 +401,62 @@ def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
             meta["answer_text"] = options[answer]
         else:
             options = None  # short-answer item
-        out.append(_record(rid, r.get("question", "").strip(), answer, images, meta, options=options))
-    return out
+        yield _record(rid, r.get("question", "").strip(), answer, images, meta, options=options)
+
+
+# GMAI-MMBench file names: the authors publish GMAI_mm_bench_VAL.tsv and the test set in 11
+# parts (OpenGVLab/GMAI-MMBench on the HF hub); VLMEvalKit's mirror names the validation file
+# GMAI-MMBench_VAL.tsv (its GMAIMMBenchDataset reads either).
+GMAI_FILES = {"validation": ("GMAI_mm_bench_VAL.tsv", "GMAI-MMBench_VAL.tsv"),
+              "test": ("GMAI_mm_bench_TEST_part_*.tsv", "GMAI-MMBench_TEST.tsv")}
+
+
+def _gmai_files(root, split, file=None):
+    if file:
+        return [_find("gmai_mmbench", root, file)]
+    if os.path.isfile(root):
+        return [root]
+    patterns = _pick({**GMAI_FILES, "val": GMAI_FILES["validation"]}, split, "gmai_mmbench")
+    for pattern in patterns:
+        parts = glob.glob(os.path.join(root, pattern))
+        if parts:  # part_2 before part_10
+            return sorted(parts, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)])
+    raise _missing("gmai_mmbench", root, " or ".join(patterns))
 
 
 def read_gmai_mmbench(root, split, report, file=None):
-    """VLMEvalKit TSV (GMAI-MMBench_VAL.tsv / _TEST.tsv): index, question, A..E, answer, image
-    (base64; a short cell is the index of the row holding the image), category and other meta."""
-    name = file or _pick({"validation": "GMAI-MMBench_VAL.tsv", "val": "GMAI-MMBench_VAL.tsv",
-                          "test": "GMAI-MMBench_TEST.tsv"}, split, "gmai_mmbench")
-    path = _find(root, name)
+    """GMAI-MMBench TSV as its authors publish it for VLMEvalKit (the GitHub README of
+    uni-medical/GMAI-MMBench): index, question, A..E, answer (absent from the test parts), image
+    (base64 PNG; a short cell is the index of the row holding the image), and the category
+    columns (modality, clinical VQA task, department, perceptual granularity, ...). File names:
+    GMAI_FILES. Rows without an answer among their options are skipped (counted)."""
     csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    by_index = {r.get("index"): r.get("image", "") for r in rows}
-    out = []
-    for r in rows:
-        report.rows += 1
-        rid = r.get("index")
-        img = r.get("image", "")
-        if len(img) < 64 and img in by_index:
-            img = by_index[img]
-        options = {L: r[L].strip() for L in "ABCDE"
-                   if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
-        answer = (r.get("answer") or "").strip()
-        if not r.get("question") or len(options) < 2 or answer not in options:
-            report.skip(rid, "missing question/options or answer not among options"); continue
-        try:
-            im = _open_embedded(base64.b64decode(img, validate=True))
-        except ValueError:
-            im = None
-        if im is None:
-            report.skip(rid, "image is not a base64-encoded image"); continue
-        meta = {k: v for k, v in r.items() if k not in ("question", "answer", "image", *"ABCDE")}
-        meta["answer_text"] = options[answer]
-        out.append(_record(f"gmai_mmbench-{rid}", r["question"].strip(), answer, [im],
-                           meta, options=options))
-    return out
+    for path in _gmai_files(root, split, file):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            _require_columns(path, reader.fieldnames, ["index", "question", "A", "B", "image"], "gmai_mmbench")
+            rows = list(reader)
+        by_index = {r.get("index"): r.get("image", "") for r in rows}
+        for r in rows:
+            report.rows += 1
+            rid = r.get("index")
+            img = r.get("image", "")
+            if len(img) < 64 and img in by_index:
+                img = by_index[img]
+            options = {L: r[L].strip() for L in "ABCDE"
+                       if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
+            answer = (r.get("answer") or "").strip()
+            if not r.get("question") or len(options) < 2 or answer not in options:
+                report.skip(rid, "missing question/options or answer not among options"); continue
+            try:
+                im = _open_embedded(base64.b64decode(img, validate=True))
+            except ValueError:
+                im = None
+            if im is None:
+                report.skip(rid, "image is not a base64-encoded image"); continue
+            meta = {k: v for k, v in r.items() if k not in ("question", "answer", "image", *"ABCDE")}
+            meta["answer_text"] = options[answer]
+            yield _record(f"gmai_mmbench-{rid}", r["question"].strip(), answer, [im], meta, options=options)
 
 
 def _conversation_record(rid, convs, images, meta, report):
@@ -387,61 +478,68 @@ def _conversation_record(rid, convs, images, meta, report):
 
 
 def read_gmai_reasoning(root, split, report, file="reasoning_mcq_sft.jsonl"):
-    """GMAI-Reasoning10K JSONL: {"image": path (or "images": [...]), "conversations": [{"from",
-    "value"}, ...]}; image paths relative to the file. The conversation is kept as-is."""
-    path = _find(root, file)
+    """GMAI-Reasoning10K (https://huggingface.co/datasets/General-Medical-AI/GMAI-Reasoning10K,
+    the SFT file of GMAI-VL-R1): JSONL lines {"image": path (or "images": [...]),
+    "conversations": [{"from", "value"}, ...]}; image paths relative to the file. The
+    conversation (its reasoning and <answer> tag included) is kept as-is."""
+    path = _find("gmai_reasoning", root, file)
     base = os.path.dirname(path)
-    out = []
     for i, r in _jsonl(path, report):
         imgs = r.get("images") or ([r["image"]] if r.get("image") else [])
         meta = {k: v for k, v in r.items() if k not in ("conversations", "image", "images")}
-        out.append(_conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
-                                        [os.path.join(base, p) for p in imgs], meta, report))
-    return [r for r in out if r is not None]
+        rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
+                                   [os.path.join(base, p) for p in imgs], meta, report)
+        if rec is not None:
+            yield rec
 
 
 def read_llava_onevision(root, split, report, subsets=None):
-    """LLaVA-OneVision-Data parquet (<root>/<subset>/*.parquet): id, image {bytes, path} (null
-    for text-only rows), conversations [{"from", "value"}], data_source."""
+    """LLaVA-OneVision-Data parquet as on the HF hub (https://huggingface.co/datasets/lmms-lab/
+    LLaVA-OneVision-Data, one config per subset: <root>/<subset>/*.parquet): id, image {bytes,
+    path} (null for text-only rows), conversations [{"from", "value"}], data_source."""
     files = sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True))
     if subsets:
         files = [f for f in files if os.path.basename(os.path.dirname(f)) in subsets]
     if not files:
-        raise FileNotFoundError(f"no parquet files under {root!r}")
-    out = []
-    for i, (path, r) in enumerate(_parquet_rows(files)):
+        raise _missing("llava_onevision", root, "*.parquet files")
+    for i, (path, r) in enumerate(_parquet_rows(files, "llava_onevision", ["conversations"])):
         report.rows += 1
         img = _hf_image(r.get("image"), root)
         if r.get("image") and img is None:
             report.skip(r.get("id") or i, "embedded image is not a readable image"); continue
         meta = {"data_source": r.get("data_source"), "subset": os.path.basename(os.path.dirname(path))}
-        out.append(_conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
-                                        [img] if img is not None else [], meta, report))
-    return [r for r in out if r is not None]
+        rec = _conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
+                                   [img] if img is not None else [], meta, report)
+        if rec is not None:
+            yield rec
 
 
 def read_synthetic(root, split, report):
     """Benchmark records written by synthetic.py (<root>/<split>.jsonl, image paths relative)."""
-    out = []
-    for _, r in _jsonl(_find(root, f"{split}.jsonl"), report):
+    for _, r in _jsonl(_find("synthetic", root, f"{split}.jsonl"), report):
         if "messages" in r:
             raise ValueError(f"{root}/{split}.jsonl is ShareGPT training data, not benchmark records: "
                              "use it directly as an SFT file")
         r["images"] = [os.path.join(root, p) for p in r["images"]]
-        out.append(r)
-    return out
+        yield r
+
+
+READERS = {"vqa_rad": read_vqa_rad, "slake": read_slake, "path_vqa": read_path_vqa, "pmc_vqa": read_pmc_vqa,
+           "mmmu": read_mmmu, "gmai_mmbench": read_gmai_mmbench, "gmai_reasoning": read_gmai_reasoning,
+           "llava_onevision": read_llava_onevision, "synthetic": read_synthetic}
+
+
+def iter_source(name, root, split, report, **kw):
+    """Stream one dataset from its raw format, one record at a time (counts go to report)."""
+    if name not in READERS:
+        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(NAMES)}")
+    return READERS[name](root, split, report, **kw)
 
 
 def load_source(name, root, split, **kw):
     """Read one dataset from its raw format -> Records (a list of dicts, with `.report`)."""
-    readers = {"vqa_rad": read_vqa_rad, "slake": read_slake, "path_vqa": read_path_vqa,
-               "pmc_vqa": read_pmc_vqa, "mmmu": read_mmmu, "gmai_mmbench": read_gmai_mmbench,
-               "gmai_reasoning": read_gmai_reasoning, "llava_onevision": read_llava_onevision,
-               "synthetic": read_synthetic}
-    if name not in readers:
-        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(NAMES)}")
     report = SourceReport(name, split)
-    records = Records(readers[name](root, split, report, **kw))
+    records = Records(iter_source(name, root, split, report, **kw))
     records.report = report
     return records
 
@@ -468,7 +566,7 @@ _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):：]\s*(\S.*?)\s*$")  # "A. x",
 
 def answer_form(record):
     """'caption', 'choice', 'yesno' or 'open' (the key into INSTRUCTIONS)."""
-    if record["meta"].get("task") == "caption":
+    if (record.get("meta") or {}).get("task") == "caption":
         return "caption"
     if record.get("options"):
         return "choice"
@@ -554,13 +652,15 @@ def augment_sharegpt(sample, seed=0, max_open_words=5):
 
 
 # ----------------------------------------------------------------------------- the SFT mix
-# Table 2 of the paper (~150k). Roots are relative to --data-root. target None = every usable
-# item, used where the paper's count is the whole training split: SLAKE train has 9,835 items in
-# both languages (~9k), VQA-RAD train 1,797 (~1.7k), PathVQA train 19,654 (~19k). The reasoning
-# set is the verified-CoT ShareGPT file that curate.py writes (~3k).
+# Table 2 of the paper (~150k), from the datasets as downloaded. Roots are relative to
+# --data-root. target None = every usable item, used where the paper's count is the whole
+# training split: SLAKE train has 9,835 items in both languages (~9k), VQA-RAD train 1,797
+# (~1.7k), PathVQA train 19,654 (~19k). Table 2's ~3k PMC-VQA reasoning set is made after the
+# mix by `curate.py cot` (a teacher writes it) and joined by `curate.py merge`. Instructions
+# stay canonical here (the evaluation prompts); `curate.py augment` varies them later.
 TABLE2 = {
     "seed": 0,
-    "augment": True,
+    "augment": False,
     "sources": [
         {"name": "llava_onevision", "root": "LLaVA-OneVision-Data", "split": "train", "target": 50000},
         {"label": "pmc_vqa_caption", "name": "pmc_vqa", "root": "PMC-VQA", "split": "train",
@@ -570,14 +670,16 @@ TABLE2 = {
         {"name": "slake", "root": "SLAKE", "split": "train", "target": None, "kw": {"lang": None}},
         {"name": "vqa_rad", "root": "VQA_RAD", "split": "train", "target": None},
         {"name": "gmai_reasoning", "root": "GMAI-Reasoning10K", "split": "train", "target": 7000},
-        {"label": "pmc_vqa_reasoning", "name": "sharegpt", "root": "pmc_vqa_reasoning.jsonl", "target": None},
     ],
 }
 
 
 def _read_sharegpt_file(path, report):
-    """Minimal ShareGPT JSONL passthrough for generated sets; image paths relative to the file."""
-    out = []
+    """ShareGPT JSONL passthrough (a spec entry with name "sharegpt"): image paths relative to
+    the file; other keys of the line (id, original, ...) are kept."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ShareGPT file {path!r} not found (a spec entry of name 'sharegpt' "
+                                "reads a file that an earlier step wrote)")
     for i, r in _jsonl(path, report):
         try:
             msgs = r["messages"]
@@ -585,8 +687,44 @@ def _read_sharegpt_file(path, report):
             assert sum(m["content"].count("<image>") for m in msgs) == len(images)
         except (KeyError, TypeError, AssertionError):
             report.skip(i, "not a ShareGPT line with matching <image> tags"); continue
-        out.append({"messages": msgs, "images": images})
-    return out
+        yield {**{k: v for k, v in r.items() if k not in ("source",)}, "messages": msgs, "images": images}
+
+
+def _samples(entry, root, report, augment, seed):
+    """(position, ShareGPT sample) for every usable record of a spec entry, in reading order.
+    Records that do not convert or whose image files are missing are counted in report (the
+    missing path as the example). Each sample keeps the record's id, its original question and
+    options (what decontamination compares after later steps rewrite the prompt) and, for
+    image-caption records, task "caption"."""
+    if entry["name"] == "sharegpt":
+        samples = _read_sharegpt_file(root, report)
+    else:
+        records = iter_source(entry["name"], root, entry.get("split", "train"), report, **entry.get("kw", {}))
+        samples = (_converted(r, report, augment, seed) for r in records)
+    pos = 0
+    for s in samples:
+        if s is None:
+            continue
+        missing = next((p for p in s["images"] if isinstance(p, str) and not os.path.exists(p)), None)
+        if missing is not None:
+            report.skip(missing, "missing image file"); continue
+        yield pos, s
+        pos += 1
+
+
+def _converted(record, report, augment, seed):
+    try:
+        sample = to_sharegpt(record, augment=augment, seed=seed)
+    except (KeyError, ValueError, IndexError) as e:
+        report.skip(record["id"], f"cannot convert: {type(e).__name__}")
+        return None
+    question, options = record["question"], record.get("options")
+    if options is None:  # a conversational record's question may carry its option lines
+        question, options = split_options(question)
+    sample.update(id=record["id"], original={"question": question, "options": options})
+    if (record.get("meta") or {}).get("task") == "caption":
+        sample["task"] = "caption"
+    return sample
 
 
 def _materialize(sample, out_dir, img_dir):
@@ -606,6 +744,29 @@ def _materialize(sample, out_dir, img_dir):
     return {**sample, "images": paths}
 
 
+def sample_source(entry, label, root, seed, augment, keep):
+    """The chosen samples of one spec entry, and its SourceReport. target None (or at least the
+    usable count) takes every usable sample in one pass. Otherwise two passes: the first counts
+    the usable samples, random.Random(f"{seed}:{label}").sample picks positions among them (the
+    same picks random.sample makes from the full list), the second keeps only those, so memory
+    holds one batch of rows plus the chosen samples, whatever the source's size. keep(sample)
+    turns a chosen sample into what is stored (images written to disk)."""
+    report = SourceReport(entry["name"], entry.get("split", "train"))
+    target = entry.get("target")
+    first = tqdm(_samples(entry, root, report, augment, seed), desc=label, leave=False)
+    if target is None:
+        return [keep(s) for _, s in first], report
+    usable = sum(1 for _ in first)
+    picks = range(usable) if target >= usable else random.Random(f"{seed}:{label}").sample(range(usable), target)
+    slot = {p: k for k, p in enumerate(picks)}
+    chosen = [None] * len(slot)
+    second = _samples(entry, root, SourceReport(report.source, report.split), augment, seed)
+    for pos, s in tqdm(second, desc=f"{label} (sample)", total=usable, leave=False):
+        if pos in slot:
+            chosen[slot[pos]] = keep(s)
+    return chosen, report
+
+
 def build_mix(spec, out_path, data_root=".", seed=None, log=print):
     """spec -> one shuffled ShareGPT JSONL at out_path (deterministic for a seed) + report dict.
     Embedded images are written once to <out stem>_images/<sha1>.<ext> and referenced relative
@@ -621,34 +782,17 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
     for entry, label in zip(spec["sources"], labels):
         root = os.path.join(data_root, entry["root"])
         log(f"[mix] {label}: reading {root}")
-        if entry["name"] == "sharegpt":
-            rep = SourceReport("sharegpt", entry.get("split", "train"))
-            converted = _read_sharegpt_file(root, rep)
-        else:
-            try:
-                records = load_source(entry["name"], root, entry.get("split", "train"), **entry.get("kw", {}))
-            except (FileNotFoundError, ValueError) as e:
-                raise FileNotFoundError(f"spec entry {label!r}: {e} (roots are relative to "
-                                        "--data-root)") from e
-            rep, converted = records.report, []
-            for r in tqdm(records, desc=label, unit="rec", leave=False):
-                try:
-                    converted.append(to_sharegpt(r, augment=spec.get("augment", False), seed=seed))
-                except (KeyError, ValueError, IndexError) as e:
-                    rep.skip(r["id"], f"cannot convert: {type(e).__name__}")
-        usable = [s for s in converted
-                  if all(not isinstance(p, str) or os.path.exists(p) for p in s["images"])]
-        for _ in range(len(converted) - len(usable)):
-            rep.skip(None, "missing image file")
-        target = entry.get("target")
-        rng = random.Random(f"{seed}:{label}")
-        chosen = usable if target is None or target >= len(usable) else rng.sample(usable, target)
-        chosen = [{**_materialize(s, out_dir, img_dir), "source": label}
-                  for s in tqdm(chosen, desc=f"{label} images", leave=False)]
+        try:
+            chosen, rep = sample_source(entry, label, root, seed, spec.get("augment", False),
+                                        lambda s: {**_materialize(s, out_dir, img_dir), "source": label})
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"spec entry {label!r}: {e} (roots are relative to --data-root)") from e
         samples += chosen
+        target = entry.get("target")
         report["sources"][label] = {
-            "rows": rep.rows, "usable": len(usable), "target": target, "used": len(chosen),
-            "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.skipped)}
+            "rows": rep.rows, "usable": rep.rows - sum(rep.skipped.values()), "target": target,
+            "used": len(chosen), "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.skipped),
+            "examples": [f"{row}: {why}" for row, why in rep.examples]}
     random.Random(seed).shuffle(samples)
     with open(out_path + ".tmp", "w", encoding="utf-8") as f:  # atomic: no half-written mix
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
@@ -717,7 +861,7 @@ def mix(spec, out, data_root, seed):
     root = data_root or (os.path.dirname(os.path.abspath(spec)) if spec else ".")
     try:
         report = build_mix(spec_dict, out, data_root=root, seed=seed)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e))
     click.echo(report_table(report))
     click.echo(f"wrote {report['total']} samples to {out} (report: {os.path.splitext(out)[0]}.report.json)")

@@ -152,15 +152,21 @@ def test_check_caption(text, reason):
     assert check_caption(text, CaptionConfig()) == (reason == "ok", reason)
 
 
-def test_refine_captions_keeps_original_when_rejected():
+def test_refine_captions_rewrites_captions_only_and_keeps_the_original_when_rejected():
     recs = [{"id": i, "source": "cap", "images": ["a.png"],
-             "messages": [{"role": "user", "content": "<image>Describe."},
+             "messages": [{"role": "user", "content": "<image>Describe this medical image."},
                           {"role": "assistant", "content": "Fig 1. H&E, x40, tumour cells."}]} for i in range(2)]
+    qa = {"id": "qa", "source": "vqa_rad", "images": ["b.png"],
+          "messages": [{"role": "user", "content": "<image>What does this image show?"},
+                       {"role": "assistant", "content": "A chest radiograph with a large left pleural effusion."}]}
     good = "A microscope image of pink tissue with dense purple tumour cells."
     report = Report("caption")
-    out = curate.refine_captions(recs, ScriptedTeacher([[good], ["I cannot help with that."]]), CaptionConfig(), report)
-    assert out[0]["messages"][-1]["content"] == good and out[1] == recs[1]
-    assert report.counts["refined"] == 1 and report.counts["kept:refusal"] == 1
+    teacher = ScriptedTeacher([[good], ["I cannot help with that."]])
+    out = curate.refine_captions(recs + [qa], teacher, CaptionConfig(), report)
+    assert out[0]["messages"][-1]["content"] == good and out[1] == recs[1] and out[2] == qa
+    assert out[0]["original"] == {"question": "Describe this medical image.", "options": None}
+    assert teacher.calls == [(2, 1, 0.0)]  # the question-answer record never reaches the teacher
+    assert report.counts == {"captions": 2, "refined": 1, "kept:refusal": 1, "not_applicable": 1}
 
 
 # ------------------------------------------------------------------ instruction augmentation
@@ -261,19 +267,21 @@ def test_perplexity_is_exp_mean_ce_over_exactly_the_caption_tokens(tiny, tmp_pat
         assert abs(res["ppl"] - math.exp(float(ce))) / math.exp(float(ce)) < 1e-5
 
 
-def test_perplexity_selection_percentile_within_source_and_min_length():
-    recs = [{"source": s, "messages": []} for s in ["a"] * 4 + ["b"] * 4 + ["a", "b"]]
+def test_perplexity_selection_percentile_within_source_keeps_unscored_records():
+    recs = [{"source": s, "messages": []} for s in ["a"] * 4 + ["b"] * 4 + ["a", "b", "c"]]
     results = [{"ppl": p, "n": 20} for p in [1, 2, 3, 40, 100, 200, 300, 400]] + [
-        {"error": "too_short", "n": 2}, {"error": "no_image"}]
+        {"error": "too_short", "n": 2}, {"error": "no_image"}, {"error": "not_applicable"}]
     cfg = curate.PerplexityConfig(keep_percentile=75)
     report = Report("perplexity")
     keep = curate.select_by_perplexity(recs, results, cfg, report)
-    # 75th percentile per source: a -> 12.25, b -> 325: the worst of each source goes
-    assert keep == [True, True, True, False, True, True, True, False, False, True]
-    assert report.counts["dropped:too_short"] == 1 and report.counts["kept:no_image"] == 1
-    assert "|" in report.sections["histogram"]
+    # 75th percentile per source: a -> 12.25, b -> 325: the worst of each source goes; a record
+    # without a score (too short to score, no image, not a caption) stays
+    assert keep == [True, True, True, False, True, True, True, False, True, True, True]
+    assert report.counts["kept:too_short"] == 1 and report.counts["kept:no_image"] == 1
+    assert report.counts["not_applicable"] == 1 and report.counts["dropped:perplexity"] == 2
+    assert report.sections["cutoffs"] == {"a": 12.25, "b": 325.0}
     keep = curate.select_by_perplexity(recs, results, curate.PerplexityConfig(max_ppl=100), Report("p"))
-    assert keep == [True, True, True, True, True, False, False, False, False, True]
+    assert keep == [True, True, True, True, True, False, False, False, True, True, True]
 
 
 def test_perplexity_step_is_resumable_and_counts_bad_input(tiny, tmp_path):
@@ -282,14 +290,18 @@ def test_perplexity_step_is_resumable_and_counts_bad_input(tiny, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"nope")
     recs.append({"id": "broken", "source": "roco", "images": [str(broken)],
-                 "messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "x " * 20}]})
-    recs.append({"id": "noimg", "source": "roco", "messages": [{"role": "user", "content": "Describe."},
-                                                              {"role": "assistant", "content": "y " * 20}]})
+                 "messages": [{"role": "user", "content": "<image>Describe this medical image."},
+                              {"role": "assistant", "content": "x " * 20}]})
+    recs.append({"id": "noimg", "source": "roco", "task": "caption",
+                 "messages": [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "y " * 20}]})
+    recs.append({"id": "qa", "source": "vqa_rad", "images": [recs[0]["images"][0]],  # not a caption: not scored
+                 "messages": [{"role": "user", "content": "<image>Is it?"}, {"role": "assistant", "content": "No"}]})
     write_sharegpt(recs, str(tmp_path / "in.jsonl"))
     cfg = curate.PerplexityConfig(min_caption_tokens=3, max_pixels=112 * 112, keep_percentile=50)
     out = str(tmp_path / "out.jsonl")
     r1 = curate.run_step("perplexity", str(tmp_path / "in.jsonl"), out, cfg, model=(model, tok))
     assert r1.counts["kept:unscorable"] == 1 and r1.counts["kept:no_image"] == 1
+    assert r1.counts["not_applicable"] == 1 and r1.by_source["vqa_rad"] == {"in": 1, "not_applicable": 1, "out": 1}
     scores = [json.loads(l) for l in open(tmp_path / "out.scores.jsonl")]
     assert [s["id"] for s in scores] == ["c0", "c1", "c2", "broken", "noimg"]
 
@@ -360,3 +372,116 @@ def test_pipeline_rejects_unknown_settings(tmp_path):
         curate.run_pipeline(str(tmp_path / "spec.json"))
 
 
+
+
+# ------------------------------------------------------------------ the recipe's use of the steps
+
+def test_augment_keeps_a_rationale_target_from_a_letter_only_instruction():
+    """A GMAI-Reasoning10K record is trained to write its reasoning: "answer with the option's
+    letter directly" would contradict its target, so its prompt stays as it is."""
+    reasoning = {"id": "g", "source": "gmai_reasoning", "images": ["a.png"],
+                 "messages": [{"role": "user", "content": "<image>\nWhich finding?\nA. Effusion\nB. Mass"},
+                              {"role": "assistant", "content": "<think>Fluid level.</think><answer>A</answer>"}]}
+    by_text = dict(mc_record(1), id="t")
+    by_text["messages"] = [by_text["messages"][0], {"role": "assistant", "content": "Spleen"}]
+    report = Report("augment")
+    out = curate.augment_records([reasoning, by_text, mc_record(0)], curate.AugmentConfig(), report)
+    assert out[:2] == [reasoning, by_text]
+    assert report.counts == {"kept:target_not_a_letter": 2, "augmented:choice": 1}
+    assert out[2]["original"] == {"question": "Which organ is shown?", "options": OPTIONS}
+
+
+def test_rationale_that_argues_for_another_option_is_inconsistent():
+    assert curate.consistent_rationale("The organ is the spleen. <answer>B</answer>", OPTIONS, "B")
+    assert curate.consistent_rationale("A is unlikely; C and D too. <answer>B</answer>", OPTIONS, "B")
+    assert not curate.consistent_rationale("The answer is C, the kidney. <answer>B</answer>", OPTIONS, "B")
+    assert not curate.consistent_rationale("This shape is typical of the liver. <answer>B</answer>", OPTIONS, "B")
+
+
+class ScriptedVerifier:
+    """Says yes unless the explanation contains 'hallucinated'."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests, max_new_tokens, temperature, seed=None, top_p=1.0, n=1):
+        self.prompts += [r["messages"][0]["content"] for r in requests]
+        return [["No." if "hallucinated" in r["messages"][0]["content"] else "Yes."] for r in requests]
+
+
+def test_reasoning_set_samples_caps_and_writes_only_verified_records(tmp_path):
+    """The paper's PMC-VQA reasoning set: draw items, k samples each, keep a rationale only if
+    its format, letter, consistency and the verifier all agree, write only those, at most cap."""
+    records = [mc_record(i) for i in range(8)] + [
+        {"id": "yn", "source": "pmc_vqa", "images": ["y.png"],
+         "messages": [{"role": "user", "content": "<image>Is it?"}, {"role": "assistant", "content": "yes"}]}]
+    good = ["It is the spleen. <answer>B</answer>", "no tag"]
+    script = {0: ["Kidney it is. <answer>C</answer>", "Spleen, by its shape. <answer>B</answer>"],  # wrong, good
+              1: ["The answer is C. <answer>B</answer>", "no tag"],                                # inconsistent
+              2: ["A hallucinated spleen. <answer>B</answer>", "Spleen, left. <answer>B</answer>"],  # verifier: no
+              3: good, 4: good, 5: good, 6: good, 7: good}
+
+    class ByImage(ScriptedTeacher):
+        def generate(self, requests, max_new_tokens, temperature, top_p, seed, n=1):
+            self.calls.append(int(requests[0]["images"][0][3:-4]))
+            return [script[int(r["images"][0][3:-4])] for r in requests]
+    # CotConfig.seed 0 draws 7 of the 8 multiple-choice records in this order: record 4 is not drawn
+    assert __import__("random").Random(0).sample(range(8), 7) == [6, 7, 3, 0, 2, 5, 1]
+    teacher, verifier, report = ByImage([]), ScriptedVerifier(), Report("cot")
+    cfg = CotConfig(k=2, batch_size=1, sample=7, cap=5, accepted_only=True, verifier="v")
+    out = enhance_responses(records, teacher, cfg, report, verifier=verifier)
+    assert [r["id"] for r in out] == ["r0", "r2", "r3", "r6", "r7"]  # 5 = cap; record 5 came too late
+    assert out[1]["messages"][-1]["content"] == "Spleen, left. <answer>B</answer>"
+    assert out[0]["messages"][-1]["content"] == "Spleen, by its shape. <answer>B</answer>"
+    assert all(r["messages"][0]["content"].startswith("<image>" + COT_PROMPT[:40]) for r in out)
+    assert all(r["original"] == {"question": "Which organ is shown?", "options": OPTIONS} for r in out)
+    assert {k: v for k, v in report.counts.items() if not k.startswith("sample:")} == {
+        "multiple_choice": 7, "enhanced": 5, "dropped:not_multiple_choice": 1, "dropped:not_drawn": 1,
+        "dropped:cap_reached": 1, "dropped:no_accepted_rationale": 1}
+    assert report.counts["sample:commits_to_another_option"] == 1
+    assert report.counts["sample:verifier_said_no"] == 1 and report.counts["sample:wrong_letter"] == 1
+    assert report.sections["acceptance_by_criterion"] == {
+        "format": "9 of 14 samples", "letter": "8 of 9 samples", "consistency": "7 of 8 samples",
+        "verifier": "6 of 7 samples"}
+    assert sum("hallucinated" in p for p in verifier.prompts) == 1 and "<answer>" not in " ".join(verifier.prompts)
+    # with cap 4 the first chunk (batch_size x 4 = 4 records) fills it: the teacher sees no more
+    capped = ByImage([])
+    enhance_responses(records, capped, CotConfig(k=2, batch_size=1, sample=7, cap=4, accepted_only=True),
+                      Report("cot"))
+    assert capped.calls == [6, 7, 3, 0]
+
+
+def test_reasoning_step_on_the_command_line_reports_each_criterion(tmp_path):
+    from click.testing import CliRunner
+    write_sharegpt([mc_record(i) for i in range(3)], str(tmp_path / "in.jsonl"))
+    teacher = ScriptedTeacher([["It is the spleen. <answer>B</answer>", "The answer is C. <answer>B</answer>"],
+                               ["Liver. <answer>A</answer>", "no tag"],
+                               ["Spleen. <answer>B</answer>", "Spleen. <answer>B</answer>"]])
+    import evaluate
+    orig = evaluate.make_backend
+    evaluate.make_backend = lambda kind, path, **kw: teacher
+    try:
+        res = CliRunner().invoke(curate.cli, ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+                                              "--teacher", "T", "--k", "2", "--accepted-only"])
+    finally:
+        evaluate.make_backend = orig
+    assert res.exit_code == 0, res.output
+    assert len(open(tmp_path / "out.jsonl").readlines()) == 2
+    rep = json.load(open(tmp_path / "out.report.json"))
+    assert rep["acceptance_by_criterion"] == {"format": "5 of 6 samples", "letter": "4 of 5 samples",
+                                              "consistency": "3 of 4 samples"}
+    assert rep["by_source"]["pmc_vqa"]["in"] == 3 and rep["by_source"]["pmc_vqa"]["out"] == 2
+
+
+def test_merge_adds_a_generated_set_under_its_label(tmp_path):
+    from data import read_sharegpt
+    write_sharegpt([mc_record(i, source="pmc_vqa") for i in range(3)], str(tmp_path / "mix.jsonl"))
+    write_sharegpt([mc_record(9, source="pmc_vqa")], str(tmp_path / "reasoning.jsonl"))
+    cfg = curate.MergeConfig(add=[f"pmc_vqa_reasoning={tmp_path / 'reasoning.jsonl'}"], seed=1)
+    report = curate.run_step("merge", str(tmp_path / "mix.jsonl"), str(tmp_path / "all.jsonl"), cfg)
+    out, _ = read_sharegpt(str(tmp_path / "all.jsonl"))
+    assert sorted((r["id"], r["source"]) for r in out) == [("r0", "pmc_vqa"), ("r1", "pmc_vqa"), ("r2", "pmc_vqa"),
+                                                          ("r9", "pmc_vqa_reasoning")]
+    assert report.by_source["pmc_vqa_reasoning"] == {"in": 1, "out": 1}
+    with pytest.raises(Exception, match="LABEL=PATH"):
+        curate.run_step("merge", str(tmp_path / "mix.jsonl"), str(tmp_path / "x.jsonl"), curate.MergeConfig(add=["x"]))

@@ -16,9 +16,7 @@ import conftest
 import data
 import synthetic
 
-VQA_RAD_IMAGES = sorted(
-    os.path.join(conftest.SHARED_DATA, "vqa_rad", "images", f)
-    for f in os.listdir(os.path.join(conftest.SHARED_DATA, "vqa_rad", "images")))
+VQA_RAD_IMAGES = conftest.shared_files("vqa_rad", "images")  # [] on a plain clone
 CORPUS = [
     "What is shown in this chest X-ray? The image shows a normal heart and clear lungs.",
     "Is there a fracture of the left femur? No, there is no fracture.",

@@ -96,12 +96,17 @@ def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-layer random QwenVL with a small BPE tokenizer carrying the real Qwen special tokens."""
+    return tiny_qwen(["Is there a fracture of the left femur? What organ is enlarged in this image? "
+                      "Which lobe contains the mass? A CT scan of the abdomen with a liver lesion."] * 5,
+                     str(tmp_path_factory.mktemp("tiny") / "tok"))
+
+
+def tiny_qwen(corpus, tok_dir):
+    """(model in eval mode, tokenizer): 2 decoder layers of width 64, a 2-block vision tower of
+    width 32, random weights (seed 0); the tokenizer is saved to tok_dir."""
     from synthetic import build_tokenizer
     from infimed import QwenVL, QwenVLConfig, VisionConfig
-    d = tmp_path_factory.mktemp("tiny")
-    tok = build_tokenizer(["Is there a fracture of the left femur? What organ is enlarged in this image? "
-                           "Which lobe contains the mass? A CT scan of the abdomen with a liver lesion."] * 5,
-                          str(d / "tok"), vocab_size=400)
+    tok = build_tokenizer(corpus, tok_dir, vocab_size=400)
     ids = tok.convert_tokens_to_ids
     vision = VisionConfig(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
                           fullatt_block_indexes=[1])
@@ -230,3 +235,40 @@ def test_step_without_benchmark_is_a_usage_error(tmp_path):
     write_sharegpt(make_contamination_case(tmp_path)[0], str(tmp_path / "in.jsonl"))
     res = CliRunner().invoke(dc.main, [str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")])
     assert res.exit_code == 2 and "--bench" in res.output
+
+
+def test_query_of_reads_the_original_question_through_every_rewrite():
+    """A chain-of-thought rewrite wraps the question in the appendix A prompt; the record keeps
+    its original question (remember_original), and without it the prompt is unwrapped."""
+    question = "Which organ is enlarged?\nA. Liver\nB. Spleen"
+    cot_turn = "<image>" + curate.COT_PROMPT.replace("{QUESTION}", question)
+    rewritten = {"messages": [{"role": "user", "content": cot_turn}, {"role": "assistant", "content": "x"}]}
+    assert query_of(rewritten) == "Which organ is enlarged?"
+    assert query_of({**rewritten, "original": {"question": "What is enlarged in this CT?", "options": None}}) == \
+        "What is enlarged in this CT?"
+    plain = {"messages": [{"role": "user", "content": "<image>Is the liver enlarged?\nAnswer with yes or no."}]}
+    assert dc.remember_original(plain)["original"] == {"question": "Is the liver enlarged?", "options": None}
+    again = dc.remember_original({**plain, "messages": [{"role": "user", "content": "<image>Other?"}]})
+    assert again["original"]["question"] == "Is the liver enlarged?"  # stored once, never overwritten
+
+
+def test_benchmark_item_planted_in_training_data_is_removed_after_augmentation_and_cot(tmp_path):
+    """The leak the paper's decontamination exists for, through the recipe's rewrites: a
+    benchmark question copied into PMC-VQA-style training data, then augmented and rewritten as a
+    chain-of-thought prompt, still matches exactly (same pixels, same original question)."""
+    train, bench = make_contamination_case(tmp_path)
+    leak = {"id": "leak", "source": "pmc_vqa", "images": bench[1]["images"],
+            "messages": [{"role": "user", "content": "<image>" + bench[1]["question"] +
+                          "\nA. Liver\nB. Spleen\nAnswer with the option's letter from the given choices directly."},
+                         {"role": "assistant", "content": "A"}]}
+    aug = curate.augment_records([leak], curate.AugmentConfig(seed=1), Report("a"))
+
+    class Teacher:
+        def generate(self, requests, **kw):
+            return [["The liver is large. <answer>A</answer>"] for _ in requests]
+    cot = curate.enhance_responses(aug, Teacher(), curate.CotConfig(k=1), Report("c"))
+    assert curate.COT_PROMPT[:30] in cot[0]["messages"][0]["content"]
+    report = Report("decontaminate")
+    keep, removed = decontaminate(cot + train[4:], bench, None, DecontamConfig(), report)
+    assert keep == [False, True, True, True]  # train[4:] = three unrelated items
+    assert removed[0]["kind"] == "exact" and removed[0]["bench"] == "b1"

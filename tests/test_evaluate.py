@@ -395,7 +395,7 @@ def check_jsonl(path):
 def test_end_to_end_real_vqa_rad_records(tiny_model, tmp_path):
     """451 real VQA-RAD test records: only 18 have their image in ../shared/data; the others are
     reported and counted as missing, the 18 are generated and scored."""
-    root = os.path.join(conftest.SHARED_DATA, "vqa_rad")
+    root = conftest.shared("vqa_rad")
     cfg = ev.EvalConfig(model=tiny_model, out=str(tmp_path / "run"), max_new_tokens=4, batch_size=6,
                         variants=("base", "rephrase"))
     logs = []
@@ -444,7 +444,7 @@ def test_end_to_end_synthetic_with_robustness_and_cli(tiny_model, synthetic_root
 
 # ----------------------------------------------------------------- benchmark subsets
 def test_subset_filters_on_meta_and_rejects_unknown_fields():
-    root = os.path.join(conftest.SHARED_DATA, "vqa_rad")
+    root = conftest.shared("vqa_rad")
     closed = ev.load_benchmark("vqa_rad", root, subset=(("answer_type", "CLOSED"),))
     assert closed and all(r["meta"]["answer_type"] == "CLOSED" for r in closed)
     assert len(ev.load_benchmark("vqa_rad", root, limit=5, subset=(("answer_type", "OPEN"),))) == 5

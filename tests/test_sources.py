@@ -67,14 +67,14 @@ def test_vqa_rad_splits_by_phrase_type_and_reports_malformed_rows(tmp_path):
 
 
 def test_vqa_rad_real_test_split_has_451_items_251_yes_no():
-    recs = load_source("vqa_rad", os.path.join(conftest.SHARED_DATA, "vqa_rad"), "test")
+    recs = load_source("vqa_rad", conftest.shared("vqa_rad"), "test")
     assert len(recs) == 451
     assert sum(r["answer"].lower() in ("yes", "no") for r in recs) == 251
     assert len({r["id"] for r in recs}) == 451
 
 
 def test_reading_annotations_does_not_need_the_images():
-    recs = load_source("vqa_rad", os.path.join(conftest.SHARED_DATA, "vqa_rad"), "train")
+    recs = load_source("vqa_rad", conftest.shared("vqa_rad"), "train")
     present = sum(os.path.exists(r["images"][0]) for r in recs)
     assert len(recs) == 1797 and 0 < present < len(recs)
 
@@ -96,11 +96,11 @@ def test_slake_language_filter_and_image_folder(tmp_path):
 
 
 def test_slake_real_english_test_split():
-    recs = load_source("slake", os.path.join(conftest.SHARED_DATA, "slake"), "test")
+    recs = load_source("slake", conftest.shared("slake"), "test")
     assert len(recs) == 1061
     assert sum(r["meta"]["answer_type"] == "CLOSED" for r in recs) == 416
     assert sum(r["answer"].lower() in ("yes", "no") for r in recs) == 355
-    assert len(load_source("slake", os.path.join(conftest.SHARED_DATA, "slake"), "test", lang=None)) == 2094
+    assert len(load_source("slake", conftest.shared("slake"), "test", lang=None)) == 2094
 
 
 # ----------------------------------------------------------------------------- PathVQA
@@ -170,14 +170,59 @@ def test_pmc_vqa_v2_columns_and_caption_subset(tmp_path):
         "0,f1.jpg,Axial CT of the chest.,What is seen?,A:Mass,B:Nothing,C:Fluid,D:Air,A,train\n"
         "1,f1.jpg,Axial CT of the chest.,Which side?,A:Left,B:Right,C:Both,D:None,B,train\n"
         "2,f2.jpg,,Which stain?,A:HE,B:PAS,C:IHC,D:None,C,train\n")
-    vqa = load_source("pmc_vqa", str(tmp_path), "train")
+    (tmp_path / "images_2" / "figures").mkdir(parents=True)
+    vqa = load_source("pmc_vqa", str(tmp_path), "train", version=2)
     assert [(r["id"], r["answer"]) for r in vqa] == [("pmc_vqa-0", "A"), ("pmc_vqa-1", "B"), ("pmc_vqa-2", "C")]
-    caps = load_source("pmc_vqa", str(tmp_path), "train", subset="caption")
+    assert vqa[0]["images"] == [os.path.join(str(tmp_path), "images_2", "figures", "f1.jpg")]
+    caps = load_source("pmc_vqa", str(tmp_path), "train", subset="caption")  # captions: version 2
     assert [r["answer"] for r in caps] == ["Axial CT of the chest."]  # one per figure
     assert caps[0]["meta"]["task"] == "caption"
+    assert caps[0]["images"] == [os.path.join(str(tmp_path), "images_2", "figures", "f1.jpg")]
     assert to_sharegpt(caps[0])["messages"] == [{"role": "user", "content": "<image>Describe this medical image."},
                                                 {"role": "assistant", "content": "Axial CT of the chest."}]
     assert dict(caps.report.skipped) == {"duplicate figure": 1, "missing Caption": 1}
+    with pytest.raises(ValueError, match="only in version 2"):
+        load_source("pmc_vqa", str(tmp_path), "train", subset="caption", version=1)
+
+
+def test_pmc_vqa_questions_default_to_version_1_and_the_clean_test_set(tmp_path):
+    header = "Figure_path,Question,Answer,Choice A,Choice B,Choice C,Choice D,Answer_label\n"
+    (tmp_path / "train.csv").write_text(header + "v1.jpg,Q1?,CT,A:MRI,B:CT,C:PET,D:US,B\n")
+    (tmp_path / "test_clean.csv").write_text(header + "c.jpg,Q2?,US,A:MRI,B:CT,C:PET,D:US,D\n")
+    (tmp_path / "train_2.csv").write_text("index,Figure_path,Caption,Question,Choice A,Choice B,Answer,split\n"
+                                          "0,v2.jpg,Cap.,Q3?,A:x,B:y,A,train\n")
+    assert [r["question"] for r in load_source("pmc_vqa", str(tmp_path), "train")] == ["Q1?"]
+    clean = load_source("pmc_vqa", str(tmp_path), "test_clean")
+    assert [(r["question"], r["answer"]) for r in clean] == [("Q2?", "D")]
+    assert clean[0]["images"] == [os.path.join(str(tmp_path), "images", "c.jpg")]
+    with pytest.raises(ValueError, match="no split 'test_clean'"):  # version 2 has no clean test set
+        load_source("pmc_vqa", str(tmp_path), "test_clean", version=2)
+
+
+def test_missing_dataset_file_names_the_layout_and_where_it_is_published(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'test_clean.csv' not found .*huggingface.co/datasets/xmcmic/PMC-VQA"):
+        load_source("pmc_vqa", str(tmp_path), "test_clean")
+    for split in ("validation", "val"):
+        with pytest.raises(FileNotFoundError, match="GMAI_mm_bench_VAL.tsv.*OpenGVLab/GMAI-MMBench"):
+            load_source("gmai_mmbench", str(tmp_path), split)
+    with pytest.raises(FileNotFoundError, match="lmms-lab/LLaVA-OneVision-Data"):
+        load_source("llava_onevision", str(tmp_path), "train")
+
+
+def test_unexpected_columns_name_the_columns_found_and_expected(tmp_path):
+    (tmp_path / "train.csv").write_text("image,query,label\nx.jpg,Q?,A\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['Figure_path', 'Question', 'Answer', 'Choice A'\]; "
+                                         r"found \['image', 'query', 'label'\]"):
+        load_source("pmc_vqa", str(tmp_path), "train")
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"img": b"x", "question": "Q?", "answer": "yes"}]),
+                   str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"test-00000-of-00001.parquet: missing column\(s\) \['image'\]; "
+                                         r"found \['img', 'question', 'answer'\]"):
+        load_source("path_vqa", str(tmp_path), "test")
+    (tmp_path / "GMAI_mm_bench_VAL.tsv").write_text("index\tquestion\tA\tB\n0\tQ?\tx\ty\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['image'\]"):
+        load_source("gmai_mmbench", str(tmp_path), "validation")
 
 
 # ----------------------------------------------------------------------------- MMMU
@@ -226,6 +271,24 @@ def test_gmai_mmbench_tsv_with_base64_images_and_image_references(tmp_path):
     assert recs[1]["images"][0].convert("L").getpixel((0, 0)) == 77
     assert recs[0]["meta"]["category"] == "Organ"
     assert sum(recs.report.skipped.values()) == 2
+
+
+@pytest.mark.parametrize("name", ["GMAI_mm_bench_VAL.tsv", "GMAI-MMBench_VAL.tsv"])
+def test_gmai_mmbench_under_the_authors_and_vlmevalkit_file_names(tmp_path, name):
+    b64 = base64.b64encode(png_bytes(9)).decode()
+    (tmp_path / name).write_text("index\tquestion\tA\tB\tanswer\timage\tdepartment\n"
+                                 f"7\tWhich?\tx\ty\tB\t{b64}\tRadiology\n")
+    recs = load_source("gmai_mmbench", str(tmp_path), "validation")
+    assert [(r["id"], r["answer"], r["meta"]["department"]) for r in recs] == [("gmai_mmbench-7", "B", "Radiology")]
+
+
+def test_gmai_mmbench_test_parts_are_read_in_part_order(tmp_path):
+    b64 = base64.b64encode(png_bytes(9)).decode()
+    for part in (1, 2, 10):
+        (tmp_path / f"GMAI_mm_bench_TEST_part_{part}.tsv").write_text(
+            "index\tquestion\tA\tB\tanswer\timage\n" f"{part}\tQ{part}?\tx\ty\tA\t{b64}\n")
+    assert [r["id"] for r in load_source("gmai_mmbench", str(tmp_path), "test")] == \
+        ["gmai_mmbench-1", "gmai_mmbench-2", "gmai_mmbench-10"]
 
 
 # ----------------------------------------------------------------------------- conversational sources
@@ -354,7 +417,8 @@ def test_mix_counts_match_the_spec_and_report_shortfall(tmp_path):
     rep = sources.build_mix(spec, out, data_root=str(tmp_path), log=lambda *a: None)
     lines = [json.loads(l) for l in open(out)]
     assert len(lines) == rep["total"] == 2 + 8 + 1
-    assert rep["sources"]["path_vqa"] == {"rows": 12, "usable": 12, "target": 8, "used": 8, "shortfall": 0, "skipped": {}}
+    assert rep["sources"]["path_vqa"] == {"rows": 12, "usable": 12, "target": 8, "used": 8, "shortfall": 0,
+                                           "skipped": {}, "examples": []}
     assert rep["sources"]["vqa_rad"]["shortfall"] == 3 and rep["sources"]["vqa_rad"]["used"] == 2
     # embedded images are stored once per content (3 distinct images among the 12 rows) and
     # referenced relative to the output folder; files on disk keep absolute paths
@@ -371,6 +435,8 @@ def test_mix_counts_missing_images_as_skips(tmp_path):
     os.remove(tmp_path / "rad" / "VQA_RAD Image Folder" / "synpic1.jpg")
     rep = sources.build_mix(spec, str(tmp_path / "m.jsonl"), data_root=str(tmp_path), log=lambda *a: None)
     assert rep["sources"]["vqa_rad"]["skipped"] == {"missing image file": 2}
+    missing = os.path.join(str(tmp_path), "rad", "VQA_RAD Image Folder", "synpic1.jpg")
+    assert rep["sources"]["vqa_rad"]["examples"][0] == f"{missing}: missing image file"  # which file
     assert rep["sources"]["reasoning"]["used"] == 0
 
 
@@ -402,3 +468,49 @@ def test_cli_convert_and_mix(tmp_path):
     res = runner.invoke(sources.cli, ["mix", str(tmp_path / "spec.json"), "-o", str(tmp_path / "m.jsonl")])
     assert res.exit_code == 0, res.output
     assert "| total | | | | 11 | | |" in res.output
+
+
+def test_streamed_mix_picks_what_random_sample_picks_from_the_whole_source(tmp_path):
+    """Sampling 70 of 300 parquet rows (5 of them unusable), read 64 rows at a time: the same
+    records, in the same order, as random.sample over the fully loaded usable list."""
+    d = tmp_path / "pvqa" / "data"
+    d.mkdir(parents=True)
+    rows = [{"image": {"bytes": png_bytes(i % 7) if i % 60 else b"broken", "path": None},
+             "question": f"Question {i}?", "answer": "yes" if i % 2 else "no"} for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(rows), str(d / "train-00000-of-00001.parquet"))
+    spec = {"seed": 5, "sources": [{"name": "path_vqa", "root": "pvqa", "split": "train", "target": 70}]}
+    rep = sources.build_mix(spec, str(tmp_path / "m.jsonl"), data_root=str(tmp_path), log=lambda *a: None)
+    whole = [r for r in load_source("path_vqa", str(tmp_path / "pvqa"), "train")]
+    assert len(whole) == 295 and rep["sources"]["path_vqa"]["usable"] == 295
+    expected = __import__("random").Random("5:path_vqa").sample([r["id"] for r in whole], 70)
+    __import__("random").Random(5).shuffle(expected)
+    assert [json.loads(l)["id"] for l in open(tmp_path / "m.jsonl")] == expected
+
+
+def test_mix_records_keep_their_id_original_question_and_caption_task(tmp_path):
+    (tmp_path / "PMC-VQA" / "images_2" / "figures").mkdir(parents=True)
+    touch_image(str(tmp_path / "PMC-VQA" / "images_2" / "figures" / "f1.jpg"))
+    (tmp_path / "PMC-VQA" / "train_2.csv").write_text(
+        "index,Figure_path,Caption,Question,Choice A,Choice B,Choice C,Choice D,Answer,split\n"
+        "0,f1.jpg,Axial CT of the chest.,What is seen?,A:Mass,B:Nothing,C:Fluid,D:Air,A,train\n")
+    spec = {"sources": [{"label": "pmc_vqa_caption", "name": "pmc_vqa", "root": "PMC-VQA", "target": 5,
+                         "kw": {"subset": "caption"}},
+                        {"name": "pmc_vqa", "root": "PMC-VQA", "target": None, "kw": {"version": 2}}]}
+    sources.build_mix(spec, str(tmp_path / "m.jsonl"), data_root=str(tmp_path), log=lambda *a: None)
+    by_source = {r["source"]: r for r in map(json.loads, open(tmp_path / "m.jsonl"))}
+    cap, vqa = by_source["pmc_vqa_caption"], by_source["pmc_vqa"]
+    assert cap["task"] == "caption" and cap["id"] == "pmc_caption-0" and "task" not in vqa
+    assert vqa["original"] == {"question": "What is seen?", "options": {"A": "Mass", "B": "Nothing", "C": "Fluid",
+                                                                       "D": "Air"}}
+    assert vqa["messages"][0]["content"].endswith("Answer with the option's letter from the given choices directly.")
+
+
+def test_table2_spec_needs_no_generated_file_and_matches_the_papers_counts():
+    """Table 2 (paper): every row the downloads give is in the spec; the ~3k reasoning set is
+    made later by curate.py cot and joined by curate.py merge, so no entry reads a generated file."""
+    spec = {e.get("label", e["name"]): e for e in sources.TABLE2["sources"]}
+    assert all(e["name"] != "sharegpt" for e in spec.values())
+    assert {k: e["target"] for k, e in spec.items()} == {
+        "llava_onevision": 50000, "pmc_vqa_caption": 40000, "pmc_vqa": 20000, "path_vqa": None, "slake": None,
+        "vqa_rad": None, "gmai_reasoning": 7000}
+    assert spec["pmc_vqa_caption"]["kw"] == {"subset": "caption"} and spec["slake"]["kw"] == {"lang": None}

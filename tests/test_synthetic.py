@@ -226,7 +226,7 @@ def test_build_tokenizer_directory_loads_in_transformers_with_chat_template(tok,
     from transformers import AutoTokenizer
     tok.save_pretrained(str(tmp_path))
     again = AutoTokenizer.from_pretrained(str(tmp_path))
-    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+    with open(conftest.shared("qwen2_5_vl_chat_template.jinja")) as f:
         real = f.read()
     assert again.chat_template == real
     assert data.load_tokenizer(str(tmp_path)).encode("<|image_pad|> liver") == tok.encode(
@@ -234,7 +234,7 @@ def test_build_tokenizer_directory_loads_in_transformers_with_chat_template(tok,
 
 
 def test_chat_template_constant_is_the_real_file_byte_for_byte():
-    with open(os.path.join(conftest.SHARED_DATA, "qwen2_5_vl_chat_template.jinja")) as f:
+    with open(conftest.shared("qwen2_5_vl_chat_template.jinja")) as f:
         assert S.QWEN2_5_VL_CHAT_TEMPLATE == f.read()
 
 
