@@ -149,9 +149,11 @@ def _text_spans(text, options):
 
 
 def _resolve(text, options):
-    hit = _exact(text, options) or _cue_choice(text, options)
-    if hit:
-        return hit
+    """(letter or None, the rule that decided: exact, cue, letter, option_text or none)."""
+    for rule, fn in (("exact", _exact), ("cue", _cue_choice)):
+        hit = fn(text, options)
+        if hit:
+            return hit, rule
     spans = _text_spans(text, options)
     letters = set()
     for m in _LETTER.finditer(text):
@@ -161,7 +163,9 @@ def _resolve(text, options):
                 and not _NEG_AFTER.match(text[m.end(1):m.end(1) + 40]):
             letters.add(m.group(1).upper())
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
-    return found.pop() if len(found) == 1 else None
+    if len(found) != 1:
+        return None, "none"
+    return found.pop(), "letter" if letters else "option_text"
 
 
 def parse_choice(response, options):
@@ -187,12 +191,22 @@ def parse_choice(response, options):
          one option -> it.
     Anything else (several letters, several texts, nothing) -> None.
     """
+    return parse_choice_rule(response, options)[0]
+
+
+def parse_choice_rule(response, options):
+    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'letter' or
+    'option_text' (rules 2-5), prefixed 'answer_tag:' when read inside the last <answer> tag
+    (rule 1); 'none' when no rule finds a single option."""
     options = {str(k).upper(): str(v) for k, v in options.items()}
     if not response or not response.strip():
-        return None
+        return None, "none"
     tags = _ANSWER_TAG.findall(response)
-    hit = _resolve(tags[-1], options) if tags and tags[-1].strip() else None
-    return hit or _resolve(_ANSWER_TAG.sub(" ", response), options)
+    if tags and tags[-1].strip():
+        hit, rule = _resolve(tags[-1], options)
+        if hit:
+            return hit, "answer_tag:" + rule
+    return _resolve(_ANSWER_TAG.sub(" ", response), options)
 
 
 def response_category(response, options):
@@ -370,6 +384,23 @@ def box_iou(a, b):
 
 
 # ---- Backends: a batch of chat requests {"messages": [...], "images": [...]} in, texts out ----
+class Completion(str):
+    """A generated text that also says why it ended: finish 'stop' (a stop token or stop string)
+    or 'length' (the max_new_tokens budget ran out). Behaves as the plain string everywhere."""
+    finish = "stop"
+
+    def __new__(cls, text, finish="stop"):
+        self = super().__new__(cls, text)
+        self.finish = finish
+        return self
+
+
+def cut_at_stop(text, stop):
+    """The text up to and including the first stop string, or None when none occurs."""
+    hits = [text.index(s) + len(s) for s in stop or () if s in text]
+    return text[:min(hits)] if hits else None
+
+
 class NativeBackend:
     """infimed.QwenVL with its key/value-cache `generate`: requests sorted by prompt length,
     left-padded batches, stop at <|im_end|> / <|endoftext|> (ids read from the tokenizer)."""
@@ -404,9 +435,11 @@ class NativeBackend:
         grid = b["image_grid_thw"].to(self.device) if has_images else None
         return b["input_ids"].to(self.device), b["attention_mask"].to(self.device), pv, grid
 
-    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1):
-        """n completions per request. With sampling, batch b draws from seed + b, so a result is
-        reproducible for the same requests, batch size and seed."""
+    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1, stop=None):
+        """n Completions per request. With sampling, batch b draws from seed + b, so a result is
+        reproducible for the same requests, batch size and seed. A text ends at the first of the
+        `stop` strings (kept, as vLLM's include_stop_str_in_output) or at a stop token; one that
+        ran into max_new_tokens first has finish 'length'."""
         t0 = time.perf_counter()
         encoded = [self.encode(r) for r in requests]
         self.timings["images"] += time.perf_counter() - t0
@@ -420,7 +453,10 @@ class NativeBackend:
                 new = self.model.generate(ids, mask, pv, grid, max_new_tokens=max_new_tokens, temperature=temperature,
                                           top_p=top_p, seed=None if seed is None else seed + b, stop_token_ids=self.stop_ids)
                 for (i, j), toks in zip(chunk, new):
-                    out[i][j] = self.tok.decode(toks, skip_special_tokens=True)
+                    text = self.tok.decode(toks, skip_special_tokens=True)
+                    cut = cut_at_stop(text, stop)
+                    out[i][j] = Completion(cut, "stop") if cut is not None else \
+                        Completion(text, "length" if len(toks) >= max_new_tokens else "stop")
         self.timings["generate"] += time.perf_counter() - t0
         return out
 
@@ -457,6 +493,9 @@ BENCHMARKS = {"vqa_rad": ("vqa_rad", "test"), "slake": ("slake", "test"), "path_
               "pmc_vqa": ("pmc_vqa", "test_clean"), "pmc_vqa_full": ("pmc_vqa", "test"),
               "pmc_vqa_open": ("pmc_vqa", "test_clean"), "mmmu": ("mmmu", "validation"),
               "gmai_mmbench": ("gmai_mmbench", "validation"), "synthetic": ("synthetic", "test")}
+# The paper scores these with VLMEvalKit, whose protocol adds an LLM judge (--judge-model) for
+# the answers its rules cannot read; the others with MultiMedEval's rules alone.
+JUDGED = ("mmmu", "gmai_mmbench")
 
 
 @dataclass
@@ -466,6 +505,7 @@ class EvalConfig:
     out: str = "eval_out"
     name: str = ""  # row label in tables (default: the model directory's name)
     max_new_tokens: int = 64
+    cot_max_new_tokens: int = 1024  # --cot answers: as curate.CotConfig, stopping at </answer>
     temperature: float = 0.0  # greedy by default
     top_p: float = 1.0
     seed: int = 0  # sampling and option shuffles
@@ -520,14 +560,19 @@ def score_row(record, prompt, response, grounding=False):
     text = strip_boxes(response) if grounding else response
     meta = record.get("meta", {})
     row = {"id": record["id"], "base_id": meta.get("base_id", record["id"]), "question": record["question"],
-           "prompt": prompt, "response": response, "gold": record["answer"], "flags": []}
+           "prompt": prompt, "response": str(response), "gold": record["answer"], "flags": []}
+    if getattr(response, "finish", "stop") == "length":  # cut by the token budget: counted apart
+        row["flags"].append("truncated")
     if meta.get("skill"):
         row["skill"] = meta["skill"]
+    row["clinical_skill"] = report.skill_of(record)
+    if report.group_labels(meta):
+        row["groups"] = report.group_labels(meta)
     if record.get("options"):
         options, gold = record["options"], gold_letter(record)
-        parsed = parse_choice(text, options)
-        row.update(kind="mc", options=options, gold=gold, parsed=parsed, correct=parsed == gold,
-                   category=response_category(text, options), invalid=parsed is None)
+        parsed, rule = parse_choice_rule(text, options)
+        row.update(kind="mc", options=options, gold=gold, parsed=parsed, rule=rule, correct=parsed == gold,
+                   correct_rules=parsed == gold, category=response_category(text, options), invalid=parsed is None)
     else:
         s = vqa_scores(text, record["answer"])
         row.update(kind="vqa", parsed=text.strip(), **s)
@@ -574,8 +619,10 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
                      "missing": missing[r["id"]], "correct": None} for r in part if missing[r["id"]]]
             prompts = [build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in ready]
             reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]} for r, p in zip(ready, prompts)]
-            outs = backend.generate(reqs, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, seed=cfg.seed) if reqs else []
+            budget = dict(max_new_tokens=cfg.cot_max_new_tokens, stop=["</answer>"]) if variant == "cot" else \
+                dict(max_new_tokens=cfg.max_new_tokens)
+            outs = backend.generate(reqs, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                    **budget) if reqs else []
             scored = [score_row(r, p, o[0], variant == "grounding") for r, p, o in zip(ready, prompts, outs)]
             if judge is not None:
                 report.judge_rows(judge, scored, cfg.seed)
@@ -600,7 +647,7 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
            "code_version": code_version(), "prompts": PROMPTS}
     run_path = os.path.join(cfg.out, "run.json")
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
-    diff = [k for k in ("model", "backend", "max_new_tokens", "temperature", "top_p", "seed", "min_pixels",
+    diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed", "min_pixels",
                         "max_pixels") if old.get(k) != run.get(k)]
     if diff:
         raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
@@ -615,16 +662,22 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     for name, root in benchmarks.items():
         records = load_benchmark(name, root, cfg.limit, cfg.subset)
         log(f"{name}: {len(records)} records from {root}")
+        lacking = report.missing_axes(name, records)
+        if lacking:
+            log(f"{name}: no column {', '.join(map(repr, lacking))} in {root}: accuracy by that axis is not "
+                "reported (the overall numbers are)")
         os.makedirs(os.path.join(cfg.out, name), exist_ok=True)
         per = {}
         for v in cfg.variants:  # base, then the analyses' variants (shuffled, rotated, ...)
             recs = report.variant_records(records, v, cfg.seed, cfg.rephrase_file)
             if recs:
-                per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"), judge, log)
+                per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"),
+                                     judge if name in JUDGED else None, log)
             else:
                 log(f"{name}: no records for the {v} analysis (needs options / rephrasings), skipped")
         summary["benchmarks"][name] = {**{v: report.summarize(rows) for v, rows in per.items()},
-                                       "analyses": report.analyses(per, os.path.join(cfg.out, name))}
+                                       "analyses": report.analyses(per, os.path.join(cfg.out, name)),
+                                       **({"missing_group_columns": lacking} if lacking else {})}
     summary["timings"] = dict(getattr(backend, "timings", {}))
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
@@ -651,6 +704,8 @@ def _cli():
     @click.option("--limit", type=int)
     @click.option("--subset", multiple=True, help="KEY=VALUE filter on record/meta fields")
     @click.option("--max-new-tokens", default=64, show_default=True)
+    @click.option("--cot-max-new-tokens", default=1024, show_default=True,
+                  help="budget of the --cot answers (they stop at </answer>); cut ones are counted")
     @click.option("--temperature", default=0.0, show_default=True)
     @click.option("--top-p", default=1.0, show_default=True)
     @click.option("--seed", default=0, show_default=True)
@@ -665,7 +720,8 @@ def _cli():
     @click.option("--rephrase-file", type=click.Path(exists=True), help='JSONL of {"id", "question"}')
     @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
-    @click.option("--judge-model", help="checkpoint that judges unparsable multiple-choice answers")
+    @click.option("--judge-model", help="checkpoint that judges the MMMU and GMAI-MMBench answers the rules "
+                  "cannot read (VLMEvalKit's protocol)")
     @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
     def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""

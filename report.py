@@ -32,6 +32,14 @@ from collections import Counter, defaultdict
 COLUMNS = {"vqa_rad": "VQA-RAD", "slake": "SLAKE(en)", "path_vqa": "Path-VQA", "pmc_vqa": "PMC-VQA",
            "pmc_vqa_full": "PMC-VQA(full test)", "pmc_vqa_open": "PMC-VQA(open)", "mmmu": "MMMU(H&M)",
            "gmai_mmbench": "GMAI-MMBench", "synthetic": "Synthetic"}
+# The Table 1 number of each benchmark. The paper reports MultiMedEval's VQA metrics for VQA-RAD,
+# SLAKE and Path-VQA, and its numbers are closed-question accuracy (README, "Which number is
+# Table 1's"); multiple-choice benchmarks report option accuracy; a benchmark not listed reports
+# accuracy over all its items.
+TABLE1_METRIC = {"vqa_rad": "closed_accuracy", "slake": "closed_accuracy", "path_vqa": "closed_accuracy"}
+VQA_METRICS = (("closed_accuracy", "Closed acc."), ("open_recall", "Open recall"),
+               ("open_accuracy", "Open acc. (recall >= 0.75)"), ("bleu1", "BLEU-1"), ("f1", "F1"),
+               ("accuracy", "All items acc."))
 SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
     ("modality recognition", r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
     ("anatomical localization", r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),
@@ -42,6 +50,10 @@ SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pat
 # the synthetic benchmark's own skill names (synthetic.SKILLS) -> the paper's five
 SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
                  **dict.fromkeys(("presence", "shape", "brightness", "size", "count"), "disease feature interpretation")}
+# Grouping axes per benchmark: MMMU Health & Medicine's five subjects (the paper's "subfields",
+# e.g. Diagnostics_and_Laboratory_Medicine) and GMAI-MMBench's official axes (the columns
+# VLMEvalKit's GMAIMMBenchDataset reports accuracy by). Column names match case-insensitively.
+GROUP_AXES = {"mmmu": ("subject",), "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
 VARIANTS = ("base", "shuffle", "circular", "rephrase", "grounding", "cot")  # evaluate.py run flags
 CATEGORIES = ("single_letter", "answer_prefixed", "cot", "invalid")  # evaluate.response_category
 
@@ -59,9 +71,14 @@ def permute_options(record, order, tag):
 
 
 def shuffle_record(record, seed):
-    """Options in a random order fixed by (seed, record id): reruns and resumes agree."""
-    order = list(record["options"])
+    """Options in a random order fixed by (seed, record id): reruns and resumes agree. A draw
+    that leaves the order as it was is rotated by one (two options: swapped), so every shuffled
+    question really is reordered and the accuracy change measures reorderings only."""
+    keys = list(record["options"])
+    order = keys[:]
     random.Random(f"{seed}:{record['id']}").shuffle(order)
+    if order == keys:
+        order = keys[1:] + keys[:1]
     return permute_options(record, order, "shuffle")
 
 
@@ -107,8 +124,11 @@ JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice questi
 
 
 def judge_rows(judge, rows, seed=0):
-    """LLM-as-judge (any backend: .generate(requests, ...)) for the multiple-choice rows the parser
-    found invalid, in place; every judged row is flagged 'judged' and keeps the judge's reply."""
+    """VLMEvalKit's protocol: the rules first (evaluate.parse_choice), the LLM judge (any backend:
+    .generate(requests, ...)) only for the multiple-choice rows the rules left unresolved, in
+    place. A judged row is flagged 'judged' and keeps the judge's reply and letter
+    ('judge_parsed'); 'correct' becomes the judge's verdict, while 'parsed', 'invalid' and
+    'correct_rules' stay the rules' (the invalid rate measures instruction following)."""
     todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]]
     if not todo:
         return
@@ -119,8 +139,8 @@ def judge_rows(judge, rows, seed=0):
         letter = out[0].strip("*()[]\"'`“”‘’. \t\n").upper()  # ' C.' or '**C**' -> 'C'
         r["flags"].append("judged")
         r["judge_response"] = out[0]
-        if letter in r["options"]:
-            r.update(parsed=letter, correct=letter == r["gold"], invalid=False)
+        r["judge_parsed"] = letter if letter in r["options"] else None
+        r["correct"] = r["judge_parsed"] == r["gold"]
 
 
 # ---- Summaries, comparisons, tables --------------------------------------------------------
@@ -148,7 +168,8 @@ def summarize(rows):
     """Metrics of one variant's rows; rows with correct=None (image missing) are counted apart."""
     scored = [r for r in rows if r.get("correct") is not None]
     s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": len(rows) - len(scored),
-         "accuracy": _mean(bool(r["correct"]) for r in scored)}
+         "accuracy": _mean(bool(r["correct"]) for r in scored),
+         "accuracy_rules": _mean(bool(r.get("correct_rules", r["correct"])) for r in scored)}
     vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
     if vqa:  # MultiMedEval's metric names
         closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
@@ -156,14 +177,23 @@ def summarize(rows):
                  open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
                  recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
                  bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
+    truncated = [r for r in scored if "truncated" in r["flags"]]
+    if truncated:  # answers the token budget cut: counted, and the accuracy without them given too
+        complete = [r for r in scored if "truncated" not in r["flags"]]
+        s.update(n_truncated=len(truncated), truncated_rate=len(truncated) / len(scored),
+                 accuracy_complete=_mean(bool(r["correct"]) for r in complete),
+                 invalid_rate_complete=_mean(r.get("parsed") is None for r in complete if r["kind"] == "mc"))
     if mc:
         cats = Counter(r["category"] for r in mc)
         s.update(n_mc=len(mc), mc_accuracy=_mean(r["correct"] for r in mc),
+                 mc_accuracy_rules=_mean(r.get("correct_rules", r["correct"]) for r in mc),
                  invalid_rate=_mean(r["parsed"] is None for r in mc),
                  categories={k: cats[k] / len(mc) for k in CATEGORIES},
                  judged=sum("judged" in r["flags"] for r in mc),
                  chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
                  gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
+    if any(r.get("groups") for r in scored):
+        s["by_group"] = by_group(scored)
     if any("skill" in r for r in scored):  # per-skill accuracy where the benchmark names skills
         s["by_skill"] = {k: _accuracy(g) for k, g in sorted(_by(scored, lambda r: r.get("skill", "-")).items())}
     if any("box" in r for r in scored):
@@ -187,6 +217,50 @@ def circular_accuracy(rows):
     """CircularEval (MMBench): a question counts right only when every rotation of it was right."""
     by_q = _by(rows, lambda r: r["base_id"])
     return _mean(all(r["correct"] for r in g) for g in by_q.values()) or 0.0
+
+
+def group_labels(meta):
+    """{axis: value} for every GROUP_AXES axis the record's meta carries (any benchmark's)."""
+    lower = {str(k).lower(): v for k, v in (meta or {}).items()}
+    return {a: str(lower[a.lower()]) for axes in GROUP_AXES.values() for a in axes
+            if lower.get(a.lower()) not in (None, "")}
+
+
+def missing_axes(benchmark, records):
+    """The GROUP_AXES columns a benchmark's records lack (their grouping is then not reported)."""
+    return [a for a in GROUP_AXES.get(benchmark, ()) if not any(a in group_labels(r.get("meta")) for r in records)]
+
+
+def by_group(rows):
+    """{axis: {value: {"n", "accuracy"}}} over the rows' group labels."""
+    out = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for axis, value in r.get("groups", {}).items():
+            out[axis][value].append(r)
+    return {a: {v: _accuracy(g) for v, g in sorted(vals.items())} for a, vals in sorted(out.items())}
+
+
+def grounding_by_group(base, grounding, path):
+    """Accuracy with and without the grounding prompt per group value (and overall), on the
+    questions both runs scored; also written as Markdown to `path`."""
+    res = {"overall": {"all": compare_rows(base, grounding)}}
+    labels = {r["base_id"]: r.get("groups", {}) for r in base}
+    for axis in sorted({a for g in labels.values() for a in g}):
+        values = sorted({g[axis] for g in labels.values() if axis in g})
+        res[axis] = {v: compare_rows([r for r in base if labels[r["base_id"]].get(axis) == v],
+                                     [r for r in grounding if labels.get(r["base_id"], {}).get(axis) == v])
+                     for v in values}
+    lines = ["# Accuracy without and with the grounding prompt", "",
+             "| axis | group | n | without | with | Δ |", "|---|---|---|---|---|---|"]
+    for axis, groups in res.items():
+        for v, c in groups.items():
+            if c.get("n"):
+                lines.append(f"| {axis} | {v} | {c['n']} | {_fmt(c['accuracy_base'])} | "
+                             f"{_fmt(c['accuracy_variant'])} | {_fmt(c['delta'])} |")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return {axis: {v: {k: c.get(k) for k in ("n", "accuracy_base", "accuracy_variant", "delta")}
+                   for v, c in groups.items()} for axis, groups in res.items()}
 
 
 def skill_of(record_or_row):
@@ -225,6 +299,9 @@ def analyses(variant_rows, out_dir):
         rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
         res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
                            "rotation_accuracy": _mean(r["correct"] for r in rows)}
+    if "grounding" in variant_rows and base is not None:
+        res["grounding_by_group"] = grounding_by_group(base, variant_rows["grounding"],
+                                                       os.path.join(out_dir, "grounding_by_group.md"))
     if "cot" in variant_rows:
         res["cot_skills"] = cot_report(variant_rows["cot"], os.path.join(out_dir, "cot_by_skill.md"))
     return res
@@ -232,18 +309,30 @@ def analyses(variant_rows, out_dir):
 
 def table_md(runs):
     """[(label, summary)] -> Markdown shaped like the paper's Table 1: one row per run, one column
-    per benchmark (accuracy in %: MultiMedEval correctness for VQA items, option accuracy for
-    multiple choice; '(scored/total)' follows when items were skipped), then a robustness /
+    per benchmark (in %: TABLE1_METRIC's number; '(scored/total)' follows when items were
+    skipped), then every MultiMedEval VQA metric per benchmark, then a robustness /
     instruction-following table where any run has those analyses."""
     names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
     lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
 
-    def cell(d):  # a run that could not score every item (missing images) says how many it did
+    def cell(d, metric):  # a run that could not score every item (missing images) says how many it did
         part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
-        return _fmt(d["accuracy"]) + part
+        return _fmt(d.get(metric)) + part
     for label, s in runs:
-        cells = [cell(s["benchmarks"][b]["base"]) if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
+        cells = [cell(s["benchmarks"][b]["base"], TABLE1_METRIC.get(b, "accuracy"))
+                 if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    closed = [COLUMNS[b] for b in names if TABLE1_METRIC.get(b) == "closed_accuracy"]
+    if closed:
+        lines += ["", f"{', '.join(closed)}: MultiMedEval closed-question accuracy (yes/no questions), the "
+                      "number the paper's Table 1 reports; the other columns: accuracy over all items."]
+    vqa = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
+           if "closed_accuracy" in s["benchmarks"].get(b, {}).get("base", {})]
+    if vqa:
+        lines += ["", "| Model | Benchmark | " + " | ".join(h for _, h in VQA_METRICS) + " |",
+                  "|---" * (len(VQA_METRICS) + 2) + "|"]
+        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(d.get(k)) for k, _ in VQA_METRICS) + " |"
+                  for label, b, d in vqa]
     extra = []
     for label, s in runs:
         for b, d in s["benchmarks"].items():

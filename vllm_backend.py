@@ -35,11 +35,15 @@ class VLLMBackend:
             out.append(item)
         return out
 
-    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1):
+    def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1, stop=None):
+        """n evaluate.Completion texts per request (finish 'length' when max_new_tokens cut it)."""
         from vllm import SamplingParams
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, n=n, seed=seed)
+        from evaluate import Completion
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, n=n, seed=seed,
+                                stop=stop, include_stop_str_in_output=bool(stop))
         outs = self.llm.generate(self._inputs(requests), params, use_tqdm=False)
-        return [[c.text for c in o.outputs] for o in outs]
+        return [[Completion(c.text, "length" if c.finish_reason == "length" else "stop") for c in o.outputs]
+                for o in outs]
 
     def prompt_logprobs(self, requests):
         """Per request {'token_ids', 'logprobs'}: the log-prob of each prompt token (first None)."""

@@ -450,3 +450,126 @@ def test_subset_filters_on_meta_and_rejects_unknown_fields():
     assert len(ev.load_benchmark("vqa_rad", root, limit=5, subset=(("answer_type", "OPEN"),))) == 5
     with pytest.raises(ValueError, match="no vqa_rad record has a field 'organ'"):
         ev.load_benchmark("vqa_rad", root, subset=(("organ", "HEAD"),))
+
+
+def test_pmc_vqa_benchmark_is_the_clean_test_set_and_the_full_one_is_asked_by_name(tmp_path):
+    header = "Figure_path,Question,Answer,Choice A,Choice B,Choice C,Choice D,Answer_label\n"
+    (tmp_path / "test.csv").write_text(header + "".join(f"f{i}.jpg,Full {i}?,CT,A:MRI,B:CT,C:PET,D:US,B\n"
+                                                        for i in range(5)))
+    (tmp_path / "test_clean.csv").write_text(header + "f0.jpg,Full 0?,CT,A:MRI,B:CT,C:PET,D:US,B\n")
+    assert [r["question"] for r in ev.load_benchmark("pmc_vqa", str(tmp_path))] == ["Full 0?"]
+    assert len(ev.load_benchmark("pmc_vqa_full", str(tmp_path))) == 5
+    open_ = ev.load_benchmark("pmc_vqa_open", str(tmp_path))
+    assert [(r["answer"], r["options"]) for r in open_] == [("CT", None)]  # the clean set, options dropped
+
+
+def test_the_judge_reads_mmmu_and_gmai_mmbench_only_as_the_paper_scores_them(tmp_path, monkeypatch):
+    """MMMU and GMAI-MMBench follow VLMEvalKit (rules, then the judge); PMC-VQA follows
+    MultiMedEval (rules alone): with --judge-model, only the former reach the judge."""
+    import realformat
+    realformat.write_mmmu(str(tmp_path))
+    pmc = tmp_path / "PMC-VQA"
+    realformat.save(realformat.picture(1), str(pmc / "images" / "f.jpg"))
+    (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
+                                        "f.jpg,Which?,CT,A:MRI,B:CT,B\n")
+
+    class Rambling(EchoBackend):
+        def generate(self, requests, **kw):
+            return [["It could be several things."] for _ in requests]
+    judge = EchoBackend()
+    monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
+    cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), judge_model="J")
+    s = ev.evaluate(cfg, {"mmmu": str(tmp_path / "MMMU"), "pmc_vqa": str(pmc)}, backend=Rambling(), log=lambda m: None)
+    assert judge.seen == 10  # the 10 MMMU items, not the PMC-VQA one
+    assert s["benchmarks"]["mmmu"]["base"]["judged"] == 10 and s["benchmarks"]["pmc_vqa"]["base"]["judged"] == 0
+
+
+def test_grounding_accuracy_per_mmmu_subject_and_gmai_mmbench_axis(tmp_path):
+    """With and without the grounding prompt, accuracy per MMMU Health & Medicine subject and per
+    GMAI-MMBench axis, plus overall; every row carries its group labels."""
+    import re as _re
+    import realformat
+    realformat.write_mmmu(str(tmp_path))
+    realformat.write_gmai_mmbench(str(tmp_path))
+
+    class GroundedKnowsBetter(EchoBackend):
+        """Without the grounding prompt always 'A'; with it, the gold letter (MMMU: option
+        (s + k) % 4 for patient s-k, as realformat writes them; GMAI-MMBench: B)."""
+        def generate(self, requests, **kw):
+            out = []
+            for r in requests:
+                text = r["messages"][0]["content"]
+                m = _re.search(r"patient (\d)-(\d)", text)
+                gold = "ABCD"[(int(m.group(1)) + int(m.group(2))) % 4] if m else "B"
+                out.append([gold + " [1, 2, 30, 40]" if "bounding box" in text else "A"])
+            return out
+    cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "grounding"))
+    s = ev.evaluate(cfg, {"mmmu": str(tmp_path / "MMMU"), "gmai_mmbench": str(tmp_path / "GMAI-MMBench")},
+                    backend=GroundedKnowsBetter(), log=lambda m: None)
+    mmmu = s["benchmarks"]["mmmu"]["analyses"]["grounding_by_group"]
+    # subjects 0..4 (Basic_Medical_Science .. Public_Health), items k = 0, 1: gold A when (s + k) % 4 == 0
+    assert mmmu["subject"]["Basic_Medical_Science"] == {"n": 2, "accuracy_base": 0.5, "accuracy_variant": 1.0,
+                                                        "delta": 0.5}
+    assert mmmu["subject"]["Clinical_Medicine"]["accuracy_base"] == 0.0
+    assert mmmu["overall"]["all"]["accuracy_base"] == 0.3 and mmmu["overall"]["all"]["accuracy_variant"] == 1.0
+    gmai = s["benchmarks"]["gmai_mmbench"]["analyses"]["grounding_by_group"]
+    assert set(gmai) == {"overall", "clinical VQA task", "department", "perceptual granularity"}
+    assert gmai["department"]["Pulmonary Medicine"] == {"n": 6, "accuracy_base": 0.0, "accuracy_variant": 1.0,
+                                                        "delta": 1.0}
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "gmai_mmbench" / "base.jsonl")]
+    assert rows[0]["groups"] == {"clinical VQA task": "Disease Diagnosis", "department": "Pulmonary Medicine",
+                                 "perceptual granularity": "image level"}
+    assert "| department | Pulmonary Medicine | 6 | 0.00 | 100.00 | 100.00 |" in \
+        (tmp_path / "run" / "gmai_mmbench" / "grounding_by_group.md").read_text()
+
+
+def test_a_benchmark_file_without_the_grouping_columns_says_which_and_reports_the_rest(tmp_path):
+    import base64
+    import realformat
+    b64 = base64.b64encode(realformat.encoded(realformat.picture(3))).decode()
+    (tmp_path / "GMAI_mm_bench_VAL.tsv").write_text(f"index\tquestion\tA\tB\tanswer\timage\tdepartment\n"
+                                                    f"0\tWhich?\tx\ty\tA\t{b64}\tDermatology\n")
+    logs = []
+    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run")), {"gmai_mmbench": str(tmp_path)},
+                    backend=EchoBackend(), log=logs.append)
+    assert s["benchmarks"]["gmai_mmbench"]["missing_group_columns"] == ["clinical VQA task", "perceptual granularity"]
+    assert any("no column 'clinical VQA task', 'perceptual granularity'" in m for m in logs)
+    assert s["benchmarks"]["gmai_mmbench"]["base"]["accuracy"] == 1.0
+    assert s["benchmarks"]["gmai_mmbench"]["base"]["by_group"] == {"department": {"Dermatology": {"n": 1, "accuracy": 1.0}}}
+
+
+def test_native_generation_stops_at_a_stop_string_and_says_when_the_budget_cut_it(tiny_model):
+    backend = ev.NativeBackend(tiny_model, device="cpu")
+    req = [{"messages": [{"role": "user", "content": "Which modality is shown?"}], "images": []}]
+    free = backend.generate(req, max_new_tokens=6)[0][0]
+    n_tokens = len(backend.tok(free, add_special_tokens=False)["input_ids"])
+    assert free.finish == ("length" if n_tokens >= 6 else "stop") and len(free) > 3
+    stop = free[2:4]  # a string the greedy answer contains: the text ends right after it
+    cut = backend.generate(req, max_new_tokens=6, stop=[stop])[0][0]
+    assert cut == free[:free.index(stop) + len(stop)] and cut.finish == "stop"
+
+
+class ThinksAloud(EchoBackend):
+    """Chain of thought for every second question, cut by the budget for the others."""
+    def __init__(self):
+        super().__init__()
+        self.budgets = []
+
+    def generate(self, requests, max_new_tokens=64, stop=None, **kw):
+        self.budgets.append((max_new_tokens, stop))
+        return [[ev.Completion("Considering the options, the answer is A. <answer>A</answer>") if i % 2 == 0 else
+                 ev.Completion("Considering the options, the first one is", "length")] for i, _ in enumerate(requests)]
+
+
+def test_cot_answers_get_their_own_budget_and_cut_ones_are_counted_apart(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    recs = [{**MC, "id": f"m{i}", "answer": "A", "images": [str(img)]} for i in range(4)]
+    backend = ThinksAloud()
+    cfg = ev.EvalConfig(model="m", variants=("cot",))
+    rows = ev.run_variant(backend, recs, "cot", cfg, str(tmp_path / "cot.jsonl"))
+    assert backend.budgets == [(1024, ["</answer>"])]  # curate.CotConfig's budget, not the 64 of short answers
+    assert [("truncated" in r["flags"]) for r in rows] == [False, True, False, True]
+    s = report.summarize(rows)
+    assert (s["n_truncated"], s["truncated_rate"], s["accuracy"], s["accuracy_complete"]) == (2, 0.5, 0.5, 1.0)
+    assert s["invalid_rate"] == 0.5 and s["invalid_rate_complete"] == 0.0  # the cut ones are why answers are missing

@@ -20,6 +20,16 @@ def row(id, correct, **kw):
 
 
 # ----------------------------------------------------------------- shuffles and rotations
+def test_a_shuffle_never_leaves_the_options_in_their_order():
+    two = {"id": "t", "question": "Q?", "answer": "A", "options": {"A": "yes", "B": "no"}, "meta": {}}
+    assert all(report.shuffle_record(two, s)["options"] == {"A": "no", "B": "yes"} for s in range(20))
+    for s in range(200):  # 1 in 24 draws of 4 options returns the same order: those are rotated
+        four = {**MC, "id": f"q{s}", "options": dict(zip("ABCD", ["w", "x", "y", "z"])), "answer": "B"}
+        shuffled = report.shuffle_record(four, 0)
+        assert shuffled["options"] != four["options"]
+        assert shuffled["options"][shuffled["answer"]] == "x"
+
+
 def test_shuffle_keeps_gold_text_and_is_seeded():
     a, b = report.shuffle_record(MC, 0), report.shuffle_record(MC, 0)
     assert a == b and a["options"][a["answer"]] == "CT" and sorted(a["options"].values()) == sorted(MC["options"].values())
@@ -85,14 +95,20 @@ class LetterJudge:
         return [[self.reply] for _ in requests]
 
 
-def test_judge_fills_only_invalid_rows_and_marks_them():
-    r = {**MC, "options": {"A": "X-ray", "B": "MRI", "C": "CT"}}
+def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
+    """VLMEvalKit's protocol: rules first, the judge for the rest. The rules' reading (parsed,
+    invalid, correct_rules) stays, so the invalid rate still measures instruction following,
+    and the summary gives both accuracies."""
+    r = {**MC, "options": {"A": "X-ray", "B": "MRI", "C": "CT"}, "answer": "C"}
     rows = [ev.score_row(r, "p", "It looks like a cross-sectional density scan."), ev.score_row(r, "p", "B")]
     judge = LetterJudge(" C.")
     report.judge_rows(judge, rows)
     assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
-    assert rows[0]["parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
-    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B"
+    assert rows[0]["judge_parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
+    assert rows[0]["parsed"] is None and rows[0]["invalid"] and rows[0]["correct_rules"] is False
+    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B" and rows[1]["rule"] == "exact"
+    s = report.summarize(rows)
+    assert (s["accuracy"], s["accuracy_rules"], s["invalid_rate"], s["judged"]) == (0.5, 0.0, 0.5, 1)
     rows = [ev.score_row(r, "p", "no idea")]
     report.judge_rows(LetterJudge("Z"), rows)  # the judge found no option either
     assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and report.summarize(rows)["judged"] == 1
@@ -138,13 +154,21 @@ def test_cot_samples_grouped_by_skill(tmp_path):
 
 # ----------------------------------------------------------------- tables
 def test_table_has_one_row_per_model_and_a_column_per_benchmark():
-    s1 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.745}, "analyses": {}},
+    vqa_rad = {"accuracy": 0.61, "closed_accuracy": 0.745, "open_recall": 0.42, "open_accuracy": 0.35,
+               "bleu1": 0.3, "f1": 0.4}
+    s1 = {"benchmarks": {"vqa_rad": {"base": vqa_rad, "analyses": {}},
                          "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133},
                                      "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
-    s2 = {"benchmarks": {"vqa_rad": {"base": {"accuracy": 0.6096, "n": 451, "n_scored": 18}, "analyses": {}}}}
+    s2 = {"benchmarks": {"vqa_rad": {"base": {**vqa_rad, "closed_accuracy": 0.6096, "n": 451, "n_scored": 18},
+                                     "analyses": {}}}}
     lines = report.table_md([("Infi-Med-3B", s1), ("Qwen2.5-VL-3B", s2)]).splitlines()
     assert lines[0] == "| Model | VQA-RAD | PMC-VQA |"
+    # VQA-RAD's Table 1 number is the closed-question accuracy, not the accuracy over all items
     assert lines[2] == "| Infi-Med-3B | 74.50 | 54.85 |" and lines[3] == "| Qwen2.5-VL-3B | 60.96 (18/451) | - |"
+    assert lines[5].startswith("VQA-RAD: MultiMedEval closed-question accuracy")
+    assert "| Model | Benchmark | Closed acc. | Open recall | Open acc. (recall >= 0.75) | BLEU-1 | F1 | " \
+           "All items acc. |" in lines
+    assert "| Infi-Med-3B | VQA-RAD | 74.50 | 42.00 | 35.00 | 30.00 | 40.00 | 61.00 |" in lines
     assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
 
 
@@ -155,7 +179,7 @@ def test_every_benchmark_has_a_table_column():
 def test_compare_reads_run_directories(tmp_path):
     for name, acc in (("base", 0.5), ("trained", 0.75)):
         (tmp_path / name).mkdir()
-        summary = {"run": {"name": name}, "benchmarks": {"slake": {"base": {"accuracy": acc}}}}
+        summary = {"run": {"name": name}, "benchmarks": {"pmc_vqa": {"base": {"accuracy": acc}}}}
         (tmp_path / name / "summary.json").write_text(json.dumps(summary))
     assert report.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
-        ["| Model | SLAKE(en) |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
+        ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
