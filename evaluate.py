@@ -38,22 +38,35 @@ _CUE_BEFORE = re.compile(
     r"(?:answer|option|choice)|\banswer)\s*(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be|"
     r"=)\s*)?[:：\-–=]?\s*(?:(?:option|choice|letter)\s*)?"
     r"|\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|select|pick|go\s+with)\s*(?:(?:option|choice)\s*)?"
-    r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?", re.I)
+    r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?"
+    # "the most likely etiology is (A) coronavirus", "the correct diagnosis would be B"
+    r"|\b(?:most\s+(?:likely|probable)|correct|right|best)\s+(?:[a-z\-]+\s+){1,3}?(?:is|would\s+be)\s*[:：\-–]?\s*"
+    r"(?:(?:option|choice|letter)\s*)?", re.I)
 # the chosen option followed by a committing phrase ("Option B is correct", "C: correct")
 _CUE_AFTER = re.compile(
     r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b))", re.I)
-# negations around a letter or an option text: "not A", "rather than B", "C is incorrect"
+# negations around a letter or an option text: "not A", "rather than B", "C is incorrect" (a
+# comma or period before "not" starts a contrast instead: "ultrasound, not a CT")
 _NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
                          r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
-                         r"(?:(?:option|choice|an?|the)\s+)?"  # "not a CT or an MRI": the list goes too
+                         r"(?:(?:option|choice|an?|the|region|area|part|panel|structure|label(?:l?ed)?|marked)\s+){0,2}"
+                         # "not a CT or an MRI": the list goes too
                          r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
                          r"[\(\[\*\"']*$", re.I)
-_NEG_AFTER = re.compile(r"[\)\]\*\"'.:,\s\-–]*(?:(?:is|are|was|seems|would\s+be|can\s+be)\s+)?"
-                        r"(?:not\b|incorrect\b|wrong\b|unlikely\b|less\s+likely\b|ruled\s+out\b|"
-                        r"excluded\b|eliminated\b|false\b)", re.I)
+_NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
+                        r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
+                        r"(?:not\b|n't\b|incorrect\b|wrong\b|unlikely\b|inconsistent\b|rarely\b|ruled\s+out\b|"
+                        r"less\s+(?:likely|consistent|typical|probable|appropriate)\b|excluded\b|eliminated\b|"
+                        r"false\b)", re.I)
+# the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
+_OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
+                            r"(?:(?:and|or)\s+)?(?:options?\s+)?$", re.I)
+# a capital letter that names a label in the figure: "the area labelled B", "region C"
+_LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",
+                           re.I)
 # words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
 _NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
                            r"complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$", re.I)
@@ -112,6 +125,8 @@ def _cue_choice(text, options):
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
             c, after = lm.group(1), rest[lm.end():]
+            if re.match(r"[\)\]\*\s]*(?:or|and|/)\s*(?:option\s+)?[\(\[\*]*[A-Z](?![\w'’])", after):
+                continue  # "the answer is A or B": no commitment
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
             if (c.isupper() and c != "A") or not word_follows or \
                     after.strip().lower().startswith(_opt_text(options[c.upper()])):
@@ -145,7 +160,27 @@ def _text_spans(text, options):
              for m in re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", low)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
-    return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])]
+    return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
+            and not _negated_after(text, s[1], options)]
+
+
+def _negated_after(text, end, options):
+    """Is the option mention ending at `end` the subject of a negative predicate, maybe as part
+    of a list: 'B is incorrect', 'Rhinovirus and adenovirus are not typically associated',
+    'Options B, C, D and E are less consistent'?"""
+    rest, items = text[end:end + 300], sorted((_opt_text(t) for t in options.values()), key=len, reverse=True)
+    while True:  # skip ", C", " and influenza virus", " or (D)"
+        m = re.match(r"\s*(?:,|\band\b|\bor\b|/)\s*(?:(?:an?|the|option|choice)\s+)?", rest, re.I)
+        if not m:
+            break
+        after = rest[m.end():]
+        item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after) or next(
+            (re.match(re.escape(t) + r"(?!\w)", after, re.I) for t in items if t and re.match(
+                re.escape(t) + r"(?!\w)", after, re.I)), None)
+        if item is None:
+            break
+        rest = after[item.end():]
+    return _NEG_AFTER.match(rest) is not None
 
 
 def _resolve(text, options):
@@ -155,12 +190,21 @@ def _resolve(text, options):
         if hit:
             return hit, rule
     spans = _text_spans(text, options)
+    # options whose texts are figure labels ("A", "Region B"): a letter after a label word names
+    # the option with that text, which need not be the option with that letter
+    label_of = {m.group(1).upper(): k for k, t in options.items()
+                if (m := re.fullmatch(r"(?:[a-z]+\s+)?([A-Za-z])", str(t).strip(), re.I))}
     letters = set()
     for m in _LETTER.finditer(text):
+        before = text[max(0, m.start(1) - 60):m.start(1)]
+        if label_of and _LABEL_BEFORE.search(before) and m.group(1).upper() in label_of:
+            if not _NEG_BEFORE.search(before) and not _negated_after(text, m.end(1), options):
+                letters.add(label_of[m.group(1).upper()])
+            continue
         if any(s <= m.start(1) < e for s, e, _ in spans):
             continue  # the letter is part of an option's text ("Both A and B")
-        if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(text[max(0, m.start(1) - 60):m.start(1)]) \
-                and not _NEG_AFTER.match(text[m.end(1):m.end(1) + 40]):
+        if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
+                and not _negated_after(text, m.end(1), options):
             letters.add(m.group(1).upper())
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
     if len(found) != 1:
@@ -210,21 +254,40 @@ def parse_choice_rule(response, options):
 
 
 def response_category(response, options):
-    """Instruction-following category of a multiple-choice response (paper, section 4.3):
-    'single_letter' (only the letter, maybe decorated, or 'B. <its text>'), 'answer_prefixed'
-    (a valid short answer of one line and at most 15 words: 'Answer: B', 'The answer is B.'),
-    'cot' (a valid longer answer: reasoning, several sentences, <answer> tags with text around),
-    'invalid' (parse_choice finds no single option)."""
-    letter = parse_choice(response, options)
+    """Instruction-following category of a multiple-choice response. The paper (section 4.3)
+    sorts answers to its direct-letter prompt into single-letter, answer-prefixed and CoT-style;
+    valid answers of no such form are 'other':
+
+      single_letter    only the letter, decorated or not, or the letter with its own option text:
+                       'B', '(b)', '**B**', 'B.', 'B. Magnetic resonance imaging'
+      answer_prefixed  an answer phrase (or an <answer> tag) opens the response and states the
+                       choice, a short reason may follow: 'Answer: B', 'The answer is B.',
+                       'The correct option is (B) MRI, given the contrast.', '<answer>B</answer>'
+      cot              reasoning first, then the choice, stated by a concluding phrase or an
+                       <answer> tag, or named after at least 8 words of reasoning:
+                       'The image shows soft tissue contrast, so the answer is B.',
+                       'Bright soft tissue contrast.\n<answer>B</answer>'
+      other            a valid answer in none of these forms: the bare option text ('Ultrasound'),
+                       a letter with a reason but no answer phrase ('B, because of the contrast'),
+                       a short remark naming one option ('Looks like an MRI.')
+      invalid          parse_choice finds no single option ('A or B', 'I cannot tell.')
+    """
+    letter, rule = parse_choice_rule(response, options)
     if letter is None:
         return "invalid"
     s = response.strip(_DECOR).rstrip(".").strip(_DECOR)
-    if len(s) == 1 or re.fullmatch(r"[A-Za-z]\s*[.):：]\s*(.+)", s, re.S) and _exact(s, options):
-        return "single_letter"
-    outside = _ANSWER_TAG.sub(" ", response).strip()
-    if not outside or ("\n" not in outside and len(outside.split()) <= 15 and outside == response.strip()):
-        return "answer_prefixed"
-    return "cot"
+    if rule == "exact":
+        return "single_letter" if len(s) == 1 or re.fullmatch(r"[A-Za-z]\s*[.):：]\s*(.+)", s, re.S) else "other"
+    if rule.startswith("answer_tag"):
+        stated = response.lower().rindex("<answer>")
+    elif rule == "cue":
+        stated = max(m.start() for pat in (_CUE_BEFORE, _CUE_AFTER) for m in pat.finditer(response))
+    else:  # a letter or an option's text without an answer phrase: where it last stands
+        spots = [m.start(1) for m in _LETTER.finditer(response) if m.group(1).upper() == letter]
+        spots += [m.start() for m in re.finditer(re.escape(_opt_text(options[letter])), response.lower())]
+        before = len(response[:max(spots, default=0)].split())
+        return "cot" if before >= 8 else "other"
+    return "answer_prefixed" if len(response[:stated].split()) <= 2 else "cot"
 
 
 # ---- MultiMedEval-style VQA scoring ---------------------------------------------------------

@@ -55,7 +55,7 @@ SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localiz
 # VLMEvalKit's GMAIMMBenchDataset reports accuracy by). Column names match case-insensitively.
 GROUP_AXES = {"mmmu": ("subject",), "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
 VARIANTS = ("base", "shuffle", "circular", "rephrase", "grounding", "cot")  # evaluate.py run flags
-CATEGORIES = ("single_letter", "answer_prefixed", "cot", "invalid")  # evaluate.response_category
+CATEGORIES = ("single_letter", "answer_prefixed", "cot", "other", "invalid")  # evaluate.response_category
 
 
 # ---- Robustness variants: which records each analysis asks --------------------------------
@@ -310,8 +310,9 @@ def analyses(variant_rows, out_dir):
 def table_md(runs):
     """[(label, summary)] -> Markdown shaped like the paper's Table 1: one row per run, one column
     per benchmark (in %: TABLE1_METRIC's number; '(scored/total)' follows when items were
-    skipped), then every MultiMedEval VQA metric per benchmark, then a robustness /
-    instruction-following table where any run has those analyses."""
+    skipped), then every MultiMedEval VQA metric per benchmark, the response categories of the
+    multiple-choice benchmarks, and a robustness / instruction-following table where any run has
+    those analyses."""
     names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
     lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
 
@@ -333,6 +334,13 @@ def table_md(runs):
                   "|---" * (len(VQA_METRICS) + 2) + "|"]
         lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(d.get(k)) for k, _ in VQA_METRICS) + " |"
                   for label, b, d in vqa]
+    cats = [(label, b, s["benchmarks"][b]["base"]["categories"]) for label, s in runs for b in names
+            if "categories" in s["benchmarks"].get(b, {}).get("base", {})]
+    if cats:  # the paper's instruction-following breakdown (section 4.3), direct-letter prompt
+        lines += ["", "| Model | Benchmark | Single letter % | Answer-prefixed % | CoT-style % | Other % | Invalid % |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(c.get(k)) for k in CATEGORIES) + " |"
+                  for label, b, c in cats]
     extra = []
     for label, s in runs:
         for b, d in s["benchmarks"].items():

@@ -124,13 +124,68 @@ def test_parse_choice(response, options, expected):
     assert parse_choice(response, options) == expected
 
 
+# Failure kinds seen in real chain-of-thought answers: V, virus options; L, options whose texts
+# are the figure's labels; X, labels that differ from the option letters; R, "Region X" labels.
+V = {"A": "Coronavirus", "B": "Rhinovirus", "C": "Adenovirus", "D": "Influenza virus", "E": "RSV"}
+L = {"A": "A", "B": "B", "C": "C", "D": "D"}
+X = {"A": "B", "B": "C", "C": "A", "D": "D"}
+R = {"A": "Region A", "B": "Region B", "C": "Region C", "D": "Region D"}
+REAL_RESPONSE_CASES = [
+    # (a) a concluding choice with its letter, then a sentence listing the other options' letters
+    ("Fever and anosmia point to a viral cause. The most likely etiology is (A) coronavirus. The other viruses listed (B, C, D, and E) do not typically cause anosmia.", V, "A"),
+    ("The most likely diagnosis is A. The other options (B, C, D, E) are less consistent with anosmia.", V, "A"),
+    ("Coronavirus (A) explains the anosmia. The others, B, C, D and E, rarely do.", V, "A"),
+    ("Anosmia is typical of (A) coronavirus; options B, C, D and E are less likely.", V, "A"),
+    ("The correct diagnosis would be B, rhinovirus; A, C, D and E do not fit the season.", V, "B"),
+    ("A fits the anosmia best. Other choices (B-E) are unlikely.", V, "A"),
+    # (b) the choice named by its option text while the other options are dismissed
+    ("The findings are characteristic of coronavirus infection, which contrasts with the other options.", V, "A"),
+    ("Coronavirus best explains the loss of smell; the other options are less likely.", V, "A"),
+    ("The picture is typical of coronavirus. Rhinovirus and adenovirus are not typically associated with these CT findings.", V, "A"),
+    ("This is most consistent with coronavirus, whereas rhinovirus, adenovirus, influenza virus and RSV do not usually produce these findings.", V, "A"),
+    ("Influenza virus fits the outbreak; coronavirus and RSV don't match the timeline.", V, "D"),
+    ("Rhinovirus is the usual cause of a common cold, while adenovirus is less typical here.", V, "B"),
+    # still strict: several options left open stay invalid
+    ("Coronavirus or rhinovirus could both explain this.", V, None),
+    ("A and B are both possible.", V, None),
+    ("The answer is A or B.", V, None),
+    ("It could be coronavirus, rhinovirus or adenovirus.", V, None),
+    # (c) option texts that are themselves letters labelling parts of a figure
+    ("The lesion is in the area labelled B in the figure.", L, "B"),
+    ("The arrow points to part C of the figure.", L, "C"),
+    ("Region D shows the infarct.", L, "D"),
+    ("The left ventricle is the structure labelled C.", X, "B"),
+    ("The lesion is labelled A.", X, "C"),
+    ("The answer is C.", X, "C"),
+    ("<answer>A</answer>", X, "A"),
+    ("The highlighted structure corresponds to Region C.", R, "C"),
+    ("Region C, because the arrow points to it.", R, "C"),
+    ("The structure marked B is the aorta, not region D.", R, "B"),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", REAL_RESPONSE_CASES,
+                         ids=[c[0][:40] for c in REAL_RESPONSE_CASES])
+def test_parse_choice_on_real_response_shapes(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
 @pytest.mark.parametrize("response,expected", [
-    ("B", "single_letter"), ("**B**", "single_letter"), ("(b)", "single_letter"),
+    # single letter: the letter alone, decorated or with its own option text
+    ("B", "single_letter"), ("**B**", "single_letter"), ("(b)", "single_letter"), ("B.", "single_letter"),
     ("B. Magnetic resonance imaging", "single_letter"),
-    ("Answer: B", "answer_prefixed"), ("The answer is B.", "answer_prefixed"), ("Ultrasound", "answer_prefixed"),
-    ("<answer>B</answer>", "answer_prefixed"),
+    # answer-prefixed: an answer phrase (or the tag) opens the response
+    ("Answer: B", "answer_prefixed"), ("The answer is B.", "answer_prefixed"),
+    ("Final answer: (B) Magnetic resonance imaging", "answer_prefixed"), ("<answer>B</answer>", "answer_prefixed"),
+    ("The correct option is B, given the soft tissue contrast.", "answer_prefixed"),
+    ("Option B is correct.", "answer_prefixed"), ("I choose D.", "answer_prefixed"),
+    # chain of thought: reasoning first, then the choice
     ("The image shows soft tissue. Among the options, MRI fits best because of the contrast, so the answer is B.", "cot"),
     ("Bright soft tissue contrast.\n<answer>B</answer>", "cot"),
+    ("The cortex and the ventricles are shown with soft tissue contrast and no bone detail: B.", "cot"),
+    # other: valid, but neither a bare letter nor introduced by an answer phrase nor reasoned out
+    ("Ultrasound", "other"), ("Magnetic resonance imaging.", "other"), ("B, because of the contrast.", "other"),
+    ("Looks like magnetic resonance imaging.", "other"),
     ("A or B", "invalid"), ("I cannot tell.", "invalid"),
 ])
 def test_response_category(response, expected):

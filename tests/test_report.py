@@ -124,7 +124,8 @@ def test_summary_has_instruction_following_and_positional_bias():
     s = report.summarize(rows)
     assert (s["n"], s["n_scored"], s["n_missing_image"], s["n_mc"]) == (5, 4, 1, 4)
     assert s["accuracy"] == s["mc_accuracy"] == 0.5 and s["invalid_rate"] == 0.25 and s["judged"] == 1
-    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.25, "cot": 0.25, "invalid": 0.25}
+    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.25, "cot": 0.25, "other": 0.0,
+                               "invalid": 0.25}
     assert s["chosen_letters"] == {"A": 2, "B": 1, "invalid": 1} and s["gold_letters"] == {"A": 1, "B": 3}
 
 
@@ -157,7 +158,9 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
     vqa_rad = {"accuracy": 0.61, "closed_accuracy": 0.745, "open_recall": 0.42, "open_accuracy": 0.35,
                "bleu1": 0.3, "f1": 0.4}
     s1 = {"benchmarks": {"vqa_rad": {"base": vqa_rad, "analyses": {}},
-                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133},
+                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133, "categories": {
+                             "single_letter": 0.9, "answer_prefixed": 0.05, "cot": 0.03, "other": 0.0067,
+                             "invalid": 0.0133}},
                                      "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
     s2 = {"benchmarks": {"vqa_rad": {"base": {**vqa_rad, "closed_accuracy": 0.6096, "n": 451, "n_scored": 18},
                                      "analyses": {}}}}
@@ -169,6 +172,7 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
     assert "| Model | Benchmark | Closed acc. | Open recall | Open acc. (recall >= 0.75) | BLEU-1 | F1 | " \
            "All items acc. |" in lines
     assert "| Infi-Med-3B | VQA-RAD | 74.50 | 42.00 | 35.00 | 30.00 | 40.00 | 61.00 |" in lines
+    assert "| Infi-Med-3B | PMC-VQA | 90.00 | 5.00 | 3.00 | 0.67 | 1.33 |" in lines  # response categories
     assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
 
 
