@@ -475,6 +475,11 @@ class NativeBackend:
         self.torch, self.data = torch, data
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        with open(os.path.join(model_dir, "config.json")) as f:
+            kind = json.load(f).get("model_type")
+        if kind not in ("qwen2_5_vl", "qwen2_vl"):
+            raise ValueError(f"{model_dir} is a {kind!r} model: the native backend runs Qwen2-VL and Qwen2.5-VL "
+                             "checkpoints only; evaluate other models with --backend vllm")
         self.model = infimed.QwenVL.from_pretrained(model_dir, dtype=dtype, device=self.device).eval()
         self.tok = data.load_tokenizer(model_dir)
         limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
@@ -581,6 +586,8 @@ class EvalConfig:
     subset: tuple = ()  # (key, value) filters on record fields or meta
     variants: tuple = ("base",)
     rephrase_file: str = None
+    rephrase_model: str = None  # writes the rephrasings of the multiple-choice questions (else templates)
+    rephrase_backend: str = "native"
     judge_model: str = None
     judge_backend: str = "native"
 
@@ -710,8 +717,8 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
            "code_version": code_version(), "prompts": PROMPTS}
     run_path = os.path.join(cfg.out, "run.json")
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
-    diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed", "min_pixels",
-                        "max_pixels") if old.get(k) != run.get(k)]
+    diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed",
+                        "min_pixels", "max_pixels") if old.get(k) != run.get(k)]
     if diff:
         raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
                          "choose another --out or delete it to start over")
@@ -721,6 +728,8 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
               device=cfg.device, dtype=cfg.dtype)
     backend = backend or make_backend(cfg.backend, cfg.model, **kw)
     judge = make_backend(cfg.judge_backend, cfg.judge_model, **kw) if cfg.judge_model else None
+    rephraser = make_backend(cfg.rephrase_backend, cfg.rephrase_model, **kw) \
+        if cfg.rephrase_model and "rephrase" in cfg.variants else None
     summary = {"run": run, "benchmarks": {}}
     for name, root in benchmarks.items():
         records = load_benchmark(name, root, cfg.limit, cfg.subset)
@@ -730,16 +739,23 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
             log(f"{name}: no column {', '.join(map(repr, lacking))} in {root}: accuracy by that axis is not "
                 "reported (the overall numbers are)")
         os.makedirs(os.path.join(cfg.out, name), exist_ok=True)
-        per = {}
+        per, sources = {}, {}
         for v in cfg.variants:  # base, then the analyses' variants (shuffled, rotated, ...)
-            recs = report.variant_records(records, v, cfg.seed, cfg.rephrase_file)
+            rephrasings = None
+            if v == "rephrase":  # the dataset's own, a model's (checked) or a template's; kept for reuse
+                rephrasings, sources = report.collect_rephrasings(
+                    records, cfg.rephrase_file, os.path.join(cfg.out, name, "rephrasings.jsonl"), rephraser,
+                    generate=True, seed=cfg.seed)
+            recs = report.variant_records(records, v, cfg.seed, rephrasings=rephrasings)
             if recs:
                 per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"),
                                      judge if name in JUDGED else None, log)
             else:
                 log(f"{name}: no records for the {v} analysis (needs options / rephrasings), skipped")
-        summary["benchmarks"][name] = {**{v: report.summarize(rows) for v, rows in per.items()},
-                                       "analyses": report.analyses(per, os.path.join(cfg.out, name)),
+        analyses = report.analyses(per, os.path.join(cfg.out, name))
+        if "rephrase" in analyses:
+            analyses["rephrase"]["sources"] = dict(Counter(sources.values()))
+        summary["benchmarks"][name] = {**{v: report.summarize(rows) for v, rows in per.items()}, "analyses": analyses,
                                        **({"missing_group_columns": lacking} if lacking else {})}
     summary["timings"] = dict(getattr(backend, "timings", {}))
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
@@ -779,8 +795,12 @@ def _cli():
     @click.option("--max-pixels", type=int, default=262144, show_default=True)
     @click.option("--shuffle", is_flag=True, help="options in a seeded random order")
     @click.option("--circular", is_flag=True, help="all cyclic option rotations (CircularEval)")
-    @click.option("--rephrase", is_flag=True, help="rephrased questions (record field or --rephrase-file)")
-    @click.option("--rephrase-file", type=click.Path(exists=True), help='JSONL of {"id", "question"}')
+    @click.option("--rephrase", is_flag=True, help="rephrased questions: the dataset's own, else (multiple "
+                  "choice) a checked rephrasing by --rephrase-model or a template; kept in OUT/<benchmark>/"
+                  "rephrasings.jsonl")
+    @click.option("--rephrase-file", type=click.Path(exists=True), help='JSONL of {"id", "question"} (wins)')
+    @click.option("--rephrase-model", help="checkpoint that rephrases the multiple-choice questions")
+    @click.option("--rephrase-backend", type=click.Choice(["native", "vllm"]), default="native")
     @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
     @click.option("--judge-model", help="checkpoint that judges the MMMU and GMAI-MMBench answers the rules "

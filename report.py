@@ -88,32 +88,109 @@ def rotate_records(record):
     return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
 
 
-def rephrase_records(records, rephrase_file=None):
-    """Records with a rephrased question: from a JSONL file of {"id", "question"} lines, else the
-    record's own meta['question_rephrase'] (VQA-RAD; its placeholder 'NULL' means none)."""
-    alt = {}
-    if rephrase_file:
-        with open(rephrase_file, encoding="utf-8") as f:
-            alt = {d["id"]: d["question"] for d in map(json.loads, f) if d.get("question")}
-    out = []
+# ours: what the rephrasing model is asked; check_rephrasing then verifies what the paper's
+# rephrase test needs (section 4.3): the same question, the options and the answer untouched
+REPHRASE_PROMPT = ("Rephrase the following question about a medical image so that it asks exactly the same "
+                   "thing in different words. Keep every medical term and number, do not answer it and do not "
+                   "mention any answer options. Reply with the rephrased question only.\n\nQuestion: {question}")
+# the fallback without a model: a rewording per question shape, first matching pattern wins
+TEMPLATES = [(r"^which of the following (.+)$", "Among the options given, which {0}"),
+             (r"^what is the (.+)$", "Can you identify the {0}"),
+             (r"^is there (.+)$", "Does the image show {0}"),
+             (r"^(.+)$", "Based on the image, {0}")]
+
+
+def template_rephrasing(question):
+    """A rule-based rewording of a question (TEMPLATES): 'What is the organ?' -> 'Can you
+    identify the organ?'; anything else gets 'Based on the image, ...'."""
+    q = question.strip()
+    for pattern, form in TEMPLATES:
+        m = re.match(pattern, q, re.I | re.S)
+        if m:
+            rest = m.group(1)
+            return form.format(rest if pattern != r"^(.+)$" else rest[:1].lower() + rest[1:])
+
+
+def _words(text):
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def check_rephrasing(question, candidate, options=None):
+    """(ok, reason) for a rephrased question: not empty, not the same words, still a question
+    (ends with '?'), no option lines or option text the question did not already contain (the
+    options stay as they are and the answer must not leak), every number kept, not rambling.
+    Whether it means the same cannot be checked by rule: the cached file is there to read."""
+    c = (candidate or "").strip().strip("\"'").strip()
+    if not c:
+        return False, "empty"
+    if _words(c) == _words(question):
+        return False, "unchanged"
+    if not c.endswith("?"):
+        return False, "not_a_question"
+    if re.search(r"^\s*\(?[A-J][.):]\s", c, re.M):
+        return False, "lists_options"
+    if any(t and t.lower() in c.lower() and t.lower() not in question.lower() for t in (options or {}).values()):
+        return False, "names_an_option"
+    if set(re.findall(r"\d+(?:\.\d+)?", question)) - set(re.findall(r"\d+(?:\.\d+)?", c)):
+        return False, "changed_numbers"
+    if len(c.split()) > 3 * len(question.split()) + 10:
+        return False, "too_long"
+    return True, "ok"
+
+
+def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, generate=False, seed=0):
+    """{id: rephrased question} and {id: where it came from}. First wins: a --rephrase-file line
+    ({"id", "question"}); a line of `cache` (an earlier run's); the record's own rephrasing
+    (VQA-RAD's question_rephrase, whose placeholder 'NULL' means none); with `generate`, for each
+    multiple-choice record: `backend`'s rephrasing (REPHRASE_PROMPT) when check_rephrasing passes
+    it, else template_rephrasing. Generated ones are appended to `cache` as {"id", "original",
+    "question", "source", "check"} lines, for the user to read and reuse as a --rephrase-file."""
+    found, source = {}, {}
+    for path, tag in ((rephrase_file, "file"), (cache, "cache")):
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for d in map(json.loads, filter(str.strip, f)):
+                    if d.get("question") and d["id"] not in found:
+                        found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", tag)
     for r in records:
-        q = (alt.get(r["id"]) or r.get("meta", {}).get("question_rephrase") or "").strip()
-        if q and q.upper() != "NULL":
-            out.append({**r, "id": r["id"] + "#rephrase", "question": q,
-                        "meta": {**r.get("meta", {}), "base_id": r["id"]}})
-    return out
+        own = (r.get("meta", {}).get("question_rephrase") or "").strip()
+        if r["id"] not in found and own and own.upper() != "NULL":
+            found[r["id"]], source[r["id"]] = own, "dataset"
+    todo = [r for r in records if generate and r.get("options") and r["id"] not in found]
+    asked = backend.generate([{"messages": [{"role": "user", "content": REPHRASE_PROMPT.format(question=r["question"])}],
+                               "images": []} for r in todo], max_new_tokens=96, temperature=0.0, seed=seed) \
+        if todo and backend is not None else [[None]] * len(todo)
+    lines = []
+    for r, out in zip(todo, asked):
+        ok, why = check_rephrasing(r["question"], out[0], r["options"]) if out[0] is not None else (False, "no_model")
+        q, src = (out[0].strip().strip("\"'").strip(), "model") if ok else (template_rephrasing(r["question"]), "template")
+        found[r["id"]], source[r["id"]] = q, src
+        lines.append({"id": r["id"], "original": r["question"], "question": q, "source": src, "check": why,
+                      **({"model_output": out[0]} if out[0] is not None and not ok else {})})
+    if cache and lines:
+        with open(cache, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    return found, source
 
 
-def variant_records(records, variant, seed=0, rephrase_file=None):
+def rephrase_records(records, rephrasings):
+    """Copies of the records that have a rephrasing ({id: question}), asking it instead."""
+    return [{**r, "id": r["id"] + "#rephrase", "question": rephrasings[r["id"]],
+             "meta": {**r.get("meta", {}), "base_id": r["id"]}} for r in records if r["id"] in rephrasings]
+
+
+def variant_records(records, variant, seed=0, rephrase_file=None, rephrasings=None):
     """The records one variant asks: all of them for base and grounding (the prompt differs), the
-    multiple-choice ones for cot, shuffled or all rotations of those, or the rephrased ones."""
+    multiple-choice ones for cot, shuffled or all rotations of those, or the rephrased ones
+    (`rephrasings` {id: question}, by default collect_rephrasings without generation)."""
     mc = [r for r in records if r.get("options")]
     if variant == "shuffle":
         return [shuffle_record(r, seed) for r in mc]
     if variant == "circular":
         return [x for r in mc for x in rotate_records(r)]
     if variant == "rephrase":
-        return rephrase_records(records, rephrase_file)
+        return rephrase_records(records, rephrasings if rephrasings is not None else
+                                collect_rephrasings(records, rephrase_file)[0])
     return mc if variant == "cot" else records
 
 
@@ -210,6 +287,7 @@ def compare_rows(base, other):
         return {"n": 0}
     acc_b, acc_o = _mean(b[i] for i in ids), _mean(o[i] for i in ids)
     return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
+            "consistency": _mean(b[i] == o[i] for i in ids),  # per question: the same verdict both times
             "right_to_wrong": [i for i in ids if b[i] and not o[i]], "wrong_to_right": [i for i in ids if o[i] and not b[i]]}
 
 

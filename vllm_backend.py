@@ -3,14 +3,52 @@ same small interface as evaluate.NativeBackend. vLLM's engine API changes often 
 `task=` deprecated), so every vLLM call of the project lives in this one file, and nothing imports
 it unless that backend is chosen. Needs `pip install -r requirements-vllm.txt` and a GPU.
 
+Any vision-language model vLLM runs can be evaluated (the paper's Table 1 compares with
+InternVL3-8B): prompts are rendered with the evaluated model's own chat template, from its
+processor (or its tokenizer), the way vLLM documents offline multimodal prompts.
+
     python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/vqa_rad --backend vllm
 """
 import data
 
 
+def content_parts(text):
+    """A user text with '<image>' placeholders -> chat-template content parts, images in place:
+    '<image>What?' -> [{"type": "image"}, {"type": "text", "text": "What?"}]."""
+    parts = []
+    for k, piece in enumerate(text.split("<image>")):
+        if k:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def render_with_template(templater, messages, add_generation_prompt=True):
+    """The prompt text of `messages` under the model's own chat template (`templater`: its
+    processor or tokenizer). A template that renders image content parts (Qwen2-VL, Qwen2.5-VL,
+    the LLaVA family) gets them and writes its own placeholder; one that does not (InternVL's)
+    gets plain strings, '<image>' as written, the placeholder such models expect."""
+    if "image" in (getattr(templater, "chat_template", None) or ""):
+        messages = [{**m, "content": content_parts(m["content"])} for m in messages]
+    return templater.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def load_templater(model_dir):
+    """The model's processor when it has a chat template, else its tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer
+    try:
+        proc = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+        if getattr(proc, "chat_template", None):
+            return proc
+    except Exception:  # models without a processor class (or whose processor needs more packages)
+        pass
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+
+
 class VLLMBackend:
-    """Prompts are rendered with data.render_chat (one <|image_pad|> per image: vLLM's Qwen2.5-VL
-    processor expands it); the pixel budget is passed to vLLM's image processor."""
+    """Prompts are rendered with the evaluated model's chat template (render_with_template); the
+    pixel budget is passed to vLLM's image processor."""
 
     def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
                  max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0):
@@ -22,13 +60,14 @@ class VLLMBackend:
         mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         self.llm = LLM(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
                        limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm,
-                       tensor_parallel_size=tensor_parallel_size, seed=seed)
+                       tensor_parallel_size=tensor_parallel_size, seed=seed, trust_remote_code=True)
+        self.templater = load_templater(model_dir)
         self.timings = {}
 
     def _inputs(self, requests, add_generation_prompt=True):
         out = []
         for r in requests:
-            item = {"prompt": data.render_chat(r["messages"], add_generation_prompt=add_generation_prompt)}
+            item = {"prompt": render_with_template(self.templater, r["messages"], add_generation_prompt)}
             images = [data.open_image(im) for im in r.get("images") or []]
             if images:
                 item["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}

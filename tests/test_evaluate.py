@@ -628,3 +628,47 @@ def test_cot_answers_get_their_own_budget_and_cut_ones_are_counted_apart(tmp_pat
     s = report.summarize(rows)
     assert (s["n_truncated"], s["truncated_rate"], s["accuracy"], s["accuracy_complete"]) == (2, 0.5, 0.5, 1.0)
     assert s["invalid_rate"] == 0.5 and s["invalid_rate_complete"] == 0.0  # the cut ones are why answers are missing
+
+
+def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):
+    """No vLLM needed: the rendering the vLLM backend uses. For a Qwen checkpoint it is exactly
+    the training template (data.render_chat); another model's template writes its own image
+    placeholder (LLaVA style), and a template without image parts keeps '<image>' (InternVL)."""
+    import data
+    from transformers import AutoTokenizer
+    from vllm_backend import render_with_template
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    msgs = [{"role": "user", "content": "<image><image>Compare the two scans.\nA. CT\nB. MRI"}]
+    assert render_with_template(tok, msgs) == data.render_chat(msgs, add_generation_prompt=True)
+    llava = tok.__class__.from_pretrained(tiny_model)
+    llava.chat_template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for p in m['content'] %}"
+                           "{% if p['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ p['text'] }}{% endif %}"
+                           "{% endfor %}{{ '\\n' }}{% endfor %}ASSISTANT:")
+    assert render_with_template(llava, msgs) == "USER: <image>\n<image>\nCompare the two scans.\nA. CT\nB. MRI\nASSISTANT:"
+    internvl = tok.__class__.from_pretrained(tiny_model)
+    internvl.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
+
+
+def test_native_backend_names_the_models_it_runs(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
+    with pytest.raises(ValueError, match="'internvl_chat' model: the native backend runs Qwen2-VL and Qwen2.5-VL"
+                                         ".*--backend vllm"):
+        ev.NativeBackend(str(tmp_path), device="cpu")
+
+
+def test_rephrase_test_on_multiple_choice_falls_back_to_templates_and_keeps_them(tmp_path):
+    import realformat
+    pmc = tmp_path / "PMC-VQA"
+    realformat.save(realformat.picture(1), str(pmc / "images" / "f.jpg"))
+    (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
+                                        "f.jpg,What is the modality?,CT,A:CT,B:MRI,A\n"
+                                        "f.jpg,Is there a mass?,MRI,A:CT,B:MRI,B\n")
+    cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "rephrase"))
+    s = ev.evaluate(cfg, {"pmc_vqa": str(pmc)}, backend=EchoBackend(), log=lambda m: None)
+    a = s["benchmarks"]["pmc_vqa"]["analyses"]["rephrase"]
+    assert (a["n"], a["sources"], a["consistency"]) == (2, {"template": 2}, 1.0)
+    kept = [json.loads(line) for line in open(tmp_path / "run" / "pmc_vqa" / "rephrasings.jsonl")]
+    assert [d["question"] for d in kept] == ["Can you identify the modality?", "Does the image show a mass?"]
+    asked = [json.loads(line)["prompt"] for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
+    assert asked[0].startswith("<image>Can you identify the modality?\nA. CT\nB. MRI")  # same options

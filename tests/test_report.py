@@ -187,3 +187,67 @@ def test_compare_reads_run_directories(tmp_path):
         (tmp_path / name / "summary.json").write_text(json.dumps(summary))
     assert report.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
         ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
+
+
+# ----------------------------------------------------------------- rephrase test
+@pytest.mark.parametrize("candidate,reason", [
+    ("Which imaging technique was used to acquire this 3 mm slice of the liver?", "ok"),
+    ("", "empty"), ("  which IMAGING modality was used for this 3 mm slice of the liver ", "unchanged"),
+    ("Which of these modalities is it:\nA. CT\nB. MRI?", "lists_options"),
+    ("Was this 3 mm slice of the liver acquired with magnetic resonance?", "names_an_option"),
+    ("Which imaging technique was used to acquire this 5 mm slice of the liver?", "changed_numbers"),
+    ("The 3 mm slice of the liver was acquired with an imaging technique.", "not_a_question"),
+    ("Which imaging technique was used for this 3 mm slice of the liver " + "and so on " * 20 + "?", "too_long"),
+])
+def test_check_rephrasing(candidate, reason):
+    question = "Which imaging modality was used for this 3 mm slice of the liver?"
+    options = {"A": "Computed tomography", "B": "Magnetic resonance"}
+    assert report.check_rephrasing(question, candidate, options) == (reason == "ok", reason)
+
+
+def test_template_rephrasing_rewords_by_question_shape():
+    assert report.template_rephrasing("What is the organ shown?") == "Can you identify the organ shown?"
+    assert report.template_rephrasing("Which of the following is seen?") == "Among the options given, which is seen?"
+    assert report.template_rephrasing("Is there a fracture?") == "Does the image show a fracture?"
+    assert report.template_rephrasing("How large is the mass?") == "Based on the image, how large is the mass?"
+
+
+class Rephraser:
+    """Rewords 'q1' well; for 'q2' it leaks an option, which the check refuses."""
+    def __init__(self):
+        self.asked = 0
+
+    def generate(self, requests, **kw):
+        self.asked += len(requests)
+        return [["What kind of scan is this image?" if "modality" in r["messages"][0]["content"] else
+                 "Is the organ in this scan the liver, shown by Ultrasound?"] for r in requests]
+
+
+def test_rephrasings_are_checked_cached_and_reused(tmp_path):
+    q1 = {**MC, "id": "q1", "question": "Which imaging modality is this?"}
+    q2 = {**MC, "id": "q2", "question": "Which organ is shown in this scan?"}
+    yn = {**MC, "id": "q3", "options": None, "answer": "yes", "meta": {"question_rephrase": "Is it there?"}}
+    cache, backend = str(tmp_path / "rephrasings.jsonl"), Rephraser()
+    found, source = report.collect_rephrasings([q1, q2, yn], cache=cache, backend=backend, generate=True)
+    assert found == {"q1": "What kind of scan is this image?", "q2": "Based on the image, which organ is shown in this scan?",
+                     "q3": "Is it there?"}
+    assert source == {"q1": "model", "q2": "template", "q3": "dataset"}
+    lines = [json.loads(line) for line in open(cache)]
+    assert [(d["id"], d["source"], d["check"]) for d in lines] == [("q1", "model", "ok"), ("q2", "template", "names_an_option")]
+    assert lines[1]["model_output"].endswith("Ultrasound?") and lines[1]["original"] == q2["question"]
+    again = Rephraser()
+    assert report.collect_rephrasings([q1, q2, yn], cache=cache, backend=again, generate=True)[0] == found
+    assert again.asked == 0  # read back from the cache
+    # no model: templates; a --rephrase-file line wins over everything
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"id": "q1", "question": "My own rewording?"}) + "\n")
+    found, source = report.collect_rephrasings([q1, q2], rephrase_file=str(tmp_path / "mine.jsonl"), generate=True)
+    assert found["q1"] == "My own rewording?" and source == {"q1": "file", "q2": "template"}
+
+
+def test_rephrase_analysis_reports_the_change_and_the_per_question_consistency():
+    base = [row("a", True), row("b", False), row("c", True), row("d", True)]
+    reph = [row("a#rephrase", True), row("b#rephrase", True), row("c#rephrase", False), row("d#rephrase", True)]
+    for r in reph:
+        r["base_id"] = r["id"].split("#")[0]
+    res = report.compare_rows(base, reph)
+    assert (res["delta"], res["consistency"]) == (0.0, 0.5)  # same accuracy, but half the verdicts flipped
