@@ -15,10 +15,12 @@ global batch 64, max length 4096 tokens, at most 262,144 pixels per image.
 """
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 import warnings
@@ -80,6 +82,7 @@ class TrainConfig:
     keep: int = 2  # complete checkpoints kept in --out (older ones are deleted)
     stop_after: int = 0  # stop after this many optimizer steps (0 = never); the schedule is unchanged
     resume: bool = False  # continue from the newest complete checkpoint in --out
+    force: bool = False  # with --resume: continue although settings or the data file changed
     workers: int = 2  # DataLoader worker processes per rank
     peak_tflops: float = 0.0  # dense bf16 peak per GPU for MFU; 0 = look up the GPU name
 
@@ -291,17 +294,17 @@ def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_process
             with open(os.path.join(tmp, "generation_config.json"), "w") as f:
                 json.dump({"bos_token_id": eos[1], "eos_token_id": eos, "pad_token_id": eos[1]}, f, indent=2)
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+            json.dump({**dataclasses.asdict(cfg), "data_sha1": file_sha1(cfg.data)}, f, indent=2)
     msd, osd = get_state_dict(loss_module, opt)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, "resume"))
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    torch.save(rng, os.path.join(tmp, "resume", f"rng-rank{rank}.pt"))
+    torch.save(rng_states(), os.path.join(tmp, "resume", f"rng-rank{rank}.pt"))
     if master:
         with open(os.path.join(tmp, "resume", "state.json"), "w") as f:
             json.dump({"step": step, "epoch": epoch}, f)
     barrier()
     if master:
+        if os.path.exists(final):  # an incomplete or damaged folder of that name: kept, renamed
+            set_aside(final, "replaced")
         os.replace(tmp, final)
         for old in list_checkpoints(cfg.out)[:-cfg.keep] if cfg.keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -309,11 +312,50 @@ def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_process
     return final
 
 
+def rng_states():
+    """Every RNG state of this process as tensors and plain numbers, so that the file loads with
+    torch.load(weights_only=True): a checkpoint from elsewhere cannot run code when resumed."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(path):
+    try:
+        rng = torch.load(path, weights_only=True)
+    except Exception as e:  # a pickle with objects (or a damaged file) is refused, never run
+        raise RuntimeError(f"refusing to load {path}: not a plain tensor file ({type(e).__name__}); delete it "
+                           "to resume without this rank's RNG states") from e
+    version, mt, gauss = rng["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def set_aside(path, why):
+    """Rename path to path.<why> (or .<why>-2, ...) out of list_checkpoints' way; returns the name."""
+    target, k = f"{path}.{why}", 1
+    while os.path.exists(target):
+        k += 1
+        target = f"{path}.{why}-{k}"
+    os.replace(path, target)
+    return target
+
+
 def list_checkpoints(out):
-    """Complete checkpoints, oldest first (temp dirs of an interrupted save are not listed)."""
+    """Complete checkpoints this code wrote, oldest first: folders named exactly step-NNNNNN that
+    hold resume/state.json (written last, before the folder gets its name). Anything else in
+    --out (a user's step-000004-best copy, step-notes.txt, an empty step-000099/) is neither
+    resumed from nor pruned."""
     if not os.path.isdir(out):
         return []
-    return sorted(os.path.join(out, d) for d in os.listdir(out) if d.startswith("step-"))
+    found = [(int(d[5:]), os.path.join(out, d)) for d in os.listdir(out) if re.fullmatch(r"step-\d{6}", d)]
+    return [p for _, p in sorted(found) if os.path.isfile(os.path.join(p, "resume", "state.json"))]
 
 
 def load_resume(path, loss_module, opt, rank):
@@ -328,14 +370,92 @@ def load_resume(path, loss_module, opt, rank):
     # missing (nothing in this loop draws random numbers, they are restored for user additions).
     rng_file = os.path.join(path, "resume", f"rng-rank{rank}.pt")
     if os.path.exists(rng_file):
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        set_rng_states(rng_file)
     with open(os.path.join(path, "resume", "state.json")) as f:
         return json.load(f)
+
+
+def resume_newest(ckpts, loss_module, opt, rank, distributed, device, log=print):
+    """Load the newest checkpoint that loads on every rank; a damaged one (a truncated shard, a
+    broken state file) is reported and the one before it tried. Returns (path, state)."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+    for path in reversed(ckpts):
+        try:
+            state, error = load_resume(path, loss_module, opt, rank), None
+        except (Exception, CheckpointException) as e:
+            state, error = None, e
+        ok = torch.tensor([error is None], dtype=torch.int32, device=device)
+        if distributed:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if int(ok):
+            return path, state
+        if isinstance(error, RuntimeError) and str(error).startswith("refusing"):
+            raise error
+        barrier()
+        moved = set_aside(path, "damaged") if rank == 0 else path + ".damaged"
+        barrier()
+        log(f"cannot resume from {path} ({type(error).__name__ if error else 'another rank failed'}: "
+            f"{str(error)[:200] if error else ''}); moved it to {moved} and trying the checkpoint before it")
+    raise RuntimeError(f"no checkpoint in {os.path.dirname(ckpts[-1])} loads; see the messages above")
+
+
+def validate(cfg):
+    """Settings that would waste a run are refused before it starts."""
+    fp32_max = torch.finfo(torch.float32).max  # an lr beyond it cannot even be applied to fp32 weights
+    checks = [("lr", cfg.lr, math.isfinite(cfg.lr) and 0 < cfg.lr <= fp32_max),
+              ("min_lr_ratio", cfg.min_lr_ratio, 0 <= cfg.min_lr_ratio <= 1),
+              ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1),
+              ("weight_decay", cfg.weight_decay, math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0),
+              ("clip", cfg.clip, math.isfinite(cfg.clip) and cfg.clip >= 0),
+              ("eps", cfg.eps, math.isfinite(cfg.eps) and cfg.eps > 0),
+              ("beta1", cfg.beta1, 0 <= cfg.beta1 < 1), ("beta2", cfg.beta2, 0 <= cfg.beta2 < 1),
+              ("epochs", cfg.epochs, cfg.epochs > 0), ("global_batch", cfg.global_batch, cfg.global_batch > 0),
+              ("micro_batch", cfg.micro_batch, cfg.micro_batch > 0), ("max_len", cfg.max_len, cfg.max_len > 0),
+              ("save_every", cfg.save_every, cfg.save_every > 0), ("keep", cfg.keep, cfg.keep >= 0)]
+    checks += [(f"lr_{part}", v, v is None or (math.isfinite(v) and v >= 0))
+               for part, v in (("vision", cfg.lr_vision), ("merger", cfg.lr_merger), ("llm", cfg.lr_llm))]
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v, ok in checks if not ok]
+    if bad:
+        raise click.UsageError(f"invalid settings: {', '.join(bad)} (learning rates finite and > 0, ratios in "
+                               "[0, 1), batch sizes, epochs and save interval positive)")
+
+
+# What a resumed run must share with the run that wrote the checkpoint: the data and its order,
+# the step count the schedule spans, and the optimization itself.
+RESUME_KEYS = ("data", "data_sha1", "global_batch", "epochs", "seed", "max_len", "min_pixels", "max_pixels",
+               "length_group", "packing", "lr", "min_lr_ratio", "warmup_ratio", "weight_decay", "lr_vision",
+               "lr_merger", "lr_llm", "clip", "beta1", "beta2", "eps")
+
+
+def file_sha1(path):
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_resume_settings(ckpt, cfg, say=print):
+    """Refuse (or, with --force, warn) when the settings or the data file differ from the ones the
+    checkpoint was trained with, listing every difference."""
+    with open(os.path.join(ckpt, "train_config.json")) as f:
+        saved = json.load(f)
+    now = {**dataclasses.asdict(cfg), "data_sha1": file_sha1(cfg.data)}
+    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if k in saved and saved[k] != now[k]]
+    if changed and not cfg.force:
+        raise click.UsageError(f"--resume from {ckpt} with changed settings ({'; '.join(changed)}); restore them, "
+                               "start a new --out, or pass --force to continue anyway")
+    if changed:
+        say(f"warning: resuming from {ckpt} with changed settings ({'; '.join(changed)}), as --force asks")
+
+
+def check_finite(model, step):
+    """Before a checkpoint is written: the updated weights must all be finite."""
+    total = sum(p.detach().float().pow(2).sum() for p in model.parameters())
+    total = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+    if not math.isfinite(total):
+        raise FloatingPointError(f"step {step}: the weights are no longer finite after the update; no "
+                                 "checkpoint was written (lower --lr, or resume from the last checkpoint)")
 
 
 def barrier():
@@ -345,6 +465,7 @@ def barrier():
 
 # ------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig):
+    validate(cfg)
     # ---- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is one process
     distributed = "RANK" in os.environ
     cuda = torch.cuda.is_available()
@@ -404,15 +525,9 @@ def train(cfg: TrainConfig):
     step, epoch = 0, 0
     ckpts = list_checkpoints(cfg.out)
     if cfg.resume and ckpts:
-        with open(os.path.join(ckpts[-1], "train_config.json")) as f:
-            saved = json.load(f)
-        changed = [k for k in ("data", "global_batch", "epochs", "seed", "max_len", "min_pixels", "max_pixels",
-                                     "length_group")
-                   if saved.get(k) != getattr(cfg, k)]
-        if changed:  # these define the data order and the step count the schedule spans
-            raise click.UsageError(f"--resume from {ckpts[-1]} with changed {changed}: "
-                                   f"{[saved[k] for k in changed]} -> {[getattr(cfg, k) for k in changed]}")
-        state = load_resume(ckpts[-1], loss_module, opt, rank)
+        check_resume_settings(ckpts[-1], cfg, say=print if master else lambda *a: None)
+        path, state = resume_newest(ckpts, loss_module, opt, rank, distributed, device,
+                                    log=print if master else lambda *a: None)
         step, epoch = state["step"], state["epoch"]
     elif ckpts and not cfg.resume:
         raise click.UsageError(f"{cfg.out} already holds checkpoints ({ckpts[-1]}); pass --resume or a new --out")
@@ -433,8 +548,18 @@ def train(cfg: TrainConfig):
                                     if cuda and k in torch.cuda.get_device_name()), 0)
     log_path = os.path.join(cfg.out, "log.jsonl")
     if master and os.path.exists(log_path):  # drop lines of steps after the resumed checkpoint
-        with open(log_path) as f:
-            kept = [line for line in f if json.loads(line)["step"] <= step]
+        kept, cut = [], 0
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash
+                    cut += 1
+                    continue
+                if rec.get("step", 0) <= step:
+                    kept.append(json.dumps(rec) + "\n")
+        if cut:
+            print(f"{log_path}: dropped {cut} unreadable line(s) (cut by a crash)")
         with open(log_path, "w") as f:
             f.writelines(kept)
     log_file = open(log_path, "a") if master else None
@@ -520,6 +645,7 @@ def train(cfg: TrainConfig):
                             **({"mfu": f"{rec['mfu']:.1%}"} if peak else {}))
             bar.update(1)
         if step % cfg.save_every == 0 or step == total or step == cfg.stop_after:
+            check_finite(model, step)
             save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master)
     bar.close()
     if log_file:

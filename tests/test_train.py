@@ -374,3 +374,100 @@ def train_lengths(setup):
 def make_dataset(setup):
     tok = data.load_tokenizer(setup["model"])
     return data.SFTDataset(setup["mixed"], tok, data.ImageProcessor(min_pixels=3136, max_pixels=12544), 256)
+
+
+# ------------------------------------------------------------------------------ damaged run folders
+def two_checkpoints(setup, name, **kw):
+    cfg = config(setup, name, save_every=1, keep=5, stop_after=2, epochs=2, **kw)  # 4 steps in all
+    train.train(cfg)
+    return cfg
+
+
+def test_only_complete_checkpoints_this_code_wrote_are_resumed_from_or_pruned(setup):
+    cfg = two_checkpoints(setup, "strays")
+    out = cfg.out
+    open(os.path.join(out, "step-000005.bak"), "w").close()
+    open(os.path.join(out, "step-notes.txt"), "w").close()
+    os.makedirs(os.path.join(out, "step-000099"))  # empty: no resume/state.json
+    import shutil
+    shutil.copytree(os.path.join(out, "step-000001"), os.path.join(out, "step-000004-best"))
+    assert [os.path.basename(p) for p in train.list_checkpoints(out)] == ["step-000001", "step-000002"]
+    train.train(dataclasses.replace(cfg, stop_after=3, keep=2, resume=True))
+    assert [r["step"] for r in log(cfg)] == [1, 2, 3]  # resumed at 2, the newest real checkpoint
+    assert sorted(os.listdir(out)) == ["log.jsonl", "step-000002", "step-000003", "step-000004-best",
+                                       "step-000005.bak", "step-000099", "step-notes.txt"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (open, (os.path.join(os.environ.get("PAYLOAD_DIR", "/tmp"), "payload-ran"), "w"))
+
+
+def test_rng_states_are_plain_tensors_and_a_pickled_payload_is_refused(setup, tmp_path, monkeypatch):
+    cfg = two_checkpoints(setup, "rng")
+    rng_file = os.path.join(cfg.out, "step-000002", "resume", "rng-rank0.pt")
+    states = torch.load(rng_file, weights_only=True)  # loads without unpickling any object
+    assert set(states) == {"python", "numpy", "torch", "cuda"}
+    monkeypatch.setenv("PAYLOAD_DIR", str(tmp_path))
+    torch.save({"python": Payload()}, rng_file)
+    with pytest.raises(RuntimeError, match="refusing to load .*rng-rank0.pt"):
+        train.train(dataclasses.replace(cfg, stop_after=3, resume=True))
+    assert not os.path.exists(tmp_path / "payload-ran")
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(setup, capsys):
+    cfg = two_checkpoints(setup, "damaged")
+    shard = next(f for f in os.listdir(os.path.join(cfg.out, "step-000002", "resume")) if f.endswith(".distcp"))
+    path = os.path.join(cfg.out, "step-000002", "resume", shard)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
+        f.write('{"step": 3, "loss": 1.')  # a line cut by a crash
+    train.train(dataclasses.replace(cfg, stop_after=3, resume=True))
+    said = capsys.readouterr().out
+    assert "cannot resume from" in said and "step-000002" in said and "dropped 1 unreadable line" in said
+    assert [r["step"] for r in log(cfg)] == [1, 2, 3]  # resumed at 1: steps 2 and 3 run again
+    assert os.path.isdir(os.path.join(cfg.out, "step-000002.damaged"))  # kept for inspection, out of the way
+    assert [os.path.basename(p) for p in train.list_checkpoints(cfg.out)] == ["step-000001", "step-000002",
+                                                                             "step-000003"]
+
+
+@pytest.mark.parametrize("change", [{"lr": float("inf")}, {"lr": 1e39}, {"lr": 0.0}, {"warmup_ratio": 1.5},
+                                    {"global_batch": 0},
+                                    {"lr_vision": float("nan")}, {"epochs": 0}])
+def test_settings_that_would_waste_a_run_are_refused(setup, change):
+    with pytest.raises(click.UsageError, match="invalid settings: --" + next(iter(change)).replace("_", "-")):
+        train.train(config(setup, "invalid", **change))
+
+
+def test_no_checkpoint_is_written_when_the_update_leaves_non_finite_weights(setup, monkeypatch):
+    """The loss and gradient norm of the step were finite; the update itself broke a weight
+    (simulated: AdamW's step writes an inf). The run stops before saving, naming the step."""
+    real_step = torch.optim.AdamW.step
+
+    def broken(self, *a, **k):
+        out = real_step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", broken)
+    cfg = config(setup, "blowup", stop_after=1)
+    with pytest.raises(FloatingPointError, match="step 1: the weights are no longer finite"):
+        train.train(cfg)
+    assert train.list_checkpoints(cfg.out) == [] and not os.path.exists(os.path.join(cfg.out, "step-000001"))
+
+
+def test_resume_with_changed_settings_or_data_is_refused_unless_forced(setup, tmp_path, capsys):
+    data_copy = str(tmp_path / "data.jsonl")
+    with open(setup["mixed"]) as f, open(data_copy, "w") as g:
+        g.write(f.read())
+    cfg = config(setup, "changed", data=data_copy, stop_after=1)
+    train.train(cfg)
+    with pytest.raises(click.UsageError, match=r"changed settings \(lr: 0.001 -> 0.002\).*--force"):
+        train.train(dataclasses.replace(cfg, lr=2e-3, stop_after=2, resume=True))
+    with open(data_copy, "a") as g:  # same path, other content
+        g.write(open(setup["text"]).readline())
+    with pytest.raises(click.UsageError, match="data_sha1"):
+        train.train(dataclasses.replace(cfg, stop_after=2, resume=True))
+    train.train(dataclasses.replace(cfg, stop_after=2, resume=True, force=True))
+    assert "warning: resuming from" in capsys.readouterr().out and [r["step"] for r in log(cfg)] == [1, 2]
