@@ -10,6 +10,7 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,8 @@ def _gray_or_rgb(image):
         image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("the image holds non-finite pixel values (inf or nan in a float image)")
         bits = max(8, math.ceil(math.log2(max(float(a.max()), 0.0) + 1)))
         a = np.clip(a, 0, None) * (255.0 / (2 ** bits - 1))  # negative values become 0
         image = Image.fromarray(np.round(a).astype(np.uint8), mode="L")
@@ -225,7 +228,8 @@ VISION_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"  # what the template
 class SampleError(ValueError):
     """A record that cannot be used. `reason` is a short key that loaders count:
     empty, non_alternating, bad_role, bad_content, special_tokens, image_count_mismatch,
-    image_in_assistant, image_missing, image_corrupt, image_aspect, too_long, invalid_json."""
+    image_in_assistant, image_missing, image_corrupt, image_aspect, too_long, invalid_json,
+    invalid_encoding."""
 
     def __init__(self, reason, message):
         super().__init__(message)
@@ -311,8 +315,9 @@ def _image_error(im, e):
     if isinstance(e, ValueError):  # smart_resize refuses the shape; PIL's bad image data
         reason = "image_aspect" if "aspect ratio" in str(e) else "image_corrupt"
         return SampleError(reason, f"image {name}: {e}")
-    # OSError / DecompressionBombError: PIL's unreadable or truncated file
-    return SampleError("image_corrupt", f"cannot read image {name}: {e}; re-export it or drop the record")
+    # OSError / DecompressionBombError / anything a decoder raises: an unreadable image
+    return SampleError("image_corrupt", f"cannot read image {name}: {type(e).__name__}: {e}; re-export it or "
+                                        "drop the record")
 
 
 def load_images(images, image_processor):
@@ -324,24 +329,26 @@ def load_images(images, image_processor):
             if not isinstance(im, Image.Image) and not os.path.isfile(im):
                 raise FileNotFoundError(im)
             out.append(image_processor(im))
-        except (ValueError, OSError, Image.DecompressionBombError) as e:
+        except Exception as e:  # whatever a decoder raises, the record is unusable, not the run
             raise _image_error(im, e) from e
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
 def image_token_counts(images, image_processor):
-    """LLM tokens per image from the file headers only (no decoding); for length planning."""
+    """LLM tokens per image from the file headers only (no decoding); for length planning. The
+    EXIF orientation is not needed: a 90-degree turn swaps height and width, and the token count,
+    (h / 28) x (w / 28) after smart_resize, is the same either way (reading EXIF from a PNG would
+    make PIL decode the whole image)."""
     counts = []
     for im in images:
         try:
             if isinstance(im, Image.Image):
-                (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
+                w, h = im.size
             else:
                 with Image.open(im) as f:
-                    (w, h), orientation = f.size, f.getexif().get(0x0112, 1)
-            h, w = (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # EXIF 90-degree turns
+                    w, h = f.size
             rh, rw = image_processor.target_size(h, w)
-        except (ValueError, OSError, Image.DecompressionBombError) as e:
+        except Exception as e:
             raise _image_error(im, e) from e
         counts.append(rh * rw // (image_processor.patch_size * image_processor.merge_size) ** 2)
     return counts
@@ -464,6 +471,8 @@ def to_canonical(raw, image_root=None):
                               "human/gpt/system or user/assistant/system")
         messages.append({"role": role, "content": t.get(text_key)})
     images = raw.get("images", raw.get("image")) or []  # LLaVA files use a single "image"
+    if not isinstance(images, (str, list, tuple)):
+        raise SampleError("bad_content", f"`images` is a {type(images).__name__}; use a list of file paths")
     images = [images] if isinstance(images, str) else list(images)
     if not all(isinstance(im, (str, Image.Image)) for im in images):
         raise SampleError("bad_content", "`images` must be a list of file paths")
@@ -490,10 +499,14 @@ def _skip(report, where, e, strict):
 
 
 def format_report(report):
-    """One line per skip reason, with an example message naming file and record."""
+    """One line per skip reason, with an example message naming file and record, and the
+    exchanges cut from over-length conversations."""
     lines = [f"{report['path']}: read {report['read']}, kept {report['kept']}"]
     for reason, n in sorted(report["skipped"].items()):
         lines.append(f"  skipped {n} ({reason}), e.g. {report['examples'][reason]}")
+    if report.get("exchanges_dropped"):
+        lines.append(f"  shortened {report['samples_shortened']} over-length conversations: "
+                     f"{report['exchanges_dropped']} later exchanges dropped (kept whole up to max_len)")
     return "\n".join(lines)
 
 
@@ -509,31 +522,43 @@ def read_sharegpt(path, strict=False, image_root=None):
 def _read_sharegpt(path, strict, image_root):
     """read_sharegpt plus where each kept record came from ("line 7" / "record 3")."""
     image_root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):  # a JSON array: one parse error makes the file unusable
+    with open(path, "rb") as f:
+        raw_bytes = f.read()
+    if raw_bytes.lstrip()[:1] == b"[":  # a JSON array: one parse error makes the file unusable
         try:
-            raws, where = list(enumerate(json.loads(text))), "record"
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write it as JSONL") from e
+            raws, where = list(enumerate(json.loads(raw_bytes.decode("utf-8")))), "record"
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            what = "invalid JSON" if isinstance(e, json.JSONDecodeError) else f"unreadable ({type(e).__name__})"
+            raise ValueError(f"{path}: {what} ({str(e)[:120]}); fix the file or write it as JSONL, one record "
+                             "per line") from e
     else:  # JSONL: a bad line is one skipped record
-        raws = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        raws = [(i + 1, line) for i, line in enumerate(raw_bytes.split(b"\n")) if line.strip()]
         where = "line"
     records, places, report = [], [], _new_report(path, len(raws))
     for i, raw in raws:
         try:
             if where == "line":
-                try:
-                    raw = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise SampleError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno}); "
-                                                      "fix or delete the line") from e
+                raw = _json_line(raw)
             records.append(to_canonical(raw, image_root))
             places.append(f"{where} {i}")
         except SampleError as e:
             _skip(report, f"{where} {i}", e, strict)
     report["kept"] = len(records)
     return records, places, report
+
+
+def _json_line(raw):
+    """One JSONL line (bytes) -> its object; SampleError for bad UTF-8 or bad JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SampleError("invalid_encoding", f"not UTF-8 (byte {e.start}); re-save the file as UTF-8") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SampleError("invalid_json", f"invalid JSON ({e.msg} at column {e.colno}); fix or delete the line") from e
+    except RecursionError as e:
+        raise SampleError("invalid_json", "JSON nested too deeply to read; fix or delete the line") from e
 
 
 def write_sharegpt(records, path):
@@ -558,8 +583,8 @@ class SFTDataset(torch.utils.data.Dataset):
     validates every record and measures its exact token length from text and image headers (no
     pixel decoding) under encode()'s over-length policy; unusable records are counted in
     `self.report` (strict=True raises). `self.lengths` feeds packing and length-grouped sampling.
-    Items are encode() dicts, or None for an image that fails only at decode time (`collate`
-    drops and counts those: batch["n_skipped"])."""
+    Items are encode() dicts, or {"skip": reason, "message": ...} for an image that fails only
+    at decode time (`collate` drops and counts those: batch["n_skipped"], batch["skipped"])."""
 
     def __init__(self, path_or_records, tokenizer, image_processor, max_len=4096, strict=False):
         from tqdm import tqdm
@@ -586,6 +611,8 @@ class SFTDataset(torch.utils.data.Dataset):
             self.report["exchanges_dropped"] += dropped
             self.report["samples_shortened"] += dropped > 0
         self.report["kept"] = len(self.records)
+        if not self.records:
+            raise ValueError("no usable training record:\n" + format_report(self.report))
 
     def __len__(self):
         return len(self.records)
@@ -597,7 +624,12 @@ class SFTDataset(torch.utils.data.Dataset):
             if self.strict:
                 raise
             warnings.warn(f"sample {i} skipped ({e.reason}): {e}")
-            return None
+            return {"skip": e.reason, "message": str(e)}
+
+
+def is_skipped(sample):
+    """A sample that could not be encoded (None, or SFTDataset's {"skip": reason} marker)."""
+    return sample is None or "skip" in sample
 
 
 def pack(lengths, max_len):
@@ -622,15 +654,15 @@ def pack(lengths, max_len):
 
 def collate(batch, pad_id, padding_side="right"):
     """Samples (encode dicts) or packed rows (lists of them) -> dict(input_ids, labels,
-    attention_mask (all (B, L)), pixel_values, image_grid_thw, n_skipped); None when every
-    sample was skipped. attention_mask is 0 on padding and k on the k-th sample of a row, so the
+    attention_mask (all (B, L)), pixel_values, image_grid_thw, n_skipped, skipped {reason: n});
+    None when every sample was skipped (None or SFTDataset's skip marker). attention_mask is 0 on padding and k on the k-th sample of a row, so the
     model blocks attention across samples and restarts M-RoPE per sample. Images go in row-major
     token order, the order the model consumes them. Right padding for training, left for
     generation. Each sample starts with an unsupervised token, so a shifted loss never predicts
     one packed sample from the previous one."""
     rows = [b if isinstance(b, list) else [b] for b in batch]
-    n_skipped = sum(s is None for r in rows for s in r)
-    rows = [r for r in ([s for s in r if s is not None] for r in rows) if r]
+    skipped = Counter((s or {}).get("skip", "unknown") for r in rows for s in r if is_skipped(s))
+    rows = [r for r in ([s for s in r if not is_skipped(s)] for r in rows) if r]
     if not rows:
         return None
     width = max(sum(len(s["input_ids"]) for s in r) for r in rows)
@@ -647,7 +679,7 @@ def collate(batch, pad_id, padding_side="right"):
     return {"input_ids": ids, "labels": labels, "attention_mask": mask,
             "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
             "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
-            "n_skipped": n_skipped}
+            "n_skipped": sum(skipped.values()), "skipped": dict(skipped)}
 
 
 def cu_seqlens(attention_mask):

@@ -24,6 +24,7 @@ import re
 import shutil
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import click
@@ -175,16 +176,20 @@ class Collate:
         self.dataset, self.pad_id, self.max_len, self.packing = dataset, pad_id, max_len, packing
 
     def __call__(self, indices):
-        samples = [self.dataset[i] for i in indices]  # None where an image failed to decode
+        samples = [self.dataset[i] for i in indices]  # a skip marker where an image failed to decode
         if self.packing:  # rows of at most max_len tokens, samples numbered 1..k in attention_mask
-            lengths = [0 if s is None else len(s["input_ids"]) for s in samples]
+            lengths = [0 if data.is_skipped(s) else len(s["input_ids"]) for s in samples]
             batch = data.collate([[samples[i] for i in row] for row in data.pack(lengths, self.max_len)], self.pad_id)
         else:
             batch = data.collate(samples, self.pad_id)
         if batch is None:  # an empty slot (tiny data) or every sample unreadable: a blank stand-in
-            s = next(x for x in (self.dataset[i] for i in range(len(self.dataset))) if x is not None)
+            s = next((x for x in (self.dataset[i] for i in range(len(self.dataset))) if not data.is_skipped(x)), None)
+            if s is None:
+                raise RuntimeError(f"no sample of the {len(self.dataset)} training records can be encoded: every "
+                                   "one fails when its images are decoded; see the warnings above for the files")
+            skipped = Counter(x.get("skip", "unknown") for x in samples if x is not None)
             batch = data.collate([dict(s, labels=torch.full_like(s["labels"], -100))], self.pad_id)
-            batch["n_skipped"] = len(indices)
+            batch["n_skipped"], batch["skipped"] = len(indices), dict(skipped)
         batch["indices"] = list(indices)
         return batch
 
@@ -257,7 +262,7 @@ def flops_per_step(batches, mcfg, n_text, n_vision):
 
 
 # -------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master):
+def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master, skipped=None):
     """<out>/step-000123/: a Hub-style model dir (config.json, safetensors, generation_config,
     tokenizer with chat template, preprocessor_config with the training pixel limits) plus
     resume/ (model and optimizer state via torch.distributed.checkpoint, sharded under FSDP;
@@ -300,7 +305,7 @@ def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_process
     torch.save(rng_states(), os.path.join(tmp, "resume", f"rng-rank{rank}.pt"))
     if master:
         with open(os.path.join(tmp, "resume", "state.json"), "w") as f:
-            json.dump({"step": step, "epoch": epoch}, f)
+            json.dump({"step": step, "epoch": epoch, "skipped": dict(skipped or {})}, f)
     barrier()
     if master:
         if os.path.exists(final):  # an incomplete or damaged folder of that name: kept, renamed
@@ -420,6 +425,10 @@ def validate(cfg):
                                "[0, 1), batch sizes, epochs and save interval positive)")
 
 
+# decode-time skips are counted by these reasons (data.SampleError); anything else is "other"
+SKIP_REASONS = ("image_missing", "image_corrupt", "image_aspect")
+
+
 # What a resumed run must share with the run that wrote the checkpoint: the data and its order,
 # the step count the schedule spans, and the optimization itself.
 RESUME_KEYS = ("data", "data_sha1", "global_batch", "epochs", "seed", "max_len", "min_pixels", "max_pixels",
@@ -522,7 +531,7 @@ def train(cfg: TrainConfig):
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=cuda)
 
     # ---- resume
-    step, epoch = 0, 0
+    step, epoch, state = 0, 0, {}
     ckpts = list_checkpoints(cfg.out)
     if cfg.resume and ckpts:
         check_resume_settings(ckpts[-1], cfg, say=print if master else lambda *a: None)
@@ -531,6 +540,7 @@ def train(cfg: TrainConfig):
         step, epoch = state["step"], state["epoch"]
     elif ckpts and not cfg.resume:
         raise click.UsageError(f"{cfg.out} already holds checkpoints ({ckpts[-1]}); pass --resume or a new --out")
+    skipped = Counter(state.get("skipped", {}))  # decode-time skips by reason: the totals survive a resume
     if master:
         os.makedirs(cfg.out, exist_ok=True)
         for d in os.listdir(cfg.out):  # leftovers of a save interrupted by a crash
@@ -567,7 +577,7 @@ def train(cfg: TrainConfig):
     t_start, step_start = time.time(), step
 
     # ---- the loop: one optimizer step per iteration
-    loader, plan_epoch_no, skipped = None, None, 0
+    loader, plan_epoch_no = None, None
     while step < total and not (cfg.stop_after and step >= cfg.stop_after):
         epoch = step // steps_per_epoch
         if plan_epoch_no != epoch:  # (re)build this rank's micro-batch stream from the current step
@@ -579,16 +589,20 @@ def train(cfg: TrainConfig):
         t0 = time.time()
         batches = [next(loader) for _ in range(accum)]
         # N = supervised tokens of the whole step (all micro-batches, all ranks)
+        reasons = [sum(b.get("skipped", {}).get(r, 0) for b in batches) for r in SKIP_REASONS]
         counts = torch.tensor([sum(supervised_count(b) for b in batches),
                                sum(int((b["attention_mask"] > 0).sum()) for b in batches),
                                flops_per_step(batches, model.config, n_text, n_vision),
                                sum(b.get("n_skipped", 0) for b in batches),
-                               sum(b["attention_mask"].numel() for b in batches)],
+                               sum(b["attention_mask"].numel() for b in batches), *reasons],
                               dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(counts)
         n_sup, n_tok, flops, padded = max(1, int(counts[0])), int(counts[1]), float(counts[2]), int(counts[4])
-        skipped += int(counts[3])  # samples whose image failed to decode (data.collate drops them)
+        # samples whose image failed to decode (data.collate drops them), by reason, over the run
+        for r, n in zip(SKIP_REASONS, counts[5:].tolist()):
+            skipped[r] += int(n)
+        skipped["other"] += int(counts[3]) - int(sum(counts[5:].tolist()))
         lr = lr_at(step, total, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
@@ -634,7 +648,8 @@ def train(cfg: TrainConfig):
                    "padding": round(1 - n_tok / padded, 4),
                    "sup_tok_s": round(n_sup / dt, 1), "tok_s": round(n_tok / dt, 1),
                    "tflops_s": round(flops / dt / 1e12 / world, 3), "step_s": round(dt, 3),
-                   "eta_s": round((total - step) / rate), "skipped": skipped}
+                   "eta_s": round((total - step) / rate), "skipped": sum(skipped.values()),
+                   "skipped_by_reason": {k: v for k, v in skipped.items() if v}}
             if peak:
                 rec["mfu"] = round(flops / dt / world / (peak * 1e12), 4)
             if cuda:
@@ -646,8 +661,12 @@ def train(cfg: TrainConfig):
             bar.update(1)
         if step % cfg.save_every == 0 or step == total or step == cfg.stop_after:
             check_finite(model, step)
-            save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master)
+            save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master,
+                            skipped)
     bar.close()
+    if master:
+        print("samples skipped during training (an image failed to decode): "
+              + (", ".join(f"{r} {n}" for r, n in skipped.items() if n) or "none"))
     if log_file:
         log_file.close()
     if distributed:

@@ -579,3 +579,81 @@ def test_dataloader_with_workers_gives_the_same_batches(tok):
 def test_load_source_is_re_exported_from_sources():
     import sources
     assert data.load_source is sources.load_source
+
+
+# ----------------------------------------------------------------------------- bad input, counted
+def _float_tiff_with_inf(path):
+    a = np.full((64, 64), 100.0, dtype=np.float32)
+    a[3, 3] = np.inf
+    Image.fromarray(a, mode="F").save(path)
+
+
+def test_an_image_that_cannot_be_converted_is_a_counted_skip_naming_its_file(tok, tmp_path):
+    poisoned = tmp_path / "poison.tiff"
+    _float_tiff_with_inf(poisoned)
+    with pytest.raises(data.SampleError, match=r"poison.tiff.*non-finite") as e:
+        data.load_images([str(poisoned)], data.ImageProcessor())
+    assert e.value.reason == "image_corrupt"
+    rec = {"messages": [{"role": "user", "content": "<image>Q?"}, {"role": "assistant", "content": "A."}],
+           "images": [str(poisoned)]}
+    ds = data.SFTDataset([rec], tok, data.ImageProcessor(), max_len=1024)
+    with pytest.warns(UserWarning, match="poison.tiff"):
+        sample = ds[0]  # the header scan cannot see it; decoding can, and says which file
+    assert data.is_skipped(sample) and sample["skip"] == "image_corrupt"
+    assert data.collate([sample], pad_id=0) is None
+
+
+def test_bad_lines_of_every_kind_are_counted_with_their_line(tmp_path):
+    ok = json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
+    lines = [ok.encode(), b'{"messages": [{"role": "user", "content": "Q\xff?"}]}',
+             json.dumps({"messages": json.loads(ok)["messages"], "images": 5}).encode(),
+             b"[" * 100000 + b"]" * 100000, ok.encode()]
+    (tmp_path / "t.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    records, report = data.read_sharegpt(str(tmp_path / "t.jsonl"))
+    assert len(records) == 2 and report["read"] == 5
+    assert report["skipped"] == {"invalid_encoding": 1, "bad_content": 1, "invalid_json": 1}
+    assert "t.jsonl line 2: not UTF-8" in report["examples"]["invalid_encoding"]
+    assert "`images` is a int" in report["examples"]["bad_content"]
+
+
+def test_a_file_with_no_usable_record_says_why(tok, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no usable training record:\n.*empty.jsonl: read 0, kept 0"):
+        data.SFTDataset(str(tmp_path / "empty.jsonl"), tok, data.ImageProcessor())
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\nnot json\n')
+    with pytest.raises(ValueError, match=r"(?s)read 2, kept 0.*skipped 1 \(empty\).*skipped 1 \(invalid_json\)"):
+        data.SFTDataset(str(tmp_path / "bad.jsonl"), tok, data.ImageProcessor())
+
+
+def test_the_read_report_shows_exchanges_cut_from_over_length_conversations():
+    report = {**data._new_report("x.jsonl", 2), "kept": 2, "exchanges_dropped": 3, "samples_shortened": 1}
+    assert data.format_report(report).splitlines()[-1] == (
+        "  shortened 1 over-length conversations: 3 later exchanges dropped (kept whole up to max_len)")
+
+
+def _png_with_late_exif(path, orientation):
+    """A PNG whose eXIf chunk comes after the pixel data (allowed by the PNG spec), so only a walk
+    over the chunks, or a full decode, finds it."""
+    import struct
+    import zlib
+    Image.fromarray(_picture(56, 112)).save(path)
+    raw = open(path, "rb").read()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    open(path, "wb").write(raw[:-12] + chunk + raw[-12:])  # before IEND
+
+
+def test_the_length_scan_reads_headers_only_and_counts_rotated_images_right(tmp_path, monkeypatch):
+    """A PNG's EXIF may sit after its pixel data; the scan needs only the size (a 90-degree turn
+    swaps height and width, the token count stays), so it never decodes, and it agrees with
+    what decoding (EXIF applied) gives."""
+    from PIL import PngImagePlugin
+    _png_with_late_exif(tmp_path / "late.png", 6)  # 112 wide, 56 high; upright: 56 wide, 112 high
+    Image.fromarray(_picture(70, 150)).save(tmp_path / "plain.png")  # no EXIF at all
+    proc = data.ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 112)
+    decoded = [int(proc([str(tmp_path / n)])[1].prod()) // 4 for n in ("late.png", "plain.png")]
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: (_ for _ in ()).throw(
+        AssertionError("the scan decoded the pixels")))
+    assert data.image_token_counts([str(tmp_path / "late.png"), str(tmp_path / "plain.png")], proc) == decoded

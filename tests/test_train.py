@@ -471,3 +471,43 @@ def test_resume_with_changed_settings_or_data_is_refused_unless_forced(setup, tm
         train.train(dataclasses.replace(cfg, stop_after=2, resume=True))
     train.train(dataclasses.replace(cfg, stop_after=2, resume=True, force=True))
     assert "warning: resuming from" in capsys.readouterr().out and [r["step"] for r in log(cfg)] == [1, 2]
+
+
+def _data_with_broken_images(setup, tmp_path, broken):
+    """The mixed training file with the first `broken` image records' files truncated (their
+    headers read, their pixels do not)."""
+    recs = [json.loads(line) for line in open(setup["mixed"])]
+    n = 0
+    for r in recs:
+        if r["images"] and n < broken:
+            path = str(tmp_path / f"broken{n}.png")
+            Image.new("RGB", (56, 56), (200, 10, 10)).save(path)
+            with open(path, "r+b") as f:
+                f.truncate(60)
+            r["images"], n = [path], n + 1
+    path = str(tmp_path / "broken.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    return path
+
+
+def test_decode_time_skips_are_totalled_by_reason_and_survive_a_resume(setup, tmp_path, capsys):
+    data_path = _data_with_broken_images(setup, tmp_path, 2)
+    straight = config(setup, "skips", data=data_path, epochs=2, save_every=1)
+    train.train(straight)
+    total = log(straight)[-1]["skipped_by_reason"]
+    assert total == {"image_corrupt": 4}  # 2 files x 2 epochs
+    assert "samples skipped during training (an image failed to decode): image_corrupt 4" in capsys.readouterr().out
+    part = config(setup, "skips_resumed", data=data_path, epochs=2, save_every=1, stop_after=2)
+    train.train(part)
+    train.train(dataclasses.replace(part, stop_after=0, resume=True))
+    assert log(part)[-1]["skipped_by_reason"] == total and log(part)[-1]["skipped"] == 4
+
+
+def test_training_data_whose_every_image_fails_to_decode_is_a_clear_error(setup, tmp_path):
+    data_path = _data_with_broken_images(setup, tmp_path, 100)
+    text_only = [json.loads(line) for line in open(data_path)]
+    with open(data_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in text_only if r["images"])
+    with pytest.raises(RuntimeError, match="no sample of the .* training records can be encoded"):
+        train.train(config(setup, "all_broken", data=data_path))
