@@ -729,6 +729,7 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
         raise click.UsageError(f"{step} needs --{need} DIR (a checkpoint directory)")
     stem = os.path.splitext(out_path)[0]
     records, report = read_step_input(step, in_path, cfg)
+    decontaminate.begin_step(step, out_path)
     keep = None  # every record, unless a filter says otherwise
     if step == "augment":
         records = augment_records(records, cfg, report)

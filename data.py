@@ -436,7 +436,7 @@ def encode_prompt(text, images, tokenizer, image_processor):
     pieces, images = text.split(pad), list(images)
     if len(pieces) - 1 != len(images):
         raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(images)} images")
-    pixel_values, grid = image_processor(images)  # no images: (0, 1176) and (0, 3)
+    pixel_values, grid = load_images(images, image_processor)  # SampleError naming a bad image
     counts = (grid.prod(-1) // image_processor.merge_size ** 2).tolist()
     text = pieces[0] + "".join(pad * n + p for n, p in zip(counts, pieces[1:]))
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -563,9 +563,9 @@ def _json_line(raw):
 
 def write_sharegpt(records, path):
     """Write records as JSONL in the canonical dialect ({"messages": [...], "images": [...]},
-    then any other keys the records carry)."""
+    then any other keys the records carry), to a temporary name renamed when complete."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # renamed when complete: never half a file
         for i, r in enumerate(records):
             images = list(r.get("images") or [])
             if any(not isinstance(im, (str, os.PathLike)) for im in images):
@@ -575,6 +575,7 @@ def write_sharegpt(records, path):
                    "images": [str(im) for im in images],
                    **{k: v for k, v in r.items() if k not in ("messages", "images")}}
             f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 # ---- Dataset, batching, packing, sampling ----------------------------------------------------

@@ -74,7 +74,7 @@ class Report:
             self.by_source[source][what] += n
 
     def to_dict(self):
-        return {"step": self.step, "config": self.config, "counts": dict(self.counts),
+        return {"step": self.step, "complete": True, "config": self.config, "counts": dict(self.counts),
                 "by_source": {s: dict(c) for s, c in sorted(self.by_source.items())}, **self.sections}
 
     def write(self, out_path):
@@ -98,9 +98,27 @@ def _table(header, rows):
     return "\n".join(["| " + " | ".join(map(cell, r)) + " |" for r in [header, ["---"] * len(header)] + list(rows)])
 
 
+def begin_step(step, out_path):
+    """Mark OUT's report incomplete until the step writes its real one: a step killed midway
+    leaves a report that says so, and the next step refuses OUT (read_step_input)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
+    with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
+        json.dump({"step": step, "complete": False}, f)
+
+
 def read_step_input(step, in_path, cfg):
     """(records, report) for a step over IN: records data.read_sharegpt cannot use are counted
-    per reason, with one example message (file and line) per reason."""
+    per reason, with one example message (file and line) per reason. IN is refused when its own
+    report says the step that wrote it did not finish."""
+    side = os.path.splitext(in_path)[0] + ".report.json"
+    if os.path.exists(side):
+        try:
+            done = json.load(open(side)).get("complete", True)
+        except (json.JSONDecodeError, AttributeError):
+            done = False
+        if not done:
+            raise click.UsageError(f"{in_path}: its report {side} says the step that writes it did not finish; "
+                                   "rerun that step (it resumes from its cache) before this one")
     records, info = read_sharegpt(in_path)
     report = Report(step, cfg)
     report.sections["input"] = {"path": in_path, "records": len(records), "unreadable_lines": info["read"] - info["kept"]}
@@ -433,6 +451,7 @@ def run_step(in_path, out_path, cfg, embedder=None):
     if not bench:
         raise click.UsageError("decontaminate needs at least one --bench file or name:root[:split]")
     records, report = read_step_input("decontaminate", in_path, cfg)
+    begin_step("decontaminate", out_path)
     report.sections["bench"] = {"specs": ", ".join(specs), "items": len(bench)}
     keep, _ = decontaminate(records, bench, embedder or make_embedder(cfg), cfg, report,
                             TensorCache(os.path.splitext(out_path)[0] + ".cache"))

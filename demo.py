@@ -610,7 +610,8 @@ def stage_report(cfg, paths, evals, captions, timings):
                      f"{pct(sh.get('delta'))} | {pct(s['base'].get('invalid_rate'))} | "
                      f"{pct(s['base'].get('yes_no_invalid_rate'))} | {answer_forms(s['base'].get('categories'))} |")
     lines += ["", "MC answer forms are the paper's response categories (evaluate.response_category): a single "
-              "letter, a short answer-prefixed line, or a chain of thought (the option check counts as one).",
+              "letter, an answer phrase first, a chain of thought (the option check counts as one), another "
+              "valid form, or invalid.",
               "", "## Curation", "",
               f"- raw mix: {cur['raw']['questions']} questions, {cur['raw']['captions']} captions, "
               f"{cur['raw']['planted']} planted benchmark items",

@@ -615,6 +615,13 @@ def load_benchmark(name, root, limit=None, subset=()):
     from sources import load_source
     source, split = BENCHMARKS[name]  # gold letters are checked here, before any generation
     records = [{**r, "answer": gold_letter(r)} if r.get("options") else r for r in load_source(source, root, split)]
+    first = {}
+    for k, r in enumerate(records):  # one row per id: a repeated id would replace a row and count twice
+        if r["id"] in first:
+            j = first[r["id"]]
+            raise ValueError(f"{name} in {root}: records {j} and {k} share the id {r['id']!r} (questions "
+                             f"{records[j]['question'][:60]!r} and {r['question'][:60]!r}); ids must be unique")
+        first[r["id"]] = k
     if name == "pmc_vqa_open":  # the same questions without options, scored against the gold text
         records = [{**r, "answer": r["options"][r["answer"]], "options": None} for r in records]
     for key, value in subset:
@@ -657,23 +664,45 @@ def score_row(record, prompt, response, grounding=False):
 
 def read_rows(path):
     """Finished rows of a JSONL file by id. A line cut off by a killed run is dropped and the
-    file rewritten without it, so appending continues cleanly."""
+    file rewritten without it, as is a complete last row without its newline (the next append
+    would glue two rows into one), so appending continues cleanly."""
     rows, bad = {}, 0
-    for line in open(path, encoding="utf-8") if os.path.exists(path) else []:
+    text = open(path, encoding="utf-8", errors="replace").read() if os.path.exists(path) else ""
+    for line in text.splitlines():
         try:
             r = json.loads(line)
             rows[r["id"]] = r
-        except (json.JSONDecodeError, KeyError):
+        except (json.JSONDecodeError, KeyError, TypeError):
             bad += 1
-    if bad:
+    if bad or (text and not text.endswith("\n")):
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows.values())
     return rows
 
 
+def generate_each(backend, reqs, **kw):
+    """backend.generate over a batch; when the batch fails, request by request, so that one
+    unreadable image costs its own item only. Returns (outputs, errors): a failed request's
+    output is None and its error message is kept."""
+    try:
+        return backend.generate(reqs, **kw), [None] * len(reqs)
+    except Exception:
+        outs, errors = [], []
+        for r in reqs:
+            try:
+                outs += backend.generate([r], **kw)
+                errors.append(None)
+            except Exception as e:
+                outs.append(None)
+                errors.append(f"{type(e).__name__}: {str(e)[:300]}")
+        return outs, errors
+
+
 def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     """Generate and score `records` into `path`, skipping ids already there. Records whose image
-    files are missing are written with the flag 'missing_image' (counted, not generated)."""
+    files are missing are written with the flag 'missing_image' (counted, not generated), those
+    the backend cannot process (a corrupt image) with the flag 'error' and its message; at the
+    end every record must have its row."""
     from tqdm import tqdm
     done = read_rows(path)
     todo = [r for r in records if r["id"] not in done]
@@ -691,9 +720,12 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]} for r, p in zip(ready, prompts)]
             budget = dict(max_new_tokens=cfg.cot_max_new_tokens, stop=["</answer>"]) if variant == "cot" else \
                 dict(max_new_tokens=cfg.max_new_tokens)
-            outs = backend.generate(reqs, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                    **budget) if reqs else []
-            scored = [score_row(r, p, o[0], variant == "grounding") for r, p, o in zip(ready, prompts, outs)]
+            outs, errors = generate_each(backend, reqs, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                         **budget) if reqs else ([], [])
+            rows += [{"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]), "flags": ["error"],
+                      "error": e, "correct": None} for r, e in zip(ready, errors) if e]
+            scored = [score_row(r, p, o[0], variant == "grounding")
+                      for r, p, o, e in zip(ready, prompts, outs, errors) if not e]
             if judge is not None:
                 report.judge_rows(judge, scored, cfg.seed)
             for r in rows + scored:
@@ -702,11 +734,19 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             f.flush()
             bar.update(len(part))
     rows = read_rows(path)
+    lost = [r["id"] for r in records if r["id"] not in rows]
+    if lost:
+        raise RuntimeError(f"{path}: {len(lost)} of {len(records)} items have no row (e.g. {lost[:3]}); rerun "
+                           "the same command to generate them")
     n_missing = sum("missing_image" in r["flags"] for r in rows.values())
     if n_missing:
         log(f"{path}: {n_missing} of {len(rows)} samples skipped, image file missing "
             f"(e.g. {next(r['missing'][0] for r in rows.values() if 'missing' in r)})")
-    return [rows[r["id"]] for r in records if r["id"] in rows]
+    n_error = sum("error" in r["flags"] for r in rows.values())
+    if n_error:
+        log(f"{path}: {n_error} of {len(rows)} samples could not be processed (e.g. "
+            f"{next(r['error'] for r in rows.values() if 'error' in r['flags'])})")
+    return [rows[r["id"]] for r in records]
 
 
 # ---- Orchestration and CLI ------------------------------------------------------------------

@@ -244,7 +244,8 @@ def _accuracy(rows):
 def summarize(rows):
     """Metrics of one variant's rows; rows with correct=None (image missing) are counted apart."""
     scored = [r for r in rows if r.get("correct") is not None]
-    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": len(rows) - len(scored),
+    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": sum("missing_image" in r["flags"] for r in rows),
+         "n_error": sum("error" in r["flags"] for r in rows),
          "accuracy": _mean(bool(r["correct"]) for r in scored),
          "accuracy_rules": _mean(bool(r.get("correct_rules", r["correct"])) for r in scored)}
     vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]

@@ -134,15 +134,33 @@ def _parquet_rows(paths, source, needed, batch_size=64):
                 yield from ((path, row) for row in batch.to_pylist())
 
 
+OUTSIDE = "image path outside the dataset folder"
+
+
+class PathOutside(ValueError):
+    """An image path in a dataset file that leads out of the dataset's folder."""
+
+
+def _inside(folder, rel):
+    """folder/rel, refused (PathOutside) when rel is absolute or climbs out of folder with '..':
+    a downloaded dataset file must not pull arbitrary local files into training. (A user's own
+    training JSONL, read by data.py, may use absolute paths.)"""
+    path = os.path.normpath(os.path.join(folder, str(rel)))
+    if os.path.isabs(str(rel)) or not path.startswith(os.path.normpath(folder) + os.sep):
+        raise PathOutside(f"image path {rel!r} leads outside {folder!r}")
+    return path
+
+
 def _hf_image(value, root):
-    """An HF `Image` feature cell ({"bytes", "path"}) -> lazy PIL image, a path, or None."""
+    """An HF `Image` feature cell ({"bytes", "path"}) -> lazy PIL image, a path inside root, or
+    None (PathOutside for a path leading out of root)."""
     if isinstance(value, dict):  # embedded bytes win over the path
         value = value.get("bytes") or value.get("path")
     if not value:
         return None
     if isinstance(value, (bytes, bytearray)):
         return _open_embedded(bytes(value))
-    return os.path.join(root, str(value))
+    return _inside(root, value)
 
 
 def _missing(source, root, what):
@@ -225,8 +243,11 @@ def _qa_json(source, path, img_dir, image_key, keep, report):
             report.skip(i, f"missing question, answer or {image_key}"); continue
         meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
                 if k not in ("question", "answer")}
-        yield _record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(),
-                      [os.path.join(img_dir, r[image_key])], meta)
+        try:
+            image = _inside(img_dir, r[image_key])
+        except PathOutside:
+            report.skip(i, OUTSIDE); continue
+        yield _record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(), [image], meta)
 
 
 def read_vqa_rad(root, split, report):
@@ -269,7 +290,7 @@ def _path_vqa_pickle_rows(root, split):
     for i, r in enumerate(data):
         name = r.get("image") or r.get("img_id") if isinstance(r, dict) else None
         yield (f"{s}-{r.get('question_id', i) if isinstance(r, dict) else i}", r,
-               os.path.join(img_dir, name + ".jpg") if name else None)
+               lambda name=name: _inside(img_dir, name + ".jpg") if name else None)
 
 
 def read_path_vqa(root, split, report):
@@ -281,14 +302,18 @@ def read_path_vqa(root, split, report):
     images at images/<split>/<image>.jpg. Split names: train, val, test."""
     try:
         files = _split_files("path_vqa", root, split)
-        rows = ((f"{split}-{i}", r, _hf_image(r.get("image"), root))
+        rows = ((f"{split}-{i}", r, lambda r=r: _hf_image(r.get("image"), root))
                 for i, (_, r) in enumerate(_parquet_rows(files, "path_vqa", ["image", "question", "answer"])))
     except FileNotFoundError:  # no parquet files: the original pickles
         rows = _path_vqa_pickle_rows(root, split)
-    for rid, r, img in rows:
+    for rid, r, image in rows:
         report.rows += 1
         if not isinstance(r, dict):
             report.skip(rid, "row is not a dict"); continue
+        try:
+            img = image()
+        except PathOutside:
+            report.skip(rid, OUTSIDE); continue
         q = r.get("question") or r.get("sent")
         a = r.get("answer")
         if a is None and isinstance(r.get("label"), dict) and r["label"]:
@@ -346,14 +371,18 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
                 report.skip(i, "missing Figure_path"); continue
             rid = row.get("index") or str(i)
             meta = {"figure": fig, "caption": row.get("Caption"), "version": int(version)}
+            try:
+                image = _inside(img_dir, fig)
+            except PathOutside:
+                report.skip(i, OUTSIDE); continue
             if subset == "caption":
                 if not row.get("Caption"):
                     report.skip(i, "missing Caption"); continue
                 if fig in seen:  # one caption per figure, not one per question
                     report.skip(i, "duplicate figure"); continue
                 seen.add(fig)
-                yield _record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"],
-                              [os.path.join(img_dir, fig)], {**meta, "task": "caption"})
+                yield _record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"], [image],
+                              {**meta, "task": "caption"})
                 continue
             options = {L: _strip_choice(row.get(f"Choice {L}", row.get(L)), L) for L in "ABCD"
                        if row.get(f"Choice {L}", row.get(L))}
@@ -364,7 +393,7 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
                 label = next((L for L, t in options.items() if t == _strip_choice(raw, "[A-D]")), None)
             if not row.get("Question") or len(options) < 2 or label not in options:
                 report.skip(i, "missing question/options or answer not among options"); continue
-            yield _record(f"pmc_vqa-{rid}", row["Question"], label, [os.path.join(img_dir, fig)],
+            yield _record(f"pmc_vqa-{rid}", row["Question"], label, [image],
                           {**meta, "answer_text": options[label]}, options=options)
 
 
@@ -387,7 +416,10 @@ def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
             report.skip(rid, "options is not a list literal"); continue
         text = " ".join([r.get("question") or ""] + [str(o) for o in opts])
         tags = sorted({int(n) for n in re.findall(r"<image (\d+)>", text)})
-        images = [_hf_image(r.get(f"image_{n}"), root) for n in tags]
+        try:
+            images = [_hf_image(r.get(f"image_{n}"), root) for n in tags]
+        except PathOutside:
+            report.skip(rid, OUTSIDE); continue
         if not tags or any(im is None for im in images):
             report.skip(rid, "an <image N> tag without its image column (or no image)"); continue
         meta = {k: r.get(k) for k in ("question_type", "subfield", "img_type", "topic_difficulty",
@@ -487,8 +519,11 @@ def read_gmai_reasoning(root, split, report, file="reasoning_mcq_sft.jsonl"):
     for i, r in _jsonl(path, report):
         imgs = r.get("images") or ([r["image"]] if r.get("image") else [])
         meta = {k: v for k, v in r.items() if k not in ("conversations", "image", "images")}
-        rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"),
-                                   [os.path.join(base, p) for p in imgs], meta, report)
+        try:
+            paths = [_inside(base, p) for p in imgs]
+        except PathOutside:
+            report.skip(i, OUTSIDE); continue
+        rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"), paths, meta, report)
         if rec is not None:
             yield rec
 
@@ -504,7 +539,10 @@ def read_llava_onevision(root, split, report, subsets=None):
         raise _missing("llava_onevision", root, "*.parquet files")
     for i, (path, r) in enumerate(_parquet_rows(files, "llava_onevision", ["conversations"])):
         report.rows += 1
-        img = _hf_image(r.get("image"), root)
+        try:
+            img = _hf_image(r.get("image"), root)
+        except PathOutside:
+            report.skip(r.get("id") or i, OUTSIDE); continue
         if r.get("image") and img is None:
             report.skip(r.get("id") or i, "embedded image is not a readable image"); continue
         meta = {"data_source": r.get("data_source"), "subset": os.path.basename(os.path.dirname(path))}
@@ -774,6 +812,8 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
     seed = spec.get("seed", 0) if seed is None else seed
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:  # until the mix is complete
+        json.dump({"complete": False}, f)
     img_dir = os.path.join(out_dir, os.path.splitext(os.path.basename(out_path))[0] + "_images")
     samples, report = [], {"seed": seed, "sources": {}}
     labels = [e.get("label", e["name"]) for e in spec["sources"]]
@@ -797,7 +837,7 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
     with open(out_path + ".tmp", "w", encoding="utf-8") as f:  # atomic: no half-written mix
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
     os.replace(out_path + ".tmp", out_path)
-    report["total"] = len(samples)
+    report["total"], report["complete"] = len(samples), True
     with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
         json.dump(report, f, indent=1)
     return report

@@ -7,7 +7,8 @@
 DDP by default, `--fsdp` shards parameters, gradients and optimizer state with FSDP2. Multi-node:
 `torchrun --nnodes 2 --node-rank R --master-addr HOST --nproc-per-node 8 train.py ...` with --out
 on a filesystem every node sees. `--resume` continues exactly from the newest complete checkpoint
-in --out. GPU: NCCL and bf16 autocast; CPU: gloo and fp32.
+in --out (a damaged one is set aside and the one before it used). GPU: NCCL and bf16 autocast;
+CPU: gloo and fp32 (`--amp bf16` runs the GPU's autocast path on a CPU, `--device` switches).
 
 Read top to bottom: config -> schedule -> batch plan -> loss module -> checkpoints -> train().
 The recipe (paper, section 4.1): AdamW (0.9, 0.999), warmup ratio 0.05 then cosine, 3 epochs,
@@ -86,6 +87,8 @@ class TrainConfig:
     force: bool = False  # with --resume: continue although settings or the data file changed
     workers: int = 2  # DataLoader worker processes per rank
     peak_tflops: float = 0.0  # dense bf16 peak per GPU for MFU; 0 = look up the GPU name
+    device: str = "auto"  # auto (cuda when available) | cuda | cpu: the one switch for GPU-only code
+    amp: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
 
 
 def accumulation_steps(cfg, world):
@@ -222,12 +225,21 @@ def param_groups(model, cfg):
     return list(groups.values())
 
 
+def on_cuda(cfg):
+    return {"auto": torch.cuda.is_available(), "cuda": True, "cpu": False}[cfg.device]
+
+
+def uses_bf16(cfg):
+    """bf16 autocast (weights and optimizer state stay fp32): --amp, by default on GPUs only."""
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda(cfg))
+
+
 def shard(loss_module, cfg):
     """FSDP2: each decoder layer and vision block is one unit (its parameters are all-gathered
     just before use and freed after); the root holds the rest (embeddings, head, norms, merger)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if torch.cuda.is_available() else None
+        if uses_bf16(cfg) else None
     kw = {"mp_policy": mp} if mp else {}
     m = loss_module.model
     for block in list(m.visual.blocks) + list(m.model.layers):
@@ -419,6 +431,7 @@ def validate(cfg):
               ("save_every", cfg.save_every, cfg.save_every > 0), ("keep", cfg.keep, cfg.keep >= 0)]
     checks += [(f"lr_{part}", v, v is None or (math.isfinite(v) and v >= 0))
                for part, v in (("vision", cfg.lr_vision), ("merger", cfg.lr_merger), ("llm", cfg.lr_llm))]
+    checks += [("device", cfg.device, cfg.device in ("auto", "cuda", "cpu")), ("amp", cfg.amp, cfg.amp in ("auto", "bf16", "fp32"))]
     bad = [f"--{k.replace('_', '-')} {v}" for k, v, ok in checks if not ok]
     if bad:
         raise click.UsageError(f"invalid settings: {', '.join(bad)} (learning rates finite and > 0, ratios in "
@@ -475,9 +488,11 @@ def barrier():
 # ------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig):
     validate(cfg)
-    # ---- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is one process
+    # ---- processes: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is one process.
+    # One device switch: every GPU-only choice below (NCCL, fused AdamW, pinned memory, memory
+    # and MFU logging) follows `cuda`; bf16 autocast follows --amp and runs on a CPU too.
     distributed = "RANK" in os.environ
-    cuda = torch.cuda.is_available()
+    cuda = on_cuda(cfg)
     rank, world, local = 0, 1, 0
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -490,8 +505,8 @@ def train(cfg: TrainConfig):
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed + rank)
-    # bf16 autocast on GPU (params and optimizer state stay fp32); plain fp32 on CPU
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    # bf16 autocast (params and optimizer state stay fp32): on GPU by default, on a CPU when asked
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(cfg) else contextlib.nullcontext()
 
     # ---- data
     tokenizer = data.load_tokenizer(cfg.model)
@@ -584,7 +599,7 @@ def train(cfg: TrainConfig):
             plan = plan_epoch(sampler, epoch, world, accum)
             mine = [mb for s in plan[step % steps_per_epoch:] for mb in s[rank]]
             loader = iter(torch.utils.data.DataLoader(mine, batch_size=None, collate_fn=collate,
-                                                      num_workers=cfg.workers))
+                                                      num_workers=cfg.workers, pin_memory=cuda))
             plan_epoch_no = epoch
         t0 = time.time()
         batches = [next(loader) for _ in range(accum)]
@@ -615,9 +630,10 @@ def train(cfg: TrainConfig):
                 sync = contextlib.nullcontext()
             else:
                 sync = net.no_sync() if distributed and not last else contextlib.nullcontext()
-            inputs = {k2: b[k2].to(device) for k2 in ("input_ids", "labels", "attention_mask")}
+            inputs = {k2: b[k2].to(device, non_blocking=True) for k2 in ("input_ids", "labels", "attention_mask")}
             if b.get("image_grid_thw") is not None and len(b["image_grid_thw"]):  # else text-only
-                inputs.update(pixel_values=b["pixel_values"].to(device), image_grid_thw=b["image_grid_thw"].to(device))
+                inputs.update(pixel_values=b["pixel_values"].to(device, non_blocking=True),
+                              image_grid_thw=b["image_grid_thw"].to(device, non_blocking=True))
             with sync:
                 with autocast:
                     ce = net(**inputs)

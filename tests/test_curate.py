@@ -485,3 +485,29 @@ def test_merge_adds_a_generated_set_under_its_label(tmp_path):
     assert report.by_source["pmc_vqa_reasoning"] == {"in": 1, "out": 1}
     with pytest.raises(Exception, match="LABEL=PATH"):
         curate.run_step("merge", str(tmp_path / "mix.jsonl"), str(tmp_path / "x.jsonl"), curate.MergeConfig(add=["x"]))
+
+
+def test_a_step_killed_midway_leaves_no_half_output_and_the_next_step_refuses_it(tmp_path, monkeypatch):
+    recs = [mc_record(i) for i in range(5)]
+    write_sharegpt(recs, str(tmp_path / "in.jsonl"))
+    out = str(tmp_path / "aug.jsonl")
+    curate.run_step("augment", str(tmp_path / "in.jsonl"), out, curate.AugmentConfig())
+    before = open(out).read()
+    calls = {"n": 0}
+    real = json.dumps
+
+    def dies_on_the_third_record(obj, *a, **k):  # a kill while OUT is being written
+        if isinstance(obj, dict) and "messages" in obj:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return real(obj, *a, **k)
+    monkeypatch.setattr(json, "dumps", dies_on_the_third_record)
+    with pytest.raises(KeyboardInterrupt):
+        curate.run_step("augment", str(tmp_path / "in.jsonl"), out, curate.AugmentConfig(seed=5))
+    monkeypatch.setattr(json, "dumps", real)
+    assert open(out).read() == before  # the complete earlier output, not 2 of 5 lines
+    with pytest.raises(Exception, match="says the step that writes it did not finish"):
+        curate.run_step("augment", out, str(tmp_path / "next.jsonl"), curate.AugmentConfig())
+    curate.run_step("augment", str(tmp_path / "in.jsonl"), out, curate.AugmentConfig(seed=5))  # rerun: complete
+    assert len(curate.run_step("augment", out, str(tmp_path / "next.jsonl"), curate.AugmentConfig()).counts) > 0

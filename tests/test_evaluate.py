@@ -672,3 +672,51 @@ def test_rephrase_test_on_multiple_choice_falls_back_to_templates_and_keeps_them
     assert [d["question"] for d in kept] == ["Can you identify the modality?", "Does the image show a mass?"]
     asked = [json.loads(line)["prompt"] for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
     assert asked[0].startswith("<image>Can you identify the modality?\nA. CT\nB. MRI")  # same options
+
+
+# ----------------------------------------------------------------- broken items and damaged run files
+def test_a_corrupt_benchmark_image_is_one_flagged_row_not_a_failed_run(tiny_model, tmp_path):
+    import realformat
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    realformat.picture(1).save(good)
+    realformat.picture(2).save(bad)
+    with open(bad, "r+b") as f:
+        f.truncate(200)  # "image file is truncated" once decoded
+    recs = [{**MC, "id": f"m{i}", "images": [str(bad if i == 2 else good)]} for i in range(4)]
+    backend = ev.NativeBackend(tiny_model, device="cpu", batch_size=4)
+    rows = ev.run_variant(backend, recs, "base", ev.EvalConfig(model="m", max_new_tokens=2),
+                          str(tmp_path / "v.jsonl"), log=lambda m: None)
+    assert [("error" in r["flags"]) for r in rows] == [False, False, True, False]
+    assert "bad.png" in rows[2]["error"] and rows[2]["correct"] is None
+    s = report.summarize(rows)
+    assert (s["n"], s["n_scored"], s["n_error"], s["n_missing_image"]) == (4, 3, 1, 0)
+
+
+def test_a_last_row_without_its_newline_is_repaired_before_appending(tmp_path):
+    path = tmp_path / "base.jsonl"
+    path.write_text(json.dumps({"id": "a", "correct": True, "flags": []}) + "\n" +
+                    json.dumps({"id": "b", "correct": False, "flags": []}))  # killed before the newline
+    assert set(ev.read_rows(str(path))) == {"a", "b"}
+    with open(path, "a") as f:
+        f.write(json.dumps({"id": "c", "correct": True, "flags": []}) + "\n")
+    assert set(ev.read_rows(str(path))) == {"a", "b", "c"}  # no glued line, nothing lost
+
+
+def test_a_run_whose_file_lost_rows_says_so(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    recs = [{**MC, "id": f"m{i}", "images": [str(img)]} for i in range(3)]
+
+    class Forgets(EchoBackend):  # a backend that returns fewer outputs than it was asked for
+        def generate(self, requests, **kw):
+            return super().generate(requests, **kw)[:-1]
+    with pytest.raises(RuntimeError, match=r"1 of 3 items have no row \(e.g. \['m2'\]\)"):
+        ev.run_variant(Forgets(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"))
+
+
+def test_duplicate_benchmark_ids_are_an_error_naming_both_records(tmp_path):
+    header = "Figure_path,Question,Answer,Choice A,Choice B,Answer_label,index\n"
+    (tmp_path / "test_clean.csv").write_text(header + "a.jpg,First?,x,A:x,B:y,A,7\nb.jpg,Second?,y,A:x,B:y,B,7\n")
+    with pytest.raises(ValueError, match=r"records 0 and 1 share the id 'pmc_vqa-7' \(questions 'First\?' and "
+                                         r"'Second\?'\)"):
+        ev.load_benchmark("pmc_vqa", str(tmp_path))

@@ -514,3 +514,34 @@ def test_table2_spec_needs_no_generated_file_and_matches_the_papers_counts():
         "llava_onevision": 50000, "pmc_vqa_caption": 40000, "pmc_vqa": 20000, "path_vqa": None, "slake": None,
         "vqa_rad": None, "gmai_reasoning": 7000}
     assert spec["pmc_vqa_caption"]["kw"] == {"subset": "caption"} and spec["slake"]["kw"] == {"lang": None}
+
+
+def test_image_paths_in_downloaded_files_stay_inside_the_dataset_folder(tmp_path):
+    """A crafted dataset file must not pull other local files into training: absolute and '..'
+    paths are counted skips; a user's own training JSONL may still use absolute paths."""
+    rows = [{"qid": 1, "phrase_type": "freeform", "image_name": "../../secret.jpg", "question": "Q?", "answer": "A"},
+            {"qid": 2, "phrase_type": "freeform", "image_name": "/etc/secret.jpg", "question": "Q?", "answer": "A"},
+            {"qid": 3, "phrase_type": "freeform", "image_name": "ok.jpg", "question": "Q?", "answer": "A"}]
+    json.dump(rows, open(tmp_path / "VQA_RAD Dataset Public.json", "w"))
+    recs = load_source("vqa_rad", str(tmp_path), "train")
+    assert [r["id"] for r in recs] == ["vqa_rad-3"] and dict(recs.report.skipped) == {sources.OUTSIDE: 2}
+    (tmp_path / "train.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
+                                        "../x.jpg,Q?,a,A:a,B:b,A\nsub/../y.jpg,Q?,a,A:a,B:b,A\n")
+    pmc = load_source("pmc_vqa", str(tmp_path), "train")
+    assert [r["images"][0] for r in pmc] == [os.path.join(str(tmp_path), "images", "y.jpg")]
+    assert dict(pmc.report.skipped) == {sources.OUTSIDE: 1}
+    (tmp_path / "reasoning_mcq_sft.jsonl").write_text(json.dumps(
+        {"image": "../../x.png", "conversations": [{"from": "human", "value": "<image>Q"},
+                                                   {"from": "gpt", "value": "A"}]}) + "\n")
+    assert dict(load_source("gmai_reasoning", str(tmp_path), "train").report.skipped) == {sources.OUTSIDE: 1}
+    (tmp_path / "llava").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "image": {"bytes": None, "path": "../../x.png"},
+                                          "conversations": [{"from": "human", "value": "<image>Q"},
+                                                            {"from": "gpt", "value": "A"}]}]),
+                   str(tmp_path / "llava" / "train-00000-of-00001.parquet"))
+    assert dict(load_source("llava_onevision", str(tmp_path / "llava"), "train").report.skipped) == {sources.OUTSIDE: 1}
+    from data import read_sharegpt
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Q"},
+                                                                  {"role": "assistant", "content": "A"}],
+                                                     "images": ["/data/elsewhere/scan.png"]}) + "\n")
+    assert read_sharegpt(str(tmp_path / "mine.jsonl"))[0][0]["images"] == ["/data/elsewhere/scan.png"]
