@@ -656,11 +656,11 @@ def pack(lengths, max_len):
 def collate(batch, pad_id, padding_side="right"):
     """Samples (encode dicts) or packed rows (lists of them) -> dict(input_ids, labels,
     attention_mask (all (B, L)), pixel_values, image_grid_thw, n_skipped, skipped {reason: n});
-    None when every sample was skipped (None or SFTDataset's skip marker). attention_mask is 0 on padding and k on the k-th sample of a row, so the
-    model blocks attention across samples and restarts M-RoPE per sample. Images go in row-major
-    token order, the order the model consumes them. Right padding for training, left for
-    generation. Each sample starts with an unsupervised token, so a shifted loss never predicts
-    one packed sample from the previous one."""
+    None when every sample was skipped (None or SFTDataset's skip marker). attention_mask is 0
+    on padding and k on the k-th sample of a row, so the model blocks attention across samples
+    and restarts M-RoPE per sample. Images go in row-major token order, the order the model
+    consumes them. Right padding for training, left for generation. Each sample starts with an
+    unsupervised token, so a shifted loss never predicts one packed sample from the previous one."""
     rows = [b if isinstance(b, list) else [b] for b in batch]
     skipped = Counter((s or {}).get("skip", "unknown") for r in rows for s in r if is_skipped(s))
     rows = [r for r in ([s for s in r if not is_skipped(s)] for r in rows) if r]

@@ -62,7 +62,8 @@ _NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\
                         r"less\s+(?:likely|consistent|typical|probable|appropriate)\b|excluded\b|eliminated\b|"
                         r"false\b)", re.I)
 # the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
-_OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
+_OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
+                            r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
                             r"(?:(?:and|or)\s+)?(?:options?\s+)?$", re.I)
 # a capital letter that names a label in the figure: "the area labelled B", "region C"
 _LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",

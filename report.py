@@ -163,7 +163,8 @@ def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, g
     lines = []
     for r, out in zip(todo, asked):
         ok, why = check_rephrasing(r["question"], out[0], r["options"]) if out[0] is not None else (False, "no_model")
-        q, src = (out[0].strip().strip("\"'").strip(), "model") if ok else (template_rephrasing(r["question"]), "template")
+        q, src = (out[0].strip().strip("\"'").strip(), "model") if ok else \
+            (template_rephrasing(r["question"]), "template")
         found[r["id"]], source[r["id"]] = q, src
         lines.append({"id": r["id"], "original": r["question"], "question": q, "source": src, "check": why,
                       **({"model_output": out[0]} if out[0] is not None and not ok else {})})

@@ -186,7 +186,8 @@ class Collate:
         else:
             batch = data.collate(samples, self.pad_id)
         if batch is None:  # an empty slot (tiny data) or every sample unreadable: a blank stand-in
-            s = next((x for x in (self.dataset[i] for i in range(len(self.dataset))) if not data.is_skipped(x)), None)
+            s = next((x for x in map(self.dataset.__getitem__, range(len(self.dataset))) if not data.is_skipped(x)),
+                     None)
             if s is None:
                 raise RuntimeError(f"no sample of the {len(self.dataset)} training records can be encoded: every "
                                    "one fails when its images are decoded; see the warnings above for the files")
@@ -336,7 +337,8 @@ def rng_states():
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_states(path):
@@ -431,7 +433,8 @@ def validate(cfg):
               ("save_every", cfg.save_every, cfg.save_every > 0), ("keep", cfg.keep, cfg.keep >= 0)]
     checks += [(f"lr_{part}", v, v is None or (math.isfinite(v) and v >= 0))
                for part, v in (("vision", cfg.lr_vision), ("merger", cfg.lr_merger), ("llm", cfg.lr_llm))]
-    checks += [("device", cfg.device, cfg.device in ("auto", "cuda", "cpu")), ("amp", cfg.amp, cfg.amp in ("auto", "bf16", "fp32"))]
+    checks += [("device", cfg.device, cfg.device in ("auto", "cuda", "cpu")),
+               ("amp", cfg.amp, cfg.amp in ("auto", "bf16", "fp32"))]
     bad = [f"--{k.replace('_', '-')} {v}" for k, v, ok in checks if not ok]
     if bad:
         raise click.UsageError(f"invalid settings: {', '.join(bad)} (learning rates finite and > 0, ratios in "
