@@ -97,10 +97,11 @@ class JsonlCache:
             self._f.flush()
 
 
-def teacher_pass(teacher, todo, cache, report, cfg, judge, n=1, desc="teacher"):
+def teacher_pass(teacher, todo, cache, report, cfg, judge, n=1, desc="teacher", error="teacher_error"):
     """todo: (key, request, context). Asks the teacher for n samples per request not yet in the
     cache, batch by batch, and caches judge(samples, context). A batch that fails is retried one
-    request at a time; a request that still fails is counted and left uncached (a rerun retries)."""
+    request at a time; a request that still fails is counted (`error`) and left uncached (a rerun
+    retries)."""
     gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                top_p=getattr(cfg, "top_p", 1.0), n=n)
     for s in tqdm(range(0, len(todo), cfg.batch_size), desc=desc, disable=None):
@@ -115,8 +116,8 @@ def teacher_pass(teacher, todo, cache, report, cfg, judge, n=1, desc="teacher"):
                 try:
                     outs += teacher.generate([t[1]], seed=cfg.seed + s, **gen)
                 except Exception as e:
-                    report.count("teacher_error")
-                    report.sections.setdefault("teacher_errors", []).append({"error": repr(e)[:200]})
+                    report.count(error)
+                    report.sections.setdefault(error + "s", []).append({"error": repr(e)[:200]})
                     outs.append(None)
         for t, samples in zip(need, outs):
             if samples is not None:
@@ -300,18 +301,12 @@ def rule_verdict(text, options, gold, cfg):
 
 
 def verify_pass(verifier, todo, cache, report, cfg):
-    """todo: (key, request). Asks the verifier (greedy, a few tokens) and caches True/False."""
-    need = [t for t in todo if cache.get(t[0]) is None]
-    for s in tqdm(range(0, len(need), cfg.batch_size), desc="verify", disable=None):
-        part = need[s:s + cfg.batch_size]
-        try:
-            outs = verifier.generate([t[1] for t in part], max_new_tokens=8, temperature=0.0, seed=cfg.seed)
-        except Exception as e:
-            report.count("verifier_error", n=len(part))
-            report.sections.setdefault("verifier_errors", []).append({"error": repr(e)[:200]})
-            continue
-        for t, samples in zip(part, outs):
-            cache.put(t[0], {"yes": normalize_question(samples[0]).split()[:1] == ["yes"], "text": samples[0]})
+    """todo: (key, request). Asks the verifier (greedy, a few tokens) through teacher_pass and
+    caches whether it said yes."""
+    greedy = dataclasses.replace(cfg, max_new_tokens=8, temperature=0.0, top_p=1.0)
+    teacher_pass(verifier, [t + (None,) for t in todo], cache, report, greedy, desc="verify", error="verifier_error",
+                 judge=lambda samples, _: {"yes": normalize_question(samples[0]).split()[:1] == ["yes"],
+                                           "text": samples[0]})
 
 
 def _tally(passed, failed):

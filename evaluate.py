@@ -176,8 +176,7 @@ def _negated_after(text, end, options):
             break
         after = rest[m.end():]
         item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after) or next(
-            (re.match(re.escape(t) + r"(?!\w)", after, re.I) for t in items if t and re.match(
-                re.escape(t) + r"(?!\w)", after, re.I)), None)
+            filter(None, (re.match(re.escape(t) + r"(?!\w)", after, re.I) for t in items if t)), None)
         if item is None:
             break
         rest = after[item.end():]
