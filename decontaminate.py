@@ -387,7 +387,9 @@ def _hashed(records, report, side):
 def decontaminate(train, bench, embedder, cfg, report, cache=None):
     """Returns (keep flags, removed rows). train: ShareGPT records; bench: records or
     load_source-style dicts. An exact pass (pixel hash + normalized question) needs no model;
-    the rest is compared by embedding similarity (embedder None: the exact pass only)."""
+    the rest is compared by embedding similarity (embedder None: the exact pass only): a record
+    whose nearest benchmark item scores above cfg.threshold is removed, one scoring exactly the
+    threshold is kept (the paper excludes pairs "exceeding 95%")."""
     t, b = _hashed(train, report, "train"), _hashed(bench, report, "bench")
     exact = {(tuple(h), normalize_question(q)): j for j, h, _, q in b}
     keep, removed, rest = [True] * len(train), [], []

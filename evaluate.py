@@ -348,6 +348,21 @@ def bleu1(candidate, reference):
     return bp * matches / len(cand)
 
 
+def yes_no_invalid(response):
+    """Does a response to a yes/no question fail to answer it? Read on the scorer's tokens
+    (clean_text): invalid when it gives neither 'yes' nor 'no'/'not' ('Maybe.'; '**Yes**', which
+    the scorer cannot read either), or when it gives both as a hedge: not opening with its answer
+    ('It could be yes or no.') or offering the two side by side ('Yes and no.', 'Yes/No'). The
+    scorer counts a hedge right whatever the gold, so it is flagged here. 'Yes, there is no
+    fracture.' opens with its answer and is valid."""
+    words = clean_text(response).split()
+    yes, no = "yes" in words, bool({"no", "not"} & set(words))
+    if yes and no:
+        side_by_side = re.search(r"\b(yes|no) (?:(?:or|and) )?(?!\1\b)(?:yes|no)\b", " ".join(words))
+        return words[0] not in ("yes", "no") or side_by_side is not None
+    return not (yes or no)
+
+
 def is_yes_no(gold):
     """MultiMedEval prefixes the yes/no instruction when the gold answer is exactly 'yes' or
     'no'. It compares the raw answer: the HF copies of VQA-RAD and PathVQA it reads are lowercase,
@@ -440,6 +455,8 @@ def strip_boxes(text):
 
 
 def box_iou(a, b):
+    """Intersection over union of two (x1, y1, x2, y2) boxes with x1 <= x2 and y1 <= y2 (as
+    parse_box returns them), in the same pixel coordinates; 0 when they do not overlap."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
@@ -653,8 +670,8 @@ def score_row(record, prompt, response, grounding=False):
     else:
         s = vqa_scores(text, record["answer"])
         row.update(kind="vqa", parsed=text.strip(), **s)
-        if s["closed"]:  # instruction following on yes/no questions: neither word given
-            row["invalid"] = not ({"yes", "no", "not"} & set(clean_text(text).split()))
+        if s["closed"]:  # instruction following on yes/no questions
+            row["invalid"] = yes_no_invalid(text)
     if grounding:
         row["box"] = parse_box(response)
         if row["box"] and meta.get("bbox"):
@@ -805,6 +822,30 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     return summary
 
 
+def data_roots(roots, benchmarks):
+    """--data-root values -> {benchmark: folder}. NAME=DIR gives one benchmark its folder; a plain
+    DIR serves every benchmark not named. A NAME that is no benchmark (a typo such as vqarad=) or
+    an empty DIR is an error, never a folder path."""
+    import click
+    named, plain = {}, []
+    for r in roots:
+        name, sep, folder = r.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z0-9_]+", name):
+            if name not in BENCHMARKS:
+                raise click.UsageError(f"--data-root {r}: no benchmark named {name!r}; known: {', '.join(BENCHMARKS)}")
+            if not folder:
+                raise click.UsageError(f"--data-root {r}: give the folder after '=' ({name}=DIR)")
+            named[name] = folder
+        else:
+            plain.append(r)
+    if len(plain) > 1:
+        raise click.UsageError(f"several unnamed --data-root values ({', '.join(plain)}): name them, NAME=DIR")
+    dirs = {b: named.get(b, plain[0] if plain else None) for b in benchmarks}
+    if None in dirs.values():
+        raise click.UsageError(f"no --data-root for {', '.join(b for b, d in dirs.items() if d is None)}")
+    return dirs
+
+
 def _cli():
     import click
 
@@ -851,12 +892,7 @@ def _cli():
         kw["rephrase"] = kw["rephrase"] or bool(kw["rephrase_file"])  # a rephrase file implies --rephrase
         variants = ("base",) + tuple(v for v in report.VARIANTS[1:] if kw.pop(v))  # the analysis flags
         cfg = EvalConfig(**kw, subset=tuple(tuple(s.split("=", 1)) for s in subset), variants=variants)
-        named = dict(r.split("=", 1) for r in roots if "=" in r and r.split("=", 1)[0] in BENCHMARKS)
-        plain = [r for r in roots if not ("=" in r and r.split("=", 1)[0] in BENCHMARKS)]
-        dirs = {b: named.get(b, plain[0] if plain else None) for b in benchmarks}
-        if None in dirs.values():
-            raise click.UsageError(f"no --data-root for {', '.join(b for b, d in dirs.items() if d is None)}")
-        s = evaluate(cfg, dirs, log=click.echo)
+        s = evaluate(cfg, data_roots(roots, benchmarks), log=click.echo)
         click.echo(open(os.path.join(cfg.out, "table.md")).read())
         click.echo(f"wrote {cfg.out}/summary.json, table.md and per-sample JSONL ({len(s['benchmarks'])} benchmarks)")
 

@@ -662,8 +662,10 @@ def train(cfg: TrainConfig):
         dt = time.time() - t0
         if master:
             rate = (step - step_start) / (time.time() - t_start)
-            rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(loss, 6), "lr": lr,
-                   "grad_norm": round(norm, 6), "sup_tokens": n_sup, "tokens": n_tok,
+            # loss and grad_norm unrounded: runs on other world sizes or layouts are compared on them, and a
+            # gradient of the wrong scale (clipped to the same update) shows only in the pre-clip norm
+            rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
+                   "grad_norm": norm, "sup_tokens": n_sup, "tokens": n_tok,
                    "padding": round(1 - n_tok / padded, 4),
                    "sup_tok_s": round(n_sup / dt, 1), "tok_s": round(n_tok / dt, 1),
                    "tflops_s": round(flops / dt / 1e12 / world, 3), "step_s": round(dt, 3),

@@ -24,3 +24,9 @@ def shared_files(*parts):
     """Sorted files of a real folder under SHARED_DATA, or [] when it is absent (for parametrize)."""
     path = os.path.join(SHARED_DATA, *parts)
     return sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else []
+
+
+def pytest_configure(config):
+    # `make test` runs everything; a developer iterating locally can leave the slow ones out with
+    # `python -m pytest -q tests -m "not slow"` (each marked test says why it is slow).
+    config.addinivalue_line("markers", "slow: takes tens of seconds (subprocesses, torchrun, compilation, the demo)")

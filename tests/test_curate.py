@@ -131,11 +131,15 @@ def test_enhance_teacher_failure_is_counted_and_record_kept():
     assert report.counts["teacher_error"] == 1 and report.counts["kept:teacher_error"] == 1
 
 
-def test_enhance_counts_unparseable_questions_and_gold():
-    r = mc_record(0, gold="Bone marrow")
-    report = Report("cot")
-    enhance_responses([r], ScriptedTeacher([]), CotConfig(), report)
-    assert report.counts["kept:gold_not_parsed"] == 1
+def test_enhance_counts_unparseable_questions_and_gold_and_never_asks_the_teacher_about_them():
+    no_gold = mc_record(0, gold="Bone marrow")
+    open_question = {"id": "o", "source": "pmc_vqa", "images": ["o.png"], "messages": [
+        {"role": "user", "content": "<image>Which organ is shown?"}, {"role": "assistant", "content": "Spleen"}]}
+    report, teacher = Report("cot"), ScriptedTeacher([])
+    out = enhance_responses([no_gold, open_question], teacher, CotConfig(), report)
+    assert teacher.calls == []
+    assert out == [no_gold, open_question]
+    assert report.counts == {"kept:gold_not_parsed": 1, "kept:not_multiple_choice": 1}
 
 
 # ------------------------------------------------------------------ caption refinement
@@ -399,12 +403,13 @@ def test_rationale_that_argues_for_another_option_is_inconsistent():
 
 
 class ScriptedVerifier:
-    """Says yes unless the explanation contains 'hallucinated'."""
+    """Says yes unless the explanation contains 'hallucinated'; records (n, temperature) per call."""
 
     def __init__(self):
-        self.prompts = []
+        self.prompts, self.calls = [], []
 
     def generate(self, requests, max_new_tokens, temperature, seed=None, top_p=1.0, n=1):
+        self.calls.append((n, temperature))
         self.prompts += [r["messages"][0]["content"] for r in requests]
         return [["No." if "hallucinated" in r["messages"][0]["content"] else "Yes."] for r in requests]
 
@@ -430,6 +435,7 @@ def test_reasoning_set_samples_caps_and_writes_only_verified_records(tmp_path):
     teacher, verifier, report = ByImage([]), ScriptedVerifier(), Report("cot")
     cfg = CotConfig(k=2, batch_size=1, sample=7, cap=5, accepted_only=True, verifier="v")
     out = enhance_responses(records, teacher, cfg, report, verifier=verifier)
+    assert teacher.calls == [6, 7, 3, 0, 2, 5, 1]  # the undrawn record 4 and the yes/no record: never asked
     assert [r["id"] for r in out] == ["r0", "r2", "r3", "r6", "r7"]  # 5 = cap; record 5 came too late
     assert out[1]["messages"][-1]["content"] == "Spleen, left. <answer>B</answer>"
     assert out[0]["messages"][-1]["content"] == "Spleen, by its shape. <answer>B</answer>"
@@ -473,6 +479,41 @@ def test_reasoning_step_on_the_command_line_reports_each_criterion(tmp_path):
     assert rep["by_source"]["pmc_vqa"]["in"] == 3 and rep["by_source"]["pmc_vqa"]["out"] == 2
 
 
+@pytest.mark.parametrize("flags, temperature", [(["--temperature", "0.75"], 0.75), ([], 0.8)])
+def test_cot_command_samples_at_its_temperature_and_the_verifier_answers_greedily(tmp_path, monkeypatch, flags,
+                                                                                   temperature):
+    """The teacher draws k samples per question at the command's temperature (the README's 0.8 by
+    default; REFERENCE section 7: 0.7-1.0); the verifier's yes or no is read greedily (0.0)."""
+    from click.testing import CliRunner
+    import evaluate
+    write_sharegpt([mc_record(i) for i in range(2)], str(tmp_path / "in.jsonl"))
+    teacher, verifier = ScriptedTeacher([["Spleen. <answer>B</answer>"] * 4] * 2), ScriptedVerifier()
+    monkeypatch.setattr(evaluate, "make_backend", lambda kind, path, **kw: {"T": teacher, "V": verifier}[path])
+    res = CliRunner().invoke(curate.cli, ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+                                          "--teacher", "T", "--verifier", "V", "--k", "4"] + flags)
+    assert res.exit_code == 0, res.output
+    assert teacher.calls == [(2, 4, temperature)]  # 2 questions, 4 samples each
+    assert verifier.calls and set(verifier.calls) == {(1, 0.0)}
+
+
+@pytest.mark.parametrize("change", [{"k": 2}, {"temperature": 1.0}, {"teacher": "another-teacher"}])
+def test_cot_cache_is_discarded_when_k_temperature_or_teacher_change(tmp_path, change):
+    """Cached samples answer only the settings that drew them: the same settings ask the teacher
+    nothing, another k, temperature or teacher asks it again with the new settings."""
+    import dataclasses
+    cache_path, good = str(tmp_path / "cot.cache.jsonl"), "It is the spleen. <answer>B</answer>"
+    cfg = CotConfig(teacher="teacher-a", k=1, temperature=0.8)
+    enhance_responses([mc_record(0)], ScriptedTeacher([[good]]), cfg, Report("cot"), curate.JsonlCache(cache_path))
+    same = ScriptedTeacher([])
+    enhance_responses([mc_record(0)], same, cfg, Report("cot"), curate.JsonlCache(cache_path))
+    assert same.calls == []
+    changed = dataclasses.replace(cfg, **change)
+    fresh = ScriptedTeacher([[good] * changed.k])
+    out = enhance_responses([mc_record(0)], fresh, changed, Report("cot"), curate.JsonlCache(cache_path))
+    assert fresh.calls == [(1, changed.k, changed.temperature)]
+    assert out[0]["messages"][-1]["content"] == good
+
+
 def test_merge_adds_a_generated_set_under_its_label(tmp_path):
     from data import read_sharegpt
     write_sharegpt([mc_record(i, source="pmc_vqa") for i in range(3)], str(tmp_path / "mix.jsonl"))
@@ -510,4 +551,5 @@ def test_a_step_killed_midway_leaves_no_half_output_and_the_next_step_refuses_it
     with pytest.raises(Exception, match="says the step that writes it did not finish"):
         curate.run_step("augment", out, str(tmp_path / "next.jsonl"), curate.AugmentConfig())
     curate.run_step("augment", str(tmp_path / "in.jsonl"), out, curate.AugmentConfig(seed=5))  # rerun: complete
-    assert len(curate.run_step("augment", out, str(tmp_path / "next.jsonl"), curate.AugmentConfig()).counts) > 0
+    assert curate.run_step("augment", out, str(tmp_path / "next.jsonl"), curate.AugmentConfig()).counts[
+        "output_records"] == 5

@@ -1,5 +1,6 @@
 """Tests for decontaminate.py: python -m pytest -q tests/test_decontaminate.py"""
 import json
+import math
 import os
 
 import numpy as np
@@ -87,8 +88,75 @@ def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
     train.append({"id": "broken", "images": [str(bad)], "messages": [{"role": "user", "content": "<image>q"}]})
     report = Report("decontaminate")
     keep, _ = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
-    assert keep[-1] and report.counts["train_unreadable_image"] == 1
+    assert keep == [False, False, False, True, True, True, True, True]  # the three copies go, "broken" stays
+    assert report.counts["train_unreadable_image"] == 1
     assert report.counts["kept:unchecked_unreadable_image"] == 1
+
+
+class TableEmbedder:
+    """Embeds an item by looking its question up in a hand-written table of vectors."""
+    name = "table"
+
+    def __init__(self, table):
+        self.table = table
+
+    def __call__(self, items):
+        return torch.stack([self.table[question] for _, question in items])
+
+
+def signs(flipped, dim=16):
+    """A vector of +1 with its first `flipped` entries -1: against all +1 its cosine is
+    (dim - 2 * flipped) / dim, a multiple of 1/8 that fp32 holds exactly."""
+    v = torch.ones(dim)
+    v[:flipped] = -1
+    return v
+
+
+def test_threshold_is_strict_a_score_equal_to_it_is_kept():
+    """Paper section 3: pairs whose similarity *exceeds* the threshold are excluded. With exact
+    cosines 0.875, 0.75 and 0.625 to the benchmark item: at threshold 0.75 the 0.75 item stays;
+    with the threshold one float step below 0.75 it goes, one step above (the score just below the
+    threshold) it stays."""
+    table = {"benchmark question": signs(0), "scores 0.875": signs(1), "scores 0.75": signs(2),
+             "scores 0.625": signs(3)}
+    bench = [{"id": "b0", "question": "benchmark question", "images": []}]
+    train = [{"id": q, "messages": [{"role": "user", "content": q}]} for q in list(table)[1:]]
+
+    def removed_at(threshold):
+        _, removed = decontaminate(train, bench, TableEmbedder(table), DecontamConfig(threshold=threshold),
+                                   Report("decontaminate"))
+        return {r["train"]: r["score"] for r in removed}
+    assert removed_at(0.75) == {"scores 0.875": 0.875}
+    assert removed_at(math.nextafter(0.75, 0)) == {"scores 0.875": 0.875, "scores 0.75": 0.75}
+    assert removed_at(math.nextafter(0.75, 1)) == {"scores 0.875": 0.875}
+
+
+def test_step_reads_relative_image_paths_against_each_jsonl_folder(tmp_path, monkeypatch):
+    """Training and benchmark JSONL files name their images relative to their own folder: run
+    from another working directory, the step still reads both images and removes the copy (an
+    image it could not read would leave the record unchecked, counted apart)."""
+    for folder, name, seed in (("train/imgs", "0.png", 0), ("train/imgs", "1.png", 5), ("bench/pics", "b.png", 0)):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        smooth_image(seed).save(tmp_path / folder / name)
+    question = "Is there a fracture of the left femur?"
+
+    def rec(rid, image, q):
+        return {"id": rid, "images": [image], "messages": [{"role": "user", "content": "<image>" + q},
+                                                           {"role": "assistant", "content": "yes"}]}
+    write_sharegpt([rec("copy", "imgs/0.png", question), rec("other", "imgs/1.png", "Is the heart size normal?")],
+                   str(tmp_path / "train" / "in.jsonl"))
+    (tmp_path / "bench" / "bench.jsonl").write_text(
+        json.dumps({"id": "b0", "question": question, "images": ["pics/b.png"]}) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    out = str(tmp_path / "out" / "out.jsonl")
+    report = run_step(str(tmp_path / "train" / "in.jsonl"), out, DecontamConfig(bench=[str(tmp_path / "bench" /
+                                                                                        "bench.jsonl")]))
+    assert [(r["train"], r["kind"], r["bench"]) for r in report.sections["removed"]] == [("copy", "exact", "b0")]
+    assert dict(report.counts) == {"in": 2, "dropped:contaminated": 1, "kept": 1, "output_records": 1}
+    from data import read_sharegpt
+    kept = read_sharegpt(out)[0]
+    assert [r["id"] for r in kept] == ["other"] and os.path.exists(kept[0]["images"][0])
 
 
 # ------------------------------------------------------------------ tiny random model
@@ -146,8 +214,15 @@ def test_model_embedder_is_last_token_hidden_state_of_gme_prompt(tiny, tmp_path)
 def test_decontaminate_with_model_embedder(tiny, tmp_path):
     """A random model squeezes every similarity toward 1 (each embedding is dominated by the shared
     final <|endoftext|> token and template), so this test scales the paper's 0.95 up to 0.999; what
-    it checks is the wiring: copies that miss the exact pass are removed through the embeddings,
-    unrelated items are kept, and the nearest benchmark item of each copy is its source."""
+    it checks is the wiring: the copies that miss the exact pass (one pixel changed, JPEG) are
+    removed through the embeddings, unrelated items are kept, and the nearest benchmark item of
+    each copy is its source.
+
+    Known miss, asserted as such: the resized copy (224 -> 150 pixels, so another patch grid)
+    scores 0.994801 with this random model, below the 0.999 threshold, and is kept. An unrelated
+    item scores higher (0.995438), so no threshold separates the two on a random model: catching
+    resized copies needs a trained embedder. The model-free HashEmbedder removes the same copy
+    (test_decontaminate_with_hash_embedder_removes_copies_and_keeps_unrelated)."""
     from data import ImageProcessor
     model, tok = tiny
     train, bench = make_contamination_case(tmp_path)
@@ -165,11 +240,11 @@ def test_decontaminate_with_model_embedder(tiny, tmp_path):
     keep, removed = decontaminate(train, bench, emb, DecontamConfig(threshold=0.999), report)
     assert [r["train"] for r in removed] == ["one_pixel", "jpeg"]
     assert all(r["kind"] == "embedding" for r in removed)
-    assert keep == [False, False, True, True, True, True]
+    assert keep == [False, False, True, True, True, True]  # the third, the resized copy, is the known miss
     copies = emb([(t["images"], query_of(t)) for t in train[:3]])
-    _, idx = max_similarity(copies, emb([(b["images"], b["question"]) for b in bench]))
+    score, idx = max_similarity(copies, emb([(b["images"], b["question"]) for b in bench]))
     assert idx.tolist() == [0, 1, 2]
-
+    assert score[2] < 0.999 < score[1]  # measured: resized 0.994801, JPEG 0.999997
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +264,13 @@ def test_decontaminate_step_with_checkpoint_embedder_is_resumable(tiny_dir, tmp_
                          min_pixels=56 * 56, max_pixels=112 * 112)
     out = str(tmp_path / "out.jsonl")
     first = run_step(in_path, out, cfg)
-    assert first.counts["dropped:contaminated"] >= 2  # the exact copy and the JPEG copy
+    # The exact copy goes by the exact pass, the JPEG copy by its embedding (measured 0.999997);
+    # the resized, reworded copy scores 0.988494 < 0.999 and stays: the random model's known miss
+    # (test_decontaminate_with_model_embedder). Everything else is kept.
+    assert [(r["train"], r["kind"], r["bench"]) for r in first.sections["removed"]] == [
+        ("exact", "exact", "b0"), ("jpeg", "embedding", "b1")]
+    assert [json.loads(line)["id"] for line in open(out)] == [
+        "resized_reworded", "same_image_other_question", "unrelated1", "unrelated2", "unrelated3"]
     assert os.listdir(tmp_path / "out.cache")
 
     from data import ImageProcessor

@@ -105,7 +105,7 @@ def run_command(command, gold):
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     """Runs every recipe command but evaluation in a fresh folder; returns that folder and the
-    planted benchmark items."""
+    planted benchmark items. About 6 s: the tests that use it are marked slow."""
     root = tmp_path_factory.mktemp("recipe")
     cwd = os.getcwd()
     os.chdir(root)
@@ -142,6 +142,7 @@ def test_the_recipe_runs_in_the_readme_order():
                      "python evaluate.py run", "python evaluate.py compare"]
 
 
+@pytest.mark.slow
 def test_mix_reads_every_source_including_the_pmc_vqa_captions(rehearsal):
     root, _ = rehearsal
     mix = report(root, "mix.report.json")["sources"]
@@ -156,6 +157,7 @@ def test_mix_reads_every_source_including_the_pmc_vqa_captions(rehearsal):
     assert all("/images_2/figures/" in r["images"][0] for r in captions)
 
 
+@pytest.mark.slow
 def test_reasoning_set_holds_only_verified_rationales_within_the_cap(rehearsal):
     root, _ = rehearsal
     reasoning = records(root, "pmc_vqa_reasoning.jsonl")
@@ -175,6 +177,7 @@ def test_reasoning_set_holds_only_verified_rationales_within_the_cap(rehearsal):
         assert r["messages"][0]["content"].startswith("<image>" + curate.COT_PROMPT[:60])
 
 
+@pytest.mark.slow
 def test_short_answer_pmc_vqa_records_are_untouched_and_augmented_to_fit_their_target(rehearsal):
     root, _ = rehearsal
     final = records(root, "train.jsonl")
@@ -189,6 +192,7 @@ def test_short_answer_pmc_vqa_records_are_untouched_and_augmented_to_fit_their_t
     assert augment["kept:target_not_a_letter"] == 5 + 10  # GMAI-Reasoning10K and the reasoning set
 
 
+@pytest.mark.slow
 def test_caption_steps_touch_captions_only(rehearsal):
     root, _ = rehearsal
     caption = report(root, "captioned.report.json")
@@ -202,22 +206,26 @@ def test_caption_steps_touch_captions_only(rehearsal):
     assert list(ppl["cutoffs"]) == ["pmc_vqa_caption"]
 
 
-def test_every_planted_benchmark_item_is_removed_after_the_whole_chain(rehearsal):
+# Where realformat.py plants each benchmark's item, by hand: the training sources whose records
+# must be removed. The MMMU item planted in PMC-VQA train also reaches the reasoning set (its
+# chain-of-thought prompt no longer reads like the benchmark question): both copies go.
+PLANTED_IN = {"vqa_rad": ["vqa_rad"], "pmc_vqa": ["pmc_vqa"], "mmmu": ["pmc_vqa", "pmc_vqa_reasoning"],
+              "gmai_mmbench": ["llava_onevision"], "slake": ["path_vqa"], "path_vqa": ["slake"]}
+
+
+@pytest.mark.slow
+def test_decontamination_after_the_whole_chain_removes_the_planted_items_and_nothing_else(rehearsal):
     root, planted = rehearsal
     dec = report(root, "train.report.json")
-    removed = {(r["bench_question"]) for r in dec["removed"]}
-    for item in planted:
-        assert item["question"] in removed, item
+    expected = sorted((source, item["question"]) for item in planted for source in PLANTED_IN[item["benchmark"]])
+    assert sorted((r["source"], r["bench_question"]) for r in dec["removed"]) == expected
     final_questions = {curate.normalize_question(r.get("original", {}).get("question", "")) for r in
                        records(root, "train.jsonl")}
     assert not {curate.normalize_question(p["question"]) for p in planted} & final_questions
-    # the MMMU item planted in PMC-VQA train reached the reasoning set too (its chain-of-thought
-    # prompt no longer reads like the benchmark question): both copies go
-    mmmu = [r["source"] for r in dec["removed"] if r["bench_question"] == planted[2]["question"]]
-    assert sorted(mmmu) == ["pmc_vqa", "pmc_vqa_reasoning"]
-    assert dec["counts"]["output_records"] == dec["counts"]["in"] - len(dec["removed"])
+    assert dec["counts"]["output_records"] == dec["counts"]["in"] - len(expected)
 
 
+@pytest.mark.slow
 def test_training_starts_on_the_curated_file(rehearsal):
     root, _ = rehearsal
     log = [json.loads(line) for line in open(root / "runs" / "infimed-3b" / "log.jsonl")]
@@ -229,7 +237,45 @@ def test_training_starts_on_the_curated_file(rehearsal):
 @pytest.mark.parametrize("benchmark,root,count", [
     ("vqa_rad", "VQA_RAD", 4), ("slake", "SLAKE", 4), ("path_vqa", "PathVQA", 5), ("pmc_vqa", "PMC-VQA", 3),
     ("mmmu", "MMMU", 10), ("gmai_mmbench", "GMAI-MMBench", 6)])
+@pytest.mark.slow
 def test_the_evaluation_reads_each_benchmark_as_published(rehearsal, benchmark, root, count):
     data_root, _ = rehearsal
     recs = evaluate.load_benchmark(benchmark, str(data_root / "data" / root))
     assert len(recs) == count and all(r["images"] for r in recs)
+
+
+def readme_command(prefix):
+    """The README recipe command that starts with prefix, as arguments."""
+    return shlex.split(next(c for c in recipe_commands() if c.startswith(prefix)))
+
+
+def test_readme_reasoning_set_is_table2s_3k_sampled_at_curation_settings():
+    """Table 2's last row, "PMC-VQA Reasoning ~3K", is the README's cot command: at most 3,000
+    verified rationales drawn from 5,000 questions, k samples at a temperature within common
+    practice (REFERENCE section 7: k = 4-8 at 0.7-1.0)."""
+    args = readme_command("python curate.py cot")
+    opt = {a: args[i + 1] for i, a in enumerate(args) if a in ("--cap", "--sample", "--k", "--temperature")}
+    assert opt == {"--k": "4", "--temperature": "0.8", "--sample": "5000", "--cap": "3000"}
+    assert "--accepted-only" in args  # the reasoning set is a separate file of enhanced records only
+
+
+EVAL_ROOTS = {"vqa_rad": "data/VQA_RAD", "slake": "data/SLAKE", "path_vqa": "data/PathVQA", "pmc_vqa": "data/PMC-VQA",
+              "mmmu": "data/MMMU", "gmai_mmbench": "data/GMAI-MMBench"}
+
+
+def test_evaluation_command_reads_each_benchmark_from_its_named_data_root(tmp_path, monkeypatch):
+    """--data-root NAME=DIR, once per benchmark as the README writes it: each benchmark gets its
+    own folder (the folders test_the_evaluation_reads_each_benchmark_as_published reads). The
+    evaluation itself is replaced by a recorder of the roots it is given."""
+    seen = {}
+
+    def recorder(cfg, benchmarks, log=print):
+        seen.update(benchmarks)
+        os.makedirs(cfg.out, exist_ok=True)
+        open(os.path.join(cfg.out, "table.md"), "w").close()
+        return {"benchmarks": benchmarks}
+    monkeypatch.setattr(evaluate, "evaluate", recorder)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(evaluate._cli(), readme_command("python evaluate.py run")[2:])
+    assert result.exit_code == 0, result.output
+    assert seen == EVAL_ROOTS

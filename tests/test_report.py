@@ -5,6 +5,7 @@ grouped by clinical skill, and the Table-1-shaped Markdown.
     python -m pytest -q tests/test_report.py
 """
 import json
+import math
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_a_shuffle_never_leaves_the_options_in_their_order():
 def test_shuffle_keeps_gold_text_and_is_seeded():
     a, b = report.shuffle_record(MC, 0), report.shuffle_record(MC, 0)
     assert a == b and a["options"][a["answer"]] == "CT" and sorted(a["options"].values()) == sorted(MC["options"].values())
-    assert any(report.shuffle_record(MC, s)["options"] != MC["options"] for s in range(3))
+    assert all(report.shuffle_record(MC, s)["options"] != MC["options"] for s in range(30))
     assert {report.shuffle_record(MC, s)["answer"] for s in range(30)} == set("ABCDE")  # gold moves
     assert a["meta"]["base_id"] == "q1" and a["id"] == "q1#shuffle"
 
@@ -88,10 +89,11 @@ def test_variant_records_per_analysis(tmp_path):
 # ----------------------------------------------------------------- LLM judge for invalid answers
 class LetterJudge:
     def __init__(self, reply):
-        self.reply, self.prompts = reply, []
+        self.reply, self.prompts, self.calls = reply, [], []
 
     def generate(self, requests, **kw):
         self.prompts += [r["messages"][0]["content"] for r in requests]
+        self.calls.append(kw)
         return [[self.reply] for _ in requests]
 
 
@@ -104,6 +106,7 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
     judge = LetterJudge(" C.")
     report.judge_rows(judge, rows)
     assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
+    assert judge.calls == [{"max_new_tokens": 8, "temperature": 0.0, "seed": 0}]  # greedy, whatever the run samples
     assert rows[0]["judge_parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
     assert rows[0]["parsed"] is None and rows[0]["invalid"] and rows[0]["correct_rules"] is False
     assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B" and rows[1]["rule"] == "exact"
@@ -115,6 +118,29 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
 
 
 # ----------------------------------------------------------------- summaries and analyses
+def test_summary_vqa_metrics_are_multimedevals():
+    """MultiMedEval's aggregates, by hand: closed accuracy over the yes/no items; open recall and
+    open accuracy (recall >= 0.75) over the others; BLEU-1, F1 and recall over all items."""
+    items = [("Yes", "yes"),                 # closed, right: recall 1, precision 1, BLEU 1
+             ("No, there is not.", "yes"),   # closed, wrong: 0, 0, 0
+             ("two lesions", "2"),           # open: recall 1, precision 1/2, BLEU 1/2 (right)
+             ("lobe", "right lower lobe")]   # open: recall 1/3, precision 1, BLEU exp(1 - 3) (wrong)
+    rows = [ev.score_row({**MC, "id": f"v{i}", "options": None, "answer": gold}, "p", pred)
+            for i, (pred, gold) in enumerate(items)]
+    s = report.summarize(rows)
+    assert (s["n_closed"], s["n_open"], s["closed_accuracy"], s["open_recall"], s["open_accuracy"]) == \
+        (2, 2, 1 / 2, (1 + 1 / 3) / 2, 1 / 2)
+    assert (s["accuracy"], s["recall"]) == (2 / 4, (1 + 0 + 1 + 1 / 3) / 4)
+    assert s["bleu1"] == (1 + 0 + 1 / 2 + math.exp(-2)) / 4
+
+    def mme_f1(p, r):  # MultiMedEval's per-item F1
+        return 2 * p * r / (p + r + 1e-8)
+    f1 = (mme_f1(1, 1) + mme_f1(0, 0) + mme_f1(1 / 2, 1) + mme_f1(1, 1 / 3)) / 4
+    assert s["f1"] == pytest.approx(f1, rel=0, abs=1e-8)  # ours has no 1e-8: measured 3.3e-9 above
+    table = report.table_md([("run", {"benchmarks": {"vqa_rad": {"base": s, "analyses": {}}}})]).splitlines()
+    assert "| run | VQA-RAD | 50.00 | 66.67 | 50.00 | 40.88 | 54.17 | 50.00 |" in table
+
+
 def test_summary_has_instruction_following_and_positional_bias():
     rows = [row("a", True, kind="mc", parsed="A", gold="A", category="single_letter"),
             row("b", False, kind="mc", parsed="A", gold="B", category="cot"),
@@ -173,7 +199,10 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
            "All items acc. |" in lines
     assert "| Infi-Med-3B | VQA-RAD | 74.50 | 42.00 | 35.00 | 30.00 | 40.00 | 61.00 |" in lines
     assert "| Infi-Med-3B | PMC-VQA | 90.00 | 5.00 | 3.00 | 0.67 | 1.33 |" in lines  # response categories
-    assert any("| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 |" in line for line in lines)
+    # robustness / instruction following: invalid rate, then shuffle, CircularEval, rephrase, grounding
+    assert lines[-4:] == ["|---|---|---|---|---|---|---|", "| Infi-Med-3B | VQA-RAD | - | - | - | - | - |",
+                          "| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 | - | - | - |",
+                          "| Qwen2.5-VL-3B | VQA-RAD | - | - | - | - | - |"]
 
 
 def test_every_benchmark_has_a_table_column():
@@ -215,10 +244,11 @@ def test_template_rephrasing_rewords_by_question_shape():
 class Rephraser:
     """Rewords 'q1' well; for 'q2' it leaks an option, which the check refuses."""
     def __init__(self):
-        self.asked = 0
+        self.asked, self.calls = 0, []
 
     def generate(self, requests, **kw):
         self.asked += len(requests)
+        self.calls.append(kw)
         return [["What kind of scan is this image?" if "modality" in r["messages"][0]["content"] else
                  "Is the organ in this scan the liver, shown by Ultrasound?"] for r in requests]
 
@@ -232,6 +262,7 @@ def test_rephrasings_are_checked_cached_and_reused(tmp_path):
     assert found == {"q1": "What kind of scan is this image?", "q2": "Based on the image, which organ is shown in this scan?",
                      "q3": "Is it there?"}
     assert source == {"q1": "model", "q2": "template", "q3": "dataset"}
+    assert backend.calls == [{"max_new_tokens": 96, "temperature": 0.0, "seed": 0}]  # one greedy batch
     lines = [json.loads(line) for line in open(cache)]
     assert [(d["id"], d["source"], d["check"]) for d in lines] == [("q1", "model", "ok"), ("q2", "template", "names_an_option")]
     assert lines[1]["model_output"].endswith("Ultrasound?") and lines[1]["original"] == q2["question"]

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -426,7 +427,12 @@ def test_mix_counts_match_the_spec_and_report_shortfall(tmp_path):
         assert all(os.path.exists(os.path.join(os.path.dirname(out), p)) for p in s["images"])
         assert all(os.path.isabs(p) != p.startswith("mix_images/") for p in s["images"])
         assert sum(m["content"].count("<image>") for m in s["messages"]) == len(s["images"])
-    assert len(os.listdir(tmp_path / "out" / "mix_images")) <= 3
+    stored = {p for s in lines for p in s["images"] if p.startswith("mix_images/")}
+    assert sorted(os.listdir(tmp_path / "out" / "mix_images")) == sorted(os.path.basename(p) for p in stored)
+    # row i of the parquet ("Q{i}?") carries image i % 3: one file per distinct image among the 8 drawn
+    drawn = [int(re.search(r"Q(\d+)\?", s["messages"][0]["content"]).group(1)) for s in lines
+             if s["source"] == "path_vqa"]
+    assert len(drawn) == 8 and len(stored) == len({i % 3 for i in drawn})
     assert json.load(open(tmp_path / "out" / "mix.report.json"))["total"] == 11
 
 
@@ -470,6 +476,22 @@ def test_cli_convert_and_mix(tmp_path):
     assert "| total | | | | 11 | | |" in res.output
 
 
+def test_cli_mix_reads_the_spec_roots_under_data_root(tmp_path):
+    """`mix SPEC --data-root DIR`: the spec's roots are folders under DIR; without it they are
+    under the spec file's folder, and a root missing there is an error naming the entry and the
+    folder it looked in."""
+    json.dump(mix_fixture(tmp_path / "data"), open(tmp_path / "spec.json", "w"))
+    runner = CliRunner()
+    res = runner.invoke(sources.cli, ["mix", str(tmp_path / "spec.json"), "--data-root", str(tmp_path / "data"),
+                                      "-o", str(tmp_path / "m.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "| total | | | | 11 | | |" in res.output and len(open(tmp_path / "m.jsonl").readlines()) == 11
+    res = runner.invoke(sources.cli, ["mix", str(tmp_path / "spec.json"), "-o", str(tmp_path / "n.jsonl")])
+    assert res.exit_code == 1 and not os.path.exists(tmp_path / "n.jsonl")
+    assert "spec entry 'vqa_rad'" in res.output and repr(os.path.join(str(tmp_path), "rad")) in res.output
+    assert "relative to --data-root" in res.output
+
+
 def test_streamed_mix_picks_what_random_sample_picks_from_the_whole_source(tmp_path):
     """Sampling 70 of 300 parquet rows (5 of them unusable), read 64 rows at a time: the same
     records, in the same order, as random.sample over the fully loaded usable list."""
@@ -505,14 +527,37 @@ def test_mix_records_keep_their_id_original_question_and_caption_task(tmp_path):
     assert vqa["messages"][0]["content"].endswith("Answer with the option's letter from the given choices directly.")
 
 
+# Table 2 of the paper (appendix B), copied by hand as it is written there.
+PAPER_TABLE2 = {"llava_onevision": "~50K", "pmc_vqa_caption": "~40K", "pmc_vqa": "~20K", "path_vqa": "~19K",
+                "slake": "~9K", "vqa_rad": "~1.7K", "gmai_reasoning": "~7K", "pmc_vqa_reasoning": "~3K"}
+# Training split sizes as their publishers give them, for the rows the paper takes whole: PathVQA
+# train (HF flaviagiammarino/path-vqa), SLAKE train.json in both languages, VQA-RAD's freeform +
+# para rows (the real file: test_reading_annotations_does_not_need_the_images).
+PUBLISHED_TRAIN_SIZES = {"path_vqa": 19_654, "slake": 9_835, "vqa_rad": 1_797}
+
+
+def reads_as(n, written):
+    """Whether a count n is what the paper writes as `written`: "~19K" is 19,000-19,999 and
+    "~1.7K" is 1,700-1,799 (the paper truncates)."""
+    digits = written.strip("~K")
+    low, step = round(float(digits) * 1000), 100 if "." in digits else 1000
+    return low <= n < low + step
+
+
 def test_table2_spec_needs_no_generated_file_and_matches_the_papers_counts():
-    """Table 2 (paper): every row the downloads give is in the spec; the ~3k reasoning set is
-    made later by curate.py cot and joined by curate.py merge, so no entry reads a generated file."""
+    """Every Table 2 row the downloads give is an entry of sources.TABLE2 whose size (its target,
+    or the whole published training split) reads as the paper's count. The ~3K PMC-VQA reasoning
+    set is made later by curate.py cot and joined by curate.py merge (test_recipe checks its
+    cap), so no entry reads a generated file."""
     spec = {e.get("label", e["name"]): e for e in sources.TABLE2["sources"]}
-    assert all(e["name"] != "sharegpt" for e in spec.values())
-    assert {k: e["target"] for k, e in spec.items()} == {
-        "llava_onevision": 50000, "pmc_vqa_caption": 40000, "pmc_vqa": 20000, "path_vqa": None, "slake": None,
-        "vqa_rad": None, "gmai_reasoning": 7000}
+    assert all(e["name"] != "sharegpt" and e["split"] == "train" for e in spec.values())
+    assert set(spec) == set(PAPER_TABLE2) - {"pmc_vqa_reasoning"}
+    assert {k for k, e in spec.items() if e["target"] is None} == set(PUBLISHED_TRAIN_SIZES)
+    sizes = {k: PUBLISHED_TRAIN_SIZES[k] if e["target"] is None else e["target"] for k, e in spec.items()}
+    assert {k: n for k, n in sizes.items() if not reads_as(n, PAPER_TABLE2[k])} == {}
+    assert reads_as(19_999, "~19K") and not reads_as(20_000, "~19K") and not reads_as(1_800, "~1.7K")
+    # "about 150k" in all (section 1 of the reference): 151,286 with the 3,000 reasoning records
+    assert 150_000 <= sum(sizes.values()) + 3_000 < 155_000
     assert spec["pmc_vqa_caption"]["kw"] == {"subset": "caption"} and spec["slake"]["kw"] == {"lang": None}
 
 

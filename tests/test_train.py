@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -96,7 +97,7 @@ def config(setup, out, **kw):
     return TrainConfig(**dict(base, **kw))
 
 
-def torchrun(cfg, nproc=2):
+def torchrun(cfg, nproc=2, timeout=300):
     """Run the real command line: torchrun --nproc_per_node 2 train.py --flag value ..."""
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             os.path.join(ROOT, "train.py")]
@@ -108,7 +109,7 @@ def torchrun(cfg, nproc=2):
             args += [f"--{f.name.replace('_', '-')}", str(v)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r
 
@@ -126,6 +127,50 @@ def max_diff(a, b):
 def log(cfg):
     with open(os.path.join(cfg.out, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def assert_same_steps(a, b):
+    """Two runs that must make the same updates log, step for step, the same supervised token
+    count, loss and pre-clip gradient norm. The norm is what pins the gradient's scale: clipping
+    (norm about 2.5, clip 1) and AdamW both hide a uniformly scaled gradient from the weights.
+    Measured over DDP, FSDP, resharded resume and packing: loss 9.3e-7, grad norm 4.8e-7 (2 ulp)."""
+    a, b = log(a), log(b)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["sup_tokens"] for r in a] == [r["sup_tokens"] for r in b]
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) <= 2e-6
+    assert max(abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)) <= 1e-6
+
+
+def first_step_samples(data_path, setup, global_batch=8):
+    """The encoded samples of a run's first optimizer step (seed 0) as the sampler train.py draws
+    from orders them; skip markers stay in the list."""
+    ds = make_dataset(setup, data_path)
+    sampler = data.LengthGroupedSampler(ds.lengths, global_batch, seed=0, group_chunks=TrainConfig.length_group)
+    sampler.set_epoch(0)
+    return [ds[i] for i in sampler.plan()[0]]
+
+
+def transformers_step(model_dir, samples):
+    """Loss and pre-clip gradient norm of one step over `samples` by transformers'
+    Qwen2_5_VLForConditionalGeneration on the same weights: the sum of token cross-entropies over
+    the supervised next tokens divided by their count, and the global L2 norm of its gradient over
+    every parameter (the set train.py clips: nothing is frozen)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    batch = data.collate(samples, pad_id=0)
+    images = {}
+    if len(batch["image_grid_thw"]):
+        images = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+    # transformers 5.x applies M-RoPE to image tokens only when told which tokens they are
+    mm = (batch["input_ids"] == hf.config.image_token_id).long()
+    logits = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], mm_token_type_ids=mm,
+                **images).logits
+    target = batch["labels"][:, 1:]  # right padding: labels are -100 on padding already
+    sup = target != -100
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1][sup], target[sup], reduction="sum") / int(sup.sum())
+    loss.backward()
+    norm = sum(p.grad.double().pow(2).sum() for p in hf.parameters() if p.grad is not None).sqrt()
+    return float(loss), float(norm), int(sup.sum())
 
 
 # ------------------------------------------------------------------------------ pure pieces
@@ -195,11 +240,25 @@ def test_loss_sums_cross_entropy_of_supervised_next_tokens_only(setup):
             same = mask[b, t] == mask[b, t + 1]
             if labels[b, t + 1] != -100 and same:
                 want = want + torch.nn.functional.cross_entropy(logits[b, t].view(1, V), ids[b, t + 1:t + 2])
-    assert abs(float(got) - float(want)) < 1e-4
+    assert abs(float(got) - float(want)) <= 1e-5  # measured 3.8e-6 on a sum of 64 (1 fp32 ulp)
     assert train.supervised_count({"labels": labels, "attention_mask": mask}) == 6 + 5  # row 0: the target across the 1|2 boundary is excluded
 
 
+def test_first_step_loss_and_gradient_norm_match_transformers(setup, reference):
+    """The one-process run that DDP, FSDP, packed and resumed runs are compared against is itself
+    pinned: its first step's loss and pre-clip gradient norm are those transformers computes on the
+    same initial weights and the same encoded samples."""
+    cfg, _ = reference
+    samples = first_step_samples(cfg.data, setup)
+    loss, norm, n_sup = transformers_step(setup["model"], samples)
+    first = log(cfg)[0]
+    assert first["sup_tokens"] == n_sup
+    assert abs(first["loss"] - loss) <= 5e-7  # measured 1.2e-7
+    assert abs(first["grad_norm"] - norm) <= 5e-7  # measured 1.7e-7
+
+
 # ------------------------------------------------------------------------------- distributed
+@pytest.mark.slow  # torchrun, 2 processes
 def test_two_process_ddp_equals_one_process_whole_batch(setup, reference):
     """2 gloo ranks x micro-batch 2 x accumulation 2, micro-batches of very different supervised
     token counts, some text-only (the zero-weighted vision pass keeps DDP's graph static), against
@@ -214,12 +273,11 @@ def test_two_process_ddp_equals_one_process_whole_batch(setup, reference):
     micro = [sum(sup[i] for i in mb) for s in steps for r in s for mb in r]
     assert max(micro) >= 3 * min(micro)  # really uneven micro-batches
     assert any(all(not ds.records[i]["images"] for i in mb) for s in steps for r in s for mb in r)  # a text-only one
-    assert max_diff(final_weights(one), final_weights(ddp)) <= 1e-5
-    a, b = log(one), log(ddp)
-    assert [r["sup_tokens"] for r in a] == [r["sup_tokens"] for r in b]
-    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(a, b))
+    assert_same_steps(one, ddp)
+    assert max_diff(final_weights(one), final_weights(ddp)) <= 3e-6  # measured 1.2e-6
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_text_only_batches_do_not_crash_ddp_and_leave_vision_untouched(setup):
     cfg = config(setup, "text", data=setup["text"], global_batch=4, micro_batch=1, weight_decay=0.0)
     torchrun(cfg)
@@ -230,11 +288,13 @@ def test_text_only_batches_do_not_crash_ddp_and_leave_vision_untouched(setup):
     assert float((before["model.norm.weight"] - after["model.norm.weight"]).abs().max()) > 0
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_fsdp_two_processes_equals_one_process(setup, reference):
     one, _ = reference
     cfg = config(setup, "fsdp", global_batch=8, micro_batch=2, epochs=2, fsdp=True)
     torchrun(cfg)
-    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-5
+    assert_same_steps(one, cfg)
+    assert max_diff(final_weights(one), final_weights(cfg)) <= 3e-6  # measured 1.2e-6
 
 
 # ------------------------------------------------------------------------------- options
@@ -246,14 +306,120 @@ def test_packing_gives_the_same_update_as_padding(setup, reference):
     train.train(cfg)
     assert [r["tokens"] for r in log(cfg)] == [r["tokens"] for r in log(one)]
     assert [r["padding"] for r in log(cfg)] == [0.0] * 4 and log(one)[0]["padding"] > 0.1  # one row per step
-    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-5
+    assert_same_steps(one, cfg)
+    assert max_diff(final_weights(one), final_weights(cfg)) <= 3e-6  # measured 1.0e-6
 
 
 def test_activation_checkpointing_gives_the_same_update(setup, reference):
     one, _ = reference
     cfg = dataclasses.replace(one, out=os.path.join(setup["root"], "ckpt"), grad_ckpt=True)
     train.train(cfg)
-    assert max_diff(final_weights(one), final_weights(cfg)) <= 1e-6
+    # the backward recomputes the very same forward: bit-identical losses, norms and weights
+    assert [(r["loss"], r["grad_norm"]) for r in log(one)] == [(r["loss"], r["grad_norm"]) for r in log(cfg)]
+    assert max_diff(final_weights(one), final_weights(cfg)) == 0.0
+
+
+def gradients_at_first_step(cfg, monkeypatch):
+    """Runs one step of cfg and returns the gradients AdamW received (after clipping), in parameter order."""
+    seen, real_step = [], torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", spy)
+        train.train(dataclasses.replace(cfg, stop_after=1))
+    return seen[0]
+
+
+def test_clipping_scales_the_gradient_down_to_the_clip_norm(setup, monkeypatch):
+    """--clip 0.5, below the gradient's norm: AdamW receives the unclipped gradient (of a --clip 0
+    run) times 0.5 / its norm, whose norm is then 0.5; the log keeps the norm before clipping."""
+    free_cfg = config(setup, "clip_off", clip=0.0)
+    free = gradients_at_first_step(free_cfg, monkeypatch)
+    clip_cfg = config(setup, "clip_half", clip=0.5)
+    clipped = gradients_at_first_step(clip_cfg, monkeypatch)
+    norm = float(torch.cat([g.double().flatten() for g in free]).norm())
+    assert norm > 2  # --clip 0 left it alone, and 0.5 is well below it
+    for cfg in (free_cfg, clip_cfg):
+        assert abs(log(cfg)[0]["grad_norm"] - norm) <= 5e-7  # measured 2.2e-7 (fp32 vs float64 sum)
+    assert max(float((c - f * (0.5 / norm)).abs().max()) for c, f in zip(clipped, free)) <= 5e-8  # measured 1.9e-8
+    assert abs(float(torch.cat([g.double().flatten() for g in clipped]).norm()) - 0.5) <= 3e-7  # measured 1.4e-7
+
+
+# by name, as the parameter names read: biases and norm weights (RMSNorm, the vision LayerNorms, the merger's ln_q)
+NO_DECAY = re.compile(r"\.bias$|(norm\d?|layernorm|ln_q)\.weight$")
+
+
+def test_weight_decay_applies_to_matrices_only(setup, monkeypatch):
+    """With every gradient exactly zero (the loss times 0), AdamW's step changes weights only by its
+    decoupled decay, p x (1 - lr x wd) = p x 0.95 at lr 0.01 (the first step is the last of 1
+    warmup step) and wd 5: linear weights, the embedding and the Conv3d patch embed shrink; biases
+    and norm weights stay exactly as they were."""
+    real = train.SFTLoss.forward
+    monkeypatch.setattr(train.SFTLoss, "forward", lambda self, *a, **k: real(self, *a, **k) * 0.0)
+    cfg = config(setup, "decay", lr=1e-2, weight_decay=5.0, warmup_ratio=0.5, epochs=1, stop_after=1)  # 2 steps
+    train.train(cfg)
+    assert log(cfg)[0]["lr"] == 1e-2
+    before, after = load_file(os.path.join(setup["model"], "model.safetensors")), final_weights(cfg)
+    kept = {k for k in before if NO_DECAY.search(k)}
+    assert {"model.norm.weight", "visual.merger.ln_q.weight", "visual.blocks.0.norm1.weight",
+            "model.layers.0.self_attn.q_proj.bias"} <= kept
+    assert {"model.embed_tokens.weight", "visual.patch_embed.proj.weight"} <= set(before) - kept
+    assert all(torch.equal(after[k], before[k]) for k in kept)
+    assert all(torch.equal(after[k], before[k] * 0.95) for k in set(before) - kept)  # the same fp32 product
+
+
+def test_per_part_learning_rates_reach_their_parts_and_follow_the_schedule(setup):
+    """--lr-vision, --lr-merger and --lr-llm, non-zero and unlike --lr: AdamW's first step moves each
+    weight by lr x g / (|g| + eps), about lr x sign(g), so the largest move in every tensor (biases
+    and norms included) is its part's rate times the schedule's factor, 1/2 on the first of 2
+    warmup steps."""
+    # eps 1e-15: the vision tower's gradients go down to 1e-6, where the default 1e-8 shortens the move by 0.6%
+    cfg = config(setup, "part_lr", lr=1e-3, lr_vision=4e-4, lr_merger=2e-3, lr_llm=7e-4, weight_decay=0.0, eps=1e-15,
+                 epochs=2, warmup_ratio=0.5, stop_after=1)  # 4 steps, 2 of warmup
+    train.train(cfg)
+    assert log(cfg)[0]["lr"] == 0.5e-3
+    before, after = load_file(os.path.join(setup["model"], "model.safetensors")), final_weights(cfg)
+    worst = 0.0
+    for k in before:
+        part_lr = 2e-3 if k.startswith("visual.merger.") else 4e-4 if k.startswith("visual.") else 7e-4
+        moved = float((after[k] - before[k]).abs().max())
+        worst = max(worst, abs(moved / (0.5 * part_lr) - 1))
+    assert worst <= 5e-4  # measured 1.7e-4: a weight of 1.0 moved by 2e-4 keeps 3 to 4 digits of the move in fp32
+
+
+def test_empty_micro_batches_add_nothing_to_the_step(setup):
+    """Global batch 12 in micro-batches of 1, but the 16 samples make 2 steps of 8: each step has 4
+    empty micro-batches (run as a blank stand-in with no supervised token). Same steps and update
+    as one forward over each step's 8 samples."""
+    sampler = data.LengthGroupedSampler(train_lengths(setup), 12, seed=0, group_chunks=TrainConfig.length_group)
+    assert [len(b) for b in sampler.plan()] == [8, 8]
+    whole = config(setup, "empty_whole", global_batch=12, micro_batch=12)
+    accum = config(setup, "empty_accum", global_batch=12, micro_batch=1)
+    train.train(whole)
+    train.train(accum)
+    assert_same_steps(whole, accum)
+    assert max_diff(final_weights(whole), final_weights(accum)) <= 3e-6  # measured 1.1e-6
+
+
+@pytest.mark.slow  # torchrun, 2 processes
+def test_a_rank_with_only_empty_micro_batches_still_joins_the_step(setup, tmp_path):
+    """3 samples, global batch 6 on 2 ranks x accumulation 3: rank 0's three micro-batches are all
+    empty. It still runs forward and backward, so rank 1's gradient all-reduce does not wait
+    forever, and the update equals one process's single forward over the 3 samples."""
+    path = str(tmp_path / "three.jsonl")
+    with open(setup["mixed"]) as f, open(path, "w") as g:
+        g.writelines(f.readlines()[:3])
+    one = config(setup, "three_one", data=path, global_batch=6, micro_batch=6, epochs=2)
+    two = config(setup, "three_ddp", data=path, global_batch=6, micro_batch=1, epochs=2)
+    lengths = make_dataset(setup, path).lengths
+    (rank0, rank1), = train.plan_epoch(data.LengthGroupedSampler(lengths, 6), 0, world=2, accum=3)  # one step
+    assert rank0 == [[], [], []] and sorted(i for mb in rank1 for i in mb) == [0, 1, 2]
+    train.train(one)
+    torchrun(two, timeout=120)  # a rank that skipped its backward: a collective mismatch, or a hang up to here
+    assert_same_steps(one, two)
+    assert max_diff(final_weights(one), final_weights(two)) <= 1e-6  # measured 4.4e-7
 
 
 def test_frozen_parts_stay_fixed(setup):
@@ -280,6 +446,7 @@ def test_resume_continues_exactly(setup, reference):
     assert max_diff(final_weights(straight), final_weights(part)) == 0.0
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_resume_on_another_number_of_processes(setup, reference):
     """A step holds the same samples whatever the world size and the resume state is resharded,
     so 1 step on 2 DDP ranks, then 3 steps resumed in one process, equal 4 steps in one process."""
@@ -288,7 +455,8 @@ def test_resume_on_another_number_of_processes(setup, reference):
     torchrun(two)
     train.train(dataclasses.replace(two, micro_batch=8, stop_after=0, resume=True))
     assert [r["step"] for r in log(two)] == [1, 2, 3, 4]
-    assert max_diff(final_weights(straight), final_weights(two)) <= 1e-5
+    assert_same_steps(straight, two)  # step 1 from the 2 ranks, steps 2-4 from the resumed process
+    assert max_diff(final_weights(straight), final_weights(two)) <= 3e-6  # measured 1.2e-6
 
 
 def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
@@ -313,7 +481,7 @@ def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
         theirs = hf(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                     attention_mask=batch["attention_mask"], mm_token_type_ids=mm).logits
     keep = batch["attention_mask"].bool()
-    assert float((ours[keep] - theirs[keep]).abs().max()) <= 1e-4
+    assert float((ours[keep] - theirs[keep]).abs().max()) <= 5e-7  # measured 2.4e-7 on logits up to 1.0
 
 
 def test_crash_during_save_keeps_last_checkpoint_and_resume_recovers(setup, reference, monkeypatch):
@@ -371,9 +539,10 @@ def train_lengths(setup):
     return make_dataset(setup).lengths
 
 
-def make_dataset(setup):
+def make_dataset(setup, data_path=None):
     tok = data.load_tokenizer(setup["model"])
-    return data.SFTDataset(setup["mixed"], tok, data.ImageProcessor(min_pixels=3136, max_pixels=12544), 256)
+    return data.SFTDataset(data_path or setup["mixed"], tok, data.ImageProcessor(min_pixels=3136, max_pixels=12544),
+                           256)
 
 
 # ------------------------------------------------------------------------------ damaged run folders
@@ -504,6 +673,23 @@ def test_decode_time_skips_are_totalled_by_reason_and_survive_a_resume(setup, tm
     assert log(part)[-1]["skipped_by_reason"] == total and log(part)[-1]["skipped"] == 4
 
 
+def test_samples_whose_image_fails_to_decode_add_nothing_to_the_update(setup, tmp_path):
+    """A first step that holds samples with unreadable image files: its supervised tokens, loss and
+    pre-clip gradient norm are transformers' over the step's readable samples alone."""
+    data_path = _data_with_broken_images(setup, tmp_path, 2)
+    cfg = config(setup, "skips_step", data=data_path, stop_after=1)
+    train.train(cfg)
+    samples = first_step_samples(data_path, setup)
+    readable = [s for s in samples if not data.is_skipped(s)]
+    assert len(readable) < len(samples)  # one of the broken records falls in the first step
+    loss, norm, n_sup = transformers_step(setup["model"], readable)
+    first = log(cfg)[0]
+    assert first["sup_tokens"] == n_sup
+    assert first["skipped_by_reason"] == {"image_corrupt": len(samples) - len(readable)}
+    assert abs(first["loss"] - loss) <= 5e-7  # measured 1.4e-7
+    assert abs(first["grad_norm"] - norm) <= 5e-7  # measured 1.3e-7
+
+
 def test_training_data_whose_every_image_fails_to_decode_is_a_clear_error(setup, tmp_path):
     data_path = _data_with_broken_images(setup, tmp_path, 100)
     text_only = [json.loads(line) for line in open(data_path)]
@@ -515,7 +701,7 @@ def test_training_data_whose_every_image_fails_to_decode_is_a_clear_error(setup,
 
 def test_bf16_autocast_runs_the_gpu_code_path_on_a_cpu(setup):
     """--amp bf16 on a CPU goes through the same autocast, non-blocking copies and loss as on a
-    GPU; its first loss is the fp32 one up to bf16 rounding (measured here: 4e-6 relative), and
+    GPU; its first loss is the fp32 one up to bf16 rounding (measured here: 4.1e-6 relative), and
     not bit for bit the same (the autocast did engage)."""
     fp32 = config(setup, "amp_fp32", stop_after=1)
     bf16 = config(setup, "amp_bf16", stop_after=1, amp="bf16")
@@ -523,9 +709,10 @@ def test_bf16_autocast_runs_the_gpu_code_path_on_a_cpu(setup):
     train.train(bf16)
     a, b = log(fp32)[0], log(bf16)[0]
     assert a["sup_tokens"] == b["sup_tokens"] and math.isfinite(b["loss"])
-    assert abs(a["loss"] - b["loss"]) / a["loss"] < 1e-4 and a["loss"] != b["loss"]
+    assert abs(a["loss"] - b["loss"]) / a["loss"] <= 1e-5 and a["loss"] != b["loss"]
 
 
+@pytest.mark.slow  # a bench/gpu_check.py subprocess
 def test_the_gpu_check_script_runs_on_a_cpu():
     """bench/gpu_check.py is for whoever has a GPU; on a CPU it runs the same code (parity in fp32
     and bf16 against transformers, torchrun training with bf16 autocast) so it carries no typo."""
