@@ -1,17 +1,24 @@
 """The shortened demo end to end (`python demo.py --quick`): every stage leaves its outputs, the
 planted benchmark items are removed by curation, training lowers the loss, and the report and
-plots are written. One demo run (about 1-2 minutes on 2 cores) serves all the checks."""
+plots state what the per-sample files say. One demo run (about 1-3 minutes on 2 cores) serves all
+the checks that read it; none of them writes into it, so they pass in any order."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 import demo
 import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a lesion's attribute values, written out here to check the demo's captions against
+ATTRIBUTE_VALUES = {"shape": ("circle", "square", "triangle"), "brightness": ("bright", "dark"),
+                    "size": ("small", "large"), "side": ("left", "right")}
 
 
 def read_jsonl(path):
@@ -28,6 +35,14 @@ def out(tmp_path_factory):
     return out
 
 
+def report_row(report, first_cell, section):
+    """The cells of the first Markdown table row that starts with `| first_cell |` under the heading `section`."""
+    lines = report[report.index(f"\n## {section}"):].splitlines()
+    line = next(l for l in lines if l.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.mark.slow  # reads the demo run (the fixture: a subprocess of about 1-3 minutes)
 def test_synthetic_data_has_train_test_and_captions(out):
     synth = os.path.join(out, "synth")
     train, test = read_jsonl(os.path.join(synth, "train.jsonl")), read_jsonl(os.path.join(synth, "test.jsonl"))
@@ -37,6 +52,7 @@ def test_synthetic_data_has_train_test_and_captions(out):
     assert all(os.path.exists(os.path.join(synth, r["images"][0])) for r in test)
 
 
+@pytest.mark.slow
 def test_base_checkpoint_is_a_hub_style_directory(out):
     files = set(os.listdir(os.path.join(out, "base")))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -46,7 +62,11 @@ def test_base_checkpoint_is_a_hub_style_directory(out):
     assert cfg["model_type"] == "qwen2_5_vl" and cfg["vocab_size"] % 64 == 0
 
 
+@pytest.mark.slow
 def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
+    """Every vision weight differs from a fresh init with the demo's seed, every decoder weight equals it;
+    the linear probe of the pretrained tower tells the modalities apart on the benchmark scans (measured:
+    1.0 after the quick run's 40 steps; chance 0.25)."""
     import torch
     from infimed import QwenVL
     base = QwenVL.from_pretrained(os.path.join(out, "base"))
@@ -56,26 +76,33 @@ def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
     assert all(not k.startswith("visual.") for k in same)  # tower and merger were trained
     assert all(k in same for k in base.state_dict() if not k.startswith("visual."))
     with open(os.path.join(out, "vision_probe.json")) as f:
-        assert set(json.load(f)) == set(synthetic.CHOICES)  # one probe per caption label
+        probe = json.load(f)
+    assert set(probe) == {"modality", "count", "shape", "brightness", "size", "side"}  # one per caption label
+    assert probe["modality"] >= 0.9, probe
 
 
-def test_vision_pretraining_rerun_starts_from_the_same_init(out):
+@pytest.mark.slow
+def test_vision_pretraining_rerun_starts_from_the_same_init(out, tmp_path):
     """Rerunning the stage (its marker gone) pretrains the stage-2 random init again, not the tower
-    it already pretrained. Two runs agree closely but not bit for bit: the demo ran the first in
-    another process, and multi-threaded float sums in the backward pass need not add up in the
-    same order (measured: about one run in three differed, by at most 6e-5 after the quick run's 40
-    steps). Pretraining on top of the pretrained tower moves weights by 2e-2."""
+    it already pretrained. It runs on a copy of the demo's data and base checkpoint, which it rewrites.
+    Two runs agree closely but not always bit for bit: the demo ran the first in another process, and
+    multi-threaded float sums need not add up in the same order. Measured max weight difference after
+    the quick run's 40 steps: 0 with 1, 2 or 4 threads, 1.4e-6 with 3, 5.8e-5 in one of three quick
+    demos. Pretraining on top of the pretrained tower moves weights by 2.0e-2 (measured)."""
     import data
     from infimed import QwenVL
-    paths = demo.demo_paths(out)
-    cfg = demo.replace(demo.DemoConfig(out=out), **demo.QUICK)
+    mine = str(tmp_path / "demo_out")
+    for name in ("synth", "base"):
+        shutil.copytree(os.path.join(out, name), os.path.join(mine, name))
+    shutil.copy2(os.path.join(out, "base.done"), mine)  # no vision.done: the stage runs again
+    paths = demo.demo_paths(mine)
+    cfg = demo.replace(demo.DemoConfig(out=mine), **demo.QUICK)
     first = QwenVL.from_pretrained(paths["base"]).state_dict()
-    os.remove(paths["vision_done"])  # as if a setting had changed: the stage runs again
     demo.stage_vision(cfg, paths)
     model = QwenVL.from_pretrained(paths["base"])
     again = {k: v.clone() for k, v in model.state_dict().items()}
     drift = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert drift(first, again) <= 1e-3
+    assert drift(first, again) <= 1e-4
     # what the stage must not do: continue from its own output
     x, grid, labels = demo.caption_set(paths, "train", data.ImageProcessor.from_pretrained(paths["base"]))
     synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch, cfg.seed,
@@ -83,6 +110,7 @@ def test_vision_pretraining_rerun_starts_from_the_same_init(out):
     assert drift(again, model.state_dict()) >= 1e-2
 
 
+@pytest.mark.slow
 def test_curation_removes_every_planted_benchmark_item(out):
     with open(os.path.join(out, "curate", "summary.json")) as f:
         s = json.load(f)
@@ -118,66 +146,122 @@ def test_enhancement_rewrites_choice_answers_only_and_counts_them():
     assert out[1] == open_q
 
 
+def lettered_options(user_turn):
+    return dict(m.groups() for m in (re.fullmatch(r"([A-D])\. (.+)", l) for l in user_turn.split("\n")) if m)
+
+
+@pytest.mark.slow
 def test_every_trained_choice_answer_is_an_option_check_within_the_generation_budget(out):
-    import decontaminate
+    """Each multiple-choice record of the curated training file answers with its value, then 'X. value: no'
+    for each option before the right one, 'X. value: yes' for it, then <answer>X</answer>; the right letter
+    is the bare letter the synthetic set gave that record before curation."""
     from data import load_tokenizer
     tok = load_tokenizer(os.path.join(out, "base"))
+    raw = {r["id"]: r for r in read_jsonl(os.path.join(out, "synth", "train.jsonl"))}
+    raw_choice = {i for i, r in raw.items() if lettered_options(r["messages"][0]["content"])}
     n = 0
     for r in read_jsonl(os.path.join(out, "curate", "train.jsonl")):
-        _, options = decontaminate.parse_options(r["messages"][-2]["content"])
-        if options:
-            answer = r["messages"][-1]["content"]
-            gold = answer.rsplit("<answer>", 1)[-1][0]
-            assert answer == demo.option_check(options, gold)
-            assert len(tok(answer + "<|im_end|>")["input_ids"]) <= demo.DemoConfig().max_new_tokens
-            n += 1
+        options = lettered_options(r["messages"][-2]["content"])
+        if not options:
+            continue
+        gold = raw[r["id"]]["messages"][-1]["content"]
+        before = list(options)[:list(options).index(gold)]
+        assert r["messages"][-1]["content"].split("\n") == (
+            [options[gold]] + [f"{L}. {options[L]}: no" for L in before] + [f"{gold}. {options[gold]}: yes",
+                                                                            f"<answer>{gold}</answer>"])
+        assert len(tok(r["messages"][-1]["content"] + "<|im_end|>")["input_ids"]) <= demo.DemoConfig().max_new_tokens
+        n += 1
+    assert n == len(raw_choice) > 0  # every multiple-choice question of the set, none lost
     with open(os.path.join(out, "curate", "summary.json")) as f:
-        assert json.load(f)["enhanced"]["enhanced"] >= n > 0  # exact planted copies leave after it
+        assert json.load(f)["enhanced"]["enhanced"] >= n  # planted copies were enhanced, then removed
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss(out):
+    """Mean loss of the last 5 steps over the first 5: measured 0.27 (5.57 -> 1.49)."""
     log = read_jsonl(os.path.join(out, "run", "log.jsonl"))
     assert len(log) == 40  # 2 epochs of 316 records at global batch 16 = 2 x 20 steps
     first = sum(r["loss"] for r in log[:5]) / 5
     last = sum(r["loss"] for r in log[-5:]) / 5
-    assert last < 0.8 * first
+    assert last < 0.4 * first, (first, last)
     assert os.path.isdir(os.path.join(out, "run", "step-000040"))
 
 
+@pytest.mark.slow
 def test_both_models_are_evaluated_with_shuffled_options(out):
+    """Every benchmark question scored, and each multiple-choice one (counted in test.jsonl) again shuffled."""
+    test = read_jsonl(os.path.join(out, "synth", "test.jsonl"))
+    n_mc = sum(bool(r["options"]) for r in test)
+    assert 0 < n_mc < len(test)
     for name in ("base", "trained"):
         with open(os.path.join(out, "eval", name, "summary.json")) as f:
             s = json.load(f)["benchmarks"]["synthetic"]
-        assert s["base"]["n_scored"] == 60
-        assert s["shuffle"]["n_scored"] == s["base"]["n_mc"] > 0
+        assert s["base"]["n_scored"] == len(test) == 60
+        assert s["base"]["n_mc"] == s["shuffle"]["n_scored"] == n_mc
 
 
+@pytest.mark.slow
 def test_single_lesion_scans_are_captioned_and_checked(out):
+    """Each single-lesion benchmark scan is captioned once per model; an attribute is correct when the caption
+    names exactly one of its values, the true one. The report's percentages are those of the captions."""
     test = read_jsonl(os.path.join(out, "synth", "test.jsonl"))
     lesion = {r["images"][0]: r["meta"]["lesions"][0] for r in test if len(r["meta"]["lesions"]) == 1}
-    for name in ("base", "trained"):
-        rows = read_jsonl(os.path.join(out, "eval", name, "captions.jsonl"))
-        assert sorted(r["image"] for r in rows) == sorted(lesion)
-        for r in rows:
-            assert r["named"] == synthetic.caption_attributes(r["caption"])
-            assert r["correct"] == {a: r["named"][a] == lesion[r["image"]][a] for a in r["named"]}
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
     assert "## Lesion attributes named in captions" in report
-    for a in ("shape", "brightness", "size", "side"):
-        assert f"| {a} | {len(lesion)} |" in report
+    rate = {}
+    for name in ("base", "trained"):
+        rows = read_jsonl(os.path.join(out, "eval", name, "captions.jsonl"))
+        assert sorted(r["image"] for r in rows) == sorted(lesion)
+        for a, values in ATTRIBUTE_VALUES.items():
+            right = 0
+            for r in rows:
+                words = re.findall(r"[a-z]+", r["caption"].lower())
+                named = [v for v in values if v in words]
+                assert r["correct"][a] == (named == [lesion[r["image"]][a]]), (a, r)
+                right += named == [lesion[r["image"]][a]]
+            rate[name, a] = f"{100 * right / len(rows):.1f}"
+    chance = {"shape": "33.3", "brightness": "50.0", "size": "50.0", "side": "50.0"}
+    for a in ATTRIBUTE_VALUES:
+        row = report_row(report, a, "Lesion attributes named in captions")
+        assert row == [a, str(len(lesion)), chance[a], rate["base", a], rate["trained", a]]
 
 
-def test_report_and_plots_are_written(out):
+@pytest.mark.slow
+def test_report_accuracy_per_skill_is_that_of_the_per_sample_answers(out):
+    """The per-skill rows of report.md: questions per skill (from test.jsonl), chance (written out by hand
+    for the skills with one chance value) and each model's share of correct per-sample answers."""
+    test = {r["id"]: r for r in read_jsonl(os.path.join(out, "synth", "test.jsonl"))}
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
     assert "Table 1" in report and "| trained |" in report
-    for skill in ("modality", "presence", "count"):
-        assert f"| {skill} |" in report
-    for png in ("loss.png", "accuracy.png"):
-        with open(os.path.join(out, png), "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    correct = {}
+    for name in ("base", "trained"):
+        rows = read_jsonl(os.path.join(out, "eval", name, "synthetic", "base.jsonl"))
+        assert sorted(r["id"] for r in rows) == sorted(test)
+        for skill in ("modality", "presence", "count", "overall"):
+            mine = [r["correct"] for r in rows if skill == "overall" or test[r["id"]]["meta"]["skill"] == skill]
+            correct[name, skill] = (len(mine), f"{100 * sum(mine) / len(mine):.1f}")
+    for skill, chance in (("modality", "25.0"), ("presence", "50.0"), ("count", "25.0")):
+        n = correct["base", skill][0]
+        assert n == sum(r["meta"]["skill"] == skill for r in test.values()) > 0
+        row = report_row(report, skill, "Accuracy per skill")
+        assert row == [skill, str(n), chance, correct["base", skill][1], correct["trained", skill][1]]
+    row = report_row(report, "overall", "Accuracy per skill")
+    assert row[3:] == [correct["base", "overall"][1], correct["trained", "overall"][1]]
+
+
+@pytest.mark.slow
+def test_plots_and_timings_are_written(out):
+    """loss.png (6 x 3.5 in) and accuracy.png (7 x 3.5 in) at 120 dpi, with their data drawn: pixels of the
+    second colour of the plot cycle (#ff7f0e) are the smoothed loss curve and the trained model's bars
+    (measured: 1,622 and 14,747 pixels; a legend patch alone is 234)."""
+    import numpy as np
+    for png, size, at_least in (("loss.png", (720, 420), 800), ("accuracy.png", (840, 420), 5000)):
+        with Image.open(os.path.join(out, png)) as im:
+            assert im.format == "PNG" and im.size == size
+            pixels = np.asarray(im.convert("RGB"))
+        assert (pixels == (255, 127, 14)).all(-1).sum() >= at_least, png
     with open(os.path.join(out, "timings.json")) as f:
         assert {"data", "model", "vision", "curate", "train", "eval base", "eval trained", "captions base",
                 "captions trained", "total"} <= set(json.load(f))
-
