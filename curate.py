@@ -36,37 +36,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import decontaminate
-from decontaminate import (DecontamConfig, bare_question, config_command, load_model, normalize_question,
+from decontaminate import (DecontamConfig, bare_question, config_command, load_model,
                            parse_options, read_step_input, record_key, record_name, remember_original, source_of,
                            strip_image_tags, turn_index, write_step_output)
 from evaluate import parse_choice
-
-# --------------------------------------------------------------------------------------------
-# Prompts: appendix A of the paper, word for word ({QUESTION} and {ORIGINAL CAPTION} are the
-# paper's slots; the PDF renders the numbered steps as a list, kept here as plain lines).
-
-COT_PROMPT = """Please carefully analyze the following multiple-choice question by generating a clear, logical chain of thought that leads to the correct answer. To do this effectively, follow the steps below as a general guide for your response:
-
-1. Begin by identifying the key elements of the question and interpreting any relevant facts or assumptions.
-2. Consider each option (A, B, C, and D) and reason through its validity based on logic, knowledge, or deduction.
-3. Organize your reasoning into a step-by-step format to enhance readability and clarity.
-4. After completing your reasoning, indicate the final answer by enclosing the selected option letter within <answer> and </answer> tags, e.g., <answer>A</answer>.
-5. Do not include any additional commentary or explanation outside of these tags.
-
-Question:
-
-{QUESTION}"""
-
-CAPTION_PROMPT = """You are a medical image captioning assistant. Your task is to rephrase the following scientific image description into a clear, concise, and visually grounded caption that should help a small vision-language model understand what the image shows. Please ensure the caption:
-
-1. Accurately reflects the key visual features shown in the image, such as structures, shapes, colors, and biological elements.
-2. Maintains medical correctness, while simplifying overly complex or technical language where appropriate.
-
-Original description:
-
-{ORIGINAL CAPTION}
-
-Now rewrite this as a simplified, image-grounded caption suitable for training a vision-language model."""
+from prompts import (CAPTION_PROMPT, COT_PROMPT, INSTRUCTIONS, VERIFY_PROMPT, cot_prompt, format_options,
+                     normalize_question, parse_gold)
 
 # --------------------------------------------------------------------------------------------
 # Teacher calls and their cache
@@ -136,18 +111,17 @@ def _user_request(record, prompt):
 
 def is_caption(record):
     """An image-caption record: the mix marks them (task "caption"); otherwise a user turn that is
-    one of the caption instructions (sources.INSTRUCTIONS["caption"]) with a single answer."""
-    import sources
+    one of the caption instructions (INSTRUCTIONS["caption"]) with a single answer."""
     if record.get("task") == "caption":
         return True
     u = turn_index(record, "user")
     roles = [m["role"] for m in record.get("messages", []) if m["role"] != "system"]
     return (roles == ["user", "assistant"]
-            and strip_image_tags(record["messages"][u]["content"]) in sources.INSTRUCTIONS["caption"])
+            and strip_image_tags(record["messages"][u]["content"]) in INSTRUCTIONS["caption"])
 
 
 # --------------------------------------------------------------------------------------------
-# 1. Instruction augmentation (sources.INSTRUCTIONS templates)
+# 1. Instruction augmentation (INSTRUCTIONS templates)
 
 
 @dataclass
@@ -193,18 +167,7 @@ def augment_records(records, cfg, report):
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Response enhancement: CoT rationales with rejection sampling (parse_options, which splits
-# a multiple-choice question, lives in decontaminate.py: decontamination compares bare questions)
-
-
-def parse_gold(answer, options):
-    """The gold letter of a short answer: "B", "(B)", "B. text", "B: text" or an option's text."""
-    a = answer.strip()
-    m = re.fullmatch(r"\(?([A-Z])\)?(?:\s*[.:)]\s*.*)?", a, re.S)
-    if m and m.group(1) in options:
-        return m.group(1)
-    hits = [k for k, v in options.items() if normalize_question(v) == normalize_question(a)]
-    return hits[0] if len(hits) == 1 else None
+# 2. Response enhancement: CoT rationales with rejection sampling
 
 
 def accept_rationale(text, options, gold, min_reasoning_chars=1):
@@ -249,21 +212,6 @@ def consistent_rationale(text, options, gold):
     the answer tag must not itself commit to another option. evaluate.parse_choice reads the body
     as it would a model's answer; a body that concludes nothing (it weighs every option) passes."""
     return parse_choice(_body(text), options) in (None, gold)
-
-
-# ours: the paper's three acceptance criteria ("faithful, logically consistent, and correctly
-# aligned with the given options", section 3.1) asked of a verifier model as a yes/no question
-VERIFY_PROMPT = """You are reviewing an explanation written for a multiple-choice question about this image.
-
-Question:
-
-{QUESTION}
-
-Explanation:
-
-{RATIONALE}
-
-Is the explanation faithful to the image and the question, logically consistent, and correctly aligned with the given options, supporting option {LETTER}? Answer with yes or no."""
 
 
 # The criteria in the order they are checked; a sample is accepted when it passes all of them.
@@ -339,8 +287,8 @@ def enhance_responses(records, teacher, cfg, report, cache=None, verifier=None):
         if gold is None:
             report.count(f"{fate}:not_multiple_choice" if options is None else f"{fate}:gold_not_parsed", src)
             continue
-        question = stem + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
-        todo.append((record_key(r, *salt), _user_request(r, COT_PROMPT.replace("{QUESTION}", question)),
+        question = stem + "\n" + format_options(options)
+        todo.append((record_key(r, *salt), _user_request(r, cot_prompt(stem, options)),
                      (options, gold, i, question)))
     drawn = todo
     if cfg.sample and cfg.sample < len(todo):
@@ -537,10 +485,9 @@ class PerplexityConfig:
 def score_records(records, model, tokenizer, processor, cfg, report, cache=None):
     """Per record: {"ppl", "n"} or {"error"}. Records are encoded a window at a time (bounded
     memory), sorted by length within the window and scored in right-padded batches."""
-    from data import SampleError, collate, encode
+    from data import SampleError, collate, encode, pad_id
     cache = cache or JsonlCache(None)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else im_end
+    im_end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id(tokenizer)
     keys = [record_key(r, cfg.model, cfg.dtype, cfg.max_len, cfg.max_pixels) for r in records]
     results = [cache.get(k) for k in keys]
     pending, window = [i for i, res in enumerate(results) if res is None], cfg.batch_size * 8

@@ -45,6 +45,20 @@ def load_tokenizer(path):
     return tok
 
 
+def pad_id(tokenizer):
+    """The id every batch is padded with: the tokenizer's pad token (<|endoftext|> in Qwen2-VL and
+    Qwen2.5-VL's tokenizer_config.json), <|endoftext|> when a tokenizer names none. Padded
+    positions are masked everywhere, so the choice only has to be one valid id, the same one."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+        tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def stop_ids(tokenizer):
+    """Generation stops at <|im_end|> (the end of the assistant's turn) or <|endoftext|>: the
+    eos_token_id list of Qwen2.5-VL-Instruct's generation_config.json, [151645, 151643]."""
+    return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
 # ---- Images: pixel budget, RGB conversion, patches -------------------------------------------
 # CLIP normalization constants used by Qwen2-VL / Qwen2.5-VL (preprocessor_config.json
 # image_mean / image_std; OpenAI CLIP).

@@ -29,7 +29,8 @@ from PIL import Image
 from tqdm import tqdm
 
 # open_image: the pixels training sees
-from data import collate, encode_prompt, open_image, read_sharegpt, write_sharegpt
+from data import collate, encode_prompt, open_image, pad_id, read_sharegpt, write_sharegpt
+from prompts import COT_PROMPT, INSTRUCTIONS, normalize_question, split_options
 
 # gme-Qwen2-VL's default embedding instruction (its gme_inference.py, used for every corpus item).
 GME_INSTRUCTION = "You are a helpful assistant."
@@ -171,23 +172,19 @@ def load_model(path, dtype, device):
 # --------------------------------------------------------------------------------------------
 # Questions: what a record asks, without the wording curation adds
 
-def normalize_question(text) -> str:
-    """Lowercase; runs of punctuation and whitespace become one space."""
-    return re.sub(r"[\W_]+", " ", str(text).lower()).strip()
-
-
 def parse_options(text):
     """A multiple-choice user turn -> (stem, {letter: option text}) without image tags; options
-    None when the text holds no run of option lines A., B., ... (sources.split_options)."""
-    import sources
-    return sources.split_options(strip_image_tags(text))
+    None when the text holds no run of option lines A., B., ... (prompts.split_options)."""
+    return split_options(strip_image_tags(text))
 
 
 def template_question(text, templates):
-    """The {question} slot of the first template (instructions filled in) that matches text."""
+    """The {question} slot of the first template (instructions filled in) that matches text; a
+    {letters} slot matches any letter list."""
     for t in templates:
         if "{options}" not in t:
-            m = re.fullmatch(re.escape(t).replace(re.escape("{question}"), "(?P<q>.+)"), text, re.S)
+            pattern = re.escape(t).replace(re.escape("{question}"), "(?P<q>.+)")
+            m = re.fullmatch(pattern.replace(re.escape("{letters}"), r"[^)]*"), text, re.S)
             if m:
                 return m.group("q").strip() if "q" in m.groupdict() else ""
     return None
@@ -195,15 +192,14 @@ def template_question(text, templates):
 
 def bare_question(text):
     """(question, options) without image tags, option lines, the instruction a template of
-    sources.INSTRUCTIONS added or the chain-of-thought prompt around it (curate.COT_PROMPT), so
+    prompts.INSTRUCTIONS added or the chain-of-thought prompt around it (prompts.cot_prompt), so
     raw, augmented and CoT copies of a question compare alike."""
-    import curate
-    import sources
     text = strip_image_tags(text)
-    text = template_question(text, [curate.COT_PROMPT.replace("{QUESTION}", "{question}")]) or text
+    cot = COT_PROMPT.replace("{QUESTION}", "{question}").replace("(A, B, C, and D)", "({letters})")
+    text = template_question(text, [cot]) or text
     stem, options = parse_options(text)
     if options is None:
-        stem = next((q for k, v in sources.INSTRUCTIONS.items() if k != "caption"
+        stem = next((q for k, v in INSTRUCTIONS.items() if k != "caption"
                      for q in [template_question(stem, v)] if q), stem)
     return stem, options
 
@@ -294,7 +290,7 @@ class ModelEmbedder:
         self.device = torch.device(device)
         # the cache key: a different checkpoint, instruction or pixel budget gives other vectors
         self.name = f"gme:{name}:{instruction}:{processor.min_pixels}-{processor.max_pixels}"
-        self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.pad = pad_id(tokenizer)
 
     def prompt(self, n_images, text):
         vision = "<|vision_start|><|image_pad|><|vision_end|>" * n_images

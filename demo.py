@@ -295,11 +295,12 @@ def enhance_choice_answers(records):
     answer; the rest are kept as they are. Returns (records, counts)."""
     import curate
     import decontaminate
+    import prompts
     out, counts = [], defaultdict(int)
     for r in records:
         u, a = decontaminate.turn_index(r, "user"), decontaminate.turn_index(r, "assistant", last=True)
         _, options = decontaminate.parse_options(r["messages"][u]["content"]) if u is not None else ("", None)
-        gold = curate.parse_gold(r["messages"][a]["content"], options) if options and a is not None else None
+        gold = prompts.parse_gold(r["messages"][a]["content"], options) if options and a is not None else None
         if gold is None:
             counts["kept:not_multiple_choice"] += 1
             out.append(r)

@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import report
+from prompts import (COT_PROMPT, EVAL_PROMPTS, GROUNDING_PROMPT, cot_prompt, format_options,
+                     gold_letter)
 
 # ---- Multiple-choice answer parsing ---------------------------------------------------------
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
@@ -293,7 +295,6 @@ def response_category(response, options):
 # ---- MultiMedEval-style VQA scoring ---------------------------------------------------------
 # MultiMedEval utils.clean_str and task_families.VQA.evaluate, which use
 # the VQA-v2 answer normalization
-YES_NO_PREFIX = "Answer the following question with yes or no. "  # MultiMedEval vqa.py
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
           "`", ",", "?", "!"]  # VQA-v2 list: note ':', "'", '*' and '.' are not in it
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
@@ -392,29 +393,7 @@ def vqa_scores(prediction, gold):
             "f1": f1, "bleu1": bleu1(clean_pred, clean_gold)}
 
 
-# ---- Prompts (rendered through data.render_chat, the same chat code as training) and boxes ----
-# Image placeholders go first with no newline after them, as in sources.to_sharegpt and the
-# Qwen2.5-VL template at inference. The multiple-choice instruction is the paper's augmentation
-# (section 3.1); the chain-of-thought one is the paper's appendix A prompt.
-PROMPTS = {
-    "closed": "{images}" + YES_NO_PREFIX + "{question}",
-    "open": "{images}{question}",
-    "mc": "{images}{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
-    "cot": "{images}Please carefully analyze the following multiple-choice question by generating a "
-           "clear, logical chain of thought that leads to the correct answer. To do this effectively, "
-           "follow the steps below as a general guide for your response:\n"
-           "1. Begin by identifying the key elements of the question and interpreting any relevant "
-           "facts or assumptions.\n"
-           "2. Consider each option ({letters}) and reason through its validity based on logic, "
-           "knowledge, or deduction.\n"
-           "3. Organize your reasoning into a step-by-step format to enhance readability and clarity.\n"
-           "4. After completing your reasoning, indicate the final answer by enclosing the selected "
-           "option letter within <answer> and </answer> tags, e.g., <answer>A</answer>.\n"
-           "5. Do not include any additional commentary or explanation outside of these tags.\n\n"
-           "Question:\n\n{question}\n{options}",
-    "grounding": "{prompt}\nThen give the bounding box of the image region that supports your "
-                 "answer as [x1, y1, x2, y2] in pixel coordinates.",
-}
+# ---- Prompts (prompts.py; rendered through data.render_chat, the same chat code as training) and boxes
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _BOXES = [re.compile(r"\[\s*" + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]"),  # [x1, y1, x2, y2]
           re.compile(r"\(\s*{0}\s*,\s*{0}\s*\)\s*,?\s*(?:to\s*)?\(\s*{0}\s*,\s*{0}\s*\)".format(_NUM))]  # Qwen2-VL (x1,y1),(x2,y2)
@@ -429,12 +408,12 @@ def template_for(record, cot=False):
 def build_prompt(record, template, grounding=False):
     """User-turn text of `record` for one template; one '<image>' per image, in order."""
     images = "<image>" * len(record["images"])
-    options = record.get("options") or {}
-    text = PROMPTS[template].format(
-        images=images, question=record["question"].replace("<image>", "").strip(),
-        options="\n".join(f"{k}. {v}" for k, v in options.items()),
-        letters=", ".join(list(options)[:-1]) + f", and {list(options)[-1]}" if options else "")
-    return PROMPTS["grounding"].format(prompt=text) if grounding else text
+    question, options = record["question"].replace("<image>", "").strip(), record.get("options") or {}
+    if template == "cot":  # the appendix A prompt, as the reasoning set was written with
+        text = images + cot_prompt(question, options)
+    else:
+        text = EVAL_PROMPTS[template].format(images=images, question=question, options=format_options(options))
+    return GROUNDING_PROMPT.format(prompt=text) if grounding else text
 
 
 def parse_box(text):
@@ -503,8 +482,7 @@ class NativeBackend:
         has_cfg = os.path.exists(os.path.join(model_dir, "preprocessor_config.json"))
         self.proc = data.ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg else data.ImageProcessor(**limits)
         self.batch_size = batch_size
-        self.stop_ids = [self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.stop_ids[1]
+        self.stop_ids, self.pad_id = self.data.stop_ids(self.tok), self.data.pad_id(self.tok)
         self.timings = Counter()  # seconds: 'images' (processing + tokenizing), 'generate'
 
     def encode(self, request, add_generation_prompt=True):
@@ -607,17 +585,6 @@ class EvalConfig:
     rephrase_backend: str = "native"
     judge_model: str = None
     judge_backend: str = "native"
-
-
-def gold_letter(record):
-    """The gold option letter of a multiple-choice record (answer given as letter or as text)."""
-    options, ans = record["options"], str(record["answer"]).strip()
-    if ans.upper() in options:
-        return ans.upper()
-    hits = [k for k, v in options.items() if _opt_text(v) == _opt_text(ans)]
-    if len(hits) != 1:
-        raise ValueError(f"record {record.get('id')}: answer {ans!r} is not one of its options {options}")
-    return hits[0]
 
 
 def code_version():
@@ -771,7 +738,8 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     """Run every benchmark ({name: data root}) and variant; write JSONL, summary.json, table.md."""
     os.makedirs(cfg.out, exist_ok=True)
     run = {**asdict(cfg), "name": cfg.name or os.path.basename(os.path.normpath(cfg.model)),
-           "code_version": code_version(), "prompts": PROMPTS}
+           "code_version": code_version(),
+           "prompts": {**EVAL_PROMPTS, "cot": COT_PROMPT, "grounding": GROUNDING_PROMPT}}
     run_path = os.path.join(cfg.out, "run.json")
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
     diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed",

@@ -313,15 +313,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * hd, bias=True)
         self.o_proj = nn.Linear(self.heads * hd, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache=None, start=0, last=False):
+    def forward(self, x, cos, sin, mask, cache=None, slots=None, last=False):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.heads, -1).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.kv_heads, -1).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.kv_heads, -1).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:  # static cache: write this step's keys, attend over the filled prefix
-            cache[0][:, :, start:start + L], cache[1][:, :, start:start + L] = k, v
-            k, v = cache[0][:, :, :start + L], cache[1][:, :, :start + L]
+        if cache is not None:  # static (B, KV, T, hd) cache: write this call's keys at `slots` (a tensor)
+            cache[0].index_copy_(2, slots, k)
+            cache[1].index_copy_(2, slots, v)
+            if L == 1:  # decode: attend over every slot, the mask hides padding and slots not yet written,
+                k, v = cache  # so the shapes never change and a compiled step is built once (as gpt-fast)
         if last:  # only the last position's output is wanted: one query, which sees every key
             q, mask, L = q[:, :, -1:], None if mask is None else mask[..., -1:, :], 1
         if L == 1 and self.heads != self.kv_heads:  # decode: a kv head's query heads act as one query
@@ -340,9 +342,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache=None, start=0, last=False):
+    def forward(self, x, cos, sin, mask, cache=None, slots=None, last=False):
         """last=True: keys/values of every position (to the cache), the output of the last only."""
-        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start, last)
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots, last)
         x = (x[:, -1:] if last else x) + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -538,10 +540,12 @@ class QwenVL(nn.Module):
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
         gen_cfg = os.path.join(path, "generation_config.json")
-        if not os.path.exists(gen_cfg):  # stop ids for transformers/vLLM; an existing one is kept
+        if not os.path.exists(gen_cfg):  # stop ids for transformers and vLLM; an existing file is kept
+            # as Qwen2.5-VL-Instruct's: stop at <|im_end|> (eos) or <|endoftext|> (bos), pad with <|endoftext|>
+            bos, eos = self.config.bos_token_id, self.config.eos_token_id
             with open(gen_cfg, "w") as f:
-                json.dump({"bos_token_id": self.config.bos_token_id, "eos_token_id": self.config.eos_token_id,
-                           "pad_token_id": self.config.bos_token_id}, f, indent=2)  # Qwen pads with <|endoftext|>
+                json.dump({"bos_token_id": bos, "eos_token_id": [eos, bos] if bos is not None else eos,
+                           "pad_token_id": bos}, f, indent=2)
         if len(shards) == 1:
             return save_file(shards[0], os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         weight_map = {}
@@ -554,57 +558,34 @@ class QwenVL(nn.Module):
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
     # ----- generation
-    def decode_weights(self):
-        """The decoder's matrices rearranged for one-token decode steps: per layer, q/k/v and
-        gate/up concatenated (one matrix product instead of three and two) and all four stored
-        transposed, (in, out) contiguous: with caches cold, as between decode steps, MKL runs 8-row
-        products on "small"'s matrices 1.2x faster in that layout than on nn.Linear's (out, in)
-        weights (44-113 us against 52-135 us each; down_proj alone took decoding from 2.95-3.06 to
-        2.57-2.71 ms per token). The LM head is used as it is: a (D, V) copy of a real one,
-        151936 x 2048 fp32, takes 4.2 s on a CPU core and decodes no faster (229 ms per 8-row
-        product against 198 ms for W @ x.T). The copies are built per generate() call, so they
-        always match the parameters; checkpoints, state_dict keys and training never see them.
-        At real widths they cost time and memory (README, "Speed on a CPU"); fused=False skips them."""
-        layers = []
-        for layer in self.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            layers.append(dict(
-                qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t().contiguous(),
-                qkv_bias=torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-                o=a.o_proj.weight.t().contiguous(),
-                gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).t().contiguous(),
-                down=m.down_proj.weight.t().contiguous()))
-        return layers, self.lm_head.weight
+    def prefill(self, x, cos, sin, mask, caches, layers=None):
+        """The prompt's embeddings (B, L, D) through the decoder, keys and values written to cache
+        slots 0..L-1 -> logits (B, V) of the next token. Only the last layer's last position is
+        needed, so that layer computes one output row (`last`)."""
+        layers = self.model.layers if layers is None else layers
+        slots = torch.arange(x.shape[1], device=x.device)
+        for i, (layer, cache) in enumerate(zip(layers, caches)):
+            x = layer(x, cos, sin, mask, cache, slots, last=i == len(caches) - 1)
+        return self.logits(self.model.norm(x[:, -1]))
 
-    def decode_step(self, x, weights, caches, cos, sin, bias, t):
-        """One new token per row, x (B, D) its embedding, written to cache slot t (a 1-element
-        LongTensor) -> logits (B, V). The same math as the layers' forward on a length-1 input, on
-        decode_weights(). Every shape is fixed for the whole generation (attention runs over all
-        cache slots, those after t masked), so torch.compile builds it once per generation."""
-        (layers, lm_head), cfg = weights, self.config
-        B, H, KV, hd = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        slots = torch.arange(bias.shape[-1], device=x.device)
-        mask = bias.masked_fill(slots > t, float("-inf"))  # (B, 1, 1, T): padding and future slots
-        for layer, w, (k_cache, v_cache) in zip(self.model.layers, layers, caches):
-            qkv = torch.addmm(w["qkv_bias"], layer.input_layernorm(x), w["qkv"]).view(B, H + 2 * KV, hd)
-            qk = apply_rope(qkv[:, :H + KV], cos, sin)  # queries and keys rotate alike: one call
-            k_cache.index_copy_(2, t, qk[:, H:, None])
-            v_cache.index_copy_(2, t, qkv[:, H + KV:, None])
-            # a kv head's query heads act as one query of length H / KV (head h uses kv head h // group)
-            o = F.scaled_dot_product_attention(qk[:, :H].view(B, KV, H // KV, hd), k_cache, v_cache, attn_mask=mask)
-            x = torch.addmm(x, o.reshape(B, -1), w["o"])  # residual added inside the matrix product
-            gate, up = (layer.post_attention_layernorm(x) @ w["gate_up"]).chunk(2, -1)
-            x = torch.addmm(x, layer.mlp.act(gate) * up, w["down"])
-        return (lm_head @ self.model.norm(x).t()).t().float()  # (V, D) @ (D, B): no (D, V) copy needed
+    def decode_step(self, tok, caches, cos, sin, bias, slot):
+        """One new token per row, tok (B,), written to cache slot `slot` (a 1-element LongTensor)
+        -> logits (B, V). The layers' own forward on a length-1 input; the additive bias (B, 1, 1, T)
+        is -inf at padding, and the slots after `slot` are masked here, so every shape is the same
+        for the whole generation and torch.compile builds this step once."""
+        x = self.model.embed_tokens(tok[:, None])
+        mask = bias.masked_fill(torch.arange(bias.shape[-1], device=bias.device) > slot, float("-inf"))
+        for layer, cache in zip(self.model.layers, caches):
+            x = layer(x, cos, sin, mask, cache, slot)
+        return self.logits(self.model.norm(x[:, -1]))
 
     def compiled(self):
         """(decode_step, decoder layers, vision blocks) through torch.compile, for generate(compile=
         True); built on first use and kept for later calls. Compiling fuses the many small ops
-        (norms, rotary, cache writes, SwiGLU: a third of a CPU prefill's time) into a few kernels;
-        on a CPU it needs a C++ compiler. A new size (cache length, batch, prompt length, image
-        layout) compiles once more with that size symbolic (torch.compile's automatic dynamic
-        shapes; measured: 3 compilations for 5 shapes of the decode step). The compiled layers
-        share this model's parameters and are kept outside its modules: training, state_dict and
+        (norms, rotary, cache writes, SwiGLU) into a few kernels; on a CPU it needs a C++ compiler.
+        A new size (cache length, batch, prompt length, image layout) compiles once more with that
+        size symbolic (torch.compile's automatic dynamic shapes). The compiled layers share this
+        model's parameters and are kept outside its modules: training, state_dict and
         save_pretrained see the model as it was."""
         if "_compiled" not in self.__dict__:
             self.__dict__["_compiled"] = (torch.compile(self.decode_step),
@@ -614,18 +595,15 @@ class QwenVL(nn.Module):
 
     @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad per op)
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                 max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, stop_token_ids=None, fused=True,
-                 compile=False):
+                 max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, stop_token_ids=None, compile=False):
         """Left-padded prompts (B, L) -> one list of new token ids per row. Greedy when
         temperature == 0, else temperature + top-p sampling (torch.Generator seeded with `seed`).
         A row stops after max_new_tokens or at a stop token, which is NOT included in its list.
         stop_token_ids=None uses the config's eos_token_id; pass [] to never stop early.
         Images are encoded once at prefill; decoding reuses a preallocated key/value cache.
-        fused=True decodes with decode_weights() (faster; copies the decoder's matrices, not its
-        LM head, for the call's duration); fused=False runs the layers' own forward (the same tokens).
-        compile=True runs the prefill's vision blocks and decoder layers and the fused decode step
-        through torch.compile (compiled()): the first call pays the compilation (measured in
-        bench/bench_model.py on a 2-core CPU: 1.8-17 s), later calls run faster, same tokens."""
+        compile=True runs the vision blocks, the prefill's decoder layers and decode_step through
+        torch.compile (compiled()): the first call pays the compilation, later calls run faster,
+        with the same tokens (bench/bench_model.py times both against transformers)."""
         cfg = self.config
         B, L = input_ids.shape
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -636,34 +614,25 @@ class QwenVL(nn.Module):
             stop_token_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         stops = torch.tensor(stop_token_ids, dtype=torch.long, device=input_ids.device)
         gen = torch.Generator(input_ids.device).manual_seed(seed) if seed is not None else None
-        if compile and not fused:
-            raise ValueError("compile=True compiles the fused decode step: it needs fused=True")
         decode, layers, blocks = self.compiled() if compile else (self.decode_step, self.model.layers, None)
         pos, deltas = rope_index(input_ids, image_grid_thw, mask, cfg.image_token_id, cfg.vision.spatial_merge_size)
-        next_pos = deltas + mask.sum(1)  # M-RoPE position of the first generated token, per row
         x = self.embed(input_ids, pixel_values, image_grid_thw, vision_blocks=blocks)
         T = L + max_new_tokens
         shape = (B, cfg.num_key_value_heads, T, cfg.head_dim)
         caches = [(x.new_zeros(shape), x.new_zeros(shape)) for _ in self.model.layers]
-        padded = not bool(mask.all())  # without padding, plain causal attention needs no mask
-        # Decode masks: an additive bias over cache slots, -inf at padding; the fused step also masks
-        # the slots after its own, the unfused one attends over the filled prefix only.
+        padded = not bool(mask.all())  # without padding, the prefill's plain causal attention needs no mask
+        logits = self.prefill(x, *mrope_cos_sin(pos, cfg, x.dtype), attention_mask_4d(mask) if padded else None,
+                              caches, layers)
+
+        # Decode: an additive bias over the cache slots, -inf at padding (decode_step masks the
+        # slots after its own). Decode positions are text positions (all three M-RoPE axes equal),
+        # so their rotary tables are computed once: (steps, B, 1, 1, hd), step n's broadcasts over heads.
         bias = torch.zeros(B, 1, 1, T, dtype=x.dtype, device=x.device)
         bias[:, 0, 0, :L].masked_fill_(mask == 0, float("-inf"))
-
-        # decode positions are text positions (all three axes equal): precompute their rotary
-        # tables, (steps, B, 1, hd): step n's slice broadcasts over heads
-        steps = next_pos[:, None] + torch.arange(max_new_tokens, device=x.device)
-        dec_cos, dec_sin = (t.permute(2, 0, 1, 3) for t in mrope_cos_sin(steps.expand(3, -1, -1), cfg, x.dtype))
+        steps = (deltas + mask.sum(1))[:, None] + torch.arange(max_new_tokens, device=x.device)
+        dec_cos, dec_sin = (t.permute(2, 0, 1, 3)[:, :, :, None]
+                            for t in mrope_cos_sin(steps.expand(3, -1, -1), cfg, x.dtype))
         slot = torch.arange(L, T, device=x.device)[:, None]  # step n writes cache slot L + n
-        weights = self.decode_weights() if fused and max_new_tokens > 1 else None  # no decode step: no copies
-
-        def step(x, cos, sin, start, attn):
-            for i, (layer, cache) in enumerate(zip(layers, caches)):  # the last layer's
-                x = layer(x, cos, sin, attn, cache, start, last=i == len(caches) - 1)  # other rows are unused
-            return self.logits(self.model.norm(x[:, -1]))
-
-        logits = step(x, *mrope_cos_sin(pos, cfg, x.dtype), 0, attention_mask_4d(mask) if padded else None)
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=x.device)
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         n = 0
@@ -676,11 +645,7 @@ class QwenVL(nn.Module):
                     break
             if n == max_new_tokens - 1:
                 break
-            if fused:
-                logits = decode(self.model.embed_tokens(tok), weights, caches, dec_cos[n], dec_sin[n], bias, slot[n])
-            else:
-                logits = step(self.model.embed_tokens(tok[:, None]), dec_cos[n, :, :, None], dec_sin[n, :, :, None],
-                              L + n, bias[..., :L + n + 1] if padded else None)
+            logits = decode(tok, caches, dec_cos[n], dec_sin[n], bias, slot[n])
         result = []
         for row in out[:, :n + 1].tolist():
             cut = next((i for i, t in enumerate(row) if t in stop_token_ids), len(row))

@@ -8,7 +8,7 @@ JSONL rows then say.
 
 - `variant_records`: the records of a variant: options shuffled with a fixed seed, every cyclic
   rotation (CircularEval), rephrased questions; base, grounding and cot ask the same records
-  with another prompt (evaluate.PROMPTS).
+  with another prompt (prompts.py).
 - `judge_rows`: an optional LLM judge for multiple-choice answers the parser found invalid
   (evaluate.py calls it on each chunk of scored rows; judged rows are flagged).
 - `summarize`: one variant of one benchmark -> MultiMedEval metrics, option accuracy,
@@ -27,6 +27,8 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
+
+from prompts import JUDGE_PROMPT, REPHRASE_PROMPT, REPHRASE_TEMPLATES, format_options
 
 # Table 1 columns in the paper's order, keyed by evaluate.BENCHMARKS names
 COLUMNS = {"vqa_rad": "VQA-RAD", "slake": "SLAKE(en)", "path_vqa": "Path-VQA", "pmc_vqa": "PMC-VQA",
@@ -88,23 +90,11 @@ def rotate_records(record):
     return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
 
 
-# ours: what the rephrasing model is asked; check_rephrasing then verifies what the paper's
-# rephrase test needs (section 4.3): the same question, the options and the answer untouched
-REPHRASE_PROMPT = ("Rephrase the following question about a medical image so that it asks exactly the same "
-                   "thing in different words. Keep every medical term and number, do not answer it and do not "
-                   "mention any answer options. Reply with the rephrased question only.\n\nQuestion: {question}")
-# the fallback without a model: a rewording per question shape, first matching pattern wins
-TEMPLATES = [(r"^which of the following (.+)$", "Among the options given, which {0}"),
-             (r"^what is the (.+)$", "Can you identify the {0}"),
-             (r"^is there (.+)$", "Does the image show {0}"),
-             (r"^(.+)$", "Based on the image, {0}")]
-
-
 def template_rephrasing(question):
-    """A rule-based rewording of a question (TEMPLATES): 'What is the organ?' -> 'Can you
+    """A rule-based rewording of a question (REPHRASE_TEMPLATES): 'What is the organ?' -> 'Can you
     identify the organ?'; anything else gets 'Based on the image, ...'."""
     q = question.strip()
-    for pattern, form in TEMPLATES:
+    for pattern, form in REPHRASE_TEMPLATES:
         m = re.match(pattern, q, re.I | re.S)
         if m:
             rest = m.group(1)
@@ -196,11 +186,6 @@ def variant_records(records, variant, seed=0, rephrase_file=None, rephrasings=No
 
 
 # ---- Instruction following: an LLM judge for answers the parser found invalid -------------
-JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice question.\nQuestion: {question}\n"
-                "Options:\n{options}\nAnswer: {response}\nReply with the single letter of the option "
-                "the answer chooses, or Z if it chooses none or several.")
-
-
 def judge_rows(judge, rows, seed=0):
     """VLMEvalKit's protocol: the rules first (evaluate.parse_choice), the LLM judge (any backend:
     .generate(requests, ...)) only for the multiple-choice rows the rules left unresolved, in
@@ -212,7 +197,7 @@ def judge_rows(judge, rows, seed=0):
         return
     reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
         question=r["question"], response=r["response"],
-        options="\n".join(f"{k}. {v}" for k, v in r["options"].items()))}], "images": []} for r in todo]
+        options=format_options(r["options"]))}], "images": []} for r in todo]
     for r, out in zip(todo, judge.generate(reqs, max_new_tokens=8, temperature=0.0, seed=seed)):
         letter = out[0].strip("*()[]\"'`“”‘’. \t\n").upper()  # ' C.' or '**C**' -> 'C'
         r["flags"].append("judged")

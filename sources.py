@@ -35,9 +35,10 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
+from prompts import INSTRUCTIONS, LETTERS, format_options, split_options
+
 NAMES = ("vqa_rad", "slake", "path_vqa", "pmc_vqa", "mmmu", "gmai_mmbench", "gmai_reasoning",
          "llava_onevision", "synthetic")
-LETTERS = "ABCDEFGHIJ"
 # MMMU's "Health & Medicine" discipline = these five subjects (MMMU paper, Table 9); 30
 # validation items each = the 150 items the paper evaluates.
 HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
@@ -583,25 +584,6 @@ def load_source(name, root, split, **kw):
 
 
 # ----------------------------------------------------------------------------- ShareGPT conversion
-# Instruction augmentation (paper section 3.1): a clarifying instruction per answer form. The
-# first template of each list is the canonical one; augment=True picks one per record, stably.
-# The canonical yes/no template and the bare open one are the MultiMedEval prompts that
-# evaluate.py asks with, so training covers the evaluation prompts.
-INSTRUCTIONS = {
-    "choice": ["{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
-               "{question}\n{options}\nAnswer with the letter of the correct option only."],
-    "yesno": ["Answer the following question with yes or no. {question}",
-              "{question}\nAnswer with yes or no."],
-    "open": ["{question}\nAnswer the question using a single word or phrase.",
-             "{question}"],
-    "caption": ["Describe this medical image.",
-                "Write a short, image-grounded caption for this figure."],
-}
-_FIXED = sorted({p.strip() for ts in INSTRUCTIONS.values() for t in ts
-                 for p in re.split(r"\{question\}|\{options\}", t) if p.strip()}, key=len, reverse=True)
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):：]\s*(\S.*?)\s*$")  # "A. x", "(B) y", "C: z"
-
-
 def answer_form(record):
     """'caption', 'choice', 'yesno' or 'open' (the key into INSTRUCTIONS)."""
     if (record.get("meta") or {}).get("task") == "caption":
@@ -609,10 +591,6 @@ def answer_form(record):
     if record.get("options"):
         return "choice"
     return "yesno" if record["answer"].strip().lower() in ("yes", "no") else "open"
-
-
-def format_options(options):
-    return "\n".join(f"{L}. {t}" for L, t in options.items())
 
 
 def to_sharegpt(record, augment=False, seed=0, with_answer=True, system=None):
@@ -641,52 +619,6 @@ def to_sharegpt(record, augment=False, seed=0, with_answer=True, system=None):
         answer = record["answer"].strip()
         msgs.append({"role": "assistant", "content": answer.capitalize() if form == "yesno" else answer})
     return {"messages": msgs, "images": images}
-
-
-def split_options(text):
-    """'stem\nA. x\nB. y[\ninstruction]' -> ('stem', {'A': 'x', 'B': 'y'}): the first run of
-    >= 2 lines lettered A, B, ... in order; lines after the run (an instruction such as "Answer
-    with the option's letter") are dropped. Without such a run: (the text, None)."""
-    lines = text.strip().splitlines()
-    options, first = {}, None
-    for i, line in enumerate(lines):
-        m = _OPTION_LINE.match(line)
-        if m and m.group(1) == chr(ord("A") + len(options)):
-            options[m.group(1)] = m.group(2)
-            first = i if first is None else first
-        elif options:
-            break
-    if len(options) < 2:
-        return text.strip(), None
-    return "\n".join(lines[:first]).strip(), options
-
-
-def augment_sharegpt(sample, seed=0, max_open_words=5):
-    """Re-render the user turn of a single-turn ShareGPT sample with an INSTRUCTIONS template
-    (any instruction it already carries is removed first). The form follows the answer: a letter
-    among the parsed options -> choice, yes/no -> yesno, a short answer -> open. Long free-form
-    answers and multi-turn samples raise ValueError (the caller keeps them unchanged)."""
-    msgs = sample["messages"]
-    roles = [m["role"] for m in msgs if m["role"] != "system"]
-    if roles != ["user", "assistant"]:
-        raise ValueError("only single-turn samples are augmented")
-    u = next(i for i, m in enumerate(msgs) if m["role"] == "user")
-    text = msgs[u]["content"].replace("<image>", "").strip()
-    for fixed in _FIXED:  # drop an instruction the sample already carries
-        if text.endswith(fixed):
-            text = text[: -len(fixed)].strip()
-        if text.startswith(fixed):
-            text = text[len(fixed):].strip()
-    stem, options = split_options(text)
-    answer = msgs[-1]["content"].strip()
-    if options and answer not in options:
-        raise ValueError("the answer is not one of the option letters")
-    if not options and answer.lower() not in ("yes", "no") and len(answer.split()) > max_open_words:
-        raise ValueError("long free-form answer: no short-answer instruction applies")
-    record = {"id": str(seed), "question": stem, "answer": answer, "options": options,
-              "images": sample.get("images", []), "meta": {}}
-    user = to_sharegpt(record, augment=True, seed=seed)["messages"][0]
-    return {**sample, "messages": msgs[:u] + [user] + msgs[u + 1:]}
 
 
 # ----------------------------------------------------------------------------- the SFT mix

@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+import prompts
 import sources
 
 MODALITIES = ("CT", "MRI", "X-ray", "ultrasound")
@@ -221,7 +222,7 @@ def make_question(skill, form, modality, lesions, rng):
     if form == "choice":
         values = list(CHOICES[skill])
         rng.shuffle(values)
-        options = dict(zip(sources.LETTERS, values))
+        options = dict(zip(prompts.LETTERS, values))
         letter = next(L for L, v in options.items() if v == truth)
         return OPEN_Q[skill], letter, options
     if form == "closed":

@@ -305,12 +305,8 @@ def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_process
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
         gen = os.path.join(cfg.model, "generation_config.json")
-        if os.path.exists(gen):
+        if os.path.exists(gen):  # the base model's own (sampling defaults included) replaces save_pretrained's
             shutil.copy(gen, tmp)
-        else:  # ids read from the tokenizer: <|im_end|> ends a turn, <|endoftext|> pads
-            eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-                json.dump({"bos_token_id": eos[1], "eos_token_id": eos, "pad_token_id": eos[1]}, f, indent=2)
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
             json.dump({**dataclasses.asdict(cfg), "data_sha1": file_sha1(cfg.data)}, f, indent=2)
     msd, osd = get_state_dict(loss_module, opt)
@@ -515,7 +511,7 @@ def train(cfg: TrainConfig):
     tokenizer = data.load_tokenizer(cfg.model)
     image_processor = data.ImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     dataset = data.SFTDataset(cfg.data, tokenizer, image_processor, cfg.max_len)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    pad_id = data.pad_id(tokenizer)
     sampler = data.LengthGroupedSampler(dataset.lengths, cfg.global_batch, seed=cfg.seed,
                                         group_chunks=cfg.length_group)
     steps_per_epoch = len(sampler)

@@ -156,7 +156,7 @@ def main(sizes, rows, new_tokens, repeat, threads, compiled):
 
 def compiled_rows(size, hf_gen, ours_gen, tokens, new_tokens, repeat, t_eager):
     """Both generate()s through torch.compile, compilation excluded (its time is printed): ours
-    compiles its vision blocks and decoder layers for the prefill and its fused decode step
+    compiles its vision blocks and decoder layers for the prefill and its decode step
     (generate(compile=True)); transformers compiles its forward over a static cache for the
     decode steps, its prefill runs eager (its documented route; it does so by itself on GPUs
     only, so CPU is switched on, and its default "reduce-overhead" mode is CUDA graphs, so

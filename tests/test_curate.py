@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import curate
-from curate import (COT_PROMPT, CaptionConfig, CotConfig, accept_rationale, check_caption, enhance_responses,
-                    parse_gold, parse_options)
+from curate import CaptionConfig, CotConfig, accept_rationale, check_caption, enhance_responses, parse_options
+from prompts import COT_PROMPT, INSTRUCTIONS
 from data import write_sharegpt
 from decontaminate import Report
 # The tiny random model and the image fixtures are shared with the decontamination tests.
@@ -48,12 +48,6 @@ def test_accept_rationale_minimum_reasoning_length():
     assert accept_rationale("Spleen. <answer>B</answer>", OPTIONS, "B", min_reasoning_chars=7)[0]
 
 
-def test_cot_prompt_is_the_papers_appendix_a_text():
-    assert COT_PROMPT.startswith("Please carefully analyze the following multiple-choice question")
-    assert "e.g., <answer>A</answer>." in COT_PROMPT
-    assert COT_PROMPT.endswith("Question:\n\n{QUESTION}")
-
-
 def test_parse_options_strips_images_and_trailing_instruction():
     text = "<image>Which organ is shown?\nA. Liver\nB. Spleen\nC: Kidney\n(D) Lung\nAnswer with the option's letter."
     stem, opts = parse_options(text)
@@ -61,12 +55,6 @@ def test_parse_options_strips_images_and_trailing_instruction():
     assert opts == OPTIONS
     assert parse_options("<image>Is this normal?\nAnswer with yes or no.")[1] is None
     assert parse_options("Pick one\nA. x\nC. y")[1] is None  # letters must run A, B, ...
-
-
-@pytest.mark.parametrize("answer, gold", [("B", "B"), ("(B)", "B"), ("B. Spleen", "B"), ("B: Spleen", "B"),
-                                          ("spleen", "B"), ("E", None), ("Bone", None)])
-def test_parse_gold(answer, gold):
-    assert parse_gold(answer, OPTIONS) == gold
 
 
 def mc_record(i, gold="B", source="pmc_vqa"):
@@ -185,7 +173,7 @@ def test_augment_renders_sources_templates_and_strips_old_instructions():
         {"role": "assistant", "content": "An axial CT of the abdomen with a large cyst in the left kidney."}]}
     report = Report("augment")
     out = curate.augment_records([yesno, mc_record(0), long_open], curate.AugmentConfig(seed=3), report)
-    allowed = {"<image>" + t.format(question="Is the liver enlarged?") for t in sources.INSTRUCTIONS["yesno"]}
+    allowed = {"<image>" + t.format(question="Is the liver enlarged?") for t in INSTRUCTIONS["yesno"]}
     assert out[0]["messages"][0]["content"] in allowed  # the old instruction is not kept twice
     assert out[0]["messages"][1]["content"] == "Yes" and out[0]["id"] == "y" and out[0]["source"] == "vqa_rad"
     assert parse_options(out[1]["messages"][0]["content"])[1] == OPTIONS

@@ -12,6 +12,7 @@ from PIL import Image
 import curate
 import decontaminate as dc
 from data import write_sharegpt
+import prompts
 from decontaminate import (DecontamConfig, HashEmbedder, ModelEmbedder, Report, decontaminate, load_model,
                            max_similarity, query_of, run_step)
 
@@ -322,7 +323,7 @@ def test_query_of_reads_the_original_question_through_every_rewrite():
     """A chain-of-thought rewrite wraps the question in the appendix A prompt; the record keeps
     its original question (remember_original), and without it the prompt is unwrapped."""
     question = "Which organ is enlarged?\nA. Liver\nB. Spleen"
-    cot_turn = "<image>" + curate.COT_PROMPT.replace("{QUESTION}", question)
+    cot_turn = "<image>" + prompts.COT_PROMPT.replace("{QUESTION}", question)
     rewritten = {"messages": [{"role": "user", "content": cot_turn}, {"role": "assistant", "content": "x"}]}
     assert query_of(rewritten) == "Which organ is enlarged?"
     assert query_of({**rewritten, "original": {"question": "What is enlarged in this CT?", "options": None}}) == \
@@ -348,7 +349,7 @@ def test_benchmark_item_planted_in_training_data_is_removed_after_augmentation_a
         def generate(self, requests, **kw):
             return [["The liver is large. <answer>A</answer>"] for _ in requests]
     cot = curate.enhance_responses(aug, Teacher(), curate.CotConfig(k=1), Report("c"))
-    assert curate.COT_PROMPT[:30] in cot[0]["messages"][0]["content"]
+    assert prompts.COT_PROMPT[:30] in cot[0]["messages"][0]["content"]
     report = Report("decontaminate")
     keep, removed = decontaminate(cot + train[4:], bench, None, DecontamConfig(), report)
     assert keep == [False, True, True, True]  # train[4:] = three unrelated items

@@ -5,6 +5,7 @@ checkpoint round trips, packing, M-RoPE positions and generation.
 """
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -177,7 +178,8 @@ def test_logits_match_transformers(pair, padding):
         got = ours(**batch)
     keep = batch["attention_mask"].bool()
     assert got.shape == ref.shape
-    assert (got[keep] - ref[keep]).abs().max() <= 1e-4
+    # measured: 1.5e-5 (Qwen2.5-VL) and 1.8e-5 (Qwen2-VL) on logits of magnitude up to ~7
+    assert (got[keep] - ref[keep]).abs().max() <= 3e-5
 
 
 def test_greedy_generation_matches_transformers(pair):
@@ -199,9 +201,10 @@ def test_save_roundtrip_loads_in_transformers(pair, tmp_path):
     cls = type(hf)
     back, info = cls.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    theirs, again = hf.state_dict(), back.state_dict()
+    assert theirs.keys() == again.keys() and all(torch.equal(theirs[k], again[k]) for k in theirs)
     batch = make_batch("left")
-    keep = batch["attention_mask"].bool()
-    assert (hf_logits(back.eval(), batch)[keep] - hf_logits(hf, batch)[keep]).abs().max() <= 1e-5
+    assert torch.equal(hf_logits(back.eval(), batch), hf_logits(hf, batch))  # the same weights, bit for bit
 
 
 def test_sharded_save_loads_back(pair, tmp_path):
@@ -255,7 +258,7 @@ def test_packed_row_equals_samples_alone(pair):
         alone = [ours(rows[0][None], batch["pixel_values"][:n0], batch["image_grid_thw"][:2])[0],
                  ours(rows[1][None], batch["pixel_values"][n0:n0 + n1], batch["image_grid_thw"][2:])[0],
                  ours(rows[2][None])[0]]
-    assert (got[:-4] - torch.cat(alone)).abs().max() <= 1e-4
+    assert (got[:-4] - torch.cat(alone)).abs().max() <= 1e-5  # measured: 4.3e-6 and 5.6e-6
 
 
 # ---------------------------------------------------------------- hidden / training
@@ -281,7 +284,7 @@ def test_activation_checkpointing_gives_same_gradients(pair):
     ours.gradient_checkpointing = False
     ours.eval()
     ours.zero_grad()
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))  # recomputing runs the same kernels: exactly equal
     assert grads[0][0].abs().sum() > 0  # the vision tower (first parameter) receives gradient
 
 
@@ -293,14 +296,21 @@ def test_bf16_load_runs_close_to_fp32(pair):
     keep = batch["attention_mask"].bool()
     with torch.no_grad():
         a, b = half(**batch)[keep], ours(**batch)[keep]
-    assert torch.isfinite(a).all() and (a - b).abs().mean() < 0.05  # bf16 keeps ~3 significant digits
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    # bf16 keeps ~3 significant digits; measured: mean |diff| 0.022 and 0.020, top-1 agreement 96% and 98%
+    assert torch.isfinite(a).all() and (a - b).abs().mean() < 0.03
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
 
 
 # -------------------------------------------------------------------- generation
+# torch.compile on a CPU writes and builds C++ (inductor); without a compiler it cannot run at all.
+CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.slow  # compiles the vision blocks, the prefill and the decode step: tens of seconds on a cold cache
+@pytest.mark.skipif(not CXX, reason="torch.compile on a CPU needs a C++ compiler (set CXX or install g++/clang++)")
 def test_compiled_generate_gives_the_eager_tokens(pair):
-    """generate(compile=True) runs the vision blocks, the decoder layers' prefill and the fused
-    decode step through torch.compile: the same tokens as eager on left-padded rows with images,
+    """generate(compile=True) runs the vision blocks, the decoder layers' prefill and the decode
+    step through torch.compile: the same tokens as eager on left-padded rows with images,
     greedy and sampled, and on one unpadded text-only row (another batch size and cache length,
     so compiled again with those sizes symbolic). The model's own modules stay as they were."""
     _, ours, _ = pair
@@ -313,8 +323,6 @@ def test_compiled_generate_gives_the_eager_tokens(pair):
     row = batch["input_ids"][2:, batch["attention_mask"][2].bool()]
     assert ours.generate(row, max_new_tokens=16, stop_token_ids=[], compile=True) == \
         ours.generate(row, max_new_tokens=16, stop_token_ids=[])
-    with pytest.raises(ValueError, match="fused=True"):
-        ours.generate(**batch, max_new_tokens=4, compile=True, fused=False)
     assert list(ours.state_dict()) == keys  # no compiled wrapper registered as a submodule
 
 
@@ -352,23 +360,28 @@ def test_stop_token_ends_row_and_is_excluded(pair):
     assert all(len(r) == 10 for r in full)
 
 
-def test_fused_decode_gives_the_layers_tokens(pair):
-    """generate's fused decode step (decode_weights) against the layers' own forward, on left-padded
-    rows with images: greedy, sampled at a fixed seed, with a stop token, and one unpadded row."""
+def test_decode_step_logits_equal_the_full_forward_at_that_position(pair):
+    """A decode step (one token, attending over the whole static cache with the slots not yet
+    written masked) gives the logits the full forward computes at that position, on left-padded
+    rows with images."""
     _, ours, _ = pair
     batch = make_batch("left")
-    for kw in (dict(stop_token_ids=[]), dict(stop_token_ids=[], temperature=1.0, top_p=0.9, seed=5)):
-        fused = ours.generate(**batch, max_new_tokens=16, **kw)
-        assert fused == ours.generate(**batch, max_new_tokens=16, fused=False, **kw)
-        assert all(len(set(row)) > 5 for row in fused)  # varied text, so a wrong step would show
-    stop = fused[1][6]
-    got = ours.generate(**batch, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=5, stop_token_ids=[stop])
-    assert got == ours.generate(**batch, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=5,
-                                stop_token_ids=[stop], fused=False)
-    assert len(got[1]) == 6
-    row = batch["input_ids"][2:, batch["attention_mask"][2].bool()]
-    assert ours.generate(row, max_new_tokens=16, stop_token_ids=[]) == \
-        ours.generate(row, max_new_tokens=16, stop_token_ids=[], fused=False)
+    new = ours.generate(**batch, max_new_tokens=6, stop_token_ids=[])
+    ids = torch.cat([batch["input_ids"], torch.tensor(new)], 1)
+    mask = torch.cat([batch["attention_mask"], torch.ones(3, 6, dtype=torch.long)], 1)
+    with torch.no_grad():
+        full = ours(ids, batch["pixel_values"], batch["image_grid_thw"], mask)
+    L = batch["input_ids"].shape[1]
+    steps = []
+    real = ours.decode_step
+    ours.decode_step = lambda *a: steps.append(real(*a)) or steps[-1]
+    try:
+        ours.generate(**batch, max_new_tokens=6, stop_token_ids=[])
+    finally:
+        del ours.decode_step
+    assert len(steps) == 5  # the first token comes from the prefill
+    for n, logits in enumerate(steps):
+        assert (logits - full[:, L + n]).abs().max() <= 2e-5  # measured: 8.4e-6 and 8.3e-6
 
 
 def test_last_only_layer_equals_last_row_of_full_layer(pair):
@@ -385,10 +398,11 @@ def test_last_only_layer_equals_last_row_of_full_layer(pair):
         for m in (attention_mask_4d(mask), None):
             shape = (ids.shape[0], cfg.num_key_value_heads, ids.shape[1], cfg.head_dim)
             caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(2)]
-            full = layer(x, cos, sin, m, caches[0])
-            last = layer(x, cos, sin, m, caches[1], last=True)
+            slots = torch.arange(ids.shape[1])
+            full = layer(x, cos, sin, m, caches[0], slots)
+            last = layer(x, cos, sin, m, caches[1], slots, last=True)
             assert last.shape == (ids.shape[0], 1, cfg.hidden_size)
-            assert (last - full[:, -1:]).abs().max() <= 1e-5
+            assert (last - full[:, -1:]).abs().max() <= 1e-5  # measured: 4.8e-6 to 5.8e-6
             assert all(torch.equal(a, b) for a, b in zip(*caches))
 
 
@@ -399,16 +413,40 @@ def test_top_p_keeps_only_the_nucleus():
     assert drawn == {0, 1}
 
 
+def test_temperature_reshapes_the_distribution_as_softmax_of_logits_over_t():
+    """Curation samples at 0.7-0.8: a draw at temperature T follows softmax(logits / T), here
+    p^(1/T) renormalised, written out by hand (p = .5/.3/.2). 40,000 draws: the standard error of
+    each frequency is <= 0.0025, so 0.01 is 4 standard errors; T = 1 vs 0.5 differ by >= 0.09."""
+    p = torch.tensor([0.5, 0.3, 0.2])
+    logits = torch.log(p).expand(40_000, 3)
+    g = torch.Generator().manual_seed(0)
+    expected = {0.5: [0.25 / 0.38, 0.09 / 0.38, 0.04 / 0.38], 1.0: [0.5, 0.3, 0.2],
+                2.0: [x / (0.5 ** 0.5 + 0.3 ** 0.5 + 0.2 ** 0.5) for x in (0.5 ** 0.5, 0.3 ** 0.5, 0.2 ** 0.5)]}
+    for t, want in expected.items():
+        freq = torch.bincount(sample(logits, t, 1.0, g), minlength=3).float() / 40_000
+        assert (freq - torch.tensor(want)).abs().max() < 0.01, (t, freq)
+
+
+def test_generate_passes_its_temperature_to_the_sampler(pair):
+    """A near-zero temperature makes sampling greedy; temperature 1 at the same seed does not."""
+    _, ours, _ = pair
+    batch = make_batch("left")
+    greedy = ours.generate(**batch, max_new_tokens=12, stop_token_ids=[])
+    cold = ours.generate(**batch, max_new_tokens=12, stop_token_ids=[], temperature=1e-4, seed=3)
+    warm = ours.generate(**batch, max_new_tokens=12, stop_token_ids=[], temperature=1.0, seed=3)
+    assert cold == greedy and warm != greedy
+
+
 def test_greedy_takes_the_first_of_tied_maxima():
     """sample() picks with max().indices: ties go to the lowest id, as argmax (and transformers)
-    decide them, also on the transposed logits the fused decode step returns."""
+    decide them, also on non-contiguous logits."""
     logits = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, 7.0, 7.0]])
     assert sample(logits).tolist() == [1, 0, 2]
     assert sample(logits.t().contiguous().t()).tolist() == [1, 0, 2]
 
 
 def test_one_token_generation_is_the_first_token_of_longer_ones(pair):
-    """max_new_tokens=1 skips building the decode weights; its token is the longer run's first."""
+    """max_new_tokens=1 runs the prefill only; its token is the longer run's first."""
     _, ours, _ = pair
     batch = make_batch("left")
     first = [row[:1] for row in ours.generate(**batch, max_new_tokens=4, stop_token_ids=[])]

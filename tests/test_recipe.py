@@ -22,6 +22,7 @@ from click.testing import CliRunner
 import conftest
 import curate
 import evaluate
+import prompts
 import sources
 import train
 from data import read_sharegpt
@@ -174,7 +175,7 @@ def test_reasoning_set_holds_only_verified_rationales_within_the_cap(rehearsal):
         gold = re.search(r"<answer>(\w)</answer>", text).group(1)
         assert curate.accept_rationale(text, options, gold) == (True, "ok")
         assert curate.consistent_rationale(text, options, gold) and "hallucinat" not in text
-        assert r["messages"][0]["content"].startswith("<image>" + curate.COT_PROMPT[:60])
+        assert r["messages"][0]["content"].startswith("<image>" + prompts.COT_PROMPT[:60])
 
 
 @pytest.mark.slow
@@ -219,9 +220,9 @@ def test_decontamination_after_the_whole_chain_removes_the_planted_items_and_not
     dec = report(root, "train.report.json")
     expected = sorted((source, item["question"]) for item in planted for source in PLANTED_IN[item["benchmark"]])
     assert sorted((r["source"], r["bench_question"]) for r in dec["removed"]) == expected
-    final_questions = {curate.normalize_question(r.get("original", {}).get("question", "")) for r in
+    final_questions = {prompts.normalize_question(r.get("original", {}).get("question", "")) for r in
                        records(root, "train.jsonl")}
-    assert not {curate.normalize_question(p["question"]) for p in planted} & final_questions
+    assert not {prompts.normalize_question(p["question"]) for p in planted} & final_questions
     assert dec["counts"]["output_records"] == dec["counts"]["in"] - len(expected)
 
 

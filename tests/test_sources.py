@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import conftest
+import prompts
 import sources
 from sources import load_source, to_sharegpt
 
@@ -359,40 +360,8 @@ def test_augmentation_is_stable_and_uses_every_template():
     a = [to_sharegpt(r, augment=True, seed=1)["messages"][0]["content"] for r in recs]
     b = [to_sharegpt(r, augment=True, seed=1)["messages"][0]["content"] for r in recs]
     assert a == b
-    expected = {"<image>" + t.format(question="Is it?") for t in sources.INSTRUCTIONS["yesno"]}
+    expected = {"<image>" + t.format(question="Is it?") for t in prompts.INSTRUCTIONS["yesno"]}
     assert set(a) == expected
-
-
-def test_split_options_reads_lettered_lines_at_the_end():
-    assert sources.split_options("Which?\nA. x\nB) y\n(C) z") == ("Which?", {"A": "x", "B": "y", "C": "z"})
-    assert sources.split_options("Which?\nB. y\nC. z") == ("Which?\nB. y\nC. z", None)  # not A, B, ...
-    assert sources.split_options("A. lone") == ("A. lone", None)
-
-
-def test_augment_sharegpt_rerenders_the_user_turn_once():
-    sample = {"messages": [{"role": "system", "content": "S"},
-                           {"role": "user", "content": "<image>Which organ?\nA. Liver\nB. Lung\n"
-                                                       "Answer with the option's letter from the given choices directly."},
-                           {"role": "assistant", "content": "B"}], "images": ["a.png"], "source": "pmc"}
-    out = sources.augment_sharegpt(sample, seed=0)
-    user = out["messages"][1]["content"]
-    assert user in {"<image>" + t.format(question="Which organ?", options="A. Liver\nB. Lung")
-                    for t in sources.INSTRUCTIONS["choice"]}
-    assert out["messages"][0] == sample["messages"][0] and out["messages"][2] == sample["messages"][2]
-    assert out["source"] == "pmc" and out["images"] == ["a.png"]
-    yn = {"messages": [{"role": "user", "content": "<image>Is it? Answer with yes or no."},
-                       {"role": "assistant", "content": "no"}], "images": ["a.png"]}
-    assert sources.augment_sharegpt(yn, seed=1)["messages"][0]["content"].count("yes or no") == 1
-
-
-def test_augment_sharegpt_refuses_long_answers_and_multi_turn():
-    long = {"messages": [{"role": "user", "content": "Describe it."},
-                         {"role": "assistant", "content": "A long description of many words here."}], "images": []}
-    with pytest.raises(ValueError, match="long"):
-        sources.augment_sharegpt(long)
-    multi = {"messages": long["messages"] * 2, "images": []}
-    with pytest.raises(ValueError, match="single-turn"):
-        sources.augment_sharegpt(multi)
 
 
 # ----------------------------------------------------------------------------- the mix

@@ -484,6 +484,22 @@ def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
     assert float((ours[keep] - theirs[keep]).abs().max()) <= 5e-7  # measured 2.4e-7 on logits up to 1.0
 
 
+def test_checkpoint_generation_config_stops_where_evaluation_stops(setup, reference):
+    """Without one in the base model, the checkpoint's generation_config.json is Qwen2.5-VL-Instruct's
+    shape: stop at <|im_end|> or <|endoftext|> (the ids the native backend stops at), pad with the
+    batches' pad id; transformers reads it."""
+    from transformers import GenerationConfig
+    cfg, _ = reference
+    ckpt = train.list_checkpoints(cfg.out)[-1]
+    tok = data.load_tokenizer(ckpt)
+    im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    assert json.load(open(os.path.join(ckpt, "generation_config.json"))) == \
+        {"bos_token_id": eot, "eos_token_id": [im_end, eot], "pad_token_id": eot}
+    assert data.stop_ids(tok) == [im_end, eot] and data.pad_id(tok) == eot
+    gen = GenerationConfig.from_pretrained(ckpt)
+    assert gen.eos_token_id == [im_end, eot] and gen.pad_token_id == eot
+
+
 def test_crash_during_save_keeps_last_checkpoint_and_resume_recovers(setup, reference, monkeypatch):
     straight, _ = reference
     cfg = dataclasses.replace(straight, out=os.path.join(setup["root"], "crash"), save_every=1)
