@@ -1,6 +1,6 @@
 # make test   - create .venv (CPU torch), install requirements, run the test suite
 # make bench  - run the benchmarks in bench/ (ratios against transformers, same run)
-# make demo   - the whole pipeline end to end on a synthetic medical VQA set (CPU)
+# make demo   - the whole pipeline end to end on a synthetic medical VQA set (CPU): python -m demo.run
 PY      ?= python3
 VENV    ?= .venv
 # The CPU build of torch; on a GPU machine install your CUDA torch first and this is skipped.
@@ -23,7 +23,7 @@ bench: venv
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 demo: venv
-	$(BIN)/python demo.py
+	$(BIN)/python -m demo.run
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -41,7 +41,7 @@ def load_tokenizer(path):
     missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
     if missing:
         raise ValueError(f"{path}: tokenizer lacks the Qwen2 special tokens {missing}; use a "
-                         "Qwen2-VL / Qwen2.5-VL tokenizer or one written by synthetic.build_tokenizer")
+                         "Qwen2-VL / Qwen2.5-VL tokenizer or one written by demo.synthetic.build_tokenizer")
     return tok
 
 

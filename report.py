@@ -49,7 +49,7 @@ SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pat
     ("option comparison reasoning", r"which of the following|most likely|best|compar|differ"),
     ("question-image alignment", r""),
 ]
-# the synthetic benchmark's own skill names (synthetic.SKILLS) -> the paper's five
+# the synthetic benchmark's own skill names (demo.synthetic.SKILLS) -> the paper's five
 SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
                  **dict.fromkeys(("presence", "shape", "brightness", "size", "count"), "disease feature interpretation")}
 # Grouping axes per benchmark: MMMU Health & Medicine's five subjects (the paper's "subfields",

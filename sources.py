@@ -60,7 +60,7 @@ PUBLISHED = {
                       "(reasoning_mcq_sft.jsonl and the images it references)",
     "llava_onevision": "https://huggingface.co/datasets/lmms-lab/LLaVA-OneVision-Data "
                        "(<subset>/train-*.parquet)",
-    "synthetic": "synthetic.py (<root>/<split>.jsonl)",
+    "synthetic": "demo/synthetic.py (<root>/<split>.jsonl)",
 }
 
 
@@ -554,7 +554,7 @@ def read_llava_onevision(root, split, report, subsets=None):
 
 
 def read_synthetic(root, split, report):
-    """Benchmark records written by synthetic.py (<root>/<split>.jsonl, image paths relative)."""
+    """Benchmark records written by demo/synthetic.py (<root>/<split>.jsonl, image paths relative)."""
     for _, r in _jsonl(_find("synthetic", root, f"{split}.jsonl"), report):
         if "messages" in r:
             raise ValueError(f"{root}/{split}.jsonl is ShareGPT training data, not benchmark records: "

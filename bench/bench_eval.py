@@ -18,7 +18,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import evaluate as ev  # noqa: E402
-import synthetic  # noqa: E402
+from demo import synthetic  # noqa: E402
 from infimed import QwenVL, QwenVLConfig, VisionConfig  # noqa: E402
 
 QUESTIONS = ["Is there a lesion in the left lung?", "Which imaging modality was used to acquire this image?",

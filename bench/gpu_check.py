@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-import synthetic  # noqa: E402
+from demo import synthetic  # noqa: E402
 from infimed import QwenVL  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 import conftest
 import data
-import synthetic
+from demo import synthetic
 
 VQA_RAD_IMAGES = conftest.shared_files("vqa_rad", "images")  # [] on a plain clone
 CORPUS = [

@@ -173,7 +173,7 @@ def tiny(tmp_path_factory):
 def tiny_qwen(corpus, tok_dir):
     """(model in eval mode, tokenizer): 2 decoder layers of width 64, a 2-block vision tower of
     width 32, random weights (seed 0); the tokenizer is saved to tok_dir."""
-    from synthetic import build_tokenizer
+    from demo.synthetic import build_tokenizer
     from infimed import QwenVL, QwenVLConfig, VisionConfig
     tok = build_tokenizer(corpus, tok_dir, vocab_size=400)
     ids = tok.convert_tokens_to_ids

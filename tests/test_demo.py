@@ -1,7 +1,11 @@
-"""The shortened demo end to end (`python demo.py --quick`): every stage leaves its outputs, the
+"""The shortened demo end to end (`python -m demo.run --quick`): every stage leaves its outputs, the
 planted benchmark items are removed by curation, training lowers the loss, and the report and
-plots state what the per-sample files say. One demo run (about 1-3 minutes on 2 cores) serves all
-the checks that read it; none of them writes into it, so they pass in any order."""
+plots state what the per-sample files say. One demo run (a few minutes on 2 cores) serves all
+the checks that read it; none of them writes into it, so they pass in any order.
+
+    python -m pytest -q tests/test_demo.py
+"""
+import dataclasses
 import json
 import os
 import re
@@ -12,8 +16,7 @@ import sys
 import pytest
 from PIL import Image
 
-import demo
-import synthetic
+from demo import run, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a lesion's attribute values, written out here to check the demo's captions against
@@ -29,7 +32,7 @@ def read_jsonl(path):
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "demo_out")
-    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--out", out], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "demo.run", "--quick", "--out", out], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -70,7 +73,7 @@ def test_base_checkpoint_has_a_pretrained_vision_tower_and_a_fresh_decoder(out):
     import torch
     from infimed import QwenVL
     base = QwenVL.from_pretrained(os.path.join(out, "base"))
-    torch.manual_seed(demo.DemoConfig().seed)  # the seed stage_model initialises with
+    torch.manual_seed(run.DemoConfig().seed)  # the seed stage_model initialises with
     fresh = QwenVL(base.config)
     same = {k for k, v in base.state_dict().items() if torch.equal(v, fresh.state_dict()[k])}
     assert all(not k.startswith("visual.") for k in same)  # tower and merger were trained
@@ -86,25 +89,24 @@ def test_vision_pretraining_rerun_starts_from_the_same_init(out, tmp_path):
     """Rerunning the stage (its marker gone) pretrains the stage-2 random init again, not the tower
     it already pretrained. It runs on a copy of the demo's data and base checkpoint, which it rewrites.
     Two runs agree closely but not always bit for bit: the demo ran the first in another process, and
-    multi-threaded float sums need not add up in the same order. Measured max weight difference after
-    the quick run's 40 steps: 0 with 1, 2 or 4 threads, 1.4e-6 with 3, 5.8e-5 in one of three quick
-    demos. Pretraining on top of the pretrained tower moves weights by 2.0e-2 (measured)."""
+    multi-threaded float sums need not add up in the same order. The bounds 1e-4 and 1e-2 lie between
+    the drifts measured for a rerun and for pretraining on top (docs/notes.md)."""
     import data
     from infimed import QwenVL
     mine = str(tmp_path / "demo_out")
     for name in ("synth", "base"):
         shutil.copytree(os.path.join(out, name), os.path.join(mine, name))
     shutil.copy2(os.path.join(out, "base.done"), mine)  # no vision.done: the stage runs again
-    paths = demo.demo_paths(mine)
-    cfg = demo.replace(demo.DemoConfig(out=mine), **demo.QUICK)
+    paths = run.demo_paths(mine)
+    cfg = dataclasses.replace(run.DemoConfig(out=mine), **run.QUICK)
     first = QwenVL.from_pretrained(paths["base"]).state_dict()
-    demo.stage_vision(cfg, paths)
+    run.stage_vision(cfg, paths)
     model = QwenVL.from_pretrained(paths["base"])
     again = {k: v.clone() for k, v in model.state_dict().items()}
     drift = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)
     assert drift(first, again) <= 1e-4
     # what the stage must not do: continue from its own output
-    x, grid, labels = demo.caption_set(paths, "train", data.ImageProcessor.from_pretrained(paths["base"]))
+    x, grid, labels = run.caption_set(paths, "train", data.ImageProcessor.from_pretrained(paths["base"]))
     synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch, cfg.seed,
                               log=lambda line: None)
     assert drift(again, model.state_dict()) >= 1e-2
@@ -128,9 +130,9 @@ def test_curation_removes_every_planted_benchmark_item(out):
 def test_option_check_states_the_answer_then_walks_the_options_up_to_it():
     import evaluate
     options = {"A": "CT", "B": "MRI", "C": "X-ray"}
-    assert demo.option_check(options, "B") == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
-    assert demo.option_check(options, "A") == "CT\nA. CT: yes\n<answer>A</answer>"
-    assert all(evaluate.parse_choice(demo.option_check(options, g), options) == g for g in options)
+    assert run.option_check(options, "B") == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
+    assert run.option_check(options, "A") == "CT\nA. CT: yes\n<answer>A</answer>"
+    assert all(evaluate.parse_choice(run.option_check(options, g), options) == g for g in options)
 
 
 def test_enhancement_rewrites_choice_answers_only_and_counts_them():
@@ -139,7 +141,7 @@ def test_enhancement_rewrites_choice_answers_only_and_counts_them():
                            {"role": "assistant", "content": "B"}], "images": ["x.png"]}
     open_q = {"messages": [{"role": "user", "content": "<image>Which modality?"},
                            {"role": "assistant", "content": "MRI"}], "images": ["x.png"]}
-    out, counts = demo.enhance_choice_answers([choice, open_q])
+    out, counts = run.enhance_choice_answers([choice, open_q])
     assert counts == {"enhanced": 1, "kept:not_multiple_choice": 1}
     assert out[0]["messages"][0] == choice["messages"][0]  # the question stays as it was
     assert out[0]["messages"][1]["content"] == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
@@ -169,7 +171,7 @@ def test_every_trained_choice_answer_is_an_option_check_within_the_generation_bu
         assert r["messages"][-1]["content"].split("\n") == (
             [options[gold]] + [f"{L}. {options[L]}: no" for L in before] + [f"{gold}. {options[gold]}: yes",
                                                                             f"<answer>{gold}</answer>"])
-        assert len(tok(r["messages"][-1]["content"] + "<|im_end|>")["input_ids"]) <= demo.DemoConfig().max_new_tokens
+        assert len(tok(r["messages"][-1]["content"] + "<|im_end|>")["input_ids"]) <= run.DemoConfig().max_new_tokens
         n += 1
     assert n == len(raw_choice) > 0  # every multiple-choice question of the set, none lost
     with open(os.path.join(out, "curate", "summary.json")) as f:

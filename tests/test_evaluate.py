@@ -482,7 +482,7 @@ def make_tiny_checkpoint(out_dir, texts):
     whose special-token ids the config uses, and a preprocessor_config.json (small pixel budget)."""
     import torch
     import data
-    import synthetic
+    from demo import synthetic
     from infimed import QwenVL, QwenVLConfig, VisionConfig
     tok = synthetic.build_tokenizer(texts, out_dir, vocab_size=400)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
@@ -519,7 +519,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    import synthetic
+    from demo import synthetic
     root = str(tmp_path_factory.mktemp("synth"))
     synthetic.generate(root, n_train=0, n_test=12, seed=0, image_size=56, progress=False)
     return root

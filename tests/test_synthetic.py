@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 import conftest
 import data
-import synthetic as S
+from demo import synthetic as S
 from sources import load_source
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import data
-import synthetic
 import train
+from demo import synthetic
 from infimed import QwenVL, QwenVLConfig, VisionConfig
 from train import TrainConfig
 

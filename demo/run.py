@@ -1,30 +1,32 @@
-"""The whole Infi-Med pipeline end to end, on a CPU, in minutes: synthetic medical VQA ->
-tokenizer and a tiny Qwen2.5-VL-shaped model -> vision pretraining -> curation -> supervised
-fine-tuning with torchrun (2 processes, gloo) -> evaluation of the base and the trained model ->
-a Markdown report shaped like the paper's Table 1, with per-skill accuracy and two plots.
+"""The whole Infi-Med pipeline end to end, on a CPU: synthetic medical VQA -> tokenizer and a
+tiny Qwen2.5-VL-shaped model -> vision pretraining -> curation -> supervised fine-tuning with
+torchrun (2 processes, gloo) -> evaluation of the base and the trained model -> a report.
+From the repository root:
 
-    python demo.py                  # the full demo: about 12 minutes on 2 CPU cores
-    python demo.py --quick          # a shortened run (tests/test_demo.py), about a minute
+    python -m demo.run              # the full demo (10-15 minutes on 2 CPU cores)
+    python -m demo.run --quick      # a shortened run, the one tests/test_demo.py checks
     make demo                       # the first line, inside the project's virtual environment
 
-Everything lands in demo_out/ (or --out): synth/ (data), base/ (the starting checkpoint),
-curate/ (each step's output and report), run/ (training log and checkpoints), eval/ (per-sample
-answers and summaries), report.md, loss.png, accuracy.png, timings.json. Each stage prints what
-it does and the command that does the same by hand. A finished stage is not redone when the demo
-is run again with the same settings (--fresh starts over).
+A driver: each stage prints why it runs and the command it runs, and the project's commands do
+the work (python -m demo.synthetic, curate.py, decontaminate.py, torchrun train.py, evaluate.py
+run and compare). Done here is only what no command does: the tiny model, the vision
+pretraining, the raw mix with planted benchmark leaks, the option checks that stand in for a
+teacher, the captions of the test scans, and report.md: `evaluate.py compare`, tables read from
+each evaluation's summary.json, and the sections only the demo has. Everything lands in demo_out/
+(or --out): synth/, base/ (the starting checkpoint), curate/, run/ (training), eval/, report.md,
+results.json, loss.png, accuracy.png, timings.json. A finished stage is not redone when the demo
+runs again with the same settings (--fresh starts over).
 
-Why the model can learn at all: it starts from random weights, with no pretrained model behind
-it, so the data is made easy to see (112-pixel scans, 16 image tokens, large high-contrast
-lesions; synthetic.py) and the learning rate is high (2e-3). A real Qwen2.5-VL has a pretrained
-vision tower; the stand-in here is a short pretraining of the tower on the training captions
-(synthetic.pretrain_vision), without which the tower learned shape and side only at chance.
-What such a model does not learn in minutes is to map the answer it sees onto an option letter
-in one step, so curation writes each multiple-choice answer as the answer, then a short check of
-the options ("MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>", `option_check`), the stand-in
-for the paper's teacher-written chains of thought (--bare-letters trains the bare letters
-instead). report.md shows accuracy per skill and question form, and what the captions name per
-lesion attribute.
-A real run starts from Qwen2.5-VL-3B-Instruct instead (see README.md).
+Why the model can learn at all: it starts from random weights, so the data is made easy to see
+(112-pixel scans, 16 image tokens, large high-contrast lesions; demo/synthetic.py) and the
+learning rate is high (2e-3). A real Qwen2.5-VL has a pretrained vision tower; the stand-in here
+is a short pretraining of the tower on the training captions (synthetic.pretrain_vision), without
+which it learned shape and side only at chance. What such a model does not learn in minutes is
+to map the answer it sees onto an option letter in one step, so curation writes each
+multiple-choice answer as the answer, then a short check of the options (`option_check`), the
+stand-in for the paper's teacher-written chains of thought (--bare-letters trains the bare
+letters instead). docs/notes.md keeps the runs behind these choices; a real run starts from
+Qwen2.5-VL-3B-Instruct (README.md).
 """
 import json
 import os
@@ -39,9 +41,20 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 
 import click
+import torch
+from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import curate
+import data
+import decontaminate
+import evaluate
+import prompts
+import sources
+import train
+from demo import synthetic
+from infimed import QwenVL, QwenVLConfig, VisionConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # every command runs from here
 
 
 # ----------------------------------------------------------------------------------- config
@@ -49,7 +62,7 @@ sys.path.insert(0, HERE)
 class DemoConfig:
     out: str = "demo_out"
     seed: int = 0
-    # 1. data (synthetic.py)
+    # 1. data (demo/synthetic.py)
     n_train: int = 9000  # training questions (3 per image)
     n_test: int = 500  # benchmark questions
     image_size: int = 112  # 8 x 8 patches of 14 px -> 16 image tokens after the 2 x 2 merge
@@ -64,7 +77,7 @@ class DemoConfig:
     vision_width: int = 128
     vision_heads: int = 4
     # 2b. vision pretraining, the stand-in for Qwen2.5-VL's pretrained vision tower
-    vision_steps: int = 800  # measured: 69 s on 2 cores; probe on the benchmark scans: side 100%, shape 62%
+    vision_steps: int = 800  # enough for the probe to read side and shape off the benchmark scans (docs/notes.md)
     vision_lr: float = 1e-3
     vision_batch: int = 32
     # 3. curation (curate.py, decontaminate.py)
@@ -74,7 +87,7 @@ class DemoConfig:
     option_check: bool = True  # multiple-choice answers as a check of the options (option_check)
     # 4. training (train.py)
     nproc: int = 2
-    epochs: int = 6  # 4,446 steps; README.md lists the runs with 5, 6 and 7 epochs
+    epochs: int = 6  # docs/notes.md lists the runs with 5, 6 and 7 epochs
     global_batch: int = 16
     lr: float = 2e-3  # the language model (and the default for every part)
     lr_vision: float = 2e-4  # vision tower and merger: low, so SFT refines the pretrained features (2e-3 wiped them)
@@ -109,11 +122,11 @@ def say(title, why):
     print(f"\n{'=' * 100}\n{title}\n" + textwrap.fill(" ".join(why.split()), 100) + "\n", flush=True)
 
 
-def run(cmd, shown=None, **kw):
-    """Run a command from the repository root, echoing it (as `shown` when the real argv differs,
-    e.g. `python -m torch.distributed.run` for `torchrun`)."""
-    print("$ " + (shown or " ".join(shlex.quote(str(c)) for c in cmd)), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, cwd=HERE, **kw)
+def sh(cmd, shown=None, **kw):
+    """Run a command from the repository root, echoing it as typed by hand (`python` for this
+    interpreter; `shown` when the real argv differs, e.g. `torchrun` for `python -m torch.distributed.run`)."""
+    print("$ " + (shown or " ".join("python" if c == sys.executable else shlex.quote(str(c)) for c in cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
 
 
 def done(path, settings):
@@ -141,20 +154,18 @@ def write_jsonl(rows, path):
 
 # ------------------------------------------------------------------------------ 1. data
 def stage_data(cfg, paths):
-    import synthetic
     settings = {k: getattr(cfg, k) for k in ("seed", "n_train", "n_test", "image_size")}
     if done(paths["synth_done"], settings):
         print("(already generated)")
         return
-    synthetic.generate(paths["synth"], cfg.n_train, cfg.n_test, cfg.seed,
-                       cfg=synthetic.SynthConfig(image_size=cfg.image_size))
+    sh([sys.executable, "-m", "demo.synthetic", "-o", paths["synth"], "--n-train", cfg.n_train,
+        "--n-test", cfg.n_test, "--seed", cfg.seed, "--image-size", cfg.image_size])
     mark(paths["synth_done"], settings)
 
 
 # ----------------------------------------------------------------------------- 2. model
 def tiny_config(cfg, tok):
     """A Qwen2.5-VL-shaped config at demo size; token ids are read from the tokenizer."""
-    from infimed import QwenVLConfig, VisionConfig
     ids = tok.convert_tokens_to_ids
     head_dim = cfg.hidden_size // cfg.num_heads
     pairs = head_dim // 2  # rotary pairs split over (t, h, w) in the ratio of Qwen's [16, 24, 24]
@@ -175,10 +186,6 @@ def tiny_config(cfg, tok):
 
 
 def stage_model(cfg, paths):
-    import torch
-    import data
-    import synthetic
-    from infimed import QwenVL
     settings = {k: getattr(cfg, k) for k in ("seed", "n_train", "vocab_size", "hidden_size", "num_layers", "num_heads",
                                              "num_kv_heads", "intermediate_size", "vision_depth", "vision_width",
                                              "vision_heads", "image_size")}
@@ -206,8 +213,6 @@ def stage_model(cfg, paths):
 # ------------------------------------------------------------------ 2b. vision pretraining
 def caption_set(paths, split, image_processor):
     """(pixel_values, grid_thw, labels) of the synthetic captions of one split."""
-    import torch
-    import synthetic
     caps = [c for c in read_jsonl(os.path.join(paths["synth"], "captions.jsonl")) if c["split"] == split]
     x, grids = zip(*(image_processor([os.path.join(paths["synth"], c["image"])]) for c in caps))
     if any(not torch.equal(g, grids[0]) for g in grids):
@@ -217,10 +222,6 @@ def caption_set(paths, split, image_processor):
 
 
 def stage_vision(cfg, paths):
-    import torch
-    import data
-    import synthetic
-    from infimed import QwenVL, QwenVLConfig
     settings = {"vision_steps": cfg.vision_steps, "vision_lr": cfg.vision_lr, "vision_batch": cfg.vision_batch,
                 "seed": cfg.seed, "base_built": os.path.getmtime(paths["base_done"])}
     if done(paths["vision_done"], settings):
@@ -251,8 +252,6 @@ def planted_items(cfg, paths):
     """Benchmark items copied into the training data, as leaks happen in practice: `exact`
     copies (same image file, same question) and `reworded` ones (the image saved again under
     another name, the question in other case and punctuation). Both must be removed."""
-    import sources
-    from PIL import Image
     test = read_jsonl(os.path.join(paths["synth"], "test.jsonl"))
     rng = random.Random(cfg.seed)
     picks = rng.sample(test, 2 * cfg.n_planted)
@@ -277,11 +276,11 @@ def option_check(options, gold):
     answer tags:
         "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
     Why not the bare letter: from scratch, in minutes, a 2-layer model does not learn to map the
-    answer it sees onto a letter (find the option that names it, then copy the letter before it;
-    measured: 34.8% with bare letters, chance 29.7%). Each step here is simpler: say what the scan
-    shows (the open question, the model's best skill), copy the next option after its letter
-    (plain induction), judge it (yes or no), repeat the letter of the line that said yes. The
-    first line helps the judgement without deciding it; how reliably it forms: README.md."""
+    answer it sees onto a letter (find the option that names it, then copy the letter before it);
+    with bare letters it stays near chance. Each step here is simpler: say what the scan shows
+    (the open question, the model's best skill), copy the next option after its letter (plain
+    induction), judge it (yes or no), repeat the letter of the line that said yes. The first line
+    helps the judgement without deciding it. docs/notes.md has the runs behind both claims."""
     lines = [options[gold]]
     for letter, text in options.items():
         lines.append(f"{letter}. {text}: {'yes' if letter == gold else 'no'}")
@@ -293,9 +292,6 @@ def option_check(options, gold):
 def enhance_choice_answers(records):
     """Multiple-choice records (a letter answer to lettered options) get `option_check` as their
     answer; the rest are kept as they are. Returns (records, counts)."""
-    import curate
-    import decontaminate
-    import prompts
     out, counts = [], defaultdict(int)
     for r in records:
         u, a = decontaminate.turn_index(r, "user"), decontaminate.turn_index(r, "assistant", last=True)
@@ -341,8 +337,8 @@ def stage_curate(cfg, paths):
     write_jsonl(captions, os.path.join(synth, "mix_captions.jsonl"))
     print(f"raw mix: {len(questions)} questions, {len(captions)} captions, {len(planted)} planted benchmark items")
     # b) instruction augmentation of the questions (paper section 3.1)
-    run([py, "curate.py", "augment", os.path.join(synth, "mix_vqa.jsonl"), os.path.join(d, "vqa_augmented.jsonl"),
-         "--seed", cfg.seed])
+    sh([py, "curate.py", "augment", os.path.join(synth, "mix_vqa.jsonl"), os.path.join(d, "vqa_augmented.jsonl"),
+        "--seed", cfg.seed])
     # c) response enhancement (paper section 3.1): the multiple-choice answers become a short
     # check of the options, written from the known answer and kept only if it passes the
     # rejection test a teacher's chain of thought must pass (curate.accept_rationale)
@@ -351,33 +347,32 @@ def stage_curate(cfg, paths):
     if cfg.option_check:
         enhanced, counts = enhance_choice_answers(enhanced)
     write_jsonl(enhanced, os.path.join(d, "vqa_enhanced.jsonl"))
-    print(f"response enhancement (demo.option_check): {counts}")
+    print(f"response enhancement (option_check): {counts}")
     # d) perplexity filter on the captions (paper section 3.1): keep the lowest 95% per source.
     # The scorer here is the base model, whose language model is untrained, so which 5% go is
     # arbitrary: the demo shows the mechanics; a real run scores with Qwen2.5-VL-3B-Instruct.
-    run([py, "curate.py", "perplexity", os.path.join(synth, "mix_captions.jsonl"),
-         os.path.join(d, "captions_filtered.jsonl"), "--model", paths["base"],
-         "--keep-percentile", cfg.caption_keep_percentile, "--batch-size", 32])
+    sh([py, "curate.py", "perplexity", os.path.join(synth, "mix_captions.jsonl"),
+        os.path.join(d, "captions_filtered.jsonl"), "--model", paths["base"],
+        "--keep-percentile", cfg.caption_keep_percentile, "--batch-size", 32])
     merged = enhanced + read_jsonl(os.path.join(d, "captions_filtered.jsonl"))
     write_jsonl(merged, os.path.join(d, "mix_curated.jsonl"))
     # e) decontamination against the benchmark: exact pass + embedding pass (paper section 3)
-    run([py, "decontaminate.py", os.path.join(d, "mix_curated.jsonl"), os.path.join(d, "decontaminated.jsonl"),
-         "--bench", os.path.join(synth, "test.jsonl"), "--embedder", "hash", "--threshold", cfg.decontam_threshold])
+    sh([py, "decontaminate.py", os.path.join(d, "mix_curated.jsonl"), os.path.join(d, "decontaminated.jsonl"),
+        "--bench", os.path.join(synth, "test.jsonl"), "--embedder", "hash", "--threshold", cfg.decontam_threshold])
     with open(os.path.join(d, "decontaminated.report.json")) as f:
         removed = json.load(f)["removed"]
     exact_ids = {r["train"] for r in removed if r["kind"] == "exact"}
     by_embedding = [r for r in removed if r["kind"] == "embedding"]
-    # The embedding pass needs a real multimodal embedder (the paper: gme-Qwen2-VL). The offline
-    # hash embedder sees two lesion-free scans of one modality as the same picture and the
-    # questions come from seven templates, so on this i.i.d. synthetic set its matches are
-    # look-alikes, not leaks: the demo reports them and removes the exact matches only.
+    # the embedding pass needs a multimodal embedder (the paper: gme-Qwen2-VL); the offline hash
+    # embedder's matches here are look-alikes, not leaks (report.md says why): reported, kept
     train = [r for r in merged if r["id"] not in exact_ids]
     write_jsonl(train, os.path.join(d, "train.jsonl"))
     summary = {"raw": {"questions": len(questions), "captions": len(captions), "planted": len(planted)},
                "augmented": len(enhanced), "enhanced": counts,
                "captions_kept": len(read_jsonl(os.path.join(d, "captions_filtered.jsonl"))),
                "removed_exact": sorted(exact_ids), "embedding_matches": len(by_embedding),
-               "embedding_matches_planted": sorted(r["train"] for r in by_embedding if r["train"].startswith("planted")),
+               "embedding_matches_planted": sorted(r["train"] for r in by_embedding
+                                                   if r["train"].startswith("planted")),
                "planted": [p["id"] for p in planted],
                "planted_removed": sorted(p["id"] for p in planted if p["id"] in exact_ids),
                "train": len(train)}
@@ -391,32 +386,23 @@ def stage_curate(cfg, paths):
 
 
 # ------------------------------------------------------------------------------- 4. training
-def train_args(cfg, model, data_file, out, epochs, global_batch):
-    return ["train.py", "--model", model, "--data", data_file,
-            "--out", out, "--epochs", epochs, "--global-batch", global_batch,
-            "--micro-batch", global_batch // cfg.nproc, "--lr", cfg.lr, "--lr-vision", cfg.lr_vision,
-            "--lr-merger", cfg.lr_vision, "--warmup-ratio", cfg.warmup_ratio, "--max-len", 512,
-            "--min-pixels", cfg.image_size ** 2, "--max-pixels", cfg.image_size ** 2, "--workers", 0,
-            "--save-every", 100000, "--seed", cfg.seed]
-
-
-def torchrun(cfg, args):
-    args = [str(a) for a in args]
-    # --standalone picks a free rendezvous port, so two demos (or tests) can run side by side
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", cfg.nproc] + args,
-        shown=f"torchrun --standalone --nproc_per_node {cfg.nproc} " + " ".join(shlex.quote(a) for a in args), env=env)
-
-
 def stage_train(cfg, paths):
-    import train
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "eval_batch", "max_new_tokens")}
     if done(paths["run_done"], settings):
         print("(already trained)")
         return
     shutil.rmtree(paths["run"], ignore_errors=True)
-    torchrun(cfg, train_args(cfg, paths["base"], os.path.join(paths["curate"], "train.jsonl"), paths["run"],
-                             cfg.epochs, cfg.global_batch))
+    args = [str(a) for a in [
+        "train.py", "--model", paths["base"], "--data", os.path.join(paths["curate"], "train.jsonl"),
+        "--out", paths["run"], "--epochs", cfg.epochs, "--global-batch", cfg.global_batch,
+        "--micro-batch", cfg.global_batch // cfg.nproc, "--lr", cfg.lr, "--lr-vision", cfg.lr_vision,
+        "--lr-merger", cfg.lr_vision, "--warmup-ratio", cfg.warmup_ratio, "--max-len", 512,
+        "--min-pixels", cfg.image_size ** 2, "--max-pixels", cfg.image_size ** 2, "--workers", 0,
+        "--save-every", 100000, "--seed", cfg.seed]]
+    # --standalone picks a free rendezvous port, so two demos (or tests) can run side by side
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: 2 processes on 2 cores
+    sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", cfg.nproc] + args,
+       shown=f"torchrun --standalone --nproc_per_node {cfg.nproc} " + " ".join(shlex.quote(a) for a in args), env=env)
     if not train.list_checkpoints(paths["run"]):
         raise RuntimeError(f"training wrote no checkpoint into {paths['run']}")
     mark(paths["run_done"], settings)
@@ -437,10 +423,10 @@ def stage_eval(cfg, paths, name, model_dir, label):
         return out
     shutil.rmtree(out, ignore_errors=True)
     # --shuffle: the multiple-choice questions again with their options in another order
-    run([sys.executable, "evaluate.py", "run", "--model", model_dir, "--benchmark", "synthetic",
-         "--data-root", paths["synth"], "--out", out, "--name", label, "--shuffle",
-         "--max-new-tokens", cfg.max_new_tokens, "--batch-size", cfg.eval_batch, "--device", "cpu",
-         "--seed", cfg.seed])
+    sh([sys.executable, "evaluate.py", "run", "--model", model_dir, "--benchmark", "synthetic",
+        "--data-root", paths["synth"], "--out", out, "--name", label, "--shuffle",
+        "--max-new-tokens", cfg.max_new_tokens, "--batch-size", cfg.eval_batch, "--device", "cpu",
+        "--seed", cfg.seed])
     mark(out + ".done", settings)
     return out
 
@@ -449,8 +435,6 @@ def stage_captions(cfg, paths, name, model_dir):
     """Captions of the benchmark's single-lesion scans, checked word by word against the metadata.
     The questions about a lesion are few (about 100 of 500); a caption names all four attributes,
     so this shows what the vision tower has learned to see even where the answers lag."""
-    import evaluate
-    import synthetic
     out = os.path.join(paths["eval"], name, "captions.jsonl")
     settings = model_settings(cfg, model_dir)
     if done(out + ".done", settings):
@@ -478,7 +462,6 @@ def stage_captions(cfg, paths, name, model_dir):
 # ------------------------------------------------------------------------------- 6. report
 def chance(record):
     """Accuracy of a uniform guess among the valid answers of one question."""
-    import synthetic
     if record.get("options"):
         return 1 / len(record["options"])
     if record["answer"].strip().lower() in ("yes", "no"):
@@ -486,18 +469,12 @@ def chance(record):
     return 1 / len(synthetic.CHOICES[record["meta"]["skill"]])
 
 
-def per_skill(eval_dir, test, key="skill"):
-    """{skill (or another meta key's value): (n, accuracy)} over the unshuffled benchmark answers
-    of one evaluation run."""
-    by_id = {r["id"]: r for r in test}
-    groups = defaultdict(list)
-    for row in read_jsonl(os.path.join(eval_dir, "synthetic", "base.jsonl")):
-        if row.get("correct") is not None:
-            groups[by_id[row["id"]]["meta"][key]].append(bool(row["correct"]))
-    return {s: (len(v), sum(v) / len(v)) for s, v in groups.items()}
+def mean_chance(records):
+    return sum(chance(r) for r in records) / len(records)
 
 
-def overall(eval_dir):
+def synthetic_summary(eval_dir):
+    """The synthetic benchmark's metrics in one `evaluate.py run` directory's summary.json."""
     with open(os.path.join(eval_dir, "summary.json")) as f:
         return json.load(f)["benchmarks"]["synthetic"]
 
@@ -510,7 +487,8 @@ def plots(paths, log, skills, skill_chance, runs):
     steps = [r["step"] for r in log]
     ax.plot(steps, [r["loss"] for r in log], lw=1, alpha=0.4, label="per step")
     k = max(1, len(log) // 25)
-    smooth = [sum(r["loss"] for r in log[max(0, i - k + 1):i + 1]) / len(log[max(0, i - k + 1):i + 1]) for i in range(len(log))]
+    smooth = [sum(r["loss"] for r in log[max(0, i - k + 1):i + 1]) / len(log[max(0, i - k + 1):i + 1])
+              for i in range(len(log))]
     ax.plot(steps, smooth, lw=2, label=f"mean of {k} steps")
     ax.set(xlabel="optimizer step", ylabel="cross-entropy per supervised token", yscale="log",
            title="Training loss (torchrun, 2 processes)")
@@ -535,35 +513,54 @@ def plots(paths, log, skills, skill_chance, runs):
     plt.close(fig)
 
 
+def md_table(header, rows):
+    """Markdown table lines: the header, the separator, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
 def stage_report(cfg, paths, evals, captions, timings):
-    import synthetic
+    """report.md: `evaluate.py compare` over the evaluation runs; accuracy per skill and per question
+    form as each run's summary.json counts it, beside chance (from the benchmark records); then what
+    only the demo has: lesion attributes named in captions, curation, vision probe, training, timings."""
     test = read_jsonl(os.path.join(paths["synth"], "test.jsonl"))
     log = read_jsonl(os.path.join(paths["run"], "log.jsonl"))
     with open(os.path.join(paths["curate"], "summary.json")) as f:
         cur = json.load(f)
     with open(paths["vision_probe"]) as f:
         probe = json.load(f)
-    skills = [s for s in synthetic.SKILLS if any(r["meta"]["skill"] == s for r in test)]
-    skill_chance = {s: sum(chance(r) for r in test if r["meta"]["skill"] == s) /
-                    sum(r["meta"]["skill"] == s for r in test) for s in skills}
-    skill_chance["overall"] = sum(chance(r) for r in test) / len(test)
-    results = {}
-    for name, d in evals.items():
-        s = overall(d)
-        counts = per_skill(d, test)
-        acc = {k: a for k, (_, a) in counts.items()}
-        acc["overall"] = s["base"]["accuracy"]
-        results[name] = {"summary": s, "skills": acc, "counts": counts, "forms": per_skill(d, test, "form")}
-    plots(paths, log, skills, skill_chance, [(n, r["skills"]) for n, r in results.items()])
-    table = subprocess.run([sys.executable, "evaluate.py", "compare"] + list(evals.values()), cwd=HERE,
+    table = subprocess.run([sys.executable, "evaluate.py", "compare"] + list(evals.values()), cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.strip()
+    scores = {name: synthetic_summary(d)["base"] for name, d in evals.items()}  # the questions as asked
+    counts = next(iter(scores.values()))  # questions scored: every run answers the same benchmark
+    skills = [s for s in synthetic.SKILLS if any(r["meta"]["skill"] == s for r in test)]
+    skill_chance = {s: mean_chance([r for r in test if r["meta"]["skill"] == s]) for s in skills}
+    skill_chance["overall"] = mean_chance(test)
+    accuracy = {name: {**{k: v["accuracy"] for k, v in s["by_skill"].items()}, "overall": s["accuracy"]}
+                for name, s in scores.items()}
+    plots(paths, log, skills, skill_chance, list(accuracy.items()))
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
-    def answer_forms(categories):  # {'single_letter': 0.0, 'cot': 1.0, ...} -> 'cot 100.0'
-        return ", ".join(f"{k.replace('_', ' ')} {pct(v)}" for k, v in (categories or {}).items() if v) or "-"
-
+    n_asked = {"overall": counts["n_scored"], **{k: v["n"] for k, v in counts["by_skill"].items()}}
+    skill_rows = [[s, n_asked.get(s, 0), pct(skill_chance[s])] + [pct(a.get(s)) for a in accuracy.values()]
+                  for s in ["overall"] + skills]
+    # summary.json's keys per question form: open and yes/no questions are scored as MultiMedEval
+    # scores open and closed ones, multiple choice by its option letter
+    form_rows = []
+    for form, label, n, acc, invalid in (("open", "open", "n_open", "open_accuracy", None),
+                                         ("closed", "yes/no", "n_closed", "closed_accuracy", "yes_no_invalid_rate"),
+                                         ("choice", "multiple choice", "n_mc", "mc_accuracy", "invalid_rate")):
+        asked = [r for r in test if r["meta"]["form"] == form]
+        if asked:
+            form_rows.append([label, counts[n], pct(mean_chance(asked))] + [pct(s[acc]) for s in scores.values()] +
+                             [pct(s[invalid]) if invalid else "-" for s in scores.values()])
+    rows = {name: read_jsonl(path) for name, path in captions.items()}
+    named = {name: {a: sum(r["correct"][a] for r in rs) / len(rs) if rs else None for a in synthetic.LESION_SKILLS}
+             for name, rs in rows.items()}
+    caption_rows = [[a, len(next(iter(rows.values()))), pct(1 / len(synthetic.CHOICES[a]))] +
+                    [pct(named[name][a]) for name in rows] for a in synthetic.LESION_SKILLS]
     first = sum(r["loss"] for r in log[:10]) / len(log[:10])
     last = sum(r["loss"] for r in log[-10:]) / len(log[-10:])
     lines = ["# infimed demo report", "",
@@ -571,80 +568,52 @@ def stage_report(cfg, paths, evals, captions, timings):
              f"{cfg.vision_depth} blocks of width {cfg.vision_width}, first pretrained on the training captions) "
              f"trained from random weights on synthetic medical VQA, evaluated on {len(test)} held-out benchmark "
              "questions.", "",
-             "## Table 1 (shape of the paper's Table 1: accuracy in %)", "", table, "",
+             "## Table 1 (`evaluate.py compare`, in %)", "", table, "",
+             "The answer forms are the paper's response categories (evaluate.response_category): a single letter, "
+             "an answer phrase first, a chain of thought, another valid form, or invalid. Shuffle Δ: the change in "
+             "multiple-choice accuracy when the options are shuffled.", "",
              "## Accuracy per skill (%)", "",
-             "| Skill | Questions | Chance | " + " | ".join(results) + " |",
-             "|---|---|---|" + "---|" * len(results)]
-    for s in ["overall"] + skills:
-        n = len(test) if s == "overall" else next(iter(results.values()))["counts"].get(s, (0, 0))[0]
-        lines.append(f"| {s} | {n} | {pct(skill_chance[s])} | " +
-                     " | ".join(pct(r["skills"].get(s)) for r in results.values()) + " |")
-    lines += ["", "Chance is a uniform guess among the valid answers (4 options, yes/no, or the skill's "
-              "answer values for open questions).", "", "## Accuracy per question form (%)", "",
-              "| Form | Questions | Chance | " + " | ".join(results) + " |", "|---|---|---|" + "---|" * len(results)]
-    for form, label in (("open", "open"), ("closed", "yes/no"), ("choice", "multiple choice")):
-        asked = [r for r in test if r["meta"]["form"] == form]
-        if asked:
-            lines.append(f"| {label} | {len(asked)} | {pct(sum(map(chance, asked)) / len(asked))} | " +
-                         " | ".join(pct(r["forms"].get(form, (0, None))[1]) for r in results.values()) + " |")
-    lines += ["",
-              "## Lesion attributes named in captions (%)", "",
-              "Each single-lesion benchmark scan captioned (\"Describe this medical image.\"), "
-              "each attribute counted correct when the caption names exactly the true value.", "",
-              "| Attribute | Scans | Chance | " + " | ".join(captions) + " |",
-              "|---|---|---|" + "---|" * len(captions)]
-    rows = {name: read_jsonl(path) for name, path in captions.items()}
-    named = {name: {a: sum(r["correct"][a] for r in rs) / len(rs) if rs else None for a in synthetic.LESION_SKILLS}
-             for name, rs in rows.items()}
-    for a in synthetic.LESION_SKILLS:
-        lines.append(f"| {a} | {len(next(iter(rows.values())))} | {pct(1 / len(synthetic.CHOICES[a]))} | " +
-                     " | ".join(pct(named[name][a]) for name in rows) + " |")
-    lines += ["",
-              "## Robustness and instruction following", "",
-              "| Model | Multiple-choice accuracy | Shuffled options | Δ | Invalid MC answers "
-              "| Invalid yes/no answers | MC answer forms |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        s = r["summary"]
-        sh = s.get("analyses", {}).get("shuffle", {})
-        lines.append(f"| {name} | {pct(s['base'].get('mc_accuracy'))} | {pct(sh.get('accuracy_variant'))} | "
-                     f"{pct(sh.get('delta'))} | {pct(s['base'].get('invalid_rate'))} | "
-                     f"{pct(s['base'].get('yes_no_invalid_rate'))} | {answer_forms(s['base'].get('categories'))} |")
-    lines += ["", "MC answer forms are the paper's response categories (evaluate.response_category): a single "
-              "letter, an answer phrase first, a chain of thought (the option check counts as one), another "
-              "valid form, or invalid.",
-              "", "## Curation", "",
-              f"- raw mix: {cur['raw']['questions']} questions, {cur['raw']['captions']} captions, "
-              f"{cur['raw']['planted']} planted benchmark items",
-              f"- instruction augmentation: {cur['augmented']} records re-rendered with the instruction templates",
-              "- response enhancement (option checks): " + ", ".join(f"{k} {v}" for k, v in cur["enhanced"].items()),
-              f"- perplexity filter: {cur['captions_kept']} of {cur['raw']['captions']} captions kept",
-              f"- decontamination, exact pass: removed {len(cur['removed_exact'])} records; planted items removed: "
-              f"{len(cur['planted_removed'])} of {len(cur['planted'])}",
-              *[f"  - {p} {'removed' if p in cur['planted_removed'] else '**NOT removed**'}" for p in cur["planted"]],
-              f"- decontamination, embedding pass (hash embedder, threshold {cfg.decontam_threshold}): "
-              f"{cur['embedding_matches']} further matches, reported and kept. Lesion-free scans of one modality "
-              "differ only by noise and the questions come from seven templates, so on this i.i.d. synthetic set "
-              "such matches are look-alikes rather than leaks; with real data and a multimodal embedder "
-              "(gme-Qwen2-VL) the paper removes them.",
-              f"- training records: {cur['train']}", "",
-              "## Training", "",
-              f"- vision pretraining: {cfg.vision_steps} steps on the training captions; linear-probe accuracy on "
-              "the benchmark scans: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in probe.items()),
-              f"- `torchrun --nproc_per_node {cfg.nproc} train.py`: {len(log)} optimizer steps, global batch "
-              f"{cfg.global_batch}, {cfg.epochs} epochs, lr {cfg.lr} (vision {cfg.lr_vision}), warmup "
-              f"{cfg.warmup_ratio} then cosine",
-              f"- loss: {first:.3f} (mean of the first 10 steps) -> {last:.3f} (last 10)",
-              "",
-              "![loss](loss.png) ![accuracy](accuracy.png)", "",
-              "## Time per stage", "", "| Stage | Wall (s) | CPU (s) |", "|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']} | {v['cpu_s']} |" for k, v in timings.items()]
+             *md_table(["Skill", "Questions", "Chance", *scores], skill_rows), "",
+             "Chance is a uniform guess among the valid answers (4 options, yes/no, or the skill's "
+             "answer values for open questions).", "",
+             "## Accuracy per question form (%)", "",
+             *md_table(["Form", "Questions", "Chance", *scores, *(f"{name}: invalid" for name in scores)], form_rows),
+             "", "Invalid: no option letter (multiple choice) or no yes/no (yes/no questions) could be read.", "",
+             "## Lesion attributes named in captions (%)", "",
+             "Each single-lesion benchmark scan captioned (\"Describe this medical image.\"), "
+             "each attribute counted correct when the caption names exactly the true value.", "",
+             *md_table(["Attribute", "Scans", "Chance", *captions], caption_rows), "",
+             "## Curation", "",
+             f"- raw mix: {cur['raw']['questions']} questions, {cur['raw']['captions']} captions, "
+             f"{cur['raw']['planted']} planted benchmark items",
+             f"- instruction augmentation: {cur['augmented']} records re-rendered with the instruction templates",
+             "- response enhancement (option checks): " + ", ".join(f"{k} {v}" for k, v in cur["enhanced"].items()),
+             f"- perplexity filter: {cur['captions_kept']} of {cur['raw']['captions']} captions kept",
+             f"- decontamination, exact pass: removed {len(cur['removed_exact'])} records; planted items removed: "
+             f"{len(cur['planted_removed'])} of {len(cur['planted'])}",
+             *[f"  - {p} {'removed' if p in cur['planted_removed'] else '**NOT removed**'}" for p in cur["planted"]],
+             f"- decontamination, embedding pass (hash embedder, threshold {cfg.decontam_threshold}): "
+             f"{cur['embedding_matches']} further matches, reported and kept. Lesion-free scans of one modality "
+             "differ only by noise and the questions come from seven templates, so on this i.i.d. synthetic set "
+             "such matches are look-alikes rather than leaks; with real data and a multimodal embedder "
+             "(gme-Qwen2-VL) the paper removes them.",
+             f"- training records: {cur['train']}", "",
+             "## Training", "",
+             f"- vision pretraining: {cfg.vision_steps} steps on the training captions; linear-probe accuracy on "
+             "the benchmark scans: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in probe.items()),
+             f"- `torchrun --nproc_per_node {cfg.nproc} train.py`: {len(log)} optimizer steps, global batch "
+             f"{cfg.global_batch}, {cfg.epochs} epochs, lr {cfg.lr} (vision {cfg.lr_vision}), warmup "
+             f"{cfg.warmup_ratio} then cosine",
+             f"- loss: {first:.3f} (mean of the first 10 steps) -> {last:.3f} (last 10)", "",
+             "![loss](loss.png) ![accuracy](accuracy.png)", "",
+             "## Time per stage", "",
+             *md_table(["Stage", "Wall (s)", "CPU (s)"], [[k, v["wall_s"], v["cpu_s"]] for k, v in timings.items()])]
     with open(os.path.join(paths["out"], "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(paths["out"], "results.json"), "w") as f:
-        json.dump({"skills": {n: r["skills"] for n, r in results.items()}, "chance": skill_chance, "captions": named,
-                   "loss_first": first, "loss_last": last, "curation": cur}, f, indent=2)
-    return results
+        json.dump({"skills": accuracy, "chance": skill_chance, "captions": named, "loss_first": first,
+                   "loss_last": last, "curation": cur}, f, indent=2)
+    return accuracy
 
 
 # ------------------------------------------------------------------------------------ main
@@ -657,9 +626,7 @@ def demo_paths(out):
 
 
 def demo(cfg):
-    import train
-    out = cfg.out
-    paths = demo_paths(out)
+    paths = demo_paths(cfg.out)
     os.makedirs(paths["eval"], exist_ok=True)
     timings, total = {}, Clock()
 
@@ -670,11 +637,10 @@ def demo(cfg):
         print(f"[{name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU]")
         return r
 
-    say("1. Synthetic data (synthetic.py)",
+    say("1. Synthetic data (demo/synthetic.py)",
         f"{cfg.n_train} training and {cfg.n_test} benchmark questions about generated scans (CT, MRI, X-ray, "
         "ultrasound) with 0-3 lesions: modality, lesion presence, shape, brightness, size, count and side, as "
         "multiple choice, yes/no or open questions; plus one caption per image. Test images never appear in training.")
-    print(f"$ python synthetic.py -o {paths['synth']} --n-train {cfg.n_train} --n-test {cfg.n_test} --seed {cfg.seed}")
     timed("data", stage_data, cfg, paths)
 
     say("2. Tokenizer and a tiny Qwen2.5-VL (synthetic.build_tokenizer, infimed.QwenVL)",
@@ -686,11 +652,9 @@ def demo(cfg):
 
     say("2b. Vision pretraining (synthetic.pretrain_vision)",
         "Qwen2.5-VL starts from a pretrained vision tower; this one is random, and trained only through the "
-        "language model it learned whole-image cues (modality, brightness) while its captions named a lesion's "
-        "side at chance (44%) and its shape in 44% of scans (chance 33%). So first the tower and merger learn, "
-        "from the training captions, to state what each caption says (modality, count, lesion shape, brightness, "
-        f"size, side) through throw-away linear heads, {cfg.vision_steps} steps. Their accuracy on the benchmark "
-        "scans is printed; SFT then refines the tower at a low learning rate.")
+        "language model it learns whole-image cues but names a lesion's side and shape at about chance. So first "
+        "the tower and merger learn to state what each training caption says through throw-away linear heads, "
+        f"{cfg.vision_steps} steps; SFT then refines the tower at a low learning rate.")
     timed("vision", stage_vision, cfg, paths)
 
     say("3. Curation (curate.py, decontaminate.py)",
@@ -709,27 +673,26 @@ def demo(cfg):
     final = train.list_checkpoints(paths["run"])[-1]
 
     say("5. Evaluation (evaluate.py run --shuffle)",
-        "Greedy answers of the base model (its language model untrained) and the trained one on the benchmark, "
-        "scored like the paper (option letter for multiple choice, MultiMedEval-style for yes/no and open "
-        "questions), then again with the options shuffled (robustness) and with invalid-answer rates (instruction "
-        "following); then both models caption the single-lesion scans, to show which lesion attributes the vision "
-        "tower has learned.")
+        "Greedy answers of the base model (its language model untrained) and the trained one, scored like the "
+        "paper, then again with the options shuffled (robustness); then both models caption the single-lesion "
+        "scans, to show which lesion attributes the vision tower has learned.")
     evals = {"base": timed("eval base", stage_eval, cfg, paths, "base", paths["base"], "base"),
              "trained": timed("eval trained", stage_eval, cfg, paths, "trained", final, "trained")}
     captions = {"base": timed("captions base", stage_captions, cfg, paths, "base", paths["base"]),
                 "trained": timed("captions trained", stage_captions, cfg, paths, "trained", final)}
 
-    say("6. Report", "A Markdown report in the shape of the paper's Table 1, per-skill accuracy, and two plots.")
+    say("6. Report (evaluate.py compare)",
+        "The Table 1-shaped comparison of the two evaluation runs, accuracy per skill and question form from "
+        "their summary.json, what the captions name, and two plots.")
     timings["total"] = total.lap()
-    results = timed("report", stage_report, cfg, paths, evals, captions, timings)
+    accuracy = timed("report", stage_report, cfg, paths, evals, captions, timings)
     timings["total"] = total.lap()
-    with open(os.path.join(out, "timings.json"), "w") as f:
+    with open(os.path.join(cfg.out, "timings.json"), "w") as f:
         json.dump(timings, f, indent=2)
-    print(open(os.path.join(out, "report.md")).read())
-    t = results["trained"]["skills"]
-    print(f"overall accuracy: base {results['base']['skills']['overall']:.3f}, trained {t['overall']:.3f}; "
-          f"total {timings['total']['wall_s']} s wall, {timings['total']['cpu_s']} s CPU; wrote {out}/report.md")
-    return results
+    print(open(os.path.join(cfg.out, "report.md")).read())
+    print(f"overall accuracy: base {accuracy['base']['overall']:.3f}, trained {accuracy['trained']['overall']:.3f}; "
+          f"total {timings['total']['wall_s']} s wall, {timings['total']['cpu_s']} s CPU; wrote {cfg.out}/report.md")
+    return accuracy
 
 
 @click.command()
@@ -744,8 +707,8 @@ def main(out, quick, fresh, epochs, bare_letters, nproc):
     """Run the whole pipeline on synthetic data and write a report."""
     # every stage runs from the repository root; --out is kept relative to it when possible so the
     # printed commands stay short
-    out = os.path.relpath(os.path.abspath(out), HERE)
-    os.chdir(HERE)
+    out = os.path.relpath(os.path.abspath(out), ROOT)
+    os.chdir(ROOT)
     cfg = replace(DemoConfig(out=out, nproc=nproc, option_check=not bare_letters), **(QUICK if quick else {}))
     if epochs:
         cfg = replace(cfg, epochs=epochs)

@@ -1,6 +1,7 @@
 """Synthetic medical VQA: generated scans with lesions, questions over the paper's skills.
+Run from the repository root (demo/run.py runs it the same way):
 
-    python synthetic.py -o synth --n-train 20000 --n-test 500 --seed 0
+    python -m demo.synthetic -o synth --n-train 20000 --n-test 500 --seed 0
 
 Writes into the output folder:
     images/{train,test}_NNNNNN.png   grayscale scans (image_size px square)
@@ -23,7 +24,7 @@ local features are hard to learn from scratch; `SynthConfig` holds every knob.
 the demo's text that carries the real Qwen2 special tokens and Qwen2.5-VL chat template.
 `pretrain_vision` is the stand-in for Qwen2.5-VL's pretrained vision tower: it trains a random
 tower to state what the training captions say (`caption_labels`) through linear heads on the mean
-of its output tokens, a path short enough to teach it lesion shape and side within a minute.
+of its output tokens, a path short enough to teach it lesion shape and side in a few hundred steps.
 """
 import hashlib
 import json
