@@ -1,12 +1,12 @@
-"""Tests for evaluate.py: the answer parser on a table of realistic responses, MultiMedEval-style
-scoring against hand-computed values, prompts and boxes, resumable runs, and an
-end-to-end run of the native backend with a tiny random Qwen2.5-VL checkpoint on real VQA-RAD
-records and on the synthetic benchmark (the analyses and tables are tested in test_report.py).
+"""Tests for evaluate.py: prompts, the scoring of one sample (flags, boxes, the judge), which
+records each variant asks, resumable runs, and an end-to-end run of the native backend with a
+tiny random Qwen2.5-VL checkpoint on real VQA-RAD records and on the synthetic benchmark (the
+answer parser and scorer are tested in test_answers.py, the robustness variants in
+test_robustness.py, summaries and tables in test_summary.py).
 
     python -m pytest -q tests/test_evaluate.py
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,329 +16,10 @@ import pytest
 
 import conftest
 import evaluate as ev
-import report
-from evaluate import parse_choice, response_category, vqa_scores
-
-# ----------------------------------------------------------------- parse_choice table
-O4 = {"A": "X-ray", "B": "Magnetic resonance imaging", "C": "Computed tomography", "D": "Ultrasound"}
-OM = {"A": "Mass", "B": "Mass effect", "C": "Edema", "D": "None of the above"}
-OYN = {"A": "Yes", "B": "No"}
-OLR = {"A": "Left", "B": "Right", "C": "Both sides", "D": "Neither side"}
-OBOTH = {"A": "Pneumonia", "B": "Pleural effusion", "C": "Both A and B", "D": "Neither A nor B"}
-O6 = {"A": "Cardiology", "B": "Dermatology", "C": "Neurology", "D": "Oncology", "E": "Pathology", "F": "Radiology"}
-PARSE_CASES = [
-    # bare letters, decorations, case
-    ("B", O4, "B"), ("b", O4, "B"), ("(C)", O4, "C"), ("**D**", O4, "D"), ("D.", O4, "D"),
-    (" A ", O4, "A"), ("A", O4, "A"), ("a", O4, "A"), ("[B]", O4, "B"), ("'C'", O4, "C"),
-    ("F", O6, "F"), ("E.", O6, "E"), ("G", O6, None), ("E", O4, None),
-    # letter plus option text
-    ("B. Magnetic resonance imaging", O4, "B"), ("C) Computed tomography", O4, "C"),
-    ("(D) Ultrasound", O4, "D"), ("b. magnetic resonance imaging", O4, "B"),
-    ("A: X-ray", O4, "A"), ("D - Ultrasound", O4, "D"),
-    # answer-prefixed
-    ("Answer: B", O4, "B"), ("The answer is C.", O4, "C"), ("The correct answer is (D).", O4, "D"),
-    ("Final answer: **A**", O4, "A"), ("answer: c", O4, "C"), ("The answer is option B.", O4, "B"),
-    ("**Answer:** D", O4, "D"), ("The best answer is A, X-ray.", O4, "A"), ("I would choose C.", O4, "C"),
-    ("The answer is a", O4, "A"), ("The answer is: b", O4, "B"), ("The correct option is D", O4, "D"),
-    ("I'd go with B", O4, "B"), ("Option C is correct.", O4, "C"), ("C is the correct answer.", O4, "C"),
-    # option text only
-    ("Ultrasound", O4, "D"), ("computed tomography.", O4, "C"), ("It is an ultrasound image.", O4, "D"),
-    ("The answer is ultrasound.", O4, "D"), ("This is a magnetic resonance imaging scan of the brain.", O4, "B"),
-    # option text then a letter: the letter must agree, else the letter decides (as VLMEvalKit's rule)
-    ("Answer: Ultrasound (D)", O4, "D"), ("The answer is ultrasound, option D.", O4, "D"),
-    ("Answer: Ultrasound A", O4, "A"), ("The answer is ultrasound, option B.", O4, "B"),
-    ("The answer is ultrasound. A is wrong.", O4, "D"), ("Answer: ultrasound (b)", O4, "B"),
-    # the article A
-    ("A lesion is seen in the right lobe on computed tomography.", O4, "C"),
-    ("A computed tomography scan of the abdomen.", O4, "C"),
-    ("A mass is present in the left hemisphere.", OLR, "A"),
-    ("A small effusion is seen; the answer is B.", O4, "B"),
-    ("The answer is a mass.", OM, "A"),
-    ("A 45-year-old patient; the image is an ultrasound.", O4, "D"),
-    # options containing one another
-    ("Mass effect", OM, "B"), ("There is significant mass effect on the ventricles.", OM, "B"),
-    ("A mass", OM, "A"), ("There is a mass in the liver.", OM, "A"),
-    ("There is a mass with surrounding edema.", OM, None), ("None of the above", OM, "D"),
-    ("Both A and B", OBOTH, "C"), ("The answer is both A and B.", OBOTH, "C"),
-    ("Neither A nor B", OBOTH, "D"), ("C. Both A and B", OBOTH, "C"),
-    ("Both sides", OLR, "C"), ("The lesion is on the right.", OLR, "B"),
-    # chain of thought
-    ("The image shows bright signal in the brain parenchyma with excellent soft tissue contrast, typical of MRI. "
-     "X-ray (A) and CT (C) show bone better, ultrasound (D) is not used for the adult brain. <answer>B</answer>", O4, "B"),
-    ("Let's analyze each option. A: X-ray would show bones. B: MRI offers soft tissue detail. C: CT shows "
-     "density differences. D: Ultrasound is operator dependent. The image shows Hounsfield-like densities, "
-     "so the answer is C.", O4, "C"),
-    ("Option A is incorrect because there is no bone detail. Option B is incorrect as well. "
-     "Option C is correct since this is a cross-sectional density image.", O4, "C"),
-    ("A: incorrect. B: incorrect. C: correct. D: incorrect.", O4, "C"),
-    ("Step 1: identify the modality. Step 2: the image has grayscale density typical of CT.\n<answer>C</answer>", O4, "C"),
-    ("First, the image is cross-sectional. It is not an X-ray. Therefore, C.", O4, "C"),
-    ("The answer is A. Wait, looking again at the soft tissue contrast, the answer is B.", O4, "B"),
-    ("The findings suggest B rather than A.", O4, "B"),
-    ("It is not A.", O4, None), ("It is not A; it is D.", O4, "D"),
-    ("Not B, it's C", O4, "C"), ("B is unlikely; D fits best. D", O4, "D"),
-    ("<answer>Ultrasound</answer>", O4, "D"), ("<answer>(b)</answer>", O4, "B"),
-    ("Reasoning about the options...\n<answer>D", O4, "D"), ("<answer></answer> I think it's A.", O4, "A"),
-    ("I considered A and B, and B is the answer.", O4, "B"),
-    ("Between options A and C, I cannot decide.", O4, None),
-    # several letters or nothing
-    ("A or B", O4, None), ("A, B", O4, None), ("The options A, B, C and D are all plausible.", O4, None),
-    ("I cannot determine the answer from this image.", O4, None), ("", O4, None), ("   ", O4, None),
-    ("Sorry, I can't help with that.", O4, None), ("The image is unclear.", O4, None),
-    ("X-ray or ultrasound", O4, None),
-    # yes / no options
-    ("Yes", OYN, "A"), ("no", OYN, "B"), ("No, there is no pneumothorax.", OYN, "B"),
-    ("Yes, the lesion is present.", OYN, "A"), ("B. No", OYN, "B"),
-    # names that are not options
-    ("Consistent with hepatitis B infection.", {"A": "Cirrhosis", "B": "Fatty liver"}, None),
-    ("Panel A shows computed tomography.", O4, "C"), ("This is a type B dissection; answer: A", O4, "A"),
-    ("e.g. an ultrasound", O4, "D"), ("B-cell lymphoma", {"A": "Lymphoma", "B": "Carcinoma"}, "A"),
-    ("I think the answer is D", O4, "D"), ("I think it's D.", O4, "D"),
-    ("My answer: (a)", O4, "A"), ("answer is (E)", O6, "E"), ("The most likely answer is F.", O6, "F"),
-    ("A is correct.", O4, "A"), ("B is incorrect, A is correct", O4, "A"), ("Answer: A lesion", O4, None),
-    ("A X-ray of the chest", O4, "A"), ("option a is correct", O4, "A"), ("I think A fits", O4, "A"),
-    ("The answer is A because the bones are bright.", O4, "A"), ("x-ray is the answer", O4, "A"),
-    ("A: left lung, B: right lung", {"A": "Left lung", "B": "Right lung"}, None), ("C is right.", O4, "C"),
-    ("B is the best answer here", O4, "B"), ("D: correct", O4, "D"),
-    ("The answer is a mass.", {"A": "Edema", "B": "Mass"}, "B"), ("**C. Computed tomography**", O4, "C"),
-    ("Answer: C\n\nExplanation: the image is an axial slice; X-ray (A) would not show this.", O4, "C"),
-    ("The image could be either CT or MRI.", {"A": "CT", "B": "MRI"}, None), ("**", {"A": "", "B": "x"}, None),
-    # typical instruction-tuned model outputs
-    ("The correct answer is C: Computed tomography.", O4, "C"),
-    ("C. Computed tomography\n\nThe image shows an axial slice with bone and soft tissue windows.", O4, "C"),
-    ("Based on the image, the answer is **B. Magnetic resonance imaging**.", O4, "B"),
-    ("The image appears to be a chest X-ray, so the answer is A.", O4, "A"),
-    ("Option D", O4, "D"), ("D) Ultrasound is the modality shown.", O4, "D"),
-    ("The image is an ultrasound, not a CT or MRI.", {"A": "CT", "B": "MRI", "C": "Ultrasound"}, "C"),
-    ("Correct option: (b)", O4, "B"), ("ANSWER: C", O4, "C"), ("Not A or B; it is D.", O4, "D"),
-    ("Not sure, but B.", O4, "B"),
-]
+import summary
 
 
-def test_parse_table_is_large_and_covers_invalid_answers():
-    assert len(PARSE_CASES) >= 80
-    assert sum(e is None for _, _, e in PARSE_CASES) >= 15
-
-
-@pytest.mark.parametrize("response,options,expected", PARSE_CASES, ids=[c[0][:40] or "empty" for c in PARSE_CASES])
-def test_parse_choice(response, options, expected):
-    assert parse_choice(response, options) == expected
-
-
-# Failure kinds seen in real chain-of-thought answers: V, virus options; L, options whose texts
-# are the figure's labels; X, labels that differ from the option letters; R, "Region X" labels.
-V = {"A": "Coronavirus", "B": "Rhinovirus", "C": "Adenovirus", "D": "Influenza virus", "E": "RSV"}
-L = {"A": "A", "B": "B", "C": "C", "D": "D"}
-X = {"A": "B", "B": "C", "C": "A", "D": "D"}
-R = {"A": "Region A", "B": "Region B", "C": "Region C", "D": "Region D"}
-REAL_RESPONSE_CASES = [
-    # (a) a concluding choice with its letter, then a sentence listing the other options' letters
-    ("Fever and anosmia point to a viral cause. The most likely etiology is (A) coronavirus. The other viruses listed (B, C, D, and E) do not typically cause anosmia.", V, "A"),
-    ("The most likely diagnosis is A. The other options (B, C, D, E) are less consistent with anosmia.", V, "A"),
-    ("Coronavirus (A) explains the anosmia. The others, B, C, D and E, rarely do.", V, "A"),
-    ("Anosmia is typical of (A) coronavirus; options B, C, D and E are less likely.", V, "A"),
-    ("The correct diagnosis would be B, rhinovirus; A, C, D and E do not fit the season.", V, "B"),
-    ("A fits the anosmia best. Other choices (B-E) are unlikely.", V, "A"),
-    # (b) the choice named by its option text while the other options are dismissed
-    ("The findings are characteristic of coronavirus infection, which contrasts with the other options.", V, "A"),
-    ("Coronavirus best explains the loss of smell; the other options are less likely.", V, "A"),
-    ("The picture is typical of coronavirus. Rhinovirus and adenovirus are not typically associated with these CT findings.", V, "A"),
-    ("This is most consistent with coronavirus, whereas rhinovirus, adenovirus, influenza virus and RSV do not usually produce these findings.", V, "A"),
-    ("Influenza virus fits the outbreak; coronavirus and RSV don't match the timeline.", V, "D"),
-    ("Rhinovirus is the usual cause of a common cold, while adenovirus is less typical here.", V, "B"),
-    # still strict: several options left open stay invalid
-    ("Coronavirus or rhinovirus could both explain this.", V, None),
-    ("A and B are both possible.", V, None),
-    ("The answer is A or B.", V, None),
-    ("It could be coronavirus, rhinovirus or adenovirus.", V, None),
-    # (c) option texts that are themselves letters labelling parts of a figure
-    ("The lesion is in the area labelled B in the figure.", L, "B"),
-    ("The arrow points to part C of the figure.", L, "C"),
-    ("Region D shows the infarct.", L, "D"),
-    ("The left ventricle is the structure labelled C.", X, "B"),
-    ("The lesion is labelled A.", X, "C"),
-    ("The answer is C.", X, "C"),
-    ("<answer>A</answer>", X, "A"),
-    ("The highlighted structure corresponds to Region C.", R, "C"),
-    ("Region C, because the arrow points to it.", R, "C"),
-    ("The structure marked B is the aorta, not region D.", R, "B"),
-]
-
-
-@pytest.mark.parametrize("response,options,expected", REAL_RESPONSE_CASES,
-                         ids=[c[0][:40] for c in REAL_RESPONSE_CASES])
-def test_parse_choice_on_real_response_shapes(response, options, expected):
-    assert parse_choice(response, options) == expected
-
-
-@pytest.mark.parametrize("response,expected", [
-    # single letter: the letter alone, decorated or with its own option text
-    ("B", "single_letter"), ("**B**", "single_letter"), ("(b)", "single_letter"), ("B.", "single_letter"),
-    ("B. Magnetic resonance imaging", "single_letter"),
-    # answer-prefixed: an answer phrase (or the tag) opens the response
-    ("Answer: B", "answer_prefixed"), ("The answer is B.", "answer_prefixed"),
-    ("Final answer: (B) Magnetic resonance imaging", "answer_prefixed"), ("<answer>B</answer>", "answer_prefixed"),
-    ("The correct option is B, given the soft tissue contrast.", "answer_prefixed"),
-    ("Option B is correct.", "answer_prefixed"), ("I choose D.", "answer_prefixed"),
-    # chain of thought: reasoning first, then the choice
-    ("The image shows soft tissue. Among the options, MRI fits best because of the contrast, so the answer is B.", "cot"),
-    ("Bright soft tissue contrast.\n<answer>B</answer>", "cot"),
-    ("The cortex and the ventricles are shown with soft tissue contrast and no bone detail: B.", "cot"),
-    # other: valid, but neither a bare letter nor introduced by an answer phrase nor reasoned out
-    ("Ultrasound", "other"), ("Magnetic resonance imaging.", "other"), ("B, because of the contrast.", "other"),
-    ("Looks like magnetic resonance imaging.", "other"),
-    ("A or B", "invalid"), ("I cannot tell.", "invalid"),
-])
-def test_response_category(response, expected):
-    assert response_category(response, O4) == expected
-
-
-# ----------------------------------------------------------------- MultiMedEval scoring
-@pytest.mark.parametrize("text,cleaned", [
-    ("The Left Lung.", "left lung"),            # lowercase, article dropped, final period deleted
-    ("two lesions", "2 lesions"), ("None", "0"), ("Ten", "10"),  # number words (none..ten)
-    ("x-ray", "x ray"),                         # '-' not touching a space becomes a space
-    ("well - defined", "well defined"),         # '-' touching a space is deleted
-    ("1,000 cells, left-sided", "1000 cells leftsided"),  # digit,digit comma: every mark deleted
-    ("3.5 cm", "3.5 cm"), ("size 3.", "size 3"),  # '.' kept only before a digit
-    ("dont know", "don't know"), ("isnt it?", "isn't it"), ("couldnt've", "couldn't've"),
-    ("an MRI", "mri"), ("yes.", "yes"),
-    ("**yes**", "**yes**"), ("answer: yes", "answer: yes"),  # '*' and ':' are not in the list
-])
-def test_clean_text(text, cleaned):
-    assert ev.clean_text(text) == cleaned
-
-
-def test_closed_yes_with_extra_words():
-    s = vqa_scores("Yes, there is.", "yes")
-    assert s["closed"] and s["correct"]
-    assert s["recall"] == 1.0 and s["precision"] == pytest.approx(1 / 3)
-    assert s["f1"] == pytest.approx(0.5) and s["bleu1"] == pytest.approx(1 / 3)
-
-
-@pytest.mark.parametrize("prediction,gold,correct", [
-    ("There is no fracture", "No", True), ("There is not any fracture", "no", True),  # 'not' counts for no
-    ("Yes", "no", False), ("no", "yes", False), ("nothing seen", "no", False), ("Not", "yes", False),
-    ("yes", "Yes.", True),                                       # gold cleaned before the test
-])
-def test_closed_correctness(prediction, gold, correct):
-    s = vqa_scores(prediction, gold)
-    assert s["closed"] and s["correct"] is correct
-
-
-@pytest.mark.parametrize("gold,closed", [("Yes.", True), (" No ", True), ("YES", True), ("yes, on the left", False),
-                                         ("not", False), ("no fracture", False)])
-def test_closed_is_decided_by_cleaned_gold(gold, closed):
-    assert vqa_scores("yes", gold)["closed"] is closed
-
-
-def test_open_recall_precision_f1_bleu():
-    s = vqa_scores("The lesion is in the right lower lobe", "right lower lobe")
-    assert not s["closed"] and s["correct"]
-    assert s["recall"] == 1.0 and s["precision"] == pytest.approx(0.5)  # 3 of {lesion,is,in,right,lower,lobe}
-    assert s["f1"] == pytest.approx(2 / 3) and s["bleu1"] == pytest.approx(0.5)  # c > r: no penalty
-
-
-def test_bleu_brevity_penalty():
-    s = vqa_scores("lobe", "right lower lobe")  # c = 1, r = 3: exp(1 - 3) * 1/1
-    assert s["bleu1"] == pytest.approx(math.exp(-2)) and s["recall"] == pytest.approx(1 / 3) and not s["correct"]
-    assert ev.bleu1("lobe lobe lobe", "right lobe") == pytest.approx(1 / 3)  # clipped count: 1 of 3
-    assert ev.bleu1("", "lobe") == 0.0
-
-
-@pytest.mark.parametrize("prediction,gold,recall,correct", [
-    ("two", "2", 1.0, True), ("left lung", "right lung", 0.5, False),
-    ("mass in left upper", "left upper lobe mass", 0.75, True),  # recall exactly 0.75 is correct
-    ("left upper", "left upper lobe", 2 / 3, False), ("PA", "Posterior-Anterior", 0.0, False),
-    ("the the the", "the", 0.0, False),  # a gold of only articles has no tokens
-])
-def test_open_accuracy_threshold(prediction, gold, recall, correct):
-    s = vqa_scores(prediction, gold)
-    assert s["recall"] == pytest.approx(recall) and s["correct"] is correct
-
-
-# MultiMedEval's VQA scorer (multimedeval/utils.py clean_str, task_families.py VQA.evaluate), every
-# value worked out by hand from its rules: text lowercased; each listed mark (; / [ ] " { } ( ) = +
-# \ _ - > < @ ` , ? !) deleted everywhere when it touches a space somewhere in the text, or when
-# the text holds a digit,digit comma, else replaced by a space; '.' not followed by a digit
-# deleted, only the first 32 (re.UNICODE == 32 lands in sub's count); none/zero..ten -> digits;
-# a/an/the dropped; contraction table (keyed by spellings without an apostrophe); tokens = set
-# of words. Closed: cleaned gold is yes/no, right when the gold word (for 'no' also 'not') is a
-# token. Open: recall >= 0.75. BLEU-1 on the cleaned strings: clipped unigram precision times
-# exp(1 - r/c) unless c > r.
-# (prediction, gold, closed, correct, recall, precision, bleu1)  # the rule exercised
-MULTIMEDEVAL_CASES = [
-    ("Yes", "yes", True, True, 1, 1, 1),                                   # lowercase
-    ("**Yes**", "yes", True, False, 0, 0, 0),                              # '*' is not in the list
-    ("Yes!", "yes", True, True, 1, 1, 1),                                  # '!' -> space
-    ("Yes" + "." * 32, "yes", True, True, 1, 1, 1),                        # 32 periods: all deleted
-    ("Yes" + "." * 33, "yes", True, False, 0, 0, 0),                       # 33: 'yes.' is left
-    ("No, there is not.", "no", True, True, 1, 1 / 4, 1 / 4),              # ', ' deleted; recall on {no}
-    ("Not", "no", True, True, 0, 0, 0),                                    # 'not' right, yet recall 0
-    ("Yes and no", "no", True, True, 1, 1 / 3, 1 / 3),                     # a hedge is right ...
-    ("Yes and no", "yes", True, True, 1, 1 / 3, 1 / 3),                    # ... for either gold
-    ("nothing seen", "no", True, False, 0, 0, 0),                          # whole words only
-    ("yes", "Yes.", True, True, 1, 1, 1),                                  # gold cleaned too
-    ("yes", "yes, on the left", False, False, 1 / 3, 1, math.exp(-2)),     # open: gold not exactly yes
-    ("two lesions", "2", False, True, 1, 1 / 2, 1 / 2),                    # number words
-    ("None", "0", False, True, 1, 1, 1),                                   # 'none' is 0
-    ("eleven", "11", False, False, 0, 0, 0),                               # only zero..ten
-    ("1,000 cells", "1000", False, True, 1, 1 / 2, 1 / 2),                 # digit,digit: marks deleted
-    ("1, 000", "1000", False, False, 0, 0, 0),                             # ', ' deleted: '1' '000'
-    ("left,right 1,2", "left", False, False, 0, 0, 0),                     # digit,digit: 'leftright 12'
-    ("left,right", "left", False, True, 1, 1 / 2, 1 / 2),                  # else ',' -> space
-    ("well-defined, well - circumscribed", "well defined", False, False,   # ' - ' somewhere: every
-     1 / 2, 1 / 3, 1 / 3),                                                 # '-' deleted: 'welldefined'
-    ("dont know", "don't know", False, True, 1, 1, 1),                     # contraction restored
-    ("isnt", "isn't", False, True, 1, 1, 1),
-    ("somebody'd", "somebodyd", False, True, 1, 1, 1),                     # the table's inverted entry
-    ("im not sure", "i'm not sure", False, False, 2 / 3, 2 / 3, 2 / 3),    # 'Im' key never matches
-    ("The left lung.", "left lung", False, True, 1, 1, 1),                 # articles dropped
-    ("lung", "the", False, False, 0, 0, 0),                                # a gold of articles: no tokens
-    ("answer: yes", "yes", True, True, 1, 1 / 2, 1 / 2),                   # ':' is not in the list
-    ("size 3.", "3", False, True, 1, 1 / 2, 1 / 2),                        # '3.' -> '3'
-    ("3.5 cm", "3.5", False, True, 1, 1 / 2, 1 / 2),                       # '.' before a digit kept
-    ("mass in left upper", "left upper lobe mass", False, True, 3 / 4, 3 / 4, 3 / 4),  # recall 0.75 is right
-    ("left upper", "left upper lobe", False, False, 2 / 3, 1, math.exp(-0.5)),  # c < r: exp(1 - 3/2)
-    ("lobe lobe lobe", "right lobe", False, False, 1 / 2, 1, 1 / 3),      # sets; BLEU clips to 1 of 3
-    ("", "yes", True, False, 0, 0, 0),                                     # empty answer
-]
-
-
-@pytest.mark.parametrize("prediction,gold,closed,correct,recall,precision,bleu", MULTIMEDEVAL_CASES,
-                         ids=[f"{c[0][:24]}|{c[1]}" for c in MULTIMEDEVAL_CASES])
-def test_vqa_scores_follow_multimedeval(prediction, gold, closed, correct, recall, precision, bleu):
-    """Every field of vqa_scores against MultiMedEval's rules worked by hand. Its F1 is
-    2pr / (p + r + 1e-8): ours (no 1e-8) is at most 5e-9 above it (measured 5.0e-9 at p = r = 1)."""
-    s = vqa_scores(prediction, gold)
-    assert (s["closed"], s["correct"], s["recall"], s["precision"]) == (closed, correct, recall, precision)
-    assert s["bleu1"] == bleu  # exact: the same float operations as the hand value
-    assert s["f1"] == pytest.approx(2 * precision * recall / (precision + recall + 1e-8), rel=0, abs=1e-8)
-
-
-@pytest.mark.parametrize("response,invalid", [
-    ("Yes.", False), ("no", False), ("There is not any fracture.", False),  # one answer word ('not' is no)
-    ("Yes, there is no fracture.", False),   # both words, but it opens with its answer
-    ("Maybe.", True), ("", True), ("I cannot tell from this image.", True),  # neither word
-    ("**Yes**", True),                       # the scorer cannot read it either
-    ("Yes and no.", True), ("Yes/No", True), ("It could be yes or no.", True),  # both: a hedge
-    ("Hard to say: yes on the left, no on the right.", True),  # both, and it does not open with either
-])
-def test_yes_no_answers_that_give_neither_or_both_are_flagged_invalid(response, invalid):
-    """The instruction-following flag of yes/no questions (the scorer counts 'Yes and no.' right
-    whatever the gold, so the flag is what exposes such hedges)."""
-    row = ev.score_row(rec("no"), "p", response)
-    assert row["kind"] == "vqa" and row["closed"] and row["invalid"] is invalid
-
-
-def test_open_questions_carry_no_yes_no_flag_and_the_rate_counts_closed_ones_only():
-    rows = [ev.score_row(rec("no", id="a"), "p", "Maybe."), ev.score_row(rec("yes", id="b"), "p", "Yes"),
-            ev.score_row(rec("left lung", id="c"), "p", "Maybe.")]
-    assert "invalid" not in rows[2]
-    assert report.summarize(rows)["yes_no_invalid_rate"] == 0.5  # 1 of the 2 closed rows
-
-
-# ----------------------------------------------------------------- prompts and boxes
+# ----------------------------------------------------------------- prompts
 def rec(answer, options=None, question="Is there a fracture?", id="q1"):
     return {"id": id, "question": question, "answer": answer, "options": options, "images": ["a.png"], "meta": {}}
 
@@ -361,40 +42,38 @@ def test_multiple_choice_and_cot_prompts():
 
 def test_prompt_renders_through_training_chat_code():
     import data
-    text = data.render_chat([{"role": "user", "content": ev.build_prompt(rec("no"), "closed")}], add_generation_prompt=True)
+    text = data.render_chat([{"role": "user", "content": ev.build_prompt(rec("no"), "closed")}],
+                            add_generation_prompt=True)
     assert "<|vision_start|><|image_pad|><|vision_end|>Answer the following" in text
     assert text.endswith("<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("text,box", [
-    ("Yes. [10, 20, 50, 80]", (10, 20, 50, 80)), ("B [50.5, 80, 10, 20.25]", (10, 20.25, 50.5, 80)),
-    ('{"bbox_2d": [1, 2, 3, 4], "label": "lesion"}', (1, 2, 3, 4)),
-    ("<|box_start|>(12,34),(56,78)<|box_end|>", (12, 34, 56, 78)),
-    ("first [0, 0, 1, 1] then [5, 5, 9, 9]", (5, 5, 9, 9)), ("no box here, 3 lesions", None),
+# ----------------------------------------------------------------- scoring of one sample
+@pytest.mark.parametrize("response,invalid", [
+    ("Yes.", False), ("no", False), ("There is not any fracture.", False),  # one answer word ('not' is no)
+    ("Yes, there is no fracture.", False),   # both words, but it opens with its answer
+    ("Maybe.", True), ("", True), ("I cannot tell from this image.", True),  # neither word
+    ("**Yes**", True),                       # the scorer cannot read it either
+    ("Yes and no.", True), ("Yes/No", True), ("It could be yes or no.", True),  # both: a hedge
+    ("Hard to say: yes on the left, no on the right.", True),  # both, and it does not open with either
 ])
-def test_parse_box(text, box):
-    assert ev.parse_box(text) == box
+def test_yes_no_answers_that_give_neither_or_both_are_flagged_invalid(response, invalid):
+    """The instruction-following flag of yes/no questions (the scorer counts 'Yes and no.' right
+    whatever the gold, so the flag is what exposes such hedges)."""
+    row = ev.score_row(rec("no"), "p", response)
+    assert row["kind"] == "vqa" and row["closed"] and row["invalid"] is invalid
+
+
+def test_open_questions_carry_no_yes_no_flag_and_the_rate_counts_closed_ones_only():
+    rows = [ev.score_row(rec("no", id="a"), "p", "Maybe."), ev.score_row(rec("yes", id="b"), "p", "Yes"),
+            ev.score_row(rec("left lung", id="c"), "p", "Maybe.")]
+    assert "invalid" not in rows[2]
+    assert summary.summarize(rows)["yes_no_invalid_rate"] == 0.5  # 1 of the 2 closed rows
 
 
 def test_boxes_do_not_reach_the_scorer():
     row = ev.score_row(rec("B", {"A": "1", "B": "2"}), "p", "B [1, 2, 30, 40]", grounding=True)
     assert row["parsed"] == "B" and row["box"] == (1, 2, 30, 40)
-
-
-@pytest.mark.parametrize("a,b,iou", [
-    ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),      # the same box
-    ((0, 0, 10, 10), (5, 0, 15, 10), 1 / 3),    # half along x: 50 / (100 + 100 - 50)
-    ((0, 0, 4, 4), (2, 2, 6, 6), 1 / 7),        # corners overlap: 4 / (16 + 16 - 4)
-    ((0, 0, 10, 10), (2, 2, 6, 6), 0.16),       # containment: 16 / 100
-    ((2, 2, 6, 6), (0, 0, 10, 10), 0.16),       # either order
-    ((0, 0, 10, 10), (0, 20, 10, 30), 0.0),     # x spans agree, y apart
-    ((0, 0, 10, 10), (20, 0, 30, 10), 0.0),     # y spans agree, x apart
-    ((0, 0, 10, 10), (20, 20, 30, 30), 0.0),    # apart on both axes (two negative spans must not make area)
-    ((0, 0, 10, 10), (10, 0, 20, 10), 0.0),     # sharing an edge only
-    ((3, 3, 3, 3), (3, 3, 3, 3), 0.0),          # zero-area boxes: no union
-])
-def test_box_iou_by_hand(a, b, iou):
-    assert ev.box_iou(a, b) == iou
 
 
 def test_a_grounded_answer_is_scored_against_the_gold_box():
@@ -406,11 +85,59 @@ def test_a_grounded_answer_is_scored_against_the_gold_box():
             ev.score_row(gold, "p", "Yes", grounding=True)]
     assert [(r["box"], r.get("iou")) for r in rows] == [((2, 2, 6, 6), 0.16), ((0, 0, 10, 10), 1.0), (None, None)]
     assert all(r["correct"] and r["precision"] == 1 for r in rows)  # the box numbers are not answer words
-    s = report.summarize(rows)
+    s = summary.summarize(rows)
     assert s["box_rate"] == 2 / 3 and s["mean_iou"] == (0.16 + 1.0) / 2
 
 
+# ----------------------------------------------------------------- the LLM judge for answers the rules cannot read
 MC = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}, "Which modality?")
+
+
+class LetterJudge:
+    def __init__(self, reply):
+        self.reply, self.prompts, self.calls = reply, [], []
+
+    def generate(self, requests, **kw):
+        self.prompts += [r["messages"][0]["content"] for r in requests]
+        self.calls.append(kw)
+        return [[self.reply] for _ in requests]
+
+
+def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
+    """VLMEvalKit's protocol: rules first, the judge for the rest. The rules' reading (parsed,
+    invalid, correct_rules) stays, so the invalid rate still measures instruction following,
+    and the summary gives both accuracies."""
+    r = {**MC, "options": {"A": "X-ray", "B": "MRI", "C": "CT"}, "answer": "C"}
+    rows = [ev.score_row(r, "p", "It looks like a cross-sectional density scan."), ev.score_row(r, "p", "B")]
+    judge = LetterJudge(" C.")
+    ev.judge_rows(judge, rows)
+    assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
+    assert judge.calls == [{"max_new_tokens": 8, "temperature": 0.0, "seed": 0}]  # greedy, whatever the run samples
+    assert rows[0]["judge_parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
+    assert rows[0]["parsed"] is None and rows[0]["invalid"] and rows[0]["correct_rules"] is False
+    assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B" and rows[1]["rule"] == "exact"
+    s = summary.summarize(rows)
+    assert (s["accuracy"], s["accuracy_rules"], s["invalid_rate"], s["judged"]) == (0.5, 0.0, 0.5, 1)
+    rows = [ev.score_row(r, "p", "no idea")]
+    ev.judge_rows(LetterJudge("Z"), rows)  # the judge found no option either
+    assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and summary.summarize(rows)["judged"] == 1
+
+
+# ----------------------------------------------------------------- which records each variant asks
+def test_variant_records_per_analysis(tmp_path):
+    yn = {**MC, "id": "q2", "options": None, "answer": "yes", "meta": {"question_rephrase": "Is it there?"}}
+    null = {**yn, "id": "q3", "meta": {"question_rephrase": "NULL"}}  # VQA-RAD's placeholder: no rephrasing
+    recs = [MC, yn, null]
+    assert ev.variant_records(recs, "base") == recs and ev.variant_records(recs, "grounding") == recs
+    assert ev.variant_records(recs, "cot") == [MC]
+    assert [r["id"] for r in ev.variant_records(recs, "shuffle")] == ["q1#shuffle"]
+    assert len(ev.variant_records(recs, "circular")) == 5
+    reph = ev.variant_records(recs, "rephrase")
+    assert [(r["id"], r["question"], r["meta"]["base_id"]) for r in reph] == [("q2#rephrase", "Is it there?", "q2")]
+    path = tmp_path / "reph.jsonl"
+    path.write_text(json.dumps({"id": "q1", "question": " Which imaging modality? "}) + "\n")
+    assert [r["question"] for r in ev.variant_records(recs, "rephrase", rephrase_file=str(path))] == \
+        ["Which imaging modality?", "Is it there?"]
 
 
 # ----------------------------------------------------------------- runs: resume, tables, imports
@@ -460,8 +187,9 @@ def test_missing_images_are_counted_not_fatal(tmp_path):
     recs = [rec("yes", id="a"), {**rec("no", id="b"), "images": [str(tmp_path / "gone.png")]}]
     (tmp_path / "a.png").write_bytes(b"")
     recs[0]["images"] = [str(tmp_path / "a.png")]
-    rows = ev.run_variant(EchoBackend(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"), log=lambda m: None)
-    s = report.summarize(rows)
+    rows = ev.run_variant(EchoBackend(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"),
+                          log=lambda m: None)
+    s = summary.summarize(rows)
     assert (s["n"], s["n_scored"], s["n_missing_image"], s["closed_accuracy"]) == (2, 1, 1, 1.0)
 
 
@@ -539,7 +267,8 @@ def test_native_batched_generation_equals_one_by_one(tiny_model, synthetic_root)
 def test_native_prompt_logprobs_match_forward(tiny_model):
     import torch
     b = ev.NativeBackend(tiny_model)
-    req = {"messages": [{"role": "user", "content": "Is there a fracture?"}, {"role": "assistant", "content": "no"}], "images": []}
+    req = {"messages": [{"role": "user", "content": "Is there a fracture?"}, {"role": "assistant", "content": "no"}],
+           "images": []}
     res = b.prompt_logprobs([req])[0]
     ids = torch.tensor([res["token_ids"]])
     logits = b.model(ids)[0].float()
@@ -591,7 +320,8 @@ def test_end_to_end_real_vqa_rad_records(tiny_model, tmp_path):
     saved = json.load(open(tmp_path / "run" / "summary.json"))
     assert saved["run"]["model"] == tiny_model and saved["run"]["backend"] == "native"
     assert saved["run"]["prompts"]["closed"].startswith("{images}Answer the following")
-    assert "code_version" in saved["run"] and (tmp_path / "run" / "table.md").read_text().startswith("| Model | VQA-RAD |")
+    assert "code_version" in saved["run"] and \
+        (tmp_path / "run" / "table.md").read_text().startswith("| Model | VQA-RAD |")
 
 
 def test_end_to_end_synthetic_with_robustness_and_cli(tiny_model, synthetic_root, tmp_path):
@@ -870,7 +600,8 @@ def test_a_benchmark_file_without_the_grouping_columns_says_which_and_reports_th
     assert s["benchmarks"]["gmai_mmbench"]["missing_group_columns"] == ["clinical VQA task", "perceptual granularity"]
     assert any("no column 'clinical VQA task', 'perceptual granularity'" in m for m in logs)
     assert s["benchmarks"]["gmai_mmbench"]["base"]["accuracy"] == 1.0
-    assert s["benchmarks"]["gmai_mmbench"]["base"]["by_group"] == {"department": {"Dermatology": {"n": 1, "accuracy": 1.0}}}
+    assert s["benchmarks"]["gmai_mmbench"]["base"]["by_group"] == \
+        {"department": {"Dermatology": {"n": 1, "accuracy": 1.0}}}
 
 
 def test_native_generation_stops_at_a_stop_string_and_says_when_the_budget_cut_it(tiny_model):
@@ -905,7 +636,7 @@ def test_cot_answers_get_their_own_budget_and_cut_ones_are_counted_apart(tmp_pat
     rows = ev.run_variant(backend, recs, "cot", cfg, str(tmp_path / "cot.jsonl"))
     assert backend.budgets == [(1024, ["</answer>"])]  # curate.CotConfig's budget, not the 64 of short answers
     assert [("truncated" in r["flags"]) for r in rows] == [False, True, False, True]
-    s = report.summarize(rows)
+    s = summary.summarize(rows)
     assert (s["n_truncated"], s["truncated_rate"], s["accuracy"], s["accuracy_complete"]) == (2, 0.5, 0.5, 1.0)
     assert s["invalid_rate"] == 0.5 and s["invalid_rate_complete"] == 0.0  # the cut ones are why answers are missing
 
@@ -924,9 +655,11 @@ def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):
     llava.chat_template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for p in m['content'] %}"
                            "{% if p['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ p['text'] }}{% endif %}"
                            "{% endfor %}{{ '\\n' }}{% endfor %}ASSISTANT:")
-    assert render_with_template(llava, msgs) == "USER: <image>\n<image>\nCompare the two scans.\nA. CT\nB. MRI\nASSISTANT:"
+    assert render_with_template(llava, msgs) == \
+        "USER: <image>\n<image>\nCompare the two scans.\nA. CT\nB. MRI\nASSISTANT:"
     internvl = tok.__class__.from_pretrained(tiny_model)
-    internvl.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    internvl.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                              "{% endfor %}")
     assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
 
 
@@ -1031,7 +764,7 @@ def test_a_corrupt_benchmark_image_is_one_flagged_row_not_a_failed_run(tiny_mode
                           str(tmp_path / "v.jsonl"), log=lambda m: None)
     assert [("error" in r["flags"]) for r in rows] == [False, False, True, False]
     assert "bad.png" in rows[2]["error"] and rows[2]["correct"] is None
-    s = report.summarize(rows)
+    s = summary.summarize(rows)
     assert (s["n"], s["n_scored"], s["n_error"], s["n_missing_image"]) == (4, 3, 1, 0)
 
 

@@ -1,0 +1,160 @@
+"""Robustness of a model's answers (the paper's robustness analyses): the same questions asked
+again with the options shuffled, in every cyclic rotation (CircularEval) and reworded, and what
+changes against the first answers. evaluate.py asks these questions (`--shuffle`, `--circular`,
+`--rephrase`) and scores them; summary.analyses reports the results.
+
+    python evaluate.py run --model CKPT --benchmark pmc_vqa --data-root DATA/PMC-VQA --out runs/base \
+        --shuffle --circular --rephrase
+    python -m pytest -q tests/test_robustness.py
+
+- Shuffled and rotated options (permute_options): option i holds the text of another letter and
+  the gold letter follows its text; ids gain '#shuffle' / '#rotK' and meta['base_id'] keeps the
+  question's own id, so each answer is compared with the same question's first answer
+  (compare_rows: accuracy change and per-question flips).
+- CircularEval (MMBench, Liu et al. 2023): every rotation of the options is asked, and a
+  question counts right only when every rotation of it was answered right (circular_accuracy).
+- Rephrased questions: the dataset's own rewording (VQA-RAD's question_rephrase), a model's
+  (checked by check_rephrasing) or a template's, cached in a JSONL file a reader can inspect
+  and reuse (collect_rephrasings).
+"""
+import json
+import os
+import random
+import re
+from collections import defaultdict
+
+from prompts import REPHRASE_PROMPT, REPHRASE_TEMPLATES
+
+
+# ---- Shuffled options and CircularEval -----------------------------------------------------------
+def permute_options(record, order, tag):
+    """A copy of `record` whose option i holds the text of old letter order[i]; a gold letter
+    follows its text (a gold given as option text needs no change). meta['order'] keeps the
+    mapping and meta['base_id'] the original id; id gains '#tag'."""
+    old, keys = record["options"], list(record["options"])
+    letter = str(record["answer"]).strip().upper()
+    return {**record, "id": f"{record['id']}#{tag}", "options": {k: old[o] for k, o in zip(keys, order)},
+            "answer": keys[order.index(letter)] if letter in old else record["answer"],
+            "meta": {**record.get("meta", {}), "base_id": record["id"], "order": list(order)}}
+
+
+def shuffle_record(record, seed):
+    """Options in a random order fixed by (seed, record id): reruns and resumes agree. A draw
+    that leaves the order as it was is rotated by one (two options: swapped), so every shuffled
+    question really is reordered and the accuracy change measures reorderings only."""
+    keys = list(record["options"])
+    order = keys[:]
+    random.Random(f"{seed}:{record['id']}").shuffle(order)
+    if order == keys:
+        order = keys[1:] + keys[:1]
+    return permute_options(record, order, "shuffle")
+
+
+def rotate_records(record):
+    """All cyclic rotations of the options (MMBench CircularEval); rotation 0 is the original."""
+    keys = list(record["options"])
+    return [permute_options(record, keys[k:] + keys[:k], f"rot{k}") for k in range(len(keys))]
+
+
+def circular_accuracy(rows):
+    """CircularEval (MMBench): a question counts right only when every rotation of it was right."""
+    by_q = defaultdict(list)
+    for r in rows:
+        by_q[r["base_id"]].append(bool(r["correct"]))
+    return sum(all(v) for v in by_q.values()) / len(by_q) if by_q else 0.0
+
+
+# ---- Rephrased questions -------------------------------------------------------------------------
+def template_rephrasing(question):
+    """A rule-based rewording of a question (REPHRASE_TEMPLATES): 'What is the organ?' -> 'Can you
+    identify the organ?'; anything else gets 'Based on the image, ...'."""
+    q = question.strip()
+    for pattern, form in REPHRASE_TEMPLATES:
+        m = re.match(pattern, q, re.I | re.S)
+        if m:
+            rest = m.group(1)
+            return form.format(rest if pattern != r"^(.+)$" else rest[:1].lower() + rest[1:])
+
+
+def _words(text):
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def check_rephrasing(question, candidate, options=None):
+    """(ok, reason) for a rephrased question: not empty, not the same words, still a question
+    (ends with '?'), no option lines or option text the question did not already contain (the
+    options stay as they are and the answer must not leak), every number kept, not rambling.
+    Whether it means the same cannot be checked by rule: the cached file is there to read."""
+    c = (candidate or "").strip().strip("\"'").strip()
+    if not c:
+        return False, "empty"
+    if _words(c) == _words(question):
+        return False, "unchanged"
+    if not c.endswith("?"):
+        return False, "not_a_question"
+    if re.search(r"^\s*\(?[A-J][.):]\s", c, re.M):
+        return False, "lists_options"
+    if any(t and t.lower() in c.lower() and t.lower() not in question.lower() for t in (options or {}).values()):
+        return False, "names_an_option"
+    if set(re.findall(r"\d+(?:\.\d+)?", question)) - set(re.findall(r"\d+(?:\.\d+)?", c)):
+        return False, "changed_numbers"
+    if len(c.split()) > 3 * len(question.split()) + 10:
+        return False, "too_long"
+    return True, "ok"
+
+
+def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, generate=False, seed=0):
+    """{id: rephrased question} and {id: where it came from}. First wins: a --rephrase-file line
+    ({"id", "question"}); a line of `cache` (an earlier run's); the record's own rephrasing
+    (VQA-RAD's question_rephrase, whose placeholder 'NULL' means none); with `generate`, for each
+    multiple-choice record: `backend`'s rephrasing (REPHRASE_PROMPT) when check_rephrasing passes
+    it, else template_rephrasing. Generated ones are appended to `cache` as {"id", "original",
+    "question", "source", "check"} lines, for the user to read and reuse as a --rephrase-file."""
+    found, source = {}, {}
+    for path, tag in ((rephrase_file, "file"), (cache, "cache")):
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for d in map(json.loads, filter(str.strip, f)):
+                    if d.get("question") and d["id"] not in found:
+                        found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", tag)
+    for r in records:
+        own = (r.get("meta", {}).get("question_rephrase") or "").strip()
+        if r["id"] not in found and own and own.upper() != "NULL":
+            found[r["id"]], source[r["id"]] = own, "dataset"
+    todo = [r for r in records if generate and r.get("options") and r["id"] not in found]
+    requests = [{"messages": [{"role": "user", "content": REPHRASE_PROMPT.format(question=r["question"])}],
+                 "images": []} for r in todo]
+    asked = backend.generate(requests, max_new_tokens=96, temperature=0.0, seed=seed) \
+        if todo and backend is not None else [[None]] * len(todo)
+    lines = []
+    for r, out in zip(todo, asked):
+        ok, why = check_rephrasing(r["question"], out[0], r["options"]) if out[0] is not None else (False, "no_model")
+        q, src = (out[0].strip().strip("\"'").strip(), "model") if ok else \
+            (template_rephrasing(r["question"]), "template")
+        found[r["id"]], source[r["id"]] = q, src
+        lines.append({"id": r["id"], "original": r["question"], "question": q, "source": src, "check": why,
+                      **({"model_output": out[0]} if out[0] is not None and not ok else {})})
+    if cache and lines:
+        with open(cache, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    return found, source
+
+
+def rephrase_records(records, rephrasings):
+    """Copies of the records that have a rephrasing ({id: question}), asking it instead."""
+    return [{**r, "id": r["id"] + "#rephrase", "question": rephrasings[r["id"]],
+             "meta": {**r.get("meta", {}), "base_id": r["id"]}} for r in records if r["id"] in rephrasings]
+
+
+# ---- Each variant against the first answers ------------------------------------------------------
+def compare_rows(base, other):
+    """Accuracy on the questions both runs scored, and per-question flips."""
+    b, o = ({r["base_id"]: bool(r["correct"]) for r in rows if r.get("correct") is not None} for rows in (base, other))
+    ids = sorted(set(b) & set(o))
+    if not ids:
+        return {"n": 0}
+    acc_b, acc_o = sum(b[i] for i in ids) / len(ids), sum(o[i] for i in ids) / len(ids)
+    return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
+            "consistency": sum(b[i] == o[i] for i in ids) / len(ids),  # per question: the same verdict both times
+            "right_to_wrong": [i for i in ids if b[i] and not o[i]],
+            "wrong_to_right": [i for i in ids if o[i] and not b[i]]}

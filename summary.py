@@ -1,0 +1,271 @@
+"""What a run's rows add up to: each benchmark's summary (metrics per variant, and every
+analysis against the base run) and the Markdown shaped like the paper's Table 1. evaluate.py
+writes both (summary.json, table.md) at the end of a run; `evaluate.py compare` puts several
+runs side by side.
+
+    python evaluate.py compare runs/base runs/trained -o table.md   # Table 1 shape, side by side
+    python -m pytest -q tests/test_summary.py
+
+- summarize: one variant of one benchmark -> MultiMedEval's aggregates (closed accuracy, open
+  recall and accuracy, BLEU-1, F1), option accuracy, instruction following (invalid rate, the
+  paper's response categories, judged answers), positional bias (chosen vs gold letters),
+  accuracy per skill and per group (MMMU subject, GMAI-MMBench axes), box rate and IoU.
+- analyses: each variant against the base run: shuffled options, rephrased questions and the
+  grounding prompt (accuracy change and per-question flips, robustness.compare_rows),
+  CircularEval, grounding per group (grounding_by_group.md) and chain-of-thought answers grouped
+  by the paper's five clinical skills (cot_by_skill.md, for reading).
+- table_md / compare: one row per run and one column per benchmark, then every VQA metric, the
+  response categories and a robustness / instruction-following table.
+Pure Python over the rows' dicts: no model, no data loading.
+"""
+import json
+import os
+import re
+from collections import Counter, defaultdict
+
+from answers import CATEGORIES
+from robustness import circular_accuracy, compare_rows
+
+
+# ---- What a row is grouped by --------------------------------------------------------------------
+SKILLS = [  # the paper's five clinical skills (section 3.2); first matching pattern wins
+    ("modality recognition",
+     r"modalit|imaging (?:technique|method)|type of (?:image|scan)|kind of (?:image|scan)|sequence"),
+    ("anatomical localization",
+     r"\bwhere\b|locat|which (?:organ|side|part|lobe|region)|left or right|position|anatom"),
+    ("disease feature interpretation",
+     r"abnormal|lesion|diagnos|finding|feature|shape|size|densit|intensit|disease|patholog"),
+    ("option comparison reasoning", r"which of the following|most likely|best|compar|differ"),
+    ("question-image alignment", r""),
+]
+# the synthetic benchmark's own skill names (demo.synthetic.SKILLS) -> the paper's five
+SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localization",
+                 **dict.fromkeys(("presence", "shape", "brightness", "size", "count"),
+                                 "disease feature interpretation")}
+# Grouping axes per benchmark: MMMU Health & Medicine's five subjects (the paper's "subfields",
+# e.g. Diagnostics_and_Laboratory_Medicine) and GMAI-MMBench's official axes (the columns
+# VLMEvalKit's GMAIMMBenchDataset reports accuracy by). Column names match case-insensitively.
+GROUP_AXES = {"mmmu": ("subject",), "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
+
+
+def skill_of(record_or_row):
+    """The clinical skill a question exercises: the sample's own 'skill' (row field or record
+    meta) when it names one of the five or a synthetic skill, else the first SKILLS pattern that
+    matches the question."""
+    skill = record_or_row.get("skill") or record_or_row.get("meta", {}).get("skill")
+    skill = SKILL_ALIASES.get(skill, skill)
+    if skill in dict(SKILLS):
+        return skill
+    return next(name for name, pat in SKILLS if re.search(pat, record_or_row["question"].lower()))
+
+
+def group_labels(meta):
+    """{axis: value} for every GROUP_AXES axis the record's meta carries (any benchmark's)."""
+    lower = {str(k).lower(): v for k, v in (meta or {}).items()}
+    return {a: str(lower[a.lower()]) for axes in GROUP_AXES.values() for a in axes
+            if lower.get(a.lower()) not in (None, "")}
+
+
+def missing_axes(benchmark, records):
+    """The GROUP_AXES columns a benchmark's records lack (their grouping is then not reported)."""
+    return [a for a in GROUP_AXES.get(benchmark, ()) if not any(a in group_labels(r.get("meta")) for r in records)]
+
+
+# ---- One variant's rows -> its metrics -----------------------------------------------------------
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def _fmt(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _by(rows, key):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return groups
+
+
+def _accuracy(rows):
+    return {"n": len(rows), "accuracy": _mean(bool(r["correct"]) for r in rows)}
+
+
+def summarize(rows):
+    """Metrics of one variant's rows; rows with correct=None (image missing) are counted apart."""
+    scored = [r for r in rows if r.get("correct") is not None]
+    s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": sum("missing_image" in r["flags"] for r in rows),
+         "n_error": sum("error" in r["flags"] for r in rows),
+         "accuracy": _mean(bool(r["correct"]) for r in scored),
+         "accuracy_rules": _mean(bool(r.get("correct_rules", r["correct"])) for r in scored)}
+    vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
+    if vqa:  # MultiMedEval's metric names
+        closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
+        s.update(n_closed=len(closed), n_open=len(open_), closed_accuracy=_mean(r["correct"] for r in closed),
+                 open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
+                 recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
+                 bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
+    truncated = [r for r in scored if "truncated" in r["flags"]]
+    if truncated:  # answers the token budget cut: counted, and the accuracy without them given too
+        complete = [r for r in scored if "truncated" not in r["flags"]]
+        s.update(n_truncated=len(truncated), truncated_rate=len(truncated) / len(scored),
+                 accuracy_complete=_mean(bool(r["correct"]) for r in complete),
+                 invalid_rate_complete=_mean(r.get("parsed") is None for r in complete if r["kind"] == "mc"))
+    if mc:
+        cats = Counter(r["category"] for r in mc)
+        s.update(n_mc=len(mc), mc_accuracy=_mean(r["correct"] for r in mc),
+                 mc_accuracy_rules=_mean(r.get("correct_rules", r["correct"]) for r in mc),
+                 invalid_rate=_mean(r["parsed"] is None for r in mc),
+                 categories={k: cats[k] / len(mc) for k in CATEGORIES},
+                 judged=sum("judged" in r["flags"] for r in mc),
+                 chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
+                 gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
+    if any(r.get("groups") for r in scored):
+        s["by_group"] = by_group(scored)
+    if any("skill" in r for r in scored):  # per-skill accuracy where the benchmark names skills
+        s["by_skill"] = {k: _accuracy(g) for k, g in sorted(_by(scored, lambda r: r.get("skill", "-")).items())}
+    if any("box" in r for r in scored):
+        s["box_rate"] = _mean(r.get("box") is not None for r in scored)
+        s["mean_iou"] = _mean(r["iou"] for r in scored if "iou" in r)
+    return s
+
+
+def by_group(rows):
+    """{axis: {value: {"n", "accuracy"}}} over the rows' group labels."""
+    out = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for axis, value in r.get("groups", {}).items():
+            out[axis][value].append(r)
+    return {a: {v: _accuracy(g) for v, g in sorted(vals.items())} for a, vals in sorted(out.items())}
+
+
+# ---- Each variant against the base run -----------------------------------------------------------
+def analyses(variant_rows, out_dir):
+    """{variant: rows} of one benchmark -> each analysis against the base variant."""
+    base, res = variant_rows.get("base"), {}
+    for v in ("shuffle", "rephrase", "grounding"):  # shuffling only touches multiple-choice rows
+        if v in variant_rows and base is not None:
+            res[v] = compare_rows([r for r in base if v != "shuffle" or r.get("kind") == "mc"], variant_rows[v])
+    if "circular" in variant_rows:
+        rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
+        res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
+                           "rotation_accuracy": _mean(r["correct"] for r in rows)}
+    if "grounding" in variant_rows and base is not None:
+        res["grounding_by_group"] = grounding_by_group(base, variant_rows["grounding"],
+                                                       os.path.join(out_dir, "grounding_by_group.md"))
+    if "cot" in variant_rows:
+        res["cot_skills"] = cot_report(variant_rows["cot"], os.path.join(out_dir, "cot_by_skill.md"))
+    return res
+
+
+def grounding_by_group(base, grounding, path):
+    """Accuracy with and without the grounding prompt per group value (and overall), on the
+    questions both runs scored; also written as Markdown to `path`."""
+    res = {"overall": {"all": compare_rows(base, grounding)}}
+    labels = {r["base_id"]: r.get("groups", {}) for r in base}
+    for axis in sorted({a for g in labels.values() for a in g}):
+        values = sorted({g[axis] for g in labels.values() if axis in g})
+        res[axis] = {v: compare_rows([r for r in base if labels[r["base_id"]].get(axis) == v],
+                                     [r for r in grounding if labels.get(r["base_id"], {}).get(axis) == v])
+                     for v in values}
+    lines = ["# Accuracy without and with the grounding prompt", "",
+             "| axis | group | n | without | with | Δ |", "|---|---|---|---|---|---|"]
+    for axis, groups in res.items():
+        for v, c in groups.items():
+            if c.get("n"):
+                lines.append(f"| {axis} | {v} | {c['n']} | {_fmt(c['accuracy_base'])} | "
+                             f"{_fmt(c['accuracy_variant'])} | {_fmt(c['delta'])} |")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return {axis: {v: {k: c.get(k) for k in ("n", "accuracy_base", "accuracy_variant", "delta")}
+                   for v, c in groups.items()} for axis, groups in res.items()}
+
+
+def cot_report(rows, path):
+    """Chain-of-thought samples grouped by clinical skill, for reading (Markdown at `path`, at
+    most 20 samples a skill); returns each skill's count and accuracy."""
+    groups = _by([r for r in rows if r.get("correct") is not None], skill_of)
+    res = {name: _accuracy(groups.get(name, [])) for name, _ in SKILLS}
+    lines = ["# Chain-of-thought samples by clinical skill", ""]
+    for name, _ in SKILLS:
+        lines += [f"## {name} ({res[name]['n']} samples, accuracy {_fmt(res[name]['accuracy'])})", ""]
+        for r in groups.get(name, [])[:20]:
+            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}", "",
+                      "> " + r["response"].replace("\n", "\n> "), ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return res
+
+
+# ---- Tables --------------------------------------------------------------------------------------
+# Table 1 columns in the paper's order, keyed by evaluate.BENCHMARKS names
+COLUMNS = {"vqa_rad": "VQA-RAD", "slake": "SLAKE(en)", "path_vqa": "Path-VQA", "pmc_vqa": "PMC-VQA",
+           "pmc_vqa_full": "PMC-VQA(full test)", "pmc_vqa_open": "PMC-VQA(open)", "mmmu": "MMMU(H&M)",
+           "gmai_mmbench": "GMAI-MMBench", "synthetic": "Synthetic"}
+# The Table 1 number of each benchmark. The paper reports MultiMedEval's VQA metrics for VQA-RAD,
+# SLAKE and Path-VQA, and its numbers are closed-question accuracy (README, "Which number is
+# Table 1's"); multiple-choice benchmarks report option accuracy; a benchmark not listed reports
+# accuracy over all its items.
+TABLE1_METRIC = {"vqa_rad": "closed_accuracy", "slake": "closed_accuracy", "path_vqa": "closed_accuracy"}
+VQA_METRICS = (("closed_accuracy", "Closed acc."), ("open_recall", "Open recall"),
+               ("open_accuracy", "Open acc. (recall >= 0.75)"), ("bleu1", "BLEU-1"), ("f1", "F1"),
+               ("accuracy", "All items acc."))
+
+
+def table_md(runs):
+    """[(label, summary)] -> Markdown shaped like the paper's Table 1: one row per run, one column
+    per benchmark (in %: TABLE1_METRIC's number; '(scored/total)' follows when items were
+    skipped), then every MultiMedEval VQA metric per benchmark, the response categories of the
+    multiple-choice benchmarks, and a robustness / instruction-following table where any run has
+    those analyses."""
+    names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
+    lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def cell(d, metric):  # a run that could not score every item (missing images) says how many it did
+        part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
+        return _fmt(d.get(metric)) + part
+    for label, s in runs:
+        cells = [cell(s["benchmarks"][b]["base"], TABLE1_METRIC.get(b, "accuracy"))
+                 if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    closed = [COLUMNS[b] for b in names if TABLE1_METRIC.get(b) == "closed_accuracy"]
+    if closed:
+        lines += ["", f"{', '.join(closed)}: MultiMedEval closed-question accuracy (yes/no questions), the "
+                      "number the paper's Table 1 reports; the other columns: accuracy over all items."]
+    vqa = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
+           if "closed_accuracy" in s["benchmarks"].get(b, {}).get("base", {})]
+    if vqa:
+        lines += ["", "| Model | Benchmark | " + " | ".join(h for _, h in VQA_METRICS) + " |",
+                  "|---" * (len(VQA_METRICS) + 2) + "|"]
+        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(d.get(k)) for k, _ in VQA_METRICS) + " |"
+                  for label, b, d in vqa]
+    cats = [(label, b, s["benchmarks"][b]["base"]["categories"]) for label, s in runs for b in names
+            if "categories" in s["benchmarks"].get(b, {}).get("base", {})]
+    if cats:  # the paper's instruction-following breakdown (section 4.3), direct-letter prompt
+        lines += ["", "| Model | Benchmark | Single letter % | Answer-prefixed % | CoT-style % | Other % | Invalid % |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(c.get(k)) for k in CATEGORIES) + " |"
+                  for label, b, c in cats]
+    extra = []
+    for label, s in runs:
+        for b, d in s["benchmarks"].items():
+            a, base = d.get("analyses", {}), d.get("base", {})
+            cells = [_fmt(a[k].get(f)) if a.get(k, {}).get("n") else "-" for k, f in (
+                ("shuffle", "delta"), ("circular", "circular_accuracy"), ("rephrase", "delta"), ("grounding", "delta"))]
+            invalid = _fmt(base.get("invalid_rate", base.get("yes_no_invalid_rate")))
+            extra.append(f"| {label} | {COLUMNS[b]} | {invalid} | " + " | ".join(cells) + " |")
+    if any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values()):
+        lines += ["", "| Model | Benchmark | Invalid % | Shuffle Δ | CircularEval | Rephrase Δ | Grounding Δ |",
+                  "|---|---|---|---|---|---|---|"] + extra
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs):
+    """Table 1 Markdown of several run directories (each with its summary.json), side by side."""
+    runs = []
+    for d in run_dirs:
+        with open(os.path.join(d, "summary.json")) as f:
+            s = json.load(f)
+        runs.append((s["run"]["name"], s))
+    return table_md(runs)

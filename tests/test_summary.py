@@ -1,0 +1,123 @@
+"""Tests for summary.py: summaries (MultiMedEval's aggregates, instruction following,
+positional bias), the analyses against the base run, chain-of-thought samples grouped by
+clinical skill, and the Table-1-shaped Markdown.
+
+    python -m pytest -q tests/test_summary.py
+"""
+import json
+import math
+
+import pytest
+
+import evaluate as ev
+import summary
+
+MC = {"id": "q1", "question": "Which modality?", "answer": "C", "images": ["a.png"], "meta": {},
+      "options": {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}}
+
+
+def row(id, correct, **kw):
+    return {"id": id, "base_id": id.split("#")[0], "correct": correct, "flags": [], **kw}
+
+
+# ----------------------------------------------------------------- summaries and analyses
+def test_summary_vqa_metrics_are_multimedevals():
+    """MultiMedEval's aggregates, by hand: closed accuracy over the yes/no items; open recall and
+    open accuracy (recall >= 0.75) over the others; BLEU-1, F1 and recall over all items."""
+    items = [("Yes", "yes"),                 # closed, right: recall 1, precision 1, BLEU 1
+             ("No, there is not.", "yes"),   # closed, wrong: 0, 0, 0
+             ("two lesions", "2"),           # open: recall 1, precision 1/2, BLEU 1/2 (right)
+             ("lobe", "right lower lobe")]   # open: recall 1/3, precision 1, BLEU exp(1 - 3) (wrong)
+    rows = [ev.score_row({**MC, "id": f"v{i}", "options": None, "answer": gold}, "p", pred)
+            for i, (pred, gold) in enumerate(items)]
+    s = summary.summarize(rows)
+    assert (s["n_closed"], s["n_open"], s["closed_accuracy"], s["open_recall"], s["open_accuracy"]) == \
+        (2, 2, 1 / 2, (1 + 1 / 3) / 2, 1 / 2)
+    assert (s["accuracy"], s["recall"]) == (2 / 4, (1 + 0 + 1 + 1 / 3) / 4)
+    assert s["bleu1"] == (1 + 0 + 1 / 2 + math.exp(-2)) / 4
+
+    def mme_f1(p, r):  # MultiMedEval's per-item F1
+        return 2 * p * r / (p + r + 1e-8)
+    f1 = (mme_f1(1, 1) + mme_f1(0, 0) + mme_f1(1 / 2, 1) + mme_f1(1, 1 / 3)) / 4
+    assert s["f1"] == pytest.approx(f1, rel=0, abs=1e-8)  # ours has no 1e-8: each item's F1 < 5e-9 above
+    table = summary.table_md([("run", {"benchmarks": {"vqa_rad": {"base": s, "analyses": {}}}})]).splitlines()
+    assert "| run | VQA-RAD | 50.00 | 66.67 | 50.00 | 40.88 | 54.17 | 50.00 |" in table
+
+
+def test_summary_has_instruction_following_and_positional_bias():
+    rows = [row("a", True, kind="mc", parsed="A", gold="A", category="single_letter"),
+            row("b", False, kind="mc", parsed="A", gold="B", category="cot"),
+            row("c", False, kind="mc", parsed=None, gold="B", category="invalid"),
+            row("d", True, kind="mc", parsed="B", gold="B", category="answer_prefixed", flags=["judged"]),
+            {"id": "e", "base_id": "e", "flags": ["missing_image"], "correct": None}]
+    s = summary.summarize(rows)
+    assert (s["n"], s["n_scored"], s["n_missing_image"], s["n_mc"]) == (5, 4, 1, 4)
+    assert s["accuracy"] == s["mc_accuracy"] == 0.5 and s["invalid_rate"] == 0.25 and s["judged"] == 1
+    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.25, "cot": 0.25, "other": 0.0,
+                               "invalid": 0.25}
+    assert s["chosen_letters"] == {"A": 2, "B": 1, "invalid": 1} and s["gold_letters"] == {"A": 1, "B": 3}
+
+
+def test_analyses_compare_each_variant_with_base(tmp_path):
+    base = [row("m", True, kind="mc"), row("v", True, kind="vqa")]
+    per = {"base": base, "shuffle": [row("m#shuffle", False, kind="mc")],
+           "rephrase": [row("v#rephrase", True, kind="vqa")],
+           "circular": [row("m#rot0", True), row("m#rot1", False), row("n#rot0", True), row("n#rot1", True)]}
+    res = summary.analyses(per, str(tmp_path))
+    assert res["shuffle"]["n"] == 1 and res["shuffle"]["right_to_wrong"] == ["m"]  # only multiple-choice rows
+    assert res["rephrase"]["n"] == 1 and res["rephrase"]["delta"] == 0.0
+    assert res["circular"] == {"n": 2, "circular_accuracy": 0.5, "rotation_accuracy": 0.75}
+
+
+def test_cot_samples_grouped_by_skill(tmp_path):
+    qs = ["What imaging modality is shown?", "Where is the lesion located?", "What is the shape of the lesion?",
+          "Which of the following is most likely?", "What does the arrow point to?"]
+    rows = [{**ev.score_row({**MC, "id": f"q{i}", "question": q, "answer": "A", "options": {"A": "x", "B": "y"}},
+                            "p", "Thinking. <answer>A</answer>")} for i, q in enumerate(qs)]
+    res = summary.cot_report(rows, str(tmp_path / "cot.md"))
+    assert [res[name]["n"] for name, _ in summary.SKILLS] == [1, 1, 1, 1, 1]
+    assert all(res[name]["accuracy"] == 1.0 for name, _ in summary.SKILLS)
+    assert "## modality recognition (1 samples, accuracy 100.00)" in (tmp_path / "cot.md").read_text()
+    assert summary.skill_of({"question": "What is seen?", "meta": {"skill": "anatomical localization"}}) == \
+        "anatomical localization"
+    assert summary.skill_of({"question": "What is seen?", "skill": "side"}) == \
+        "anatomical localization"  # synthetic name
+
+
+# ----------------------------------------------------------------- tables
+def test_table_has_one_row_per_model_and_a_column_per_benchmark():
+    vqa_rad = {"accuracy": 0.61, "closed_accuracy": 0.745, "open_recall": 0.42, "open_accuracy": 0.35,
+               "bleu1": 0.3, "f1": 0.4}
+    s1 = {"benchmarks": {"vqa_rad": {"base": vqa_rad, "analyses": {}},
+                         "pmc_vqa": {"base": {"accuracy": 0.5485, "invalid_rate": 0.0133, "categories": {
+                             "single_letter": 0.9, "answer_prefixed": 0.05, "cot": 0.03, "other": 0.0067,
+                             "invalid": 0.0133}},
+                                     "analyses": {"shuffle": {"n": 5, "delta": -0.02}}}}}
+    s2 = {"benchmarks": {"vqa_rad": {"base": {**vqa_rad, "closed_accuracy": 0.6096, "n": 451, "n_scored": 18},
+                                     "analyses": {}}}}
+    lines = summary.table_md([("Infi-Med-3B", s1), ("Qwen2.5-VL-3B", s2)]).splitlines()
+    assert lines[0] == "| Model | VQA-RAD | PMC-VQA |"
+    # VQA-RAD's Table 1 number is the closed-question accuracy, not the accuracy over all items
+    assert lines[2] == "| Infi-Med-3B | 74.50 | 54.85 |" and lines[3] == "| Qwen2.5-VL-3B | 60.96 (18/451) | - |"
+    assert lines[5].startswith("VQA-RAD: MultiMedEval closed-question accuracy")
+    assert "| Model | Benchmark | Closed acc. | Open recall | Open acc. (recall >= 0.75) | BLEU-1 | F1 | " \
+           "All items acc. |" in lines
+    assert "| Infi-Med-3B | VQA-RAD | 74.50 | 42.00 | 35.00 | 30.00 | 40.00 | 61.00 |" in lines
+    assert "| Infi-Med-3B | PMC-VQA | 90.00 | 5.00 | 3.00 | 0.67 | 1.33 |" in lines  # response categories
+    # robustness / instruction following: invalid rate, then shuffle, CircularEval, rephrase, grounding
+    assert lines[-4:] == ["|---|---|---|---|---|---|---|", "| Infi-Med-3B | VQA-RAD | - | - | - | - | - |",
+                          "| Infi-Med-3B | PMC-VQA | 1.33 | -2.00 | - | - | - |",
+                          "| Qwen2.5-VL-3B | VQA-RAD | - | - | - | - | - |"]
+
+
+def test_every_benchmark_has_a_table_column():
+    assert list(summary.COLUMNS) == list(ev.BENCHMARKS)
+
+
+def test_compare_reads_run_directories(tmp_path):
+    for name, acc in (("base", 0.5), ("trained", 0.75)):
+        (tmp_path / name).mkdir()
+        run = {"run": {"name": name}, "benchmarks": {"pmc_vqa": {"base": {"accuracy": acc}}}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(run))
+    assert summary.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
+        ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
