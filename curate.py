@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import decontaminate
+from answers import parse_choice
 from decontaminate import (DecontamConfig, bare_question, config_command, load_model,
                            parse_options, read_step_input, record_key, record_name, remember_original, source_of,
                            strip_image_tags, turn_index, write_step_output)
-from evaluate import parse_choice
 from prompts import (CAPTION_PROMPT, COT_PROMPT, INSTRUCTIONS, VERIFY_PROMPT, cot_prompt, format_options,
                      normalize_question, parse_gold)
 
@@ -209,7 +209,7 @@ def _body(text):
 
 def consistent_rationale(text, options, gold):
     """The paper keeps "logically consistent" explanations (section 3.1): the reasoning before
-    the answer tag must not itself commit to another option. evaluate.parse_choice reads the body
+    the answer tag must not itself commit to another option. answers.parse_choice reads the body
     as it would a model's answer; a body that concludes nothing (it weighs every option) passes."""
     return parse_choice(_body(text), options) in (None, gold)
 

@@ -81,7 +81,7 @@ Explanation:
 Is the explanation faithful to the image and the question, logically consistent, and correctly aligned with the given options, supporting option {LETTER}? Answer with yes or no."""
 
 # ours: what a rephrasing model is asked for the rephrase test (paper section 4.3); the answer
-# is checked afterwards (report.check_rephrasing): same question, options and answer untouched
+# is checked afterwards (robustness.check_rephrasing): same question, options and answer untouched
 REPHRASE_PROMPT = ("Rephrase the following question about a medical image so that it asks exactly the same "
                    "thing in different words. Keep every medical term and number, do not answer it and do not "
                    "mention any answer options. Reply with the rephrased question only.\n\nQuestion: {question}")

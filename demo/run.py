@@ -569,7 +569,7 @@ def stage_report(cfg, paths, evals, captions, timings):
              f"trained from random weights on synthetic medical VQA, evaluated on {len(test)} held-out benchmark "
              "questions.", "",
              "## Table 1 (`evaluate.py compare`, in %)", "", table, "",
-             "The answer forms are the paper's response categories (evaluate.response_category): a single letter, "
+             "The answer forms are the paper's response categories (answers.response_category): a single letter, "
              "an answer phrase first, a chain of thought, another valid form, or invalid. Shuffle Δ: the change in "
              "multiple-choice accuracy when the options are shuffled.", "",
              "## Accuracy per skill (%)", "",

@@ -128,11 +128,11 @@ def test_curation_removes_every_planted_benchmark_item(out):
 
 
 def test_option_check_states_the_answer_then_walks_the_options_up_to_it():
-    import evaluate
+    import answers
     options = {"A": "CT", "B": "MRI", "C": "X-ray"}
     assert run.option_check(options, "B") == "MRI\nA. CT: no\nB. MRI: yes\n<answer>B</answer>"
     assert run.option_check(options, "A") == "CT\nA. CT: yes\n<answer>A</answer>"
-    assert all(evaluate.parse_choice(run.option_check(options, g), options) == g for g in options)
+    assert all(answers.parse_choice(run.option_check(options, g), options) == g for g in options)
 
 
 def test_enhancement_rewrites_choice_answers_only_and_counts_them():
