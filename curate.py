@@ -1,14 +1,15 @@
-"""Data curation for Infi-Med SFT data (paper section 3 and appendix A).
+"""Data curation for Infi-Med SFT data (paper section 3 and appendix A): the steps, and the
+record helpers, reports and step files every step shares.
 
 Every step reads and writes ShareGPT JSONL and leaves a sidecar report (OUT.report.json and
-OUT.report.md) saying what it kept, changed or dropped and why, with records in and out per
-source. Steps are resumable: per-record results live in OUT.cache.jsonl (or OUT.cache/ for
+OUT.report.md, a tally.Tally) saying what it kept, changed or dropped and why, with records in and
+out per source. Steps are resumable: per-record results live in OUT.cache.jsonl (or OUT.cache/ for
 embeddings) keyed by a hash of the record and the step's settings, so a rerun only computes what
 is missing. Each step touches only the records it is for (captions for caption refinement and
 perplexity, multiple choice for chain of thought) and passes the rest, counted. A step that
 rewrites a prompt first stores the record's original question and options (remember_original),
-which decontamination compares. Decontamination lives in decontaminate.py (self-contained, also
-runnable alone); its record helpers, report and step files serve every step here.
+which decontamination compares. The two steps that score records with a model live in files of
+their own, built on this one: perplexity.py and decontaminate.py (which also runs alone).
 
     python curate.py cot           IN.jsonl OUT.jsonl --teacher DIR --k 4 --temperature 0.8 \
                                    [--sample 5000 --cap 3000 --accepted-only --verifier DIR]
@@ -18,30 +19,166 @@ runnable alone); its record helpers, report and step files serve every step here
     python curate.py perplexity    IN.jsonl OUT.jsonl --model DIR --keep-percentile 90
     python curate.py decontaminate IN.jsonl OUT.jsonl --bench test.jsonl --embedder DIR|hash
     python curate.py pipeline      SPEC.json   # {"steps": [{"step": "cot", "in": ..., ...}, ...]}
+    python curate.py STEP --help   # every setting of a step
 
 The README's "Running the real recipe" gives the order from raw downloads to the training file.
 """
 import dataclasses
+import hashlib
 import json
-import math
 import os
 import random
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import click
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import decontaminate
 from answers import parse_choice
-from decontaminate import (DecontamConfig, bare_question, config_command, load_model,
-                           parse_options, read_step_input, record_key, record_name, remember_original, source_of,
-                           strip_image_tags, turn_index, write_step_output)
+from cli import command_options, setting
+from data import load_tokenizer, read_sharegpt, write_sharegpt
 from prompts import (CAPTION_PROMPT, COT_PROMPT, INSTRUCTIONS, VERIFY_PROMPT, cot_prompt, format_options,
-                     normalize_question, parse_gold)
+                     normalize_question, parse_gold, split_options)
+from tally import Tally
+
+# --------------------------------------------------------------------------------------------
+# Records: keys, names, turns
+
+
+def record_key(obj, *salt) -> str:
+    """Stable hash of a record (plus the step settings that change its result)."""
+    blob = json.dumps([obj, salt], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def source_of(record) -> str:
+    return str(record.get("source") or (record.get("meta") or {}).get("source") or "unknown")
+
+
+def record_name(record, index) -> str:
+    return str(record.get("id") or (record.get("meta") or {}).get("id") or f"#{index}")
+
+
+def turn_index(record, role, last=False):
+    idx = [i for i, m in enumerate(record.get("messages", [])) if m.get("role") == role]
+    return (idx[-1] if last else idx[0]) if idx else None
+
+
+def strip_image_tags(text: str) -> str:
+    return text.replace("<image>", "").strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Questions: what a record asks, without the wording curation adds
+
+
+def parse_options(text):
+    """A multiple-choice user turn -> (stem, {letter: option text}) without image tags; options
+    None when the text holds no run of option lines A., B., ... (prompts.split_options)."""
+    return split_options(strip_image_tags(text))
+
+
+def template_question(text, templates):
+    """The {question} slot of the first template (instructions filled in) that matches text; a
+    {letters} slot matches any letter list."""
+    for t in templates:
+        if "{options}" not in t:
+            pattern = re.escape(t).replace(re.escape("{question}"), "(?P<q>.+)")
+            m = re.fullmatch(pattern.replace(re.escape("{letters}"), r"[^)]*"), text, re.S)
+            if m:
+                return m.group("q").strip() if "q" in m.groupdict() else ""
+    return None
+
+
+def bare_question(text):
+    """(question, options) without image tags, option lines, the instruction a template of
+    prompts.INSTRUCTIONS added or the chain-of-thought prompt around it (prompts.cot_prompt), so
+    raw, augmented and CoT copies of a question compare alike."""
+    text = strip_image_tags(text)
+    cot = COT_PROMPT.replace("{QUESTION}", "{question}").replace("(A, B, C, and D)", "({letters})")
+    text = template_question(text, [cot]) or text
+    stem, options = parse_options(text)
+    if options is None:
+        stem = next((q for k, v in INSTRUCTIONS.items() if k != "caption"
+                     for q in [template_question(stem, v)] if q), stem)
+    return stem, options
+
+
+def remember_original(record):
+    """Before a step rewrites a record's prompt (augmentation, chain of thought, caption
+    refinement): store what it asks, its question and options, in record["original"] once, so
+    decontamination compares the original item however later steps reword it. Returns record."""
+    if not (record.get("original") or {}).get("question"):
+        u = turn_index(record, "user")
+        stem, options = bare_question(record["messages"][u]["content"]) if u is not None else ("", None)
+        record["original"] = {"question": stem, "options": options}
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Step files: read IN, mark OUT unfinished until done, write OUT and its report
+
+
+def begin_step(step, out_path):
+    """Mark OUT's report incomplete until the step writes its real one: a step killed midway
+    leaves a report that says so, and the next step refuses OUT (read_step_input)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
+    with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
+        json.dump({"step": step, "complete": False}, f)
+
+
+def read_step_input(step, in_path, cfg):
+    """(records, report) for a step over IN. The report, a Tally named after the step, starts
+    with the step's settings and the records data.read_sharegpt could not use, counted as
+    "dropped:invalid_record:REASON" with one example message (file and line) per reason. IN is
+    refused when its own report says the step that wrote it did not finish."""
+    side = os.path.splitext(in_path)[0] + ".report.json"
+    if os.path.exists(side):
+        try:
+            done = json.load(open(side)).get("complete", True)
+        except (json.JSONDecodeError, AttributeError):
+            done = False
+        if not done:
+            raise click.UsageError(f"{in_path}: its report {side} says the step that writes it did not finish; "
+                                   "rerun that step (it resumes from its cache) before this one")
+    records, read = read_sharegpt(in_path)
+    report = Tally(step)
+    report.sections["config"] = dataclasses.asdict(cfg)
+    report.sections["input"] = {"path": in_path, "records": len(records),
+                                "unreadable_lines": sum(read.counts.values())}
+    for r in records:
+        report.count("in", source_of(r))
+    report.add(read, prefix="dropped:invalid_record:")
+    return records, report
+
+
+def write_step_output(records, keep, out_path, report):
+    """OUT (kept records), OUT.dropped.jsonl (the others, if any), OUT.report.json/.md. The
+    report's per-source table gets "in" (read_step_input) and "out" columns."""
+    write_sharegpt([r for r, k in zip(records, keep) if k], out_path)
+    if not all(keep):
+        write_sharegpt([r for r, k in zip(records, keep) if not k], os.path.splitext(out_path)[0] + ".dropped.jsonl")
+    for r, k in zip(records, keep):
+        if k:
+            report.by_source[source_of(r)]["out"] += 1
+    report.count("output_records", n=sum(keep))
+    stem = os.path.splitext(out_path)[0]
+    with open(stem + ".report.json", "w") as f:
+        json.dump({"step": report.name, "complete": True, **report.to_dict()}, f, indent=1, ensure_ascii=False,
+                  default=str)
+    with open(stem + ".report.md", "w") as f:
+        f.write(f"# {report.name}: {out_path}\n\n{report.markdown()}\n")
+    return report
+
+
+def load_model(path, dtype, device):
+    """(model in eval mode, tokenizer) of a checkpoint dir, for the steps that score records."""
+    from infimed import QwenVL
+    model = QwenVL.from_pretrained(path, dtype=getattr(torch, dtype), device=device).eval()
+    return model, load_tokenizer(path)
+
 
 # --------------------------------------------------------------------------------------------
 # Teacher calls and their cache
@@ -126,9 +263,10 @@ def is_caption(record):
 
 @dataclass
 class AugmentConfig:
-    seed: int = 0
-    max_short_answer_words: int = 10  # ours: longer answers are descriptions; a "single word or
-    # phrase" instruction would contradict them, so such records are left as they are
+    seed: int = setting(0, "with the record's id, picks its instruction template")
+    # ours: longer answers are descriptions, which a "single word or phrase" instruction would
+    # contradict, so such records are left as they are
+    max_short_answer_words: int = setting(10, "ours: an open answer longer than this keeps its prompt")
 
 
 def augment_records(records, cfg, report):
@@ -222,20 +360,20 @@ CRITERIA = ("format", "letter", "consistency", "verifier")
 
 @dataclass
 class CotConfig:
-    teacher: str = ""            # checkpoint dir of the teacher model
-    backend: str = "native"      # native | vllm (evaluate.py backends)
-    k: int = 4                   # samples per question; common practice is 4-8
-    temperature: float = 0.8     # common practice is 0.7-1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int = 0
-    batch_size: int = 16
-    min_reasoning_chars: int = 1
-    sample: int = 0              # draw this many multiple-choice records at random (0 = all of them)
-    cap: int = 0                 # stop once this many records are enhanced (0 = no cap; paper: ~3k)
-    accepted_only: bool = False  # write only the enhanced records: the paper's separate reasoning set
-    verifier: str = ""           # optional checkpoint dir asked whether each explanation is faithful
-    verifier_backend: str = "native"
+    teacher: str = setting("", "checkpoint dir of the teacher model")
+    backend: str = setting("native", "native | vllm (evaluate.py backends)")
+    k: int = setting(4, "samples per question; common practice is 4-8")
+    temperature: float = setting(0.8, "sampling temperature; common practice is 0.7-1.0")
+    top_p: float = setting(1.0, "nucleus sampling: the smallest set of tokens holding this probability")
+    max_new_tokens: int = setting(1024, "token budget of each rationale")
+    seed: int = setting(0, "sampling seed, and the --sample draw")
+    batch_size: int = setting(16, "questions per teacher call")
+    min_reasoning_chars: int = setting(1, "the shortest reasoning accepted before the answer tag")
+    sample: int = setting(0, "draw this many multiple-choice records at random (0 = all of them)")
+    cap: int = setting(0, "stop once this many records are enhanced (0 = no cap; paper: ~3k)")
+    accepted_only: bool = setting(False, "write only the enhanced records: the paper's separate reasoning set")
+    verifier: str = setting("", "optional checkpoint dir asked whether each explanation is faithful")
+    verifier_backend: str = setting("native", "native | vllm, for --verifier")
 
 
 def rule_verdict(text, options, gold, cfg):
@@ -365,15 +503,15 @@ _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can'?t|i'?m unable|i
 
 @dataclass
 class CaptionConfig:
-    teacher: str = ""
-    backend: str = "native"
-    temperature: float = 0.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    batch_size: int = 16
-    min_words: int = 5          # ours: shorter outputs carry no visual detail
-    max_words: int = 300        # ours: the prompt asks for a concise caption
-    max_repeated_ngrams: float = 0.2  # ours: share of repeated word 4-grams (looping generations)
+    teacher: str = setting("", "checkpoint dir of the model that rewrites the captions")
+    backend: str = setting("native", "native | vllm (evaluate.py backends)")
+    temperature: float = setting(0.0, "sampling temperature; 0 = greedy")
+    max_new_tokens: int = setting(512, "token budget of each rewrite")
+    seed: int = setting(0, "sampling seed")
+    batch_size: int = setting(16, "captions per teacher call")
+    min_words: int = setting(5, "ours: shorter outputs carry no visual detail")
+    max_words: int = setting(300, "ours: the prompt asks for a concise caption")
+    max_repeated_ngrams: float = setting(0.2, "ours: share of repeated word 4-grams (looping generations)")
 
 
 def repeated_ngram_share(text, n=4):
@@ -430,225 +568,26 @@ def refine_captions(records, teacher, cfg, report, cache=None):
 
 
 # --------------------------------------------------------------------------------------------
-# 4. Perplexity filtering
-
-
-def caption_positions(labels, stop_ids=()):
-    """Positions of the caption: the last contiguous supervised run of `labels` (the last
-    assistant turn), without its closing <|im_end|> (a format token, not caption text)."""
-    sup = (labels != -100).nonzero().flatten().tolist()
-    if not sup:
-        return []
-    run = [sup[-1]]
-    for p in reversed(sup[:-1]):
-        if p != run[-1] - 1:
-            break
-        run.append(p)
-    run.reverse()
-    while run and int(labels[run[-1]]) in stop_ids:
-        run.pop()
-    return run
-
-
-@torch.no_grad()
-def caption_nll(model, input_ids, target_mask, attention_mask=None, pixel_values=None,
-                image_grid_thw=None, chunk=1024):
-    """Per row: (sum of token cross-entropies over the positions in target_mask, their count).
-    Logits are computed only where a caption token is predicted (position p-1 predicts token p),
-    in chunks, in fp32; the full (B, L, vocab) tensor never exists."""
-    hidden = model(input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                   attention_mask=attention_mask, return_hidden=True)
-    rows, cols = target_mask[:, 1:].nonzero(as_tuple=True)
-    h, targets = hidden[rows, cols], input_ids[rows, cols + 1]
-    nll = torch.cat([F.cross_entropy(model.logits(h[s:s + chunk]).float(), targets[s:s + chunk],
-                                     reduction="none") for s in range(0, len(rows), chunk)]
-                    or [torch.zeros(0)])
-    sums = torch.zeros(len(input_ids), dtype=torch.float64, device=nll.device)
-    sums.index_add_(0, rows, nll.double())
-    return sums, target_mask[:, 1:].sum(1)
-
-
-@dataclass
-class PerplexityConfig:
-    model: str = ""                  # scorer checkpoint dir (paper: Qwen2.5-VL-3B-Instruct)
-    dtype: str = "float32"           # weights; logits and cross-entropy are always fp32
-    device: str = "cpu"
-    batch_size: int = 8
-    max_ppl: float | None = None     # keep ppl <= this ...
-    keep_percentile: float | None = None  # ... and/or the lowest p% within each source
-    scorer: str = "infimed"          # infimed: our model, batched | vllm: vLLM prompt log-probs
-    min_caption_tokens: int = 8      # ours: shorter captions have noisy perplexity
-    max_len: int = 4096              # paper: max sequence 4096
-    max_pixels: int = 262144         # paper: at most 262,144 pixels per image
-
-
-def score_records(records, model, tokenizer, processor, cfg, report, cache=None):
-    """Per record: {"ppl", "n"} or {"error"}. Records are encoded a window at a time (bounded
-    memory), sorted by length within the window and scored in right-padded batches."""
-    from data import SampleError, collate, encode, pad_id
-    cache = cache or JsonlCache(None)
-    im_end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id(tokenizer)
-    keys = [record_key(r, cfg.model, cfg.dtype, cfg.max_len, cfg.max_pixels) for r in records]
-    results = [cache.get(k) for k in keys]
-    pending, window = [i for i, res in enumerate(results) if res is None], cfg.batch_size * 8
-    dev, bar = torch.device(cfg.device), tqdm(total=len(pending), desc="perplexity", disable=None)
-    for w in range(0, len(pending), window):
-        todo = []
-        for i in pending[w:w + window]:
-            if not records[i].get("images"):
-                results[i] = {"error": "no_image"}  # an image-caption score needs the image
-                continue
-            try:
-                s = encode(records[i], tokenizer, processor, max_len=cfg.max_len)
-            except (SampleError, OSError, ValueError) as e:  # not cached: retried on a rerun
-                results[i] = {"error": f"unscorable:{type(e).__name__}:{str(e)[:60]}"}
-                continue
-            pos = caption_positions(s["labels"], {im_end})
-            if len(pos) < cfg.min_caption_tokens:
-                results[i] = {"error": "too_short", "n": len(pos)}
-            else:
-                todo.append((len(s["input_ids"]), i, s, pos))
-        todo.sort(key=lambda t: t[0])
-        for b in range(0, len(todo), cfg.batch_size):
-            batch = todo[b:b + cfg.batch_size]
-            x = collate([s for _, _, s, _ in batch], pad)  # right-padded, every record has an image
-            tmask = torch.zeros_like(x["input_ids"], dtype=torch.bool)
-            for row, (_, _, _, pos) in enumerate(batch):
-                tmask[row, pos] = True
-            sums, counts = caption_nll(model, x["input_ids"].to(dev), tmask.to(dev), x["attention_mask"].to(dev),
-                                       x["pixel_values"].to(dev, next(model.parameters()).dtype),
-                                       x["image_grid_thw"].to(dev))
-            for row, (_, i, _, pos) in enumerate(batch):
-                results[i] = {"ppl": math.exp(float(sums[row]) / int(counts[row])), "n": len(pos)}
-        for i in pending[w:w + window]:
-            if "ppl" in results[i] or results[i]["error"] in ("no_image", "too_short"):
-                cache.put(keys[i], results[i])
-        bar.update(len(pending[w:w + window]))
-    return results
-
-
-def score_with_prompt_logprobs(records, backend, tokenizer, cfg, report, cache=None):
-    """The same scores from a backend's prompt log-probs (vLLM's prompt_logprobs through
-    evaluate.py): the caption is the span between the last `<|im_start|>assistant\n` header and
-    the `<|im_end|>` after it."""
-    cache = cache or JsonlCache(None)
-    ids_of = tokenizer.convert_tokens_to_ids
-    im_start, im_end = ids_of("<|im_start|>"), ids_of("<|im_end|>")
-    header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
-    keys = [record_key(r, cfg.model, "prompt_logprobs", cfg.max_pixels) for r in records]
-    results = [cache.get(k) or ({"error": "no_image"} if not r.get("images") else None) for k, r in zip(keys, records)]
-    todo = [i for i, res in enumerate(results) if res is None]
-    for s in tqdm(range(0, len(todo), cfg.batch_size), desc="perplexity", disable=None):
-        part = todo[s:s + cfg.batch_size]
-        try:
-            outs = backend.prompt_logprobs([{"messages": records[i]["messages"], "images": records[i]["images"]}
-                                            for i in part])
-        except Exception as e:  # counted per record, retried on a rerun
-            outs = [{"error": f"unscorable:{type(e).__name__}"}] * len(part)
-        for i, o in zip(part, outs):
-            if "error" in o:
-                results[i] = o
-                continue
-            ids = o["token_ids"]
-            start = max(p for p, t in enumerate(ids) if t == im_start) + 1 + header
-            stop = ids.index(im_end, start) if im_end in ids[start:] else len(ids)
-            n = stop - start
-            if n < cfg.min_caption_tokens:
-                results[i] = {"error": "too_short", "n": n}
-            else:
-                results[i] = {"ppl": math.exp(-sum(o["logprobs"][start:stop]) / n), "n": n}
-            cache.put(keys[i], results[i])
-    return results
-
-
-def text_histogram(values, bins=12, width=40):
-    """Log-spaced histogram of perplexities as text lines."""
-    if not values:
-        return "(no scores)"
-    lo, hi = math.log(min(values)), math.log(max(values)) + 1e-9
-    step = (hi - lo) / bins or 1.0
-    counts = Counter(min(int((math.log(v) - lo) / step), bins - 1) for v in values)
-    top = max(counts.values())
-    return "\n".join(f"{math.exp(lo + k * step):10.3f} - {math.exp(lo + (k + 1) * step):10.3f} | "
-                      f"{'#' * round(width * counts[k] / top):<{width}} {counts[k]}" for k in range(bins))
-
-
-def select_by_perplexity(records, results, cfg, report):
-    """Keep flags: a scored caption is kept when ppl <= max_ppl and/or ppl <= the
-    keep_percentile-th percentile of the captions of its source. Records without a score are
-    kept and counted by why: not a caption ("not_applicable"), no image, unreadable, too short
-    to score (fewer than min_caption_tokens: their perplexity is noise, not a verdict)."""
-    by_src = defaultdict(list)
-    for r, res in zip(records, results):
-        if "ppl" in res:
-            by_src[source_of(r)].append(res["ppl"])
-    cut = {}
-    for src, v in by_src.items():
-        if cfg.keep_percentile is not None:
-            cut[src] = float(torch.quantile(torch.tensor(v, dtype=torch.float64), cfg.keep_percentile / 100))
-    keep = []
-    for r, res in zip(records, results):
-        src = source_of(r)
-        if "ppl" not in res:
-            ok, why = True, res["error"].split(":")[0]
-            report.count(why if why == "not_applicable" else "kept:" + why, src)
-        else:
-            ok = (cfg.max_ppl is None or res["ppl"] <= cfg.max_ppl) and res["ppl"] <= cut.get(src, math.inf)
-            report.count("kept" if ok else "dropped:perplexity", src)
-        keep.append(ok)
-    report.sections["cutoffs"] = {s: round(c, 4) for s, c in sorted(cut.items())}
-    report.sections["histogram"] = text_histogram([p for v in by_src.values() for p in v])
-    return keep
-
-
-def perplexity_step(records, cfg, report, stem, model=None):
-    """Scores the image-caption records (is_caption) only, selects, writes OUT.scores.jsonl (one
-    line per caption) and returns the keep flags for all records."""
-    from data import ImageProcessor, load_tokenizer
-    captions = [i for i, r in enumerate(records) if is_caption(r)]
-    todo, cache = [records[i] for i in captions], JsonlCache(stem + ".cache.jsonl")
-    if not todo:
-        scored = []
-    elif cfg.scorer == "vllm":
-        import evaluate
-        backend = evaluate.make_backend("vllm", cfg.model, dtype=cfg.dtype, max_pixels=cfg.max_pixels)
-        scored = score_with_prompt_logprobs(todo, backend, load_tokenizer(cfg.model), cfg, report, cache)
-    else:
-        model, tok = model or load_model(cfg.model, cfg.dtype, cfg.device)
-        scored = score_records(todo, model, tok, ImageProcessor(max_pixels=cfg.max_pixels), cfg, report, cache)
-    results = [{"error": "not_applicable"}] * len(records)
-    for i, res in zip(captions, scored):
-        results[i] = res
-    keep = select_by_perplexity(records, results, cfg, report)
-    with open(stem + ".scores.jsonl", "w") as f:
-        for i in captions:
-            f.write(json.dumps({"index": i, "id": record_name(records[i], i), "source": source_of(records[i]),
-                                **results[i], "kept": keep[i]}) + "\n")
-    return keep
-
-
 # --------------------------------------------------------------------------------------------
-# 5. Merging a generated set into the mix
+# 4. Merging a generated set into the mix
 
 
 @dataclass
 class MergeConfig:
-    add: list = field(default_factory=list)  # LABEL=PATH: a ShareGPT file joining as source LABEL
-    seed: int = 0  # the merged records are shuffled with this seed
+    add: list = setting([], "LABEL=PATH: a ShareGPT file joining as source LABEL (repeatable)")
+    seed: int = setting(0, "the merged records are shuffled with this seed")
 
 
 def merge_records(records, cfg, report):
     """IN's records plus every --add file's, relabelled, shuffled deterministically."""
-    from data import read_sharegpt
     out = list(records)
     for spec in cfg.add:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
             raise click.UsageError(f"--add {spec!r}: expected LABEL=PATH, e.g. "
                                    "pmc_vqa_reasoning=sft/pmc_vqa_reasoning.jsonl")
-        added, info = read_sharegpt(path)
-        for reason, n in info["skipped"].items():
-            report.count(f"dropped:invalid_record:{reason}", label, n)
+        added, read = read_sharegpt(path)
+        report.add(read, prefix="dropped:invalid_record:", source=label)
         report.sections.setdefault("added", {})[label] = f"{len(added)} records from {path}"
         report.count("in", label, len(added))
         out += [{**r, "source": label} for r in added]
@@ -662,16 +601,17 @@ def merge_records(records, cfg, report):
 
 def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=None, verifier=None):
     """Read IN, run one step, write OUT (+ OUT.report.json/.md, OUT.dropped.jsonl)."""
-    if step == "decontaminate":
+    if step == "decontaminate":  # a file of its own that imports this one: imported here (see config_class)
+        import decontaminate
         return decontaminate.run_step(in_path, out_path, cfg, embedder)
-    if step not in CONFIGS:
-        raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(CONFIGS)}")
+    if step not in STEPS:
+        raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
     need = {"cot": "teacher", "caption": "teacher", "perplexity": "model"}.get(step)
     if need and not getattr(cfg, need) and teacher is None and model is None:
         raise click.UsageError(f"{step} needs --{need} DIR (a checkpoint directory)")
     stem = os.path.splitext(out_path)[0]
     records, report = read_step_input(step, in_path, cfg)
-    decontaminate.begin_step(step, out_path)
+    begin_step(step, out_path)
     keep = None  # every record, unless a filter says otherwise
     if step == "augment":
         records = augment_records(records, cfg, report)
@@ -688,16 +628,32 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
                 verifier = evaluate.make_backend(cfg.verifier_backend, cfg.verifier)
             records = enhance_responses(records, teacher, cfg, report, cache, verifier)
     else:
-        keep = perplexity_step(records, cfg, report, stem, model)
+        import perplexity  # as decontaminate.py
+        keep = perplexity.perplexity_step(records, cfg, report, stem, model)
     return write_step_output(records, [True] * len(records) if keep is None else keep, out_path, report)
 
 
-CONFIGS = {"augment": AugmentConfig, "cot": CotConfig, "caption": CaptionConfig,
-           "perplexity": PerplexityConfig, "merge": MergeConfig, "decontaminate": DecontamConfig}
+STEPS = ("augment", "cot", "caption", "perplexity", "merge", "decontaminate")
+
+
+def config_class(step):
+    """The settings dataclass of a step. perplexity.py and decontaminate.py hold their own and
+    import this file, so they are imported when their step is asked for: at the top of this file
+    they would make an import cycle."""
+    if step == "perplexity":
+        from perplexity import PerplexityConfig
+        return PerplexityConfig
+    if step == "decontaminate":
+        from decontaminate import DecontamConfig
+        return DecontamConfig
+    return {"augment": AugmentConfig, "cot": CotConfig, "caption": CaptionConfig, "merge": MergeConfig}[step]
 
 
 def config_from(step, options):
-    cls = CONFIGS[step]
+    """A step's settings from a pipeline spec's entries; unknown names are refused."""
+    if step not in STEPS:
+        raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    cls = config_class(step)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(options) - names
     if unknown:
@@ -722,29 +678,34 @@ def run_pipeline(spec_path):
     return reports
 
 
-@click.group()
-def cli():
-    """Curation steps over ShareGPT JSONL files; each writes OUT and OUT.report.{json,md}."""
-
-
-def _add_command(step):
-    def command(in_path, out_path, **options):
-        report = run_step(step, in_path, out_path, config_from(step, options))
+def step_command(step):
+    """The command line of one step: IN_PATH OUT_PATH and one option per setting."""
+    def command(in_path, out_path, **settings):
+        report = run_step(step, in_path, out_path, config_from(step, settings))
         click.echo(json.dumps(dict(report.counts), indent=1))
-    cli.command(step, help=f"Run the {step} step on IN_PATH, writing OUT_PATH.")(config_command(CONFIGS[step])(command))
+    command = command_options(config_class(step))(command)
+    command = click.argument("out_path", type=click.Path(dir_okay=False))(command)
+    command = click.argument("in_path", type=click.Path(exists=True, dir_okay=False))(command)
+    return click.command(step, help=f"Run the {step} step on IN_PATH, writing OUT_PATH.")(command)
 
 
-for _step in CONFIGS:
-    _add_command(_step)
+def _cli():
+    """The command group, built when called (config_class imports the steps in other files)."""
+    @click.group()
+    def cli():
+        """Curation steps over ShareGPT JSONL files; each writes OUT and OUT.report.{json,md}."""
 
+    for step in STEPS:
+        cli.add_command(step_command(step))
 
-@cli.command("pipeline")
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
-def pipeline_cmd(spec):
-    """Run the steps of a JSON spec in order."""
-    for r in run_pipeline(spec):
-        click.echo(f"{r.step}: {json.dumps(dict(r.counts))}")
+    @cli.command("pipeline")
+    @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+    def pipeline_cmd(spec):
+        """Run the steps of a JSON spec in order."""
+        for r in run_pipeline(spec):
+            click.echo(f"{r.name}: {json.dumps(dict(r.counts))}")
+    return cli
 
 
 if __name__ == "__main__":
-    cli()
+    _cli()()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageOps
 
+from tally import Tally
+
 # ---- Tokenizer -------------------------------------------------------------------------------
 # The Qwen2 special tokens in their real order: ids 151643..151656 in the real vocabulary
 # (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <|vision_start|> 151652,
@@ -498,37 +500,20 @@ def to_canonical(raw, image_root=None):
     return {**extra, "messages": messages, "images": images}
 
 
-def _new_report(path, n_read):
-    return {"path": path, "read": n_read, "kept": 0, "skipped": {}, "examples": {}}
-
-
 def _skip(report, where, e, strict):
-    """Count SampleError `e` under its reason, keeping one example naming file and record;
-    strict: raise it with that message instead."""
-    msg = f"{report['path']} {where}: {e}"
+    """Count SampleError `e` under its reason, with a message naming file and record as its
+    example; strict: raise it with that message instead."""
+    msg = f"{report.name} {where}: {e}"
     if strict:
         raise SampleError(e.reason, msg) from e
-    report["skipped"][e.reason] = report["skipped"].get(e.reason, 0) + 1
-    report["examples"].setdefault(e.reason, msg)
-
-
-def format_report(report):
-    """One line per skip reason, with an example message naming file and record, and the
-    exchanges cut from over-length conversations."""
-    lines = [f"{report['path']}: read {report['read']}, kept {report['kept']}"]
-    for reason, n in sorted(report["skipped"].items()):
-        lines.append(f"  skipped {n} ({reason}), e.g. {report['examples'][reason]}")
-    if report.get("exchanges_dropped"):
-        lines.append(f"  shortened {report['samples_shortened']} over-length conversations: "
-                     f"{report['exchanges_dropped']} later exchanges dropped (kept whole up to max_len)")
-    return "\n".join(lines)
+    report.count(e.reason, example=msg)
 
 
 def read_sharegpt(path, strict=False, image_root=None):
-    """Read a ShareGPT JSON array or JSONL file -> (records, report). Bad records are skipped
-    and counted per reason in report["skipped"] (one example each in report["examples"]);
-    strict=True raises on the first instead. Relative image paths resolve against `image_root`
-    (default: the file's folder). Images are opened later, by encode() (SampleError)."""
+    """Read a ShareGPT JSON array or JSONL file -> (records, Tally). Bad records are skipped and
+    counted per reason, each reason with an example naming file and record; strict=True raises
+    on the first instead. Relative image paths resolve against `image_root` (default: the
+    file's folder). Images are opened later, by encode() (SampleError)."""
     records, _, report = _read_sharegpt(path, strict, image_root)
     return records, report
 
@@ -548,7 +533,8 @@ def _read_sharegpt(path, strict, image_root):
     else:  # JSONL: a bad line is one skipped record
         raws = [(i + 1, line) for i, line in enumerate(raw_bytes.split(b"\n")) if line.strip()]
         where = "line"
-    records, places, report = [], [], _new_report(path, len(raws))
+    records, places, report = [], [], Tally(path)
+    report.read = len(raws)
     for i, raw in raws:
         try:
             if where == "line":
@@ -557,7 +543,6 @@ def _read_sharegpt(path, strict, image_root):
             places.append(f"{where} {i}")
         except SampleError as e:
             _skip(report, f"{where} {i}", e, strict)
-    report["kept"] = len(records)
     return records, places, report
 
 
@@ -597,9 +582,11 @@ class SFTDataset(torch.utils.data.Dataset):
     """Training samples from a ShareGPT file (or a list of canonical records). Construction
     validates every record and measures its exact token length from text and image headers (no
     pixel decoding) under encode()'s over-length policy; unusable records are counted in
-    `self.report` (strict=True raises). `self.lengths` feeds packing and length-grouped sampling.
-    Items are encode() dicts, or {"skip": reason, "message": ...} for an image that fails only
-    at decode time (`collate` drops and counts those: batch["n_skipped"], batch["skipped"])."""
+    `self.report`, a Tally (strict=True raises), conversations cut to max_len in
+    `samples_shortened` and `exchanges_dropped` (summary() prints both). `self.lengths` feeds
+    packing and length-grouped sampling. Items are encode() dicts, or {"skip": reason,
+    "message": ...} for an image that fails only at decode time (`collate` drops and counts
+    those: batch["n_skipped"], batch["skipped"])."""
 
     def __init__(self, path_or_records, tokenizer, image_processor, max_len=4096, strict=False):
         from tqdm import tqdm
@@ -608,11 +595,11 @@ class SFTDataset(torch.utils.data.Dataset):
         else:
             records = list(path_or_records)
             places = [f"record {i}" for i in range(len(records))]
-            self.report = _new_report("<records>", len(records))
+            self.report = Tally("<records>")
+            self.report.read = len(records)
         self.tokenizer, self.image_processor, self.max_len, self.strict = (
             tokenizer, image_processor, max_len, strict)
-        self.records, self.lengths = [], []
-        self.report.update(exchanges_dropped=0, samples_shortened=0)
+        self.records, self.lengths, self.exchanges_dropped, self.samples_shortened = [], [], 0, 0
         for rec, where in zip(tqdm(records, desc="scanning", disable=len(records) < 2000), places):
             try:
                 rec = to_canonical(rec)  # either dialect; validated
@@ -623,11 +610,16 @@ class SFTDataset(torch.utils.data.Dataset):
                 continue
             self.records.append(rec)
             self.lengths.append(len(ids))
-            self.report["exchanges_dropped"] += dropped
-            self.report["samples_shortened"] += dropped > 0
-        self.report["kept"] = len(self.records)
+            self.exchanges_dropped += dropped
+            self.samples_shortened += dropped > 0
         if not self.records:
-            raise ValueError("no usable training record:\n" + format_report(self.report))
+            raise ValueError("no usable training record:\n" + self.summary())
+
+    def summary(self):
+        """The read report as text, and the exchanges cut from over-length conversations."""
+        shortened = (f"\n  shortened {self.samples_shortened} over-length conversations: {self.exchanges_dropped} "
+                     "later exchanges dropped (kept whole up to max_len)") if self.exchanges_dropped else ""
+        return self.report.lines() + shortened
 
     def __len__(self):
         return len(self.records)
@@ -697,16 +689,6 @@ def collate(batch, pad_id, padding_side="right"):
             "n_skipped": sum(skipped.values()), "skipped": dict(skipped)}
 
 
-def cu_seqlens(attention_mask):
-    """Cumulative sample lengths (int32, starting at 0) over the non-padding tokens of a batch
-    in row-major order: the boundaries a varlen attention kernel takes for packed rows."""
-    b = torch.arange(attention_mask.shape[0]).unsqueeze(1).expand_as(attention_mask)
-    keep = attention_mask > 0
-    sample = b[keep] * (int(attention_mask.max()) + 1) + attention_mask[keep]
-    counts = torch.unique_consecutive(sample, return_counts=True)[1]
-    return torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
-
-
 class LengthGroupedSampler(torch.utils.data.Sampler):
     """Batch sampler (DataLoader(batch_sampler=...)): each epoch (set_epoch) permutes samples with
     `seed + epoch`, sorts chunks of batch_size * group_chunks by length (less padding), cuts
@@ -748,13 +730,3 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return self.n_batches // self.world_size
-
-
-def padding_fraction(plan, lengths):
-    """Share of padding when each batch of `plan` (index lists into `lengths`) pads to its longest."""
-    real = sum(lengths[i] for b in plan for i in b)
-    total = sum(len(b) * max(lengths[i] for i in b) for b in plan if b)
-    return 1 - real / total if total else 0.0
-
-
-from sources import load_source  # noqa: E402  readers live in sources.py

@@ -1,7 +1,8 @@
-"""Benchmark decontamination of SFT data (paper section 3): a training
-record whose images and question match a benchmark item is removed, by an exact pass (decoded
-pixels + normalized question) and then by embedding similarity above 0.95 (gme-Qwen2-VL-style
-embeddings from any checkpoint QwenVL loads, or the model-free HashEmbedder). Needs data.py.
+"""Benchmark decontamination of SFT data (paper section 3): a training record whose images and
+question match a benchmark item is removed, by an exact pass (decoded pixels + normalized
+question) and then by embedding similarity above 0.95 (gme-Qwen2-VL-style embeddings from any
+checkpoint QwenVL loads, or the model-free HashEmbedder). A curation step: it reads, reports and
+writes with curate.py's record helpers and step files.
 
     python decontaminate.py IN.jsonl OUT.jsonl --bench test.jsonl --embedder DIR|hash
     python decontaminate.py IN.jsonl OUT.jsonl --bench vqa_rad:/data/vqa_rad:test   # sources.py
@@ -9,18 +10,14 @@ embeddings from any checkpoint QwenVL loads, or the model-free HashEmbedder). Ne
 
 Writes OUT, OUT.dropped.jsonl, OUT.report.{json,md} (counts per source, each removed record with
 its benchmark match and score) and OUT.cache/ (embeddings: a rerun only embeds what is new).
-The record helpers, Report and step files here also serve curate.py's steps.
 """
-import dataclasses
 import glob
 import hashlib
 import json
 import math
 import os
-import re
 import zlib
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import click
 import torch
@@ -28,185 +25,24 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from cli import command_options, setting
+from curate import (bare_question, begin_step, load_model, read_step_input, record_key, record_name, source_of,
+                    strip_image_tags, turn_index, write_step_output)
 # open_image: the pixels training sees
-from data import collate, encode_prompt, open_image, pad_id, read_sharegpt, write_sharegpt
-from prompts import COT_PROMPT, INSTRUCTIONS, normalize_question, split_options
+from data import ImageProcessor, collate, encode_prompt, open_image, pad_id
+from prompts import normalize_question
 
 # gme-Qwen2-VL's default embedding instruction (its gme_inference.py, used for every corpus item).
 GME_INSTRUCTION = "You are a helpful assistant."
 
-# --------------------------------------------------------------------------------------------
-# Records, reports, step files
-
-
-def record_key(obj, *salt) -> str:
-    """Stable hash of a record (plus the step settings that change its result)."""
-    blob = json.dumps([obj, salt], sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()
-
-
-def source_of(record) -> str:
-    return str(record.get("source") or (record.get("meta") or {}).get("source") or "unknown")
-
-
-def record_name(record, index) -> str:
-    return str(record.get("id") or (record.get("meta") or {}).get("id") or f"#{index}")
-
-
-def turn_index(record, role, last=False):
-    idx = [i for i, m in enumerate(record.get("messages", [])) if m.get("role") == role]
-    return (idx[-1] if last else idx[0]) if idx else None
-
-
-def strip_image_tags(text: str) -> str:
-    return text.replace("<image>", "").strip()
-
-
-class Report:
-    """Counts (overall and per source), settings and extra sections, written as JSON and Markdown."""
-
-    def __init__(self, step, config=None):
-        self.step, self.config = step, dataclasses.asdict(config) if config else {}
-        self.counts, self.by_source, self.sections = Counter(), defaultdict(Counter), {}
-
-    def count(self, what, source=None, n=1):
-        self.counts[what] += n
-        if source is not None:
-            self.by_source[source][what] += n
-
-    def to_dict(self):
-        return {"step": self.step, "complete": True, "config": self.config, "counts": dict(self.counts),
-                "by_source": {s: dict(c) for s, c in sorted(self.by_source.items())}, **self.sections}
-
-    def write(self, out_path):
-        stem = os.path.splitext(out_path)[0]
-        with open(stem + ".report.json", "w") as f:
-            json.dump(self.to_dict(), f, indent=1, ensure_ascii=False, default=str)
-        cols = sorted({k for c in self.by_source.values() for k in c})
-        md = [f"# {self.step}: {out_path}", _table(["setting", "value"], self.config.items()),
-              _table(["count", "n"], sorted(self.counts.items())),
-              _table(["source"] + cols, [[s] + [c.get(k, 0) for k in cols] for s, c in sorted(self.by_source.items())])]
-        for name, v in self.sections.items():
-            md.append(f"## {name}\n\n" + (f"```\n{v}\n```" if isinstance(v, str) else
-                                          _table(["key", "value"], v.items()) if isinstance(v, dict) else
-                                          _table(list(v[0]), [r.values() for r in v]) if v else "(none)"))
-        with open(stem + ".report.md", "w") as f:
-            f.write("\n\n".join(md) + "\n")
-
-
-def _table(header, rows):
-    cell = lambda v: (f"{v:.4f}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ")[:200]
-    return "\n".join(["| " + " | ".join(map(cell, r)) + " |" for r in [header, ["---"] * len(header)] + list(rows)])
-
-
-def begin_step(step, out_path):
-    """Mark OUT's report incomplete until the step writes its real one: a step killed midway
-    leaves a report that says so, and the next step refuses OUT (read_step_input)."""
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
-    with open(os.path.splitext(out_path)[0] + ".report.json", "w") as f:
-        json.dump({"step": step, "complete": False}, f)
-
-
-def read_step_input(step, in_path, cfg):
-    """(records, report) for a step over IN: records data.read_sharegpt cannot use are counted
-    per reason, with one example message (file and line) per reason. IN is refused when its own
-    report says the step that wrote it did not finish."""
-    side = os.path.splitext(in_path)[0] + ".report.json"
-    if os.path.exists(side):
-        try:
-            done = json.load(open(side)).get("complete", True)
-        except (json.JSONDecodeError, AttributeError):
-            done = False
-        if not done:
-            raise click.UsageError(f"{in_path}: its report {side} says the step that writes it did not finish; "
-                                   "rerun that step (it resumes from its cache) before this one")
-    records, info = read_sharegpt(in_path)
-    report = Report(step, cfg)
-    report.sections["input"] = {"path": in_path, "records": len(records), "unreadable_lines": info["read"] - info["kept"]}
-    for r in records:
-        report.count("in", source_of(r))
-    for reason, n in info["skipped"].items():
-        report.count(f"dropped:invalid_record:{reason}", n=n)
-    report.sections["invalid_records"] = info["examples"]
-    return records, report
-
-
-def write_step_output(records, keep, out_path, report):
-    """OUT (kept records), OUT.dropped.jsonl (the others, if any), OUT.report.json/.md. The
-    report's per-source table gets "in" (read_step_input) and "out" columns."""
-    write_sharegpt([r for r, k in zip(records, keep) if k], out_path)
-    if not all(keep):
-        write_sharegpt([r for r, k in zip(records, keep) if not k], os.path.splitext(out_path)[0] + ".dropped.jsonl")
-    for r, k in zip(records, keep):
-        if k:
-            report.by_source[source_of(r)]["out"] += 1
-    report.counts["output_records"] = sum(keep)
-    report.write(out_path)
-    return report
-
-
-def config_command(cls):
-    """Decorator: IN_PATH OUT_PATH arguments and one --flag per field of the dataclass `cls`."""
-    def add(command):
-        for f in reversed(dataclasses.fields(cls)):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            flag = "--" + f.name.replace("_", "-")
-            if f.type is bool:
-                command = click.option(flag, f.name, is_flag=True, default=default)(command)
-                continue
-            kind = f.type if f.type in (int, float, str) else (str if isinstance(default, list) else float)
-            command = click.option(flag, f.name, type=kind, default=default,
-                                   multiple=isinstance(default, list), show_default=True)(command)
-        return click.argument("in_path", type=click.Path(exists=True, dir_okay=False))(
-            click.argument("out_path", type=click.Path(dir_okay=False))(command))
-    return add
-
-
-def load_model(path, dtype, device):
-    from data import load_tokenizer
-    from infimed import QwenVL
-    model = QwenVL.from_pretrained(path, dtype=getattr(torch, dtype), device=device).eval()
-    return model, load_tokenizer(path)
-
 
 # --------------------------------------------------------------------------------------------
-# Questions: what a record asks, without the wording curation adds
-
-def parse_options(text):
-    """A multiple-choice user turn -> (stem, {letter: option text}) without image tags; options
-    None when the text holds no run of option lines A., B., ... (prompts.split_options)."""
-    return split_options(strip_image_tags(text))
-
-
-def template_question(text, templates):
-    """The {question} slot of the first template (instructions filled in) that matches text; a
-    {letters} slot matches any letter list."""
-    for t in templates:
-        if "{options}" not in t:
-            pattern = re.escape(t).replace(re.escape("{question}"), "(?P<q>.+)")
-            m = re.fullmatch(pattern.replace(re.escape("{letters}"), r"[^)]*"), text, re.S)
-            if m:
-                return m.group("q").strip() if "q" in m.groupdict() else ""
-    return None
-
-
-def bare_question(text):
-    """(question, options) without image tags, option lines, the instruction a template of
-    prompts.INSTRUCTIONS added or the chain-of-thought prompt around it (prompts.cot_prompt), so
-    raw, augmented and CoT copies of a question compare alike."""
-    text = strip_image_tags(text)
-    cot = COT_PROMPT.replace("{QUESTION}", "{question}").replace("(A, B, C, and D)", "({letters})")
-    text = template_question(text, [cot]) or text
-    stem, options = parse_options(text)
-    if options is None:
-        stem = next((q for k, v in INSTRUCTIONS.items() if k != "caption"
-                     for q in [template_question(stem, v)] if q), stem)
-    return stem, options
+# The question a record asks
 
 
 def query_of(record) -> str:
     """The question a record (ShareGPT, or load_source-style with "question") asks: its original
-    question when a step rewrote the prompt (remember_original), else the bare user turn."""
+    question when a step rewrote the prompt (curate.remember_original), else the bare user turn."""
     if "question" in record and "messages" not in record:
         return strip_image_tags(str(record["question"]))
     original = record.get("original") or {}
@@ -214,17 +50,6 @@ def query_of(record) -> str:
         return strip_image_tags(str(original["question"]))
     u = turn_index(record, "user")
     return bare_question(record["messages"][u]["content"])[0] if u is not None else ""
-
-
-def remember_original(record):
-    """Before a step rewrites a record's prompt (augmentation, chain of thought, caption
-    refinement): store what it asks, its question and options, in record["original"] once, so
-    decontamination compares the original item however later steps reword it. Returns record."""
-    if not (record.get("original") or {}).get("question"):
-        u = turn_index(record, "user")
-        stem, options = bare_question(record["messages"][u]["content"]) if u is not None else ("", None)
-        record["original"] = {"question": stem, "options": options}
-    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,15 +180,15 @@ def embed_items(items, embedder, cache, batch_size, desc):
 
 @dataclass
 class DecontamConfig:
-    bench: list = field(default_factory=list)  # benchmark JSONL files or name:root[:split]
-    embedder: str = "hash"      # "hash" (model-free) or a checkpoint dir (gme-Qwen2-VL-2B-Instruct)
-    threshold: float = 0.95     # paper section 3: similarity above 95% is excluded
-    block: int = 4096           # train rows per matrix product (memory = block x benchmark size)
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
-    min_pixels: int = 256 * 28 * 28   # gme_inference.py: min_image_tokens 256
-    max_pixels: int = 1280 * 28 * 28  # gme_inference.py: max_image_tokens 1280
+    bench: list = setting([], "benchmark JSONL file or name:root[:split] (sources.py); repeatable")
+    embedder: str = setting("hash", '"hash" (model-free) or a checkpoint dir (gme-Qwen2-VL-2B-Instruct)')
+    threshold: float = setting(0.95, "paper section 3: similarity above 95% is excluded")
+    block: int = setting(4096, "train rows per matrix product (memory = block x benchmark size)")
+    batch_size: int = setting(8, "items per embedding forward")
+    device: str = setting("cpu", "torch device of the embedder")
+    dtype: str = setting("float32", "embedder weights")
+    min_pixels: int = setting(256 * 28 * 28, "gme_inference.py: min_image_tokens 256")
+    max_pixels: int = setting(1280 * 28 * 28, "gme_inference.py: max_image_tokens 1280")
 
 
 def _hashed(records, report, side):
@@ -436,7 +261,6 @@ def load_bench(spec):
 def make_embedder(cfg):
     if cfg.embedder == "hash":
         return HashEmbedder()
-    from data import ImageProcessor
     model, tok = load_model(cfg.embedder, cfg.dtype, cfg.device)
     return ModelEmbedder(model, tok, ImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels),
                          device=cfg.device, name=os.path.abspath(cfg.embedder))
@@ -457,10 +281,12 @@ def run_step(in_path, out_path, cfg, embedder=None):
 
 
 @click.command()
-@config_command(DecontamConfig)
-def main(in_path, out_path, **options):
+@click.argument("in_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_path", type=click.Path(dir_okay=False))
+@command_options(DecontamConfig)
+def main(in_path, out_path, **settings):
     """Remove the records of IN_PATH that match a benchmark item, writing OUT_PATH."""
-    click.echo(json.dumps(dict(run_step(in_path, out_path, DecontamConfig(**options)).counts), indent=1))
+    click.echo(json.dumps(dict(run_step(in_path, out_path, DecontamConfig(**settings)).counts), indent=1))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ plain records (`load_source` returns them as a list):
 A multiple-choice `answer` is the option letter (meta["answer_text"]: its text). Reading never
 opens an image file (a missing one is counted when the record is used, e.g. by `mix`); images
 embedded in parquet/TSV become PIL images decoded lazily. Malformed rows are skipped and counted
-by reason in the reader's `SourceReport`; nothing is dropped silently. Each reader's docstring
-names the layout it expects and where its publisher documents it (PUBLISHED).
+by reason in the reader's `report` (a Tally); nothing is dropped silently. Each reader's
+docstring names the layout it expects and where its publisher documents it (PUBLISHED).
 """
 import ast
 import base64
@@ -28,14 +28,13 @@ import pickle
 import random
 import re
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
 
 import click
 from PIL import Image
 from tqdm import tqdm
 
 from prompts import INSTRUCTIONS, LETTERS, format_options, split_options
+from tally import Tally
 
 NAMES = ("vqa_rad", "slake", "path_vqa", "pmc_vqa", "mmmu", "gmai_mmbench", "gmai_reasoning",
          "llava_onevision", "synthetic")
@@ -65,29 +64,9 @@ PUBLISHED = {
 
 
 # ----------------------------------------------------------------------------- records + report
-@dataclass
-class SourceReport:
-    """What a reader saw: rows read, rows kept, and skipped rows counted by reason."""
-    source: str
-    split: str
-    rows: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: list = field(default_factory=list)  # first few (row, reason) pairs, for the user
-
-    def skip(self, row, reason):
-        self.skipped[reason] += 1
-        if len(self.examples) < 5:
-            self.examples.append((row, reason))
-
-    def summary(self):
-        kept = self.rows - sum(self.skipped.values())
-        reasons = ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) or "none"
-        return f"{self.source}/{self.split}: {self.rows} rows, {kept} kept, skipped ({reasons})"
-
-
 class Records(list):
     """A list of records that also carries the reader's `report`."""
-    report: SourceReport
+    report: Tally
 
 
 def _record(id, question, answer, images, meta, options=None, **extra):
@@ -195,13 +174,13 @@ def _require_columns(path, found, needed, source):
 
 
 def _jsonl(path, report):
-    """(line index, object) per non-blank line of a JSONL file, each counted in report.rows; a
+    """(line index, object) per non-blank line of a JSONL file, each counted in report.read; a
     line that is not a JSON object is skipped and counted."""
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             if not line.strip():
                 continue
-            report.rows += 1
+            report.read += 1
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
@@ -209,7 +188,7 @@ def _jsonl(path, report):
             if isinstance(r, dict):
                 yield i, r
             else:
-                report.skip(i, "not a JSON object line")
+                report.count("not a JSON object line", example=i)
 
 
 def _pick(table, split, source):
@@ -230,7 +209,8 @@ def _split_files(source, root, split, ext="parquet"):
 
 # ----------------------------------------------------------------------------- readers
 # Each reader is a generator: records come one at a time, so the mix can sample a source far
-# larger than memory. Rows are counted in report.rows and every skipped row in report.skip.
+# larger than memory. Rows are counted in report.read and every skipped row by its reason
+# (report.count, the row as its example).
 def _qa_json(source, path, img_dir, image_key, keep, report):
     """VQA-RAD and SLAKE: a JSON list of {qid, question, answer, <image_key>, ...} rows, of which
     those with keep(row) true belong to the split. Whitespace around meta strings is stripped."""
@@ -239,15 +219,15 @@ def _qa_json(source, path, img_dir, image_key, keep, report):
     for i, r in enumerate(rows):
         if not keep(r):
             continue
-        report.rows += 1
+        report.read += 1
         if not str(r.get("question", "")).strip() or r.get("answer") is None or not r.get(image_key):
-            report.skip(i, f"missing question, answer or {image_key}"); continue
+            report.count(f"missing question, answer or {image_key}", example=i); continue
         meta = {k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()
                 if k not in ("question", "answer")}
         try:
             image = _inside(img_dir, r[image_key])
         except PathOutside:
-            report.skip(i, OUTSIDE); continue
+            report.count(OUTSIDE, example=i); continue
         yield _record(f"{source}-{r['qid']}", r["question"].strip(), str(r["answer"]).strip(), [image], meta)
 
 
@@ -308,19 +288,19 @@ def read_path_vqa(root, split, report):
     except FileNotFoundError:  # no parquet files: the original pickles
         rows = _path_vqa_pickle_rows(root, split)
     for rid, r, image in rows:
-        report.rows += 1
+        report.read += 1
         if not isinstance(r, dict):
-            report.skip(rid, "row is not a dict"); continue
+            report.count("row is not a dict", example=rid); continue
         try:
             img = image()
         except PathOutside:
-            report.skip(rid, OUTSIDE); continue
+            report.count(OUTSIDE, example=rid); continue
         q = r.get("question") or r.get("sent")
         a = r.get("answer")
         if a is None and isinstance(r.get("label"), dict) and r["label"]:
             a = max(r["label"], key=r["label"].get)
         if not q or a is None or img is None:
-            report.skip(rid, "missing question, answer or image"); continue
+            report.count("missing question, answer or image", example=rid); continue
         a = str(a).strip()
         meta = {"answer_type": r.get("answer_type") or ("yes/no" if a.lower() in ("yes", "no") else "other")}
         yield _record(f"path_vqa-{rid}", str(q).strip(), a, [img], meta)
@@ -366,21 +346,21 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
         _require_columns(path, columns, needed, "pmc_vqa")
         for i, row in enumerate(reader):
             row = {k.strip().replace("Anwser", "Answer"): (v or "").strip() for k, v in row.items() if k}
-            report.rows += 1
+            report.read += 1
             fig = row.get("Figure_path", "")
             if not fig:
-                report.skip(i, "missing Figure_path"); continue
+                report.count("missing Figure_path", example=i); continue
             rid = row.get("index") or str(i)
             meta = {"figure": fig, "caption": row.get("Caption"), "version": int(version)}
             try:
                 image = _inside(img_dir, fig)
             except PathOutside:
-                report.skip(i, OUTSIDE); continue
+                report.count(OUTSIDE, example=i); continue
             if subset == "caption":
                 if not row.get("Caption"):
-                    report.skip(i, "missing Caption"); continue
+                    report.count("missing Caption", example=i); continue
                 if fig in seen:  # one caption per figure, not one per question
-                    report.skip(i, "duplicate figure"); continue
+                    report.count("duplicate figure", example=i); continue
                 seen.add(fig)
                 yield _record(f"pmc_caption-{rid}", INSTRUCTIONS["caption"][0], row["Caption"], [image],
                               {**meta, "task": "caption"})
@@ -393,7 +373,7 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
             else:  # the answer's text: find its letter
                 label = next((L for L, t in options.items() if t == _strip_choice(raw, "[A-D]")), None)
             if not row.get("Question") or len(options) < 2 or label not in options:
-                report.skip(i, "missing question/options or answer not among options"); continue
+                report.count("missing question/options or answer not among options", example=i); continue
             yield _record(f"pmc_vqa-{rid}", row["Question"], label, [image],
                           {**meta, "answer_text": options[label]}, options=options)
 
@@ -409,20 +389,20 @@ def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
         subject = re.sub(r"^(dev|validation|test)_|_\d+$", "", rid)
         if subjects and subject not in subjects:
             continue
-        report.rows += 1
+        report.read += 1
         try:
             opts = ast.literal_eval(r.get("options") or "[]")
             assert isinstance(opts, list)
         except Exception:
-            report.skip(rid, "options is not a list literal"); continue
+            report.count("options is not a list literal", example=rid); continue
         text = " ".join([r.get("question") or ""] + [str(o) for o in opts])
         tags = sorted({int(n) for n in re.findall(r"<image (\d+)>", text)})
         try:
             images = [_hf_image(r.get(f"image_{n}"), root) for n in tags]
         except PathOutside:
-            report.skip(rid, OUTSIDE); continue
+            report.count(OUTSIDE, example=rid); continue
         if not tags or any(im is None for im in images):
-            report.skip(rid, "an <image N> tag without its image column (or no image)"); continue
+            report.count("an <image N> tag without its image column (or no image)", example=rid); continue
         meta = {k: r.get(k) for k in ("question_type", "subfield", "img_type", "topic_difficulty",
                                       "explanation")}
         meta["subject"] = subject
@@ -430,7 +410,7 @@ def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
         if opts:
             options = dict(zip(LETTERS, (str(o) for o in opts)))
             if answer not in options:
-                report.skip(rid, "answer letter not among options"); continue
+                report.count("answer letter not among options", example=rid); continue
             meta["answer_text"] = options[answer]
         else:
             options = None  # short-answer item
@@ -471,7 +451,7 @@ def read_gmai_mmbench(root, split, report, file=None):
             rows = list(reader)
         by_index = {r.get("index"): r.get("image", "") for r in rows}
         for r in rows:
-            report.rows += 1
+            report.read += 1
             rid = r.get("index")
             img = r.get("image", "")
             if len(img) < 64 and img in by_index:
@@ -480,13 +460,13 @@ def read_gmai_mmbench(root, split, report, file=None):
                        if (r.get(L) or "").strip() and r[L].strip().lower() != "nan"}
             answer = (r.get("answer") or "").strip()
             if not r.get("question") or len(options) < 2 or answer not in options:
-                report.skip(rid, "missing question/options or answer not among options"); continue
+                report.count("missing question/options or answer not among options", example=rid); continue
             try:
                 im = _open_embedded(base64.b64decode(img, validate=True))
             except ValueError:
                 im = None
             if im is None:
-                report.skip(rid, "image is not a base64-encoded image"); continue
+                report.count("image is not a base64-encoded image", example=rid); continue
             meta = {k: v for k, v in r.items() if k not in ("question", "answer", "image", *"ABCDE")}
             meta["answer_text"] = options[answer]
             yield _record(f"gmai_mmbench-{rid}", r["question"].strip(), answer, [im], meta, options=options)
@@ -497,13 +477,13 @@ def _conversation_record(rid, convs, images, meta, report):
     if not isinstance(convs, list) or len(convs) < 2 or any(
             not isinstance(t, dict) or t.get("from") not in ("system", "human", "gpt") or
             not isinstance(t.get("value"), str) for t in convs):
-        report.skip(rid, "conversations are not a list of from/value turns"); return None
+        report.count("conversations are not a list of from/value turns", example=rid); return None
     humans = [t for t in convs if t["from"] == "human"]
     if not humans or convs[-1]["from"] != "gpt":
-        report.skip(rid, "conversation lacks a human turn or does not end with gpt"); return None
+        report.count("conversation lacks a human turn or does not end with gpt", example=rid); return None
     n_tags = sum(t["value"].count("<image>") for t in convs)
     if n_tags not in (0, len(images)):
-        report.skip(rid, f"{n_tags} <image> tags for {len(images)} images"); return None
+        report.count(f"{n_tags} <image> tags for {len(images)} images", example=rid); return None
     if m := re.search(r"<answer>\s*(.*?)\s*</answer>", convs[-1]["value"], re.S):
         meta["final_answer"] = m.group(1)
     question = humans[0]["value"].replace("<image>", "").strip()
@@ -523,7 +503,7 @@ def read_gmai_reasoning(root, split, report, file="reasoning_mcq_sft.jsonl"):
         try:
             paths = [_inside(base, p) for p in imgs]
         except PathOutside:
-            report.skip(i, OUTSIDE); continue
+            report.count(OUTSIDE, example=i); continue
         rec = _conversation_record(f"gmai_reasoning-{r.get('id', i)}", r.get("conversations"), paths, meta, report)
         if rec is not None:
             yield rec
@@ -539,13 +519,13 @@ def read_llava_onevision(root, split, report, subsets=None):
     if not files:
         raise _missing("llava_onevision", root, "*.parquet files")
     for i, (path, r) in enumerate(_parquet_rows(files, "llava_onevision", ["conversations"])):
-        report.rows += 1
+        report.read += 1
         try:
             img = _hf_image(r.get("image"), root)
         except PathOutside:
-            report.skip(r.get("id") or i, OUTSIDE); continue
+            report.count(OUTSIDE, example=r.get("id") or i); continue
         if r.get("image") and img is None:
-            report.skip(r.get("id") or i, "embedded image is not a readable image"); continue
+            report.count("embedded image is not a readable image", example=r.get("id") or i); continue
         meta = {"data_source": r.get("data_source"), "subset": os.path.basename(os.path.dirname(path))}
         rec = _conversation_record(f"llava_ov-{r.get('id') or i}", r.get("conversations"),
                                    [img] if img is not None else [], meta, report)
@@ -577,7 +557,7 @@ def iter_source(name, root, split, report, **kw):
 
 def load_source(name, root, split, **kw):
     """Read one dataset from its raw format -> Records (a list of dicts, with `.report`)."""
-    report = SourceReport(name, split)
+    report = Tally(f"{name}/{split}")
     records = Records(iter_source(name, root, split, report, **kw))
     records.report = report
     return records
@@ -656,7 +636,7 @@ def _read_sharegpt_file(path, report):
             images = [os.path.join(os.path.dirname(path), p) for p in r.get("images", [])]  # abs stays
             assert sum(m["content"].count("<image>") for m in msgs) == len(images)
         except (KeyError, TypeError, AssertionError):
-            report.skip(i, "not a ShareGPT line with matching <image> tags"); continue
+            report.count("not a ShareGPT line with matching <image> tags", example=i); continue
         yield {**{k: v for k, v in r.items() if k not in ("source",)}, "messages": msgs, "images": images}
 
 
@@ -677,7 +657,7 @@ def _samples(entry, root, report, augment, seed):
             continue
         missing = next((p for p in s["images"] if isinstance(p, str) and not os.path.exists(p)), None)
         if missing is not None:
-            report.skip(missing, "missing image file"); continue
+            report.count("missing image file", example=missing); continue
         yield pos, s
         pos += 1
 
@@ -686,7 +666,7 @@ def _converted(record, report, augment, seed):
     try:
         sample = to_sharegpt(record, augment=augment, seed=seed)
     except (KeyError, ValueError, IndexError) as e:
-        report.skip(record["id"], f"cannot convert: {type(e).__name__}")
+        report.count(f"cannot convert: {type(e).__name__}", example=record["id"])
         return None
     question, options = record["question"], record.get("options")
     if options is None:  # a conversational record's question may carry its option lines
@@ -715,13 +695,13 @@ def _materialize(sample, out_dir, img_dir):
 
 
 def sample_source(entry, label, root, seed, augment, keep):
-    """The chosen samples of one spec entry, and its SourceReport. target None (or at least the
+    """The chosen samples of one spec entry, and its Tally. target None (or at least the
     usable count) takes every usable sample in one pass. Otherwise two passes: the first counts
     the usable samples, random.Random(f"{seed}:{label}").sample picks positions among them (the
     same picks random.sample makes from the full list), the second keeps only those, so memory
     holds one batch of rows plus the chosen samples, whatever the source's size. keep(sample)
     turns a chosen sample into what is stored (images written to disk)."""
-    report = SourceReport(entry["name"], entry.get("split", "train"))
+    report = Tally(f"{entry['name']}/{entry.get('split', 'train')}")
     target = entry.get("target")
     first = tqdm(_samples(entry, root, report, augment, seed), desc=label, leave=False)
     if target is None:
@@ -730,7 +710,7 @@ def sample_source(entry, label, root, seed, augment, keep):
     picks = range(usable) if target >= usable else random.Random(f"{seed}:{label}").sample(range(usable), target)
     slot = {p: k for k, p in enumerate(picks)}
     chosen = [None] * len(slot)
-    second = _samples(entry, root, SourceReport(report.source, report.split), augment, seed)
+    second = _samples(entry, root, Tally(report.name), augment, seed)
     for pos, s in tqdm(second, desc=f"{label} (sample)", total=usable, leave=False):
         if pos in slot:
             chosen[slot[pos]] = keep(s)
@@ -762,9 +742,9 @@ def build_mix(spec, out_path, data_root=".", seed=None, log=print):
         samples += chosen
         target = entry.get("target")
         report["sources"][label] = {
-            "rows": rep.rows, "usable": rep.rows - sum(rep.skipped.values()), "target": target,
-            "used": len(chosen), "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.skipped),
-            "examples": [f"{row}: {why}" for row, why in rep.examples]}
+            "rows": rep.read, "usable": rep.kept, "target": target, "used": len(chosen),
+            "shortfall": max(0, (target or 0) - len(chosen)), "skipped": dict(rep.counts),
+            "examples": [f"{row}: {why}" for why, row in rep.examples.items()]}
     random.Random(seed).shuffle(samples)
     with open(out_path + ".tmp", "w", encoding="utf-8") as f:  # atomic: no half-written mix
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)

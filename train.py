@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from cli import command_options, setting
 from infimed import QwenVL
+from tally import Tally
 
 # torch.distributed.checkpoint warns when used by a single process, which is intended here
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -46,49 +48,49 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 # ----------------------------------------------------------------------------------- config
 @dataclass
 class TrainConfig:
-    model: str = ""  # Hub-style checkpoint dir (config.json, safetensors, tokenizer files)
-    data: str = ""  # ShareGPT JSONL (canonical records, see data.py)
-    out: str = "runs/sft"  # checkpoints step-NNNNNN/ and log.jsonl
+    model: str = setting("", "Hub-style checkpoint dir (config.json, safetensors, tokenizer files)")
+    data: str = setting("", "ShareGPT JSONL (canonical records, see data.py)")
+    out: str = setting("runs/sft", "checkpoints step-NNNNNN/ and log.jsonl")
     # paper section 4.1
-    epochs: int = 3  # paper: 3 epochs
-    global_batch: int = 64  # paper: 64 samples per step = world size x micro_batch x accumulation
-    micro_batch: int = 1  # samples per forward on one rank (packed into rows when packing=True)
-    max_len: int = 4096  # paper: max input sequence length 4096 tokens
-    min_pixels: int = 3136  # 4 x 28 x 28, the Qwen2-VL image processor default
-    max_pixels: int = 262144  # paper: 262,144 = 512 x 512 pixels, at most 334 image tokens
-    warmup_ratio: float = 0.05  # paper: warm-up ratio 0.05, then cosine
-    beta1: float = 0.9  # paper: AdamW beta1
-    beta2: float = 0.999  # paper: AdamW beta2
+    epochs: int = setting(3, "paper: 3 epochs")
+    global_batch: int = setting(64, "paper: 64 samples per step = world size x micro_batch x accumulation")
+    micro_batch: int = setting(1, "samples per forward on one rank (packed into rows with --packing)")
+    max_len: int = setting(4096, "paper: max input sequence length 4096 tokens")
+    min_pixels: int = setting(3136, "4 x 28 x 28, the Qwen2-VL image processor default")
+    max_pixels: int = setting(262144, "paper: 262,144 = 512 x 512 pixels, at most 334 image tokens")
+    warmup_ratio: float = setting(0.05, "paper: warm-up ratio 0.05, then cosine")
+    beta1: float = setting(0.9, "paper: AdamW beta1")
+    beta2: float = setting(0.999, "paper: AdamW beta2")
     # The paper states neither learning rate nor weight decay: 1e-5 is the usual full-SFT value
     # for Qwen2.5-VL-3B/7B (e.g. LLaMA-Factory's examples); weight decay 0 and a cosine down to 0
     # are transformers' Trainer defaults.
-    lr: float = 1e-5  # peak learning rate (not stated in the paper)
-    min_lr_ratio: float = 0.0  # cosine floor = lr x min_lr_ratio
-    weight_decay: float = 0.0  # applied to matrices only (never to biases and norm weights)
-    eps: float = 1e-8
-    clip: float = 1.0  # max global grad norm (0 = no clipping)
+    lr: float = setting(1e-5, "peak learning rate (not stated in the paper)")
+    min_lr_ratio: float = setting(0.0, "cosine floor = lr x min_lr_ratio")
+    weight_decay: float = setting(0.0, "applied to matrices only (never to biases and norm weights)")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    clip: float = setting(1.0, "max global grad norm (0 = no clipping)")
     # per-part learning rates: None = lr, 0 = frozen (requires_grad False, left out of AdamW)
-    lr_vision: float = None  # vision tower (visual.patch_embed, visual.blocks); unset = lr, 0 = frozen
-    lr_merger: float = None  # merger (visual.merger), the vision -> LLM projector; unset = lr, 0 = frozen
-    lr_llm: float = None  # language model (embeddings, layers, norm, head); unset = lr, 0 = frozen
+    lr_vision: float = setting(None, "vision tower (visual.patch_embed, visual.blocks); unset = lr, 0 = frozen")
+    lr_merger: float = setting(None, "merger (visual.merger), the vision -> LLM projector; unset = lr, 0 = frozen")
+    lr_llm: float = setting(None, "language model (embeddings, layers, norm, head); unset = lr, 0 = frozen")
     # Global batches sorted together by length (data.LengthGroupedSampler chunks) cut padding but
-    # make each batch nearly one kind of sample (all captions, all yes/no): on the synthetic demo
-    # that slowed learning (0.55 vs 0.68 accuracy at equal steps). 1 = plain random batches
-    # (transformers' Trainer default too); micro-batches within a step are length-sorted either way.
-    length_group: int = 1  # global batches sorted together by length; 1 = random batches
-    packing: bool = False  # pack each micro-batch's samples into rows of at most max_len
-    grad_ckpt: bool = False  # non-reentrant activation checkpointing (reentrant breaks DDP)
-    fsdp: bool = False  # FSDP2 fully_shard per decoder layer and vision block, plus the root
-    seed: int = 1337  # data order (seed + epoch) and per-rank RNGs (seed + rank)
-    save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
-    keep: int = 2  # complete checkpoints kept in --out (older ones are deleted)
-    stop_after: int = 0  # stop after this many optimizer steps (0 = never); the schedule is unchanged
-    resume: bool = False  # continue from the newest complete checkpoint in --out
-    force: bool = False  # with --resume: continue although settings or the data file changed
-    workers: int = 2  # DataLoader worker processes per rank
-    peak_tflops: float = 0.0  # dense bf16 peak per GPU for MFU; 0 = look up the GPU name
-    device: str = "auto"  # auto (cuda when available) | cuda | cpu: the one switch for GPU-only code
-    amp: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    # make each batch nearly one kind of sample (all captions, all yes/no), which slowed learning
+    # on the synthetic demo (docs/notes.md). 1 = plain random batches, transformers' Trainer
+    # default too; micro-batches within a step are length-sorted either way.
+    length_group: int = setting(1, "global batches sorted together by length; 1 = random batches")
+    packing: bool = setting(False, "pack each micro-batch's samples into rows of at most max_len")
+    grad_ckpt: bool = setting(False, "non-reentrant activation checkpointing (reentrant breaks DDP)")
+    fsdp: bool = setting(False, "FSDP2 fully_shard per decoder layer and vision block, plus the root")
+    seed: int = setting(1337, "data order (seed + epoch) and per-rank RNGs (seed + rank)")
+    save_every: int = setting(500, "optimizer steps between checkpoints (one is always written at the end)")
+    keep: int = setting(2, "complete checkpoints kept in --out (older ones are deleted)")
+    stop_after: int = setting(0, "stop after this many optimizer steps (0 = never); the schedule is unchanged")
+    resume: bool = setting(False, "continue from the newest complete checkpoint in --out")
+    force: bool = setting(False, "with --resume: continue although settings or the data file changed")
+    workers: int = setting(2, "DataLoader worker processes per rank")
+    peak_tflops: float = setting(0.0, "dense bf16 peak per GPU for MFU; 0 = look up the GPU name")
+    device: str = setting("auto", "auto (cuda when available) | cuda | cpu: the one switch for GPU-only code")
+    amp: str = setting("auto", "auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32")
 
 
 def accumulation_steps(cfg, world):
@@ -554,7 +556,9 @@ def train(cfg: TrainConfig):
         step, epoch = state["step"], state["epoch"]
     elif ckpts and not cfg.resume:
         raise click.UsageError(f"{cfg.out} already holds checkpoints ({ckpts[-1]}); pass --resume or a new --out")
-    skipped = Counter(state.get("skipped", {}))  # decode-time skips by reason: the totals survive a resume
+    skipped = Tally("training")  # decode-time skips by reason: the totals survive a resume
+    for reason, n in state.get("skipped", {}).items():
+        skipped.count(reason, n=n)
     if master:
         os.makedirs(cfg.out, exist_ok=True)
         for d in os.listdir(cfg.out):  # leftovers of a save interrupted by a crash
@@ -566,9 +570,10 @@ def train(cfg: TrainConfig):
               f"{len(dataset):,} samples, {steps_per_epoch} steps/epoch, {total} steps; "
               f"{sum(p.numel() for p in model.parameters()):,} params on {device}"
               + (f"; resuming at step {step}" if step else ""))
-        print(data.format_report(dataset.report))
+        print(dataset.summary())
 
-    peak = cfg.peak_tflops or next((v for k, v in {"H100": 989, "H200": 989, "H800": 989, "A100": 312, "A800": 312}.items()
+    peak = cfg.peak_tflops or next((v for k, v in {"H100": 989, "H200": 989, "H800": 989, "A100": 312,
+                                                   "A800": 312}.items()
                                     if cuda and k in torch.cuda.get_device_name()), 0)
     log_path = os.path.join(cfg.out, "log.jsonl")
     if master and os.path.exists(log_path):  # drop lines of steps after the resumed checkpoint
@@ -615,8 +620,8 @@ def train(cfg: TrainConfig):
         n_sup, n_tok, flops, padded = max(1, int(counts[0])), int(counts[1]), float(counts[2]), int(counts[4])
         # samples whose image failed to decode (data.collate drops them), by reason, over the run
         for r, n in zip(SKIP_REASONS, counts[5:].tolist()):
-            skipped[r] += int(n)
-        skipped["other"] += int(counts[3]) - int(sum(counts[5:].tolist()))
+            skipped.count(r, n=int(n))
+        skipped.count("other", n=int(counts[3]) - int(sum(counts[5:].tolist())))
         lr = lr_at(step, total, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
@@ -665,8 +670,8 @@ def train(cfg: TrainConfig):
                    "padding": round(1 - n_tok / padded, 4),
                    "sup_tok_s": round(n_sup / dt, 1), "tok_s": round(n_tok / dt, 1),
                    "tflops_s": round(flops / dt / 1e12 / world, 3), "step_s": round(dt, 3),
-                   "eta_s": round((total - step) / rate), "skipped": sum(skipped.values()),
-                   "skipped_by_reason": {k: v for k, v in skipped.items() if v}}
+                   "eta_s": round((total - step) / rate), "skipped": sum(skipped.counts.values()),
+                   "skipped_by_reason": {k: v for k, v in skipped.counts.items() if v}}
             if peak:
                 rec["mfu"] = round(flops / dt / world / (peak * 1e12), 4)
             if cuda:
@@ -679,11 +684,11 @@ def train(cfg: TrainConfig):
         if step % cfg.save_every == 0 or step == total or step == cfg.stop_after:
             check_finite(model, step)
             save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master,
-                            skipped)
+                            skipped.counts)
     bar.close()
     if master:
         print("samples skipped during training (an image failed to decode): "
-              + (", ".join(f"{r} {n}" for r, n in skipped.items() if n) or "none"))
+              + (", ".join(f"{r} {n}" for r, n in skipped.counts.items() if n) or "none"))
     if log_file:
         log_file.close()
     if distributed:
@@ -692,25 +697,11 @@ def train(cfg: TrainConfig):
 
 
 # -------------------------------------------------------------------------------------- CLI
-def _cli():
-    """Click options generated from TrainConfig fields (--global-batch, --lr-vision, ...), with
-    the field comments as help text."""
-    import inspect
-    import re
-    helps = dict(re.findall(r"^    (\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(TrainConfig), re.M))
-
-    def command(**kw):
-        train(TrainConfig(**kw))
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            command = click.option(flag, f.name, is_flag=True, default=f.default, help=helps.get(f.name))(command)
-        else:
-            typ = {"int": int, "float": float, "str": str}[f.type.__name__ if isinstance(f.type, type) else f.type]
-            command = click.option(flag, f.name, type=typ, default=f.default, show_default=True,
-                                   required=f.name in ("model", "data"), help=helps.get(f.name))(command)
-    return click.command(help=__doc__)(command)
+@click.command(help=__doc__)
+@command_options(TrainConfig, required=("model", "data"))
+def main(**settings):
+    train(TrainConfig(**settings))
 
 
 if __name__ == "__main__":
-    _cli()()
+    main()

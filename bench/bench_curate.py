@@ -1,4 +1,4 @@
-"""Benchmarks for decontaminate.py and curate.py (CPU, fp32):
+"""Benchmarks for decontaminate.py and perplexity.py (CPU, fp32):
 
     python bench/bench_curate.py                    # 30,000 x 20,000 x 1,536 search + perplexity
     python bench/bench_curate.py --n-train 150000   # the paper-scale search (150k SFT x 20k benchmark)
@@ -9,7 +9,7 @@
    run on a slice (4,096 training rows x the whole benchmark, best of 3) and extrapolated linearly in rows.
    fp32 because that is what the search runs in (bf16 matmul on CPU is slower, not faster, on most
    x86 cores, and rounding at 0.95 matters); target: peak < 2 GB and ratio < 2.
-2. Perplexity scoring (curate.caption_nll) on a small random QwenVL: sequences per second
+2. Perplexity scoring (perplexity.caption_nll) on a small random QwenVL: sequences per second
    batched (padded, length-sorted) vs one sequence per call.
 """
 import argparse
@@ -21,7 +21,7 @@ import os
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import curate  # noqa: E402
+import perplexity  # noqa: E402
 from decontaminate import max_similarity  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def bench_perplexity(n_seq, batch_size):
         return m
 
     t0 = time.perf_counter()
-    single = [curate.caption_nll(model, s[None], caption_mask(len(s), len(s))[None])[0] for s in seqs]
+    single = [perplexity.caption_nll(model, s[None], caption_mask(len(s), len(s))[None])[0] for s in seqs]
     t_single = time.perf_counter() - t0
     order = sorted(range(n_seq), key=lambda i: lengths[i])
     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def bench_perplexity(n_seq, batch_size):
         for r, i in enumerate(rows):
             n = lengths[i]
             ids[r, :n], mask[r, :n], tmask[r] = seqs[i], 1, caption_mask(n, L)
-        sums, _ = curate.caption_nll(model, ids, tmask, mask)
+        sums, _ = perplexity.caption_nll(model, ids, tmask, mask)
         batched.update(zip(rows, sums.tolist()))
     t_batched = time.perf_counter() - t0
     err = max(abs(float(single[i][0]) - batched[i]) / max(1.0, abs(batched[i])) for i in range(n_seq))

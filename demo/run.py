@@ -46,7 +46,6 @@ from PIL import Image
 
 import curate
 import data
-import decontaminate
 import evaluate
 import prompts
 import sources
@@ -294,8 +293,8 @@ def enhance_choice_answers(records):
     answer; the rest are kept as they are. Returns (records, counts)."""
     out, counts = [], defaultdict(int)
     for r in records:
-        u, a = decontaminate.turn_index(r, "user"), decontaminate.turn_index(r, "assistant", last=True)
-        _, options = decontaminate.parse_options(r["messages"][u]["content"]) if u is not None else ("", None)
+        u, a = curate.turn_index(r, "user"), curate.turn_index(r, "assistant", last=True)
+        _, options = curate.parse_options(r["messages"][u]["content"]) if u is not None else ("", None)
         gold = prompts.parse_gold(r["messages"][a]["content"], options) if options and a is not None else None
         if gold is None:
             counts["kept:not_multiple_choice"] += 1

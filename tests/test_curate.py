@@ -1,18 +1,15 @@
 """Tests for curate.py: python -m pytest -q tests/test_curate.py"""
 import json
-import math
-import os
 
 import pytest
-import torch
 
 import curate
 from curate import CaptionConfig, CotConfig, accept_rationale, check_caption, enhance_responses, parse_options
 from prompts import COT_PROMPT, INSTRUCTIONS
 from data import write_sharegpt
-from decontaminate import Report
+from tally import Tally
 # The tiny random model and the image fixtures are shared with the decontamination tests.
-from test_decontaminate import make_contamination_case, smooth_image, tiny, tiny_dir, write_case  # noqa: F401
+from test_decontaminate import make_contamination_case, tiny, tiny_dir, write_case  # noqa: F401
 
 OPTIONS = {"A": "Liver", "B": "Spleen", "C": "Kidney", "D": "Lung"}
 
@@ -58,7 +55,8 @@ def test_parse_options_strips_images_and_trailing_instruction():
 
 
 def mc_record(i, gold="B", source="pmc_vqa"):
-    q = "<image>Which organ is shown?\nA. Liver\nB. Spleen\nC. Kidney\nD. Lung\nAnswer with the option's letter from the given choices directly."
+    q = ("<image>Which organ is shown?\nA. Liver\nB. Spleen\nC. Kidney\nD. Lung\n"
+         "Answer with the option's letter from the given choices directly.")
     return {"id": f"r{i}", "source": source, "images": [f"img{i}.png"],
             "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": gold}]}
 
@@ -83,12 +81,13 @@ class ScriptedTeacher:
 def test_enhance_keeps_first_accepted_rationale_and_counts_the_rest(tmp_path):
     records = [mc_record(0), mc_record(1), mc_record(2, source="slake"),
                {"id": "cap", "source": "pmc_cap", "images": ["c.png"],
-                "messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "A CT scan."}]}]
+                "messages": [{"role": "user", "content": "<image>Describe."},
+                             {"role": "assistant", "content": "A CT scan."}]}]
     good1, good2 = "Left upper quadrant: spleen. <answer>B</answer>", "It is the spleen. <answer>B</answer>"
     teacher = ScriptedTeacher([["<answer>A</answer>", good1, good2],        # r0: second sample accepted
                                ["Liver. <answer>A</answer>"] * 3,          # r1: none accepted
                                [good2, good1, "x"]])                       # r2: first accepted
-    cfg, report = CotConfig(k=3, temperature=0.7, batch_size=8), Report("cot")
+    cfg, report = CotConfig(k=3, temperature=0.7, batch_size=8), Tally("cot")
     cache = curate.JsonlCache(str(tmp_path / "c.jsonl"))
     out = enhance_responses(records, teacher, cfg, report, cache)
     assert teacher.calls == [(3, 3, 0.7)]
@@ -104,7 +103,7 @@ def test_enhance_keeps_first_accepted_rationale_and_counts_the_rest(tmp_path):
     assert report.sections["acceptance_rate"] == {"pmc_vqa": 0.5, "slake": 1.0}
     # Resumable: a second run over the same cache calls the teacher for nothing.
     again = ScriptedTeacher([])
-    out2 = enhance_responses(records, again, cfg, Report("cot"), curate.JsonlCache(str(tmp_path / "c.jsonl")))
+    out2 = enhance_responses(records, again, cfg, Tally("cot"), curate.JsonlCache(str(tmp_path / "c.jsonl")))
     assert again.calls == []
     assert out2 == out
 
@@ -112,7 +111,7 @@ def test_enhance_keeps_first_accepted_rationale_and_counts_the_rest(tmp_path):
 def test_enhance_teacher_failure_is_counted_and_record_kept():
     records = [mc_record(0), mc_record(1)]
     teacher = ScriptedTeacher(["fail", "fail", ["Spleen. <answer>B</answer>"]])  # batch fails, then r0 fails alone
-    report = Report("cot")
+    report = Tally("cot")
     out = enhance_responses(records, teacher, CotConfig(k=1), report)
     assert out[0] == records[0]
     assert out[1]["messages"][-1]["content"] == "Spleen. <answer>B</answer>"
@@ -123,7 +122,7 @@ def test_enhance_counts_unparseable_questions_and_gold_and_never_asks_the_teache
     no_gold = mc_record(0, gold="Bone marrow")
     open_question = {"id": "o", "source": "pmc_vqa", "images": ["o.png"], "messages": [
         {"role": "user", "content": "<image>Which organ is shown?"}, {"role": "assistant", "content": "Spleen"}]}
-    report, teacher = Report("cot"), ScriptedTeacher([])
+    report, teacher = Tally("cot"), ScriptedTeacher([])
     out = enhance_responses([no_gold, open_question], teacher, CotConfig(), report)
     assert teacher.calls == []
     assert out == [no_gold, open_question]
@@ -152,7 +151,7 @@ def test_refine_captions_rewrites_captions_only_and_keeps_the_original_when_reje
           "messages": [{"role": "user", "content": "<image>What does this image show?"},
                        {"role": "assistant", "content": "A chest radiograph with a large left pleural effusion."}]}
     good = "A microscope image of pink tissue with dense purple tumour cells."
-    report = Report("caption")
+    report = Tally("caption")
     teacher = ScriptedTeacher([[good], ["I cannot help with that."]])
     out = curate.refine_captions(recs + [qa], teacher, CaptionConfig(), report)
     assert out[0]["messages"][-1]["content"] == good and out[1] == recs[1] and out[2] == qa
@@ -171,7 +170,7 @@ def test_augment_renders_sources_templates_and_strips_old_instructions():
     long_open = {"id": "c", "images": ["a.png"], "messages": [
         {"role": "user", "content": "<image>What is shown?"},
         {"role": "assistant", "content": "An axial CT of the abdomen with a large cyst in the left kidney."}]}
-    report = Report("augment")
+    report = Tally("augment")
     out = curate.augment_records([yesno, mc_record(0), long_open], curate.AugmentConfig(seed=3), report)
     allowed = {"<image>" + t.format(question="Is the liver enlarged?") for t in INSTRUCTIONS["yesno"]}
     assert out[0]["messages"][0]["content"] in allowed  # the old instruction is not kept twice
@@ -187,144 +186,14 @@ def test_augment_picks_the_same_templates_wherever_the_images_live():
                  "messages": [{"role": "user", "content": f"<image>Is lesion {i} visible?"},
                               {"role": "assistant", "content": "yes"}]} for i in range(40)]
     for with_id in (True, False):
-        a, b = (curate.augment_records(records(folder, with_id), curate.AugmentConfig(seed=0), Report("augment"))
+        a, b = (curate.augment_records(records(folder, with_id), curate.AugmentConfig(seed=0), Tally("augment"))
                 for folder in ("/data/run1", "/elsewhere/copy"))
         prompts = [r["messages"][0]["content"] for r in a]
         assert prompts == [r["messages"][0]["content"] for r in b]
         assert len(set(p.replace(str(i), "") for i, p in enumerate(prompts))) == 2  # both yes/no templates used
 
 
-# ------------------------------------------------------------------ perplexity
-
-def test_caption_positions_take_the_last_assistant_turn_without_im_end():
-    labels = torch.tensor([-100, -100, 5, 6, 9, -100, -100, 7, 8, 4, 9, -100])
-    assert curate.caption_positions(labels, {9}) == [7, 8, 9]
-    assert curate.caption_positions(torch.full((4,), -100), {9}) == []
-
-
-def test_caption_nll_matches_manual_cross_entropy_from_full_logits(tiny):
-    model, tok = tiny
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 300, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0  # right padding
-    target = torch.zeros_like(ids, dtype=torch.bool)
-    target[0, 5:12], target[1, 3:9], target[2, 1:4] = True, True, True
-    sums, counts = curate.caption_nll(model, ids, target, mask, chunk=4)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids, attention_mask=mask).double(), -1)
-    for row in range(3):
-        pos = target[row].nonzero().flatten()
-        manual = -logp[row, pos - 1, ids[row, pos]].mean()
-        assert int(counts[row]) == len(pos)
-        assert abs(math.exp(float(sums[row]) / len(pos)) - math.exp(float(manual))) / math.exp(float(manual)) < 1e-5
-        # Batched with padding equals the row alone.
-        alone, _ = curate.caption_nll(model, ids[row:row + 1, :int(mask[row].sum())],
-                                      target[row:row + 1, :int(mask[row].sum())])
-        assert abs(float(alone[0]) - float(sums[row])) < 1e-4
-
-
-def caption_records(tmp_path, n=5):
-    caps = ["A CT scan of the abdomen with a liver lesion in the right lobe.",
-            "An axial image of the left femur showing a fracture line.",
-            "Which lobe contains the mass? The right upper lobe of the lung.",
-            "A chest radiograph with an enlarged heart and clear lungs.",
-            "A CT scan of the abdomen."]
-    recs = []
-    for i in range(n):
-        p = tmp_path / f"cap{i}.png"
-        smooth_image(10 + i, size=56 + 28 * i).save(p)
-        recs.append({"id": f"c{i}", "source": "pmc_cap" if i % 2 else "roco", "images": [str(p)],
-                     "messages": [{"role": "user", "content": "<image>Describe this medical image."},
-                                  {"role": "assistant", "content": caps[i % len(caps)]}]})
-    return recs
-
-
-def test_perplexity_is_exp_mean_ce_over_exactly_the_caption_tokens(tiny, tmp_path):
-    from data import ImageProcessor, encode
-    model, tok = tiny
-    proc = ImageProcessor(max_pixels=112 * 112)
-    recs = caption_records(tmp_path)
-    cfg = curate.PerplexityConfig(batch_size=3, min_caption_tokens=1)
-    results = curate.score_records(recs, model, tok, proc, cfg, Report("perplexity"))
-    for r, res in zip(recs, results):
-        s = encode(r, tok, proc)
-        pos = torch.tensor(curate.caption_positions(s["labels"], {tok.convert_tokens_to_ids("<|im_end|>")}))
-        # the scored positions hold exactly the caption's tokens
-        assert s["input_ids"][pos].tolist() == tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logits = model(s["input_ids"][None], s["pixel_values"], s["image_grid_thw"])[0].double()
-        ce = torch.nn.functional.cross_entropy(logits[pos - 1], s["input_ids"][pos])
-        assert res["n"] == len(pos)
-        assert abs(res["ppl"] - math.exp(float(ce))) / math.exp(float(ce)) < 1e-5
-
-
-def test_perplexity_selection_percentile_within_source_keeps_unscored_records():
-    recs = [{"source": s, "messages": []} for s in ["a"] * 4 + ["b"] * 4 + ["a", "b", "c"]]
-    results = [{"ppl": p, "n": 20} for p in [1, 2, 3, 40, 100, 200, 300, 400]] + [
-        {"error": "too_short", "n": 2}, {"error": "no_image"}, {"error": "not_applicable"}]
-    cfg = curate.PerplexityConfig(keep_percentile=75)
-    report = Report("perplexity")
-    keep = curate.select_by_perplexity(recs, results, cfg, report)
-    # 75th percentile per source: a -> 12.25, b -> 325: the worst of each source goes; a record
-    # without a score (too short to score, no image, not a caption) stays
-    assert keep == [True, True, True, False, True, True, True, False, True, True, True]
-    assert report.counts["kept:too_short"] == 1 and report.counts["kept:no_image"] == 1
-    assert report.counts["not_applicable"] == 1 and report.counts["dropped:perplexity"] == 2
-    assert report.sections["cutoffs"] == {"a": 12.25, "b": 325.0}
-    keep = curate.select_by_perplexity(recs, results, curate.PerplexityConfig(max_ppl=100), Report("p"))
-    assert keep == [True, True, True, True, True, False, False, False, True, True, True]
-
-
-def test_perplexity_step_is_resumable_and_counts_bad_input(tiny, tmp_path):
-    model, tok = tiny
-    recs = caption_records(tmp_path, 3)
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"nope")
-    recs.append({"id": "broken", "source": "roco", "images": [str(broken)],
-                 "messages": [{"role": "user", "content": "<image>Describe this medical image."},
-                              {"role": "assistant", "content": "x " * 20}]})
-    recs.append({"id": "noimg", "source": "roco", "task": "caption",
-                 "messages": [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "y " * 20}]})
-    recs.append({"id": "qa", "source": "vqa_rad", "images": [recs[0]["images"][0]],  # not a caption: not scored
-                 "messages": [{"role": "user", "content": "<image>Is it?"}, {"role": "assistant", "content": "No"}]})
-    write_sharegpt(recs, str(tmp_path / "in.jsonl"))
-    cfg = curate.PerplexityConfig(min_caption_tokens=3, max_pixels=112 * 112, keep_percentile=50)
-    out = str(tmp_path / "out.jsonl")
-    r1 = curate.run_step("perplexity", str(tmp_path / "in.jsonl"), out, cfg, model=(model, tok))
-    assert r1.counts["kept:unscorable"] == 1 and r1.counts["kept:no_image"] == 1
-    assert r1.counts["not_applicable"] == 1 and r1.by_source["vqa_rad"] == {"in": 1, "not_applicable": 1, "out": 1}
-    scores = [json.loads(l) for l in open(tmp_path / "out.scores.jsonl")]
-    assert [s["id"] for s in scores] == ["c0", "c1", "c2", "broken", "noimg"]
-
-    class Exploding:
-        config = model.config
-
-        def __call__(self, *a, **k):
-            raise AssertionError("a cached score was recomputed")
-    r2 = curate.run_step("perplexity", str(tmp_path / "in.jsonl"), out, cfg, model=(Exploding(), tok))
-    assert [json.loads(l) for l in open(tmp_path / "out.scores.jsonl")] == scores
-    assert r2.counts == r1.counts
-    assert json.load(open(tmp_path / "out.report.json"))["counts"]["output_records"] == r2.counts["output_records"]
-    assert os.path.exists(tmp_path / "out.report.md")
-
-
 # ------------------------------------------------------------------ steps, files, pipeline
-
-def test_prompt_logprob_scorer_matches_native_scores(tiny, tiny_dir, tmp_path):
-    """The vLLM path (a backend's prompt_logprobs) run through evaluate.NativeBackend, which
-    offers the same method, gives the same perplexities as the batched native scorer."""
-    import evaluate
-    from data import ImageProcessor
-    model, tok = tiny
-    recs = caption_records(tmp_path)
-    cfg = curate.PerplexityConfig(min_caption_tokens=1)
-    native = curate.score_records(recs, model, tok, ImageProcessor(max_pixels=112 * 112), cfg, Report("p"))
-    backend = evaluate.NativeBackend(tiny_dir, device="cpu", max_pixels=112 * 112)
-    via_logprobs = curate.score_with_prompt_logprobs(recs, backend, tok, cfg, Report("p"))
-    for a, b in zip(native, via_logprobs):
-        assert a["n"] == b["n"] and abs(a["ppl"] - b["ppl"]) / a["ppl"] < 1e-4
-
 
 def test_pipeline_runs_steps_in_order_with_reports(tiny_dir, tmp_path):
     """augment -> decontaminate (hash) -> cot with the native backend on a saved random model:
@@ -342,11 +211,11 @@ def test_pipeline_runs_steps_in_order_with_reports(tiny_dir, tmp_path):
                       {"step": "cot", "out": str(tmp_path / "c.jsonl"), "teacher": str(ckpt), "k": 2,
                        "max_new_tokens": 4}]}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    res = CliRunner().invoke(curate.cli, ["pipeline", str(tmp_path / "spec.json")])
+    res = CliRunner().invoke(curate._cli(), ["pipeline", str(tmp_path / "spec.json")])
     assert res.exit_code == 0, res.output
     a = json.load(open(tmp_path / "a.report.json"))
     assert a["counts"]["dropped:invalid_record:image_count_mismatch"] == 1 and a["counts"]["output_records"] == 8
-    assert "in.jsonl line 9" in a["invalid_records"]["image_count_mismatch"]  # which file, which record
+    assert "in.jsonl line 9" in a["examples"]["dropped:invalid_record:image_count_mismatch"]  # which file, which record
     b = json.load(open(tmp_path / "b.report.json"))
     assert b["counts"]["dropped:contaminated"] == 3 and b["counts"]["output_records"] == 5
     assert len(open(tmp_path / "b.dropped.jsonl").readlines()) == 3
@@ -364,6 +233,16 @@ def test_pipeline_rejects_unknown_settings(tmp_path):
         curate.run_pipeline(str(tmp_path / "spec.json"))
 
 
+def test_every_setting_of_every_step_is_an_option_with_a_help_text():
+    import dataclasses
+    from click.testing import CliRunner
+    for step in curate.STEPS:
+        fields = dataclasses.fields(curate.config_class(step))
+        assert all(f.metadata.get("help") for f in fields), step
+        out = CliRunner().invoke(curate._cli(), [step, "--help"]).output
+        assert all(f"--{f.name.replace('_', '-')} " in out for f in fields), out
+
+
 
 
 # ------------------------------------------------------------------ the recipe's use of the steps
@@ -376,7 +255,7 @@ def test_augment_keeps_a_rationale_target_from_a_letter_only_instruction():
                               {"role": "assistant", "content": "<think>Fluid level.</think><answer>A</answer>"}]}
     by_text = dict(mc_record(1), id="t")
     by_text["messages"] = [by_text["messages"][0], {"role": "assistant", "content": "Spleen"}]
-    report = Report("augment")
+    report = Tally("augment")
     out = curate.augment_records([reasoning, by_text, mc_record(0)], curate.AugmentConfig(), report)
     assert out[:2] == [reasoning, by_text]
     assert report.counts == {"kept:target_not_a_letter": 2, "augmented:choice": 1}
@@ -420,7 +299,7 @@ def test_reasoning_set_samples_caps_and_writes_only_verified_records(tmp_path):
             return [script[int(r["images"][0][3:-4])] for r in requests]
     # CotConfig.seed 0 draws 7 of the 8 multiple-choice records in this order: record 4 is not drawn
     assert __import__("random").Random(0).sample(range(8), 7) == [6, 7, 3, 0, 2, 5, 1]
-    teacher, verifier, report = ByImage([]), ScriptedVerifier(), Report("cot")
+    teacher, verifier, report = ByImage([]), ScriptedVerifier(), Tally("cot")
     cfg = CotConfig(k=2, batch_size=1, sample=7, cap=5, accepted_only=True, verifier="v")
     out = enhance_responses(records, teacher, cfg, report, verifier=verifier)
     assert teacher.calls == [6, 7, 3, 0, 2, 5, 1]  # the undrawn record 4 and the yes/no record: never asked
@@ -441,7 +320,7 @@ def test_reasoning_set_samples_caps_and_writes_only_verified_records(tmp_path):
     # with cap 4 the first chunk (batch_size x 4 = 4 records) fills it: the teacher sees no more
     capped = ByImage([])
     enhance_responses(records, capped, CotConfig(k=2, batch_size=1, sample=7, cap=4, accepted_only=True),
-                      Report("cot"))
+                      Tally("cot"))
     assert capped.calls == [6, 7, 3, 0]
 
 
@@ -455,7 +334,7 @@ def test_reasoning_step_on_the_command_line_reports_each_criterion(tmp_path):
     orig = evaluate.make_backend
     evaluate.make_backend = lambda kind, path, **kw: teacher
     try:
-        res = CliRunner().invoke(curate.cli, ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+        res = CliRunner().invoke(curate._cli(), ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
                                               "--teacher", "T", "--k", "2", "--accepted-only"])
     finally:
         evaluate.make_backend = orig
@@ -477,7 +356,7 @@ def test_cot_command_samples_at_its_temperature_and_the_verifier_answers_greedil
     write_sharegpt([mc_record(i) for i in range(2)], str(tmp_path / "in.jsonl"))
     teacher, verifier = ScriptedTeacher([["Spleen. <answer>B</answer>"] * 4] * 2), ScriptedVerifier()
     monkeypatch.setattr(evaluate, "make_backend", lambda kind, path, **kw: {"T": teacher, "V": verifier}[path])
-    res = CliRunner().invoke(curate.cli, ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+    res = CliRunner().invoke(curate._cli(), ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
                                           "--teacher", "T", "--verifier", "V", "--k", "4"] + flags)
     assert res.exit_code == 0, res.output
     assert teacher.calls == [(2, 4, temperature)]  # 2 questions, 4 samples each
@@ -491,13 +370,13 @@ def test_cot_cache_is_discarded_when_k_temperature_or_teacher_change(tmp_path, c
     import dataclasses
     cache_path, good = str(tmp_path / "cot.cache.jsonl"), "It is the spleen. <answer>B</answer>"
     cfg = CotConfig(teacher="teacher-a", k=1, temperature=0.8)
-    enhance_responses([mc_record(0)], ScriptedTeacher([[good]]), cfg, Report("cot"), curate.JsonlCache(cache_path))
+    enhance_responses([mc_record(0)], ScriptedTeacher([[good]]), cfg, Tally("cot"), curate.JsonlCache(cache_path))
     same = ScriptedTeacher([])
-    enhance_responses([mc_record(0)], same, cfg, Report("cot"), curate.JsonlCache(cache_path))
+    enhance_responses([mc_record(0)], same, cfg, Tally("cot"), curate.JsonlCache(cache_path))
     assert same.calls == []
     changed = dataclasses.replace(cfg, **change)
     fresh = ScriptedTeacher([[good] * changed.k])
-    out = enhance_responses([mc_record(0)], fresh, changed, Report("cot"), curate.JsonlCache(cache_path))
+    out = enhance_responses([mc_record(0)], fresh, changed, Tally("cot"), curate.JsonlCache(cache_path))
     assert fresh.calls == [(1, changed.k, changed.temperature)]
     assert out[0]["messages"][-1]["content"] == good
 

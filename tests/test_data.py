@@ -383,7 +383,7 @@ def test_read_sharegpt_both_dialects_json_and_jsonl_give_the_same_records(tmp_pa
     b, rep_b = data.read_sharegpt(str(tmp_path / "b.jsonl"))
     assert a[0] == a[1] == b[0] == b[1]
     assert a[0]["images"] == [os.path.join(str(tmp_path), n) for n in names]  # resolved
-    assert rep_a["kept"] == rep_b["kept"] == 2 and not rep_a["skipped"] and not rep_b["skipped"]
+    assert rep_a.kept == rep_b.kept == 2 and not rep_a.counts and not rep_b.counts
 
 
 def test_write_then_read_sharegpt_round_trips_in_canonical_dialect(tmp_path):
@@ -423,9 +423,9 @@ def test_bad_record_is_skipped_and_counted_or_raised_when_strict(tmp_path, reaso
     with open(path, "w") as f:
         f.write(json.dumps(GOOD) + "\n" + BAD_LINES[reason] + "\n" + json.dumps(GOOD) + "\n")
     records, report = data.read_sharegpt(path)
-    assert len(records) == 2 and report["read"] == 3 and report["skipped"] == {reason: 1}
-    assert report["examples"][reason].startswith(f"{path} line 2: ")
-    assert f"skipped 1 ({reason})" in data.format_report(report)
+    assert len(records) == 2 and report.read == 3 and report.counts == {reason: 1}
+    assert report.examples[reason].startswith(f"{path} line 2: ")
+    assert f"skipped 1 ({reason})" in report.lines()
     with pytest.raises(data.SampleError, match=f"{re.escape(path)} line 2: ") as e:
         data.read_sharegpt(path, strict=True)
     assert e.value.reason == reason
@@ -446,8 +446,8 @@ def test_missing_and_corrupt_images_are_counted_by_the_dataset_and_raised_by_enc
                         str(tmp_path / "train.jsonl"))
     proc = data.ImageProcessor()
     ds = data.SFTDataset(str(tmp_path / "train.jsonl"), tok, proc, max_len=512)
-    assert len(ds) == 1 and ds.report["skipped"] == {"image_missing": 1, "image_corrupt": 1}
-    assert "missing.png" in ds.report["examples"]["image_missing"]
+    assert len(ds) == 1 and ds.report.counts == {"image_missing": 1, "image_corrupt": 1}
+    assert "missing.png" in ds.report.examples["image_missing"]
     for name, reason in [("missing.png", "image_missing"), ("corrupt.png", "image_corrupt")]:
         with pytest.raises(data.SampleError) as e:
             data.encode(rec(str(tmp_path / name)), tok, proc)
@@ -491,7 +491,7 @@ def test_dataset_lengths_equal_encoded_lengths_including_shortened_and_image_sam
                                 {"role": "assistant", "content": "fine"}], 1))
     ds = data.SFTDataset(recs, tok, data.ImageProcessor(), max_len=300)
     assert ds.lengths == [len(ds[i]["input_ids"]) for i in range(len(ds))]
-    assert ds.report["exchanges_dropped"] == 1 and ds.report["samples_shortened"] == 1
+    assert ds.exchanges_dropped == 1 and ds.samples_shortened == 1
 
 
 def test_collate_pads_right_for_training_and_left_for_generation(tok):
@@ -525,8 +525,6 @@ def test_packing_fills_rows_up_to_max_len_with_numbered_samples(tok):
         assert [int((mask == j + 1).sum()) for j in range(k)] == [ds.lengths[i] for i in rows[r]]
         expect = torch.cat([ds[i]["input_ids"] for i in rows[r]])
         assert torch.equal(batch["input_ids"][r, :len(expect)], expect)
-    lens = [ds.lengths[i] for r in range(3) for i in rows[r]]
-    assert data.cu_seqlens(batch["attention_mask"]).tolist() == np.cumsum([0] + lens).tolist()
 
 
 def test_pack_is_best_fit_and_deterministic():
@@ -534,6 +532,13 @@ def test_pack_is_best_fit_and_deterministic():
     assert data.pack(lengths, 100) == [[0, 6], [1, 3], [2, 4, 5]]
     with pytest.raises(ValueError, match="max_len"):
         data.pack([101], 100)
+
+
+def padding_fraction(plan, lengths):
+    """Share of padding when each batch of `plan` (index lists into `lengths`) pads to its longest."""
+    real = sum(lengths[i] for b in plan for i in b)
+    total = sum(len(b) * max(lengths[i] for i in b) for b in plan if b)
+    return 1 - real / total if total else 0.0
 
 
 @pytest.mark.parametrize("n,batch_size,world", [(103, 4, 1), (103, 4, 3), (10, 1, 4), (7, 8, 2), (1, 2, 4)])
@@ -560,7 +565,7 @@ def test_sampler_is_deterministic_per_seed_and_epoch_and_groups_lengths():
     s.set_epoch(1)
     assert s.plan() != first
     ungrouped = [list(range(i, i + 16)) for i in range(0, 2000, 16)]
-    assert data.padding_fraction(first, lengths) < 0.1 < data.padding_fraction(ungrouped, lengths)
+    assert padding_fraction(first, lengths) < 0.1 < padding_fraction(ungrouped, lengths)
 
 
 def test_dataloader_with_workers_gives_the_same_batches(tok):
@@ -574,11 +579,6 @@ def test_dataloader_with_workers_gives_the_same_batches(tok):
     assert len(batches) == len(inline) == 3
     for a, b in zip(batches, inline):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
-
-
-def test_load_source_is_re_exported_from_sources():
-    import sources
-    assert data.load_source is sources.load_source
 
 
 # ----------------------------------------------------------------------------- bad input, counted
@@ -610,10 +610,10 @@ def test_bad_lines_of_every_kind_are_counted_with_their_line(tmp_path):
              b"[" * 100000 + b"]" * 100000, ok.encode()]
     (tmp_path / "t.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     records, report = data.read_sharegpt(str(tmp_path / "t.jsonl"))
-    assert len(records) == 2 and report["read"] == 5
-    assert report["skipped"] == {"invalid_encoding": 1, "bad_content": 1, "invalid_json": 1}
-    assert "t.jsonl line 2: not UTF-8" in report["examples"]["invalid_encoding"]
-    assert "`images` is a int" in report["examples"]["bad_content"]
+    assert len(records) == 2 and report.read == 5
+    assert report.counts == {"invalid_encoding": 1, "bad_content": 1, "invalid_json": 1}
+    assert "t.jsonl line 2: not UTF-8" in report.examples["invalid_encoding"]
+    assert "`images` is a int" in report.examples["bad_content"]
 
 
 def test_a_file_with_no_usable_record_says_why(tok, tmp_path):
@@ -625,9 +625,11 @@ def test_a_file_with_no_usable_record_says_why(tok, tmp_path):
         data.SFTDataset(str(tmp_path / "bad.jsonl"), tok, data.ImageProcessor())
 
 
-def test_the_read_report_shows_exchanges_cut_from_over_length_conversations():
-    report = {**data._new_report("x.jsonl", 2), "kept": 2, "exchanges_dropped": 3, "samples_shortened": 1}
-    assert data.format_report(report).splitlines()[-1] == (
+def test_the_read_report_shows_exchanges_cut_from_over_length_conversations(tok):
+    exchange = [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": "ok"}]
+    long = exchange + [{"role": "user", "content": "more " * 200}, {"role": "assistant", "content": "fine"}] * 3
+    ds = data.SFTDataset(_text_records(1) + [_record(long, 0)], tok, data.ImageProcessor(), max_len=300)
+    assert ds.summary().splitlines()[-1] == (
         "  shortened 1 over-length conversations: 3 later exchanges dropped (kept whole up to max_len)")
 
 

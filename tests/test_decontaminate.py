@@ -13,8 +13,9 @@ import curate
 import decontaminate as dc
 from data import write_sharegpt
 import prompts
-from decontaminate import (DecontamConfig, HashEmbedder, ModelEmbedder, Report, decontaminate, load_model,
-                           max_similarity, query_of, run_step)
+from curate import load_model
+from decontaminate import DecontamConfig, HashEmbedder, ModelEmbedder, decontaminate, max_similarity, query_of, run_step
+from tally import Tally
 
 
 def smooth_image(seed, size=224):
@@ -72,7 +73,7 @@ def write_case(tmp_path, train, bench):
 
 def test_decontaminate_with_hash_embedder_removes_copies_and_keeps_unrelated(tmp_path):
     train, bench = make_contamination_case(tmp_path)
-    report = Report("decontaminate")
+    report = Tally("decontaminate")
     keep, removed = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
     assert [r["id"] for r, k in zip(train, keep) if not k] == ["exact", "jpeg", "resized_reworded"]
     by_id = {r["train"]: r for r in removed}
@@ -87,7 +88,7 @@ def test_decontaminate_counts_unreadable_images_and_keeps_them(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     train.append({"id": "broken", "images": [str(bad)], "messages": [{"role": "user", "content": "<image>q"}]})
-    report = Report("decontaminate")
+    report = Tally("decontaminate")
     keep, _ = decontaminate(train, bench, HashEmbedder(), DecontamConfig(), report)
     assert keep == [False, False, False, True, True, True, True, True]  # the three copies go, "broken" stays
     assert report.counts["train_unreadable_image"] == 1
@@ -125,7 +126,7 @@ def test_threshold_is_strict_a_score_equal_to_it_is_kept():
 
     def removed_at(threshold):
         _, removed = decontaminate(train, bench, TableEmbedder(table), DecontamConfig(threshold=threshold),
-                                   Report("decontaminate"))
+                                   Tally("decontaminate"))
         return {r["train"]: r["score"] for r in removed}
     assert removed_at(0.75) == {"scores 0.875": 0.875}
     assert removed_at(math.nextafter(0.75, 0)) == {"scores 0.875": 0.875, "scores 0.75": 0.75}
@@ -202,7 +203,8 @@ def test_model_embedder_is_last_token_hidden_state_of_gme_prompt(tiny, tmp_path)
     pv, grid = proc([str(p)])
     n_img = int(grid.prod()) // 4
     text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-            + "<|image_pad|>" * n_img + "<|vision_end|>Is there a fracture?<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
+            + "<|image_pad|>" * n_img
+            + "<|vision_end|>Is there a fracture?<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         h = model(ids, pv, grid, return_hidden=True)[0, -1]
@@ -232,12 +234,12 @@ def test_decontaminate_with_model_embedder(tiny, tmp_path):
     im.putpixel((3, 3), (0, 0, 0))
     im.save(one_pixel)
     qs = [b["question"] for b in bench]
-    train = [{"id": "one_pixel", "source": "v", "images": [str(one_pixel)], "messages": [{"role": "user", "content": "<image>" + qs[0]}]},
-             {"id": "jpeg", "source": "v", "images": [str(tmp_path / "im1.jpg")], "messages": [{"role": "user", "content": "<image>" + qs[1]}]},
-             {"id": "resized", "source": "v", "images": [str(tmp_path / "im2_small.png")], "messages": [{"role": "user", "content": "<image>" + qs[2]}]}
-             ] + train[4:]
+    train = [{"id": rid, "source": "v", "images": [str(image)],
+              "messages": [{"role": "user", "content": "<image>" + q}]}
+             for rid, image, q in [("one_pixel", one_pixel, qs[0]), ("jpeg", tmp_path / "im1.jpg", qs[1]),
+                                   ("resized", tmp_path / "im2_small.png", qs[2])]] + train[4:]
     emb = ModelEmbedder(model, tok, ImageProcessor(max_pixels=112 * 112))
-    report = Report("decontaminate")
+    report = Tally("decontaminate")
     keep, removed = decontaminate(train, bench, emb, DecontamConfig(threshold=0.999), report)
     assert [r["train"] for r in removed] == ["one_pixel", "jpeg"]
     assert all(r["kind"] == "embedding" for r in removed)
@@ -301,7 +303,7 @@ def test_query_of_strips_image_tags_options_and_added_instructions():
 def test_standalone_command_equals_curate_subcommand(tmp_path):
     in_path, bench_path = write_case(tmp_path, *make_contamination_case(tmp_path))
     args = [in_path, None, "--bench", bench_path, "--threshold", "0.95"]
-    for name, command in [("alone", dc.main), ("curate", curate.cli)]:
+    for name, command in [("alone", dc.main), ("curate", curate._cli())]:
         args[1] = str(tmp_path / f"{name}.jsonl")
         res = CliRunner().invoke(command, (["decontaminate"] if name == "curate" else []) + args)
         assert res.exit_code == 0, res.output
@@ -329,8 +331,8 @@ def test_query_of_reads_the_original_question_through_every_rewrite():
     assert query_of({**rewritten, "original": {"question": "What is enlarged in this CT?", "options": None}}) == \
         "What is enlarged in this CT?"
     plain = {"messages": [{"role": "user", "content": "<image>Is the liver enlarged?\nAnswer with yes or no."}]}
-    assert dc.remember_original(plain)["original"] == {"question": "Is the liver enlarged?", "options": None}
-    again = dc.remember_original({**plain, "messages": [{"role": "user", "content": "<image>Other?"}]})
+    assert curate.remember_original(plain)["original"] == {"question": "Is the liver enlarged?", "options": None}
+    again = curate.remember_original({**plain, "messages": [{"role": "user", "content": "<image>Other?"}]})
     assert again["original"]["question"] == "Is the liver enlarged?"  # stored once, never overwritten
 
 
@@ -343,14 +345,14 @@ def test_benchmark_item_planted_in_training_data_is_removed_after_augmentation_a
             "messages": [{"role": "user", "content": "<image>" + bench[1]["question"] +
                           "\nA. Liver\nB. Spleen\nAnswer with the option's letter from the given choices directly."},
                          {"role": "assistant", "content": "A"}]}
-    aug = curate.augment_records([leak], curate.AugmentConfig(seed=1), Report("a"))
+    aug = curate.augment_records([leak], curate.AugmentConfig(seed=1), Tally("a"))
 
     class Teacher:
         def generate(self, requests, **kw):
             return [["The liver is large. <answer>A</answer>"] for _ in requests]
-    cot = curate.enhance_responses(aug, Teacher(), curate.CotConfig(k=1), Report("c"))
+    cot = curate.enhance_responses(aug, Teacher(), curate.CotConfig(k=1), Tally("c"))
     assert prompts.COT_PROMPT[:30] in cot[0]["messages"][0]["content"]
-    report = Report("decontaminate")
+    report = Tally("decontaminate")
     keep, removed = decontaminate(cot + train[4:], bench, None, DecontamConfig(), report)
     assert keep == [False, True, True, True]  # train[4:] = three unrelated items
     assert removed[0]["kind"] == "exact" and removed[0]["bench"] == "b1"

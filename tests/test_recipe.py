@@ -92,7 +92,7 @@ def run_command(command, gold):
     else:
         assert args[0] == "python", command
         args = args[1:]
-    cli = {"sources.py": sources.cli, "curate.py": curate.cli, "train.py": train._cli()}[args[0]]
+    cli = {"sources.py": sources.cli, "curate.py": curate._cli(), "train.py": train.main}[args[0]]
     teacher = ScriptedTeacher(gold)
     real = evaluate.make_backend
     evaluate.make_backend = lambda kind, path, **kw: teacher if path in ("TEACHER_DIR", "VERIFIER_DIR") else \

@@ -65,7 +65,7 @@ def test_vqa_rad_splits_by_phrase_type_and_reports_malformed_rows(tmp_path):
     assert test[0]["meta"]["answer_type"] == "CLOSED"  # the raw 'CLOSED ' is stripped
     assert test[1]["meta"]["question_rephrase"] == "where is it?"
     assert train[0]["images"] == [os.path.join(str(tmp_path), "VQA_RAD Image Folder", "synpic1.jpg")]
-    assert test.report.rows == 3 and sum(test.report.skipped.values()) == 1
+    assert test.report.read == 3 and sum(test.report.counts.values()) == 1
 
 
 def test_vqa_rad_real_test_split_has_451_items_251_yes_no():
@@ -94,7 +94,7 @@ def test_slake_language_filter_and_image_folder(tmp_path):
     assert [r["id"] for r in en] == ["slake-1"] and len(both) == 2
     assert en[0]["images"] == [os.path.join(str(tmp_path), "imgs", "xmlab1", "source.jpg")]
     assert en[0]["meta"]["content_type"] == "Organ"
-    assert en.report.skipped and sum(en.report.skipped.values()) == 1
+    assert en.report.counts and sum(en.report.counts.values()) == 1
 
 
 def test_slake_real_english_test_split():
@@ -109,7 +109,8 @@ def test_slake_real_english_test_split():
 def test_path_vqa_parquet_with_embedded_images(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
-    rows = [{"image": {"bytes": png_bytes(10, fmt="JPEG"), "path": "a.jpg"}, "question": "Is this fat?", "answer": "yes"},
+    rows = [{"image": {"bytes": png_bytes(10, fmt="JPEG"), "path": "a.jpg"}, "question": "Is this fat?",
+             "answer": "yes"},
             {"image": {"bytes": png_bytes(20), "path": None}, "question": None, "answer": "no"},
             {"image": {"bytes": png_bytes(30), "path": None}, "question": "What is shown?", "answer": "granuloma"},
             {"image": {"bytes": b"not an image", "path": None}, "question": "Corrupt?", "answer": "no"}]
@@ -120,7 +121,7 @@ def test_path_vqa_parquet_with_embedded_images(tmp_path):
     im = recs[0]["images"][0]
     assert isinstance(im, Image.Image) and im.format == "JPEG" and im.size == (8, 6)
     assert im.convert("L").getpixel((0, 0)) in range(5, 16)
-    assert dict(recs.report.skipped) == {"missing question, answer or image": 2}
+    assert dict(recs.report.counts) == {"missing question, answer or image": 2}
 
 
 def test_path_vqa_original_pickles(tmp_path):
@@ -132,7 +133,7 @@ def test_path_vqa_original_pickles(tmp_path):
     recs = load_source("path_vqa", str(tmp_path), "val")
     assert len(recs) == 1 and recs[0]["answer"] == "neutrophils"
     assert recs[0]["images"] == [os.path.join(str(tmp_path), "images", "val", "val_0001.jpg")]
-    assert recs.report.rows == 3 and sum(recs.report.skipped.values()) == 2
+    assert recs.report.read == 3 and sum(recs.report.counts.values()) == 2
     # the LXMERT-style variant: img_id / sent / label {answer: score}
     vqa = [{"img_id": "test_0007", "sent": "Is there fibrosis?", "label": {"yes": 1.0}, "answer_type": "yes/no"}]
     pickle.dump(vqa, open(tmp_path / "qas" / "test_vqa.pkl", "wb"))
@@ -162,7 +163,7 @@ def test_pmc_vqa_v1_columns_with_anwser_spelling_and_prefixed_choices(tmp_path):
     assert recs[0]["options"] == {"A": "MRI", "B": "CT", "C": "X-ray", "D": "PET"}
     assert recs[0]["answer"] == "B" and recs[0]["meta"]["answer_text"] == "CT"
     assert recs[1]["answer"] == "A"  # no label: the answer text locates the letter
-    assert len(recs) == 2 and recs.report.rows == 3
+    assert len(recs) == 2 and recs.report.read == 3
     assert recs[0]["images"] == [os.path.join(str(tmp_path), "images", "PMC1_f1.jpg")]
 
 
@@ -182,7 +183,7 @@ def test_pmc_vqa_v2_columns_and_caption_subset(tmp_path):
     assert caps[0]["images"] == [os.path.join(str(tmp_path), "images_2", "figures", "f1.jpg")]
     assert to_sharegpt(caps[0])["messages"] == [{"role": "user", "content": "<image>Describe this medical image."},
                                                 {"role": "assistant", "content": "Axial CT of the chest."}]
-    assert dict(caps.report.skipped) == {"duplicate figure": 1, "missing Caption": 1}
+    assert dict(caps.report.counts) == {"duplicate figure": 1, "missing Caption": 1}
     with pytest.raises(ValueError, match="only in version 2"):
         load_source("pmc_vqa", str(tmp_path), "train", subset="caption", version=1)
 
@@ -239,7 +240,8 @@ def mmmu_row(id, question, options, answer, images, qtype="multiple-choice"):
 def test_mmmu_parquet_health_medicine_tags_options_and_short_answers(tmp_path):
     for subject, rows in {
         "Clinical_Medicine": [
-            mmmu_row("validation_Clinical_Medicine_1", "Compare <image 2> with <image 1>.", "['x', 'y', 'z']", "C", {1, 2}),
+            mmmu_row("validation_Clinical_Medicine_1", "Compare <image 2> with <image 1>.", "['x', 'y', 'z']", "C",
+                     {1, 2}),
             mmmu_row("validation_Clinical_Medicine_2", "Dose in <image 1>?", "[]", "5 mg", {1}, "open"),
             mmmu_row("validation_Clinical_Medicine_3", "Bad <image 1>", "['x', 'y'", "A", {1}),
             mmmu_row("validation_Clinical_Medicine_4", "Missing <image 3>", "['x', 'y']", "A", {1}),
@@ -255,7 +257,7 @@ def test_mmmu_parquet_health_medicine_tags_options_and_short_answers(tmp_path):
     assert [im.convert("L").getpixel((0, 0)) for im in first["images"]] == [10, 20]  # image_1, image_2
     assert first["meta"]["subject"] == "Clinical_Medicine"
     assert short["options"] is None and short["answer"] == "5 mg"
-    assert recs.report.rows == 4 and sum(recs.report.skipped.values()) == 2
+    assert recs.report.read == 4 and sum(recs.report.counts.values()) == 2
 
 
 # ----------------------------------------------------------------------------- GMAI-MMBench
@@ -272,7 +274,7 @@ def test_gmai_mmbench_tsv_with_base64_images_and_image_references(tmp_path):
     assert recs[0]["options"] == {"A": "Liver", "B": "Lung", "C": "Heart"}
     assert recs[1]["images"][0].convert("L").getpixel((0, 0)) == 77
     assert recs[0]["meta"]["category"] == "Organ"
-    assert sum(recs.report.skipped.values()) == 2
+    assert sum(recs.report.counts.values()) == 2
 
 
 @pytest.mark.parametrize("name", ["GMAI_mm_bench_VAL.tsv", "GMAI-MMBench_VAL.tsv"])
@@ -303,7 +305,7 @@ def test_gmai_reasoning_jsonl_keeps_the_conversation(tmp_path):
     (tmp_path / "reasoning_mcq_sft.jsonl").write_text(
         json.dumps(good) + "\n{not json\n" + json.dumps(bad_tags) + "\n")
     recs = load_source("gmai_reasoning", str(tmp_path), "train")
-    assert len(recs) == 1 and recs.report.rows == 3
+    assert len(recs) == 1 and recs.report.read == 3
     r = recs[0]
     assert r["meta"]["final_answer"] == "B" and r["question"].startswith("Which finding?")
     assert r["images"] == [os.path.join(str(tmp_path), "imgs", "a.png")]
@@ -327,7 +329,7 @@ def test_llava_onevision_parquet_text_only_and_image_rows(tmp_path):
     # an image without a tag gets its placeholder in the first user turn
     assert to_sharegpt(recs[0])["messages"][0]["content"] == "<image>How many cubes?"
     assert to_sharegpt(recs[1])["messages"][0]["content"] == "Hi"
-    assert dict(recs.report.skipped) == {"1 <image> tags for 0 images": 1}
+    assert dict(recs.report.counts) == {"1 <image> tags for 0 images": 1}
 
 
 # ----------------------------------------------------------------------------- ShareGPT conversion
@@ -347,7 +349,8 @@ def test_multiple_choice_renders_lettered_options_and_the_letter_instruction():
 def test_yes_no_and_open_questions_get_their_instructions():
     yn = to_sharegpt(rec("Is there a mass?", "yes", n_images=2))
     # the canonical yes/no template is the MultiMedEval evaluation prompt
-    assert yn["messages"][0]["content"] == "<image><image>Answer the following question with yes or no. Is there a mass?"
+    assert yn["messages"][0]["content"] == \
+        "<image><image>Answer the following question with yes or no. Is there a mass?"
     assert yn["messages"][1]["content"] == "Yes" and len(yn["images"]) == 2
     op = to_sharegpt(rec("Which organ?", "left lung"), with_answer=False, system="Be brief.")
     assert op["messages"] == [{"role": "system", "content": "Be brief."},
@@ -370,10 +373,12 @@ def mix_fixture(tmp_path):
     touch_image(str(tmp_path / "rad" / "VQA_RAD Image Folder" / "synpic1.jpg"))
     d = tmp_path / "pvqa" / "data"
     d.mkdir(parents=True)
-    rows = [{"image": {"bytes": png_bytes(i % 3), "path": None}, "question": f"Q{i}?", "answer": "yes"} for i in range(12)]
+    rows = [{"image": {"bytes": png_bytes(i % 3), "path": None}, "question": f"Q{i}?", "answer": "yes"}
+            for i in range(12)]
     pq.write_table(pa.Table.from_pylist(rows), str(d / "train-00000-of-00001.parquet"))
     with open(tmp_path / "cot.jsonl", "w") as f:
-        f.write(json.dumps({"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+        f.write(json.dumps({"messages": [{"role": "user", "content": "<image>Q"},
+                                         {"role": "assistant", "content": "A"}],
                             "images": ["rad/VQA_RAD Image Folder/synpic1.jpg"]}) + "\n")
     return {"seed": 0, "augment": True, "sources": [
         {"name": "vqa_rad", "root": "rad", "split": "train", "target": 5},
@@ -538,22 +543,22 @@ def test_image_paths_in_downloaded_files_stay_inside_the_dataset_folder(tmp_path
             {"qid": 3, "phrase_type": "freeform", "image_name": "ok.jpg", "question": "Q?", "answer": "A"}]
     json.dump(rows, open(tmp_path / "VQA_RAD Dataset Public.json", "w"))
     recs = load_source("vqa_rad", str(tmp_path), "train")
-    assert [r["id"] for r in recs] == ["vqa_rad-3"] and dict(recs.report.skipped) == {sources.OUTSIDE: 2}
+    assert [r["id"] for r in recs] == ["vqa_rad-3"] and dict(recs.report.counts) == {sources.OUTSIDE: 2}
     (tmp_path / "train.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
                                         "../x.jpg,Q?,a,A:a,B:b,A\nsub/../y.jpg,Q?,a,A:a,B:b,A\n")
     pmc = load_source("pmc_vqa", str(tmp_path), "train")
     assert [r["images"][0] for r in pmc] == [os.path.join(str(tmp_path), "images", "y.jpg")]
-    assert dict(pmc.report.skipped) == {sources.OUTSIDE: 1}
+    assert dict(pmc.report.counts) == {sources.OUTSIDE: 1}
     (tmp_path / "reasoning_mcq_sft.jsonl").write_text(json.dumps(
         {"image": "../../x.png", "conversations": [{"from": "human", "value": "<image>Q"},
                                                    {"from": "gpt", "value": "A"}]}) + "\n")
-    assert dict(load_source("gmai_reasoning", str(tmp_path), "train").report.skipped) == {sources.OUTSIDE: 1}
+    assert dict(load_source("gmai_reasoning", str(tmp_path), "train").report.counts) == {sources.OUTSIDE: 1}
     (tmp_path / "llava").mkdir()
     pq.write_table(pa.Table.from_pylist([{"id": "a", "image": {"bytes": None, "path": "../../x.png"},
                                           "conversations": [{"from": "human", "value": "<image>Q"},
                                                             {"from": "gpt", "value": "A"}]}]),
                    str(tmp_path / "llava" / "train-00000-of-00001.parquet"))
-    assert dict(load_source("llava_onevision", str(tmp_path / "llava"), "train").report.skipped) == {sources.OUTSIDE: 1}
+    assert dict(load_source("llava_onevision", str(tmp_path / "llava"), "train").report.counts) == {sources.OUTSIDE: 1}
     from data import read_sharegpt
     (tmp_path / "mine.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Q"},
                                                                   {"role": "assistant", "content": "A"}],

@@ -241,7 +241,8 @@ def test_loss_sums_cross_entropy_of_supervised_next_tokens_only(setup):
             if labels[b, t + 1] != -100 and same:
                 want = want + torch.nn.functional.cross_entropy(logits[b, t].view(1, V), ids[b, t + 1:t + 2])
     assert abs(float(got) - float(want)) <= 1e-5  # measured 3.8e-6 on a sum of 64 (1 fp32 ulp)
-    assert train.supervised_count({"labels": labels, "attention_mask": mask}) == 6 + 5  # row 0: the target across the 1|2 boundary is excluded
+    # row 0: the target across the 1|2 boundary is excluded
+    assert train.supervised_count({"labels": labels, "attention_mask": mask}) == 6 + 5
 
 
 def test_first_step_loss_and_gradient_norm_match_transformers(setup, reference):
@@ -442,7 +443,8 @@ def test_resume_continues_exactly(setup, reference):
     a, b = log(straight), log(part)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     # same data and same state after the resume: identical per-step losses and token counts
-    assert [(r["loss"], r["sup_tokens"], r["tokens"]) for r in a] == [(r["loss"], r["sup_tokens"], r["tokens"]) for r in b]
+    assert [(r["loss"], r["sup_tokens"], r["tokens"]) for r in a] == \
+        [(r["loss"], r["sup_tokens"], r["tokens"]) for r in b]
     assert max_diff(final_weights(straight), final_weights(part)) == 0.0
 
 
@@ -478,8 +480,9 @@ def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
     mm = (batch["input_ids"] == model.config.image_token_id).long()
     with torch.no_grad():
         ours = model(batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"], batch["attention_mask"])
-        theirs = hf(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                    attention_mask=batch["attention_mask"], mm_token_type_ids=mm).logits
+        theirs = hf(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                    image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"],
+                    mm_token_type_ids=mm).logits
     keep = batch["attention_mask"].bool()
     assert float((ours[keep] - theirs[keep]).abs().max()) <= 5e-7  # measured 2.4e-7 on logits up to 1.0
 
@@ -657,6 +660,15 @@ def test_resume_with_changed_settings_or_data_is_refused_unless_forced(setup, tm
     train.train(dataclasses.replace(cfg, stop_after=2, resume=True, force=True))
     assert "warning: resuming from" in capsys.readouterr().out and [r["step"] for r in log(cfg)] == [1, 2]
 
+
+def test_every_flag_of_the_command_line_has_a_help_text():
+    """python train.py --help: one option per TrainConfig field, each with its setting's help."""
+    from click.testing import CliRunner
+    out = CliRunner().invoke(train.main, ["--help"]).output
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help") and f"--{f.name.replace('_', '-')} " in out, f.name
+    assert "paper: 3 epochs" in out
+    assert "Missing option '--model'" in CliRunner().invoke(train.main, ["--data", "x.jsonl"]).output
 
 def _data_with_broken_images(setup, tmp_path, broken):
     """The mixed training file with the first `broken` image records' files truncated (their
