@@ -50,7 +50,8 @@ def requests(root, n):
         w, h = [(224, 224), (160, 224), (224, 140)][i % 3]
         path = os.path.join(root, f"img{i}.png")
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-        out.append({"messages": [{"role": "user", "content": "<image>" + QUESTIONS[i % len(QUESTIONS)]}], "images": [path]})
+        out.append({"messages": [{"role": "user", "content": "<image>" + QUESTIONS[i % len(QUESTIONS)]}],
+                    "images": [path]})
     return out
 
 

@@ -35,7 +35,8 @@ def samples(cfg, n, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        length = int(torch.randint(128, 400, (1,), generator=g)) if i % 2 == 0 else int(torch.randint(32, 320, (1,), generator=g))
+        low, high = (128, 400) if i % 2 == 0 else (32, 320)
+        length = int(torch.randint(low, high, (1,), generator=g))
         ids = torch.randint(0, 150000, (length,), generator=g)
         labels = torch.full_like(ids, -100)
         answer = int(torch.randint(12, 40, (1,), generator=g))
