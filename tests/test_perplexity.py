@@ -139,3 +139,12 @@ def test_prompt_logprob_scorer_matches_native_scores(tiny, tiny_dir, tmp_path):
     via_logprobs = perplexity.score_with_prompt_logprobs(recs, backend, tok, cfg, Tally("p"))
     for a, b in zip(native, via_logprobs):
         assert a["n"] == b["n"] and abs(a["ppl"] - b["ppl"]) / a["ppl"] < 1e-4
+
+
+def test_text_histogram_bins_perplexities_on_a_log_scale():
+    """Hand computed: log values 0, 0 and 2 over 2 bins of width 1; bars scale to the fullest bin."""
+    e2 = math.exp(2)
+    assert perplexity.text_histogram([1.0, 1.0, e2], bins=2, width=4).splitlines() == [
+        "     1.000 -      2.718 | #### 2",
+        "     2.718 -      7.389 | ##   1"]
+    assert perplexity.text_histogram([]) == "(no scores)"
