@@ -167,6 +167,7 @@ class NativeBackend:
         import torch
         import data
         import infimed
+        from image_processor import ImageProcessor
         self.torch, self.data = torch, data
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -179,8 +180,8 @@ class NativeBackend:
         self.tok = data.load_tokenizer(model_dir)
         limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         has_cfg = os.path.exists(os.path.join(model_dir, "preprocessor_config.json"))
-        self.proc = data.ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg else \
-            data.ImageProcessor(**limits)
+        self.proc = ImageProcessor.from_pretrained(model_dir, **limits) if has_cfg else \
+            ImageProcessor(**limits)
         self.batch_size = batch_size
         self.stop_ids, self.pad_id = self.data.stop_ids(self.tok), self.data.pad_id(self.tok)
         self.timings = Counter()  # seconds: 'images' (processing + tokenizing), 'generate'

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from cli import setting
 from curate import JsonlCache, is_caption, load_model, record_key, record_name, source_of
-from data import ImageProcessor, SampleError, collate, encode, load_tokenizer, pad_id
+from data import SampleError, collate, encode, load_tokenizer, pad_id
+from image_processor import ImageProcessor
 
 
 def caption_positions(labels, stop_ids=()):

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import data
 from cli import command_options, setting
+from image_processor import ImageProcessor
 from infimed import QwenVL
 from tally import Tally
 
@@ -511,7 +512,7 @@ def train(cfg: TrainConfig):
 
     # ---- data
     tokenizer = data.load_tokenizer(cfg.model)
-    image_processor = data.ImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    image_processor = ImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     dataset = data.SFTDataset(cfg.data, tokenizer, image_processor, cfg.max_len)
     pad_id = data.pad_id(tokenizer)
     sampler = data.LengthGroupedSampler(dataset.lengths, cfg.global_batch, seed=cfg.seed,

@@ -9,7 +9,7 @@ processor (or its tokenizer), the way vLLM documents offline multimodal prompts.
 
     python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/vqa_rad --backend vllm
 """
-import data
+from image_processor import open_image
 
 
 def content_parts(text):
@@ -68,7 +68,7 @@ class VLLMBackend:
         out = []
         for r in requests:
             item = {"prompt": render_with_template(self.templater, r["messages"], add_generation_prompt)}
-            images = [data.open_image(im) for im in r.get("images") or []]
+            images = [open_image(im) for im in r.get("images") or []]
             if images:
                 item["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
             out.append(item)

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import evaluate as ev  # noqa: E402
 from demo import synthetic  # noqa: E402
+from image_processor import ImageProcessor  # noqa: E402
 from infimed import QwenVL, QwenVLConfig, VisionConfig  # noqa: E402
 
 QUESTIONS = ["Is there a lesion in the left lung?", "Which imaging modality was used to acquire this image?",
@@ -40,7 +41,7 @@ def build(root):
                        num_attention_heads=8, num_key_value_heads=2, mrope_section=[4, 6, 6], vision=vision, **ids)
     torch.manual_seed(0)
     QwenVL(cfg).save_pretrained(root)
-    data.ImageProcessor(max_pixels=224 * 224).save_pretrained(root)
+    ImageProcessor(max_pixels=224 * 224).save_pretrained(root)
 
 
 def requests(root, n):

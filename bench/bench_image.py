@@ -1,4 +1,4 @@
-"""Image preprocessing throughput: data.ImageProcessor vs transformers' Qwen2VLImageProcessorPil
+"""Image preprocessing throughput: ImageProcessor vs transformers' Qwen2VLImageProcessorPil
 on the same in-memory images in one run, outputs checked identical first.
 
     python bench/bench_image.py
@@ -28,7 +28,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
+from image_processor import ImageProcessor  # noqa: E402
 
 SHARED = os.environ.get("INFIMED_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 
@@ -59,7 +59,7 @@ def main(repeats=7):
     warnings.filterwarnings("ignore")
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     ref = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=262144)
-    ours = data.ImageProcessor(min_pixels=3136, max_pixels=262144)
+    ours = ImageProcessor(min_pixels=3136, max_pixels=262144)
     sets = {
         "224x224 RGB": [synthetic(224, 224, seed=i) for i in range(8)],
         "512x512 gray": [synthetic(512, 512, "L", seed=i) for i in range(8)],

@@ -1,5 +1,5 @@
-"""Benchmark for sources.py's mix: peak memory of sampling from a parquet source far larger than
-what the sample needs, streamed (sources.build_mix) against loading the whole source first.
+"""Benchmark for mix.py: peak memory of sampling from a parquet source far larger than
+what the sample needs, streamed (mix.build_mix) against loading the whole source first.
 
     python bench/bench_mix.py                   # 2 GB LLaVA-OneVision-style parquet, sample 50,000
     python bench/bench_mix.py --gb 6 --rows 200000
@@ -57,7 +57,8 @@ def write_source(path, rows, seed=0, image_kb=20):
 
 def whole_load_mix(spec, out_path, data_root, seed):
     """The reference: every record in memory, converted, then random.sample (the mix before it
-    streamed), the same output format and order as sources.build_mix."""
+    streamed), the same output format and order as mix.build_mix."""
+    import mix
     import sources
     out_dir = os.path.dirname(os.path.abspath(out_path))
     img_dir = os.path.join(out_dir, os.path.splitext(os.path.basename(out_path))[0] + "_images")
@@ -65,9 +66,9 @@ def whole_load_mix(spec, out_path, data_root, seed):
     for entry in spec["sources"]:
         label = entry.get("label", entry["name"])
         records = sources.load_source(entry["name"], os.path.join(data_root, entry["root"]), entry["split"])
-        usable = [s for s in (sources._converted(r, records.report, False, seed) for r in records) if s is not None]
+        usable = [s for s in (mix._converted(r, records.report, False, seed) for r in records) if s is not None]
         chosen = random.Random(f"{seed}:{label}").sample(usable, entry["target"])
-        samples += [{**sources._materialize(s, out_dir, img_dir), "source": label} for s in chosen]
+        samples += [{**mix._materialize(s, out_dir, img_dir), "source": label} for s in chosen]
     random.Random(seed).shuffle(samples)
     with open(out_path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
@@ -75,12 +76,12 @@ def whole_load_mix(spec, out_path, data_root, seed):
 
 def run_one(kind, data_root, out_path, target):
     """In a child process: one approach, then its peak RSS and time as JSON on stdout."""
-    import sources
+    import mix
     spec = {"seed": 0, "sources": [{"name": "llava_onevision", "root": "LLaVA-OneVision-Data", "split": "train",
                                     "target": target}]}
     t0 = time.perf_counter()
     if kind == "stream":
-        sources.build_mix(spec, out_path, data_root=data_root, log=lambda *a: None)
+        mix.build_mix(spec, out_path, data_root=data_root, log=lambda *a: None)
     else:
         whole_load_mix(spec, out_path, data_root, 0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB -> GB
@@ -116,7 +117,7 @@ def main():
                                    "--out", outs[kind], "--target", str(args.target)],
                                   capture_output=True, text=True, check=True)
             results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-            name = "streamed (sources.build_mix)" if kind == "stream" else "whole load, then random.sample"
+            name = "streamed (mix.build_mix)" if kind == "stream" else "whole load, then random.sample"
             print(f"| {name} | {results[kind]['peak_gb']:.2f} GB | {results[kind]['seconds']:.0f} s |")
         same = open(outs["stream"], "rb").read() == open(outs["whole"], "rb").read()
         stream, whole = results["stream"]["peak_gb"], results["whole"]["peak_gb"]

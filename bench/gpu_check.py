@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 from demo import synthetic  # noqa: E402
+from image_processor import ImageProcessor  # noqa: E402
 from infimed import QwenVL  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def parity(model_dir, device):
     from PIL import Image
     from transformers import Qwen2_5_VLForConditionalGeneration
     tok = data.load_tokenizer(model_dir)
-    proc = data.ImageProcessor(max_pixels=112 * 112)
+    proc = ImageProcessor(max_pixels=112 * 112)
     image = Image.new("RGB", (112, 84), (200, 40, 40))
     text = data.render_chat([{"role": "user", "content": "<image>What color is the square?"}], True)
     x = data.encode_prompt(text, [image], tok, proc)

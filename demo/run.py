@@ -51,6 +51,7 @@ import prompts
 import sources
 import train
 from demo import synthetic
+from image_processor import ImageProcessor
 from infimed import QwenVL, QwenVLConfig, VisionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # every command runs from here
@@ -201,7 +202,7 @@ def stage_model(cfg, paths):
     model = QwenVL(tiny_config(cfg, tok))
     model.save_pretrained(paths["base"])
     # the pixel budget of a 112 x 112 scan: exactly one size, 8 x 8 patches
-    data.ImageProcessor(min_pixels=cfg.image_size ** 2, max_pixels=cfg.image_size ** 2).save_pretrained(paths["base"])
+    ImageProcessor(min_pixels=cfg.image_size ** 2, max_pixels=cfg.image_size ** 2).save_pretrained(paths["base"])
     n = sum(p.numel() for p in model.parameters())
     nv = sum(p.numel() for k, p in model.named_parameters() if k.startswith("visual."))
     print(f"tokenizer: {len(tok)} tokens; model: {n:,} parameters ({nv:,} in the vision tower); "
@@ -230,7 +231,7 @@ def stage_vision(cfg, paths):
     # pretraining: a rerun with other settings gives what a fresh run gives
     torch.manual_seed(cfg.seed)
     model = QwenVL(QwenVLConfig.from_pretrained(paths["base"]))
-    ip = data.ImageProcessor.from_pretrained(paths["base"])
+    ip = ImageProcessor.from_pretrained(paths["base"])
     x, grid, labels = caption_set(paths, "train", ip)  # training scans only: the benchmark's never
     predict = synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch,
                                         cfg.seed)

@@ -1,5 +1,5 @@
-"""Tests for data.py: tokenizer loading, image processor, chat template, loss mask, ShareGPT records,
-batching. transformers is the oracle (Qwen2VLImageProcessorPil, apply_chat_template).
+"""Tests for data.py: tokenizer loading, chat template, loss mask, ShareGPT records, batching.
+transformers is the oracle (apply_chat_template, its tokenizers).
 
     python -m pytest -q tests/test_data.py
 """
@@ -10,13 +10,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-import conftest
 import data
 from demo import synthetic
+from image_processor import ImageProcessor
+from test_image_processor import picture
 
-VQA_RAD_IMAGES = conftest.shared_files("vqa_rad", "images")  # [] on a plain clone
 CORPUS = [
     "What is shown in this chest X-ray? The image shows a normal heart and clear lungs.",
     "Is there a fracture of the left femur? No, there is no fracture.",
@@ -31,60 +31,6 @@ def tok(tmp_path_factory):
     return synthetic.build_tokenizer(CORPUS, str(tmp_path_factory.mktemp("tok")), vocab_size=600)
 
 
-@pytest.fixture(scope="module")
-def oracle_cls():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    return Qwen2VLImageProcessorPil
-
-
-def _oracle(cls, images, min_pixels=3136, max_pixels=262144):
-    out = cls(min_pixels=min_pixels, max_pixels=max_pixels)(images, return_tensors="np")
-    return out["pixel_values"], out["image_grid_thw"]
-
-
-def _picture(h, w, seed=0):
-    """A smooth gradient plus noise: bicubic resampling has real work to do."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 255 / max(w - 1, 1), y * 255 / max(h - 1, 1), (x + y) % 256], -1)
-    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _varied_images():
-    """(name, PIL image) in many sizes, modes and aspect ratios."""
-    rgb = _picture(300, 420)
-    pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=64)
-    pal_t = pal.copy()
-    pal_t.info["transparency"] = 3
-    rgba = np.concatenate([rgb, _picture(300, 420, 1)[..., :1]], -1)
-    return [
-        ("rgb_300x420", Image.fromarray(rgb)),
-        ("rgb_large_1500x1100", Image.fromarray(_picture(1100, 1500, 2))),
-        ("rgb_exact_512", Image.fromarray(_picture(512, 512, 3))),
-        ("rgb_28x28", Image.fromarray(_picture(28, 28, 4))),
-        ("rgb_tiny_5x7", Image.fromarray(_picture(5, 7, 5))),
-        ("rgb_1x1", Image.fromarray(_picture(1, 1, 6))),
-        ("rgb_tall_aspect_200", Image.fromarray(_picture(2000, 10, 7))),
-        ("rgb_wide_aspect_150", Image.fromarray(_picture(6, 900, 8))),
-        ("rgb_odd_333x77", Image.fromarray(_picture(333, 77, 9))),
-        ("grayscale_L", Image.fromarray(_picture(250, 260, 10)[..., 0])),
-        ("gray_stored_as_rgb_1024x1024", Image.fromarray(_picture(1024, 1024, 13)[..., 0]).convert("RGB")),
-        ("LA", Image.fromarray(rgba[..., [0, 3]], "LA")),
-        ("RGBA", Image.fromarray(rgba, "RGBA")),
-        ("palette", pal),
-        ("palette_transparency", pal_t),
-        ("bilevel_1", Image.fromarray(_picture(90, 120, 11)[..., 0]).convert("1")),
-        ("CMYK", Image.fromarray(rgb).convert("CMYK")),
-        ("I16_8bit_range", Image.fromarray(_picture(100, 140, 12)[..., 0].astype(np.uint16))),
-    ]
-
-
-def _images_for_parity():
-    cases = _varied_images()
-    cases += [(os.path.basename(p), p) for p in VQA_RAD_IMAGES]
-    return cases
-
-
 # ----------------------------------------------------------------------------- tokenizer
 
 def test_load_tokenizer_rejects_a_tokenizer_without_qwen_special_tokens(tmp_path):
@@ -95,133 +41,6 @@ def test_load_tokenizer_rejects_a_tokenizer_without_qwen_special_tokens(tmp_path
     PreTrainedTokenizerFast(tokenizer_object=t).save_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="special tokens"):
         data.load_tokenizer(str(tmp_path))
-
-
-# ----------------------------------------------------------------------------- images
-
-def test_smart_resize_equals_reference_over_many_shapes():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as ref
-    sizes = [1, 2, 13, 27, 28, 29, 55, 56, 57, 100, 223, 224, 333, 500, 511, 512, 513, 999, 1024,
-             1500, 2000, 4000]
-    for h in sizes:
-        for w in sizes:
-            if max(h, w) / min(h, w) > 200:
-                continue
-            for mx in (262144, 12845056, 3136 * 4):
-                assert data.smart_resize(h, w, 28, 3136, mx) == ref(h, w, 28, 3136, mx), (h, w, mx)
-
-
-def test_smart_resize_refuses_aspect_ratio_over_200_with_clear_error():
-    assert data.smart_resize(10, 2000, max_pixels=262144) == (28, 812)  # exactly 200 is allowed
-    with pytest.raises(ValueError, match="aspect ratio 201.0 .*crop or pad"):
-        data.smart_resize(10, 2010)
-    with pytest.raises(ValueError, match="aspect ratio"):
-        data.ImageProcessor()(Image.new("RGB", (2010, 10)))
-
-
-@pytest.mark.parametrize("name,image", _images_for_parity(), ids=lambda v: v if isinstance(v, str) else "")
-def test_image_processor_equals_transformers(oracle_cls, name, image):
-    ref_pv, ref_grid = _oracle(oracle_cls, Image.open(image) if isinstance(image, str) else image)
-    pv, grid = data.ImageProcessor(min_pixels=3136, max_pixels=262144)(image)
-    assert pv.dtype == torch.float32 and grid.dtype == torch.int64
-    assert np.array_equal(grid.numpy(), ref_grid)
-    assert pv.shape == ref_pv.shape and pv.shape[1] == 1176
-    assert np.array_equal(pv.numpy(), ref_pv)  # bit-identical, not merely close
-
-
-def test_image_processor_equals_transformers_at_hub_default_budget(oracle_cls):
-    image = Image.fromarray(_picture(700, 950, 20))
-    ref_pv, ref_grid = _oracle(oracle_cls, image, max_pixels=12845056)
-    pv, grid = data.ImageProcessor(max_pixels=12845056)(image)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-
-
-@pytest.mark.parametrize("patch,merge,temporal", [(16, 2, 2), (15, 2, 2), (14, 1, 2), (14, 2, 1), (14, 2, 3)])
-def test_image_processor_equals_transformers_for_other_patch_geometries(oracle_cls, patch, merge, temporal):
-    geometry = dict(patch_size=patch, merge_size=merge, temporal_patch_size=temporal)
-    images = [Image.fromarray(_picture(300, 517, 21)), Image.fromarray(_picture(300, 517, 22)[..., 0])]
-    ref = oracle_cls(min_pixels=3136, max_pixels=262144, **geometry)(images, return_tensors="np")
-    pv, grid = data.ImageProcessor(min_pixels=3136, max_pixels=262144, **geometry)(images)
-    assert np.array_equal(grid.numpy(), ref["image_grid_thw"]) and np.array_equal(pv.numpy(), ref["pixel_values"])
-
-
-@pytest.mark.parametrize("shape,y,x,channel", [
-    ((700, 900), 3, 450, 1),  # inside the strip checked first
-    ((700, 900), 350, 10, 2),  # below it: only the full check sees it
-    ((700, 900), 699, 899, 0),  # the last pixel, red differing from green and blue
-    ((6, 300), 5, 150, 2),  # too short for a strip
-])
-def test_gray_as_rgb_is_resized_as_one_band_only_if_every_pixel_agrees(oracle_cls, shape, y, x, channel):
-    gray = _picture(*shape, seed=30)[..., 0]
-    rgb = np.repeat(gray[..., None], 3, -1)
-    band = data._one_band(Image.fromarray(rgb))
-    assert band.mode == "L" and band.tobytes() == gray.tobytes()
-    ref_pv, ref_grid = _oracle(oracle_cls, Image.fromarray(rgb))
-    pv, grid = data.ImageProcessor()(Image.fromarray(rgb))
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-    # One channel of one pixel far off: the picture is colour, and resizing its first band
-    # instead would give other values, so only the RGB path matches the oracle.
-    rgb[y, x, channel] = 0 if rgb[y, x, channel] > 127 else 255
-    image = Image.fromarray(rgb)
-    assert data._one_band(image) is image
-    ref_pv, ref_grid = _oracle(oracle_cls, image)
-    pv, grid = data.ImageProcessor()(image)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-    assert not np.array_equal(pv.numpy(), data.ImageProcessor()(image.getchannel(0))[0].numpy())
-
-
-def test_several_images_concatenate_in_order_and_count_tokens(oracle_cls):
-    images = [Image.fromarray(_picture(h, w, h)) for h, w in [(80, 300), (600, 500), (64, 64)]]
-    ref_pv, ref_grid = _oracle(oracle_cls, images)
-    proc = data.ImageProcessor()
-    pv, grid = proc(images)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-    assert data.image_token_counts(images, proc) == (grid.prod(-1) // 4).tolist()
-
-
-def test_exif_orientation_is_applied_like_transformers_load_image(oracle_cls, tmp_path):
-    path = str(tmp_path / "rotated.png")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    Image.fromarray(_picture(200, 500, 21)).save(path, exif=exif.tobytes())
-    pv, grid = data.ImageProcessor()(path)
-    upright = ImageOps.exif_transpose(Image.open(path))
-    ref_pv, ref_grid = _oracle(oracle_cls, upright)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-    assert np.array_equal(_oracle(oracle_cls, path)[1], ref_grid)  # transformers' path route agrees
-    # Deliberate difference: handed the opened PIL image, transformers ignores the EXIF tag.
-    assert grid[0, 1] > grid[0, 2] and not np.array_equal(_oracle(oracle_cls, Image.open(path))[1], ref_grid)
-    assert torch.equal(data.ImageProcessor()(Image.open(path))[0], pv)
-
-
-def test_16bit_image_is_scaled_not_clipped(oracle_cls):
-    values = (np.arange(120 * 90).reshape(90, 120) % 4096).astype(np.uint16)  # a 12-bit image
-    image = Image.fromarray(values)
-    assert image.mode == "I;16"
-    eight_bit = Image.fromarray(np.round(values * (255 / 4095)).astype(np.uint8))
-    pv, grid = data.ImageProcessor()(image)
-    ref_pv, ref_grid = _oracle(oracle_cls, eight_bit)
-    assert np.array_equal(grid.numpy(), ref_grid) and np.array_equal(pv.numpy(), ref_pv)
-    # transformers clips every value above 255 to white: most of this image saturates there.
-    clipped, _ = _oracle(oracle_cls, image)
-    white, _ = _oracle(oracle_cls, Image.new("RGB", image.size, "white"))
-    assert (clipped == white).mean() > 0.8 and (pv.numpy() == white).mean() < 0.1
-
-
-def test_preprocessor_config_round_trips_and_transformers_reads_it(oracle_cls, tmp_path):
-    proc = data.ImageProcessor(min_pixels=3136 * 2, max_pixels=200704)
-    proc.save_pretrained(str(tmp_path))
-    cfg = json.load(open(tmp_path / "preprocessor_config.json"))
-    assert cfg["min_pixels"] == 6272 and cfg["max_pixels"] == 200704
-    assert cfg["size"] == {"shortest_edge": 6272, "longest_edge": 200704}
-    assert data.ImageProcessor.from_pretrained(str(tmp_path)) == proc
-    theirs = oracle_cls.from_pretrained(str(tmp_path))
-    assert (theirs.size["shortest_edge"], theirs.size["longest_edge"]) == (6272, 200704)
-    assert (theirs.patch_size, theirs.merge_size, theirs.temporal_patch_size) == (14, 2, 2)
-    # and what transformers 5 writes, we read
-    oracle_cls(min_pixels=4000, max_pixels=100000).save_pretrained(str(tmp_path / "theirs"))
-    back = data.ImageProcessor.from_pretrained(str(tmp_path / "theirs"))
-    assert (back.min_pixels, back.max_pixels) == (4000, 100000)
 
 
 # ----------------------------------------------------------------------------- chat template
@@ -278,14 +97,14 @@ def test_render_chat_accepts_template_content_parts(tok):
 
 def _record(messages, n_images, seed=0):
     sizes = [(200, 300), (420, 380), (90, 700)]
-    return {"messages": messages, "images": [Image.fromarray(_picture(*sizes[k % 3], seed + k))
+    return {"messages": messages, "images": [Image.fromarray(picture(*sizes[k % 3], seed + k))
                                              for k in range(n_images)]}
 
 
 @pytest.mark.parametrize("messages,n_images", CONVERSATIONS)
 def test_encode_ids_equal_transformers_tokenization_with_expanded_image_pads(tok, messages, n_images):
     rec = _record(messages, n_images)
-    out = data.encode(rec, tok, data.ImageProcessor())
+    out = data.encode(rec, tok, ImageProcessor())
     per_image = iter((out["image_grid_thw"].prod(-1) // 4).tolist())
     text = tok.apply_chat_template(_as_parts(messages), tokenize=False)
     text = re.sub(re.escape("<|image_pad|>"), lambda _: "<|image_pad|>" * next(per_image), text)
@@ -298,7 +117,7 @@ def test_encode_ids_equal_transformers_tokenization_with_expanded_image_pads(tok
 
 @pytest.mark.parametrize("messages,n_images", CONVERSATIONS)
 def test_encode_prompt_of_rendered_text_gives_the_ids_of_encode_and_supervises_nothing(tok, messages, n_images):
-    rec, proc = _record(messages, n_images), data.ImageProcessor()
+    rec, proc = _record(messages, n_images), ImageProcessor()
     out = data.encode_prompt(data.render_chat(messages), rec["images"], tok, proc)
     ref = data.encode(rec, tok, proc)
     assert out["input_ids"].tolist() == ref["input_ids"].tolist()
@@ -321,7 +140,7 @@ def _supervised_runs(tok, out):
 
 def test_labels_cover_exactly_assistant_answers_and_their_im_end(tok):
     messages = CONVERSATIONS[2][0]
-    out = data.encode(_record(messages, 3), tok, data.ImageProcessor())
+    out = data.encode(_record(messages, 3), tok, ImageProcessor())
     answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
     assert _supervised_runs(tok, out) == answers  # answers mention "assistant" on purpose
 
@@ -331,12 +150,12 @@ def test_special_tokens_inside_user_or_assistant_text_are_rejected(tok):
         msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
         msgs[0 if role == "user" else 1]["content"] = text
         with pytest.raises(data.SampleError, match="special tokens") as e:
-            data.encode({"messages": msgs, "images": []}, tok, data.ImageProcessor())
+            data.encode({"messages": msgs, "images": []}, tok, ImageProcessor())
         assert e.value.reason == "special_tokens"
 
 
 def test_over_length_drops_trailing_exchanges_with_their_images(tok):
-    proc = data.ImageProcessor()
+    proc = ImageProcessor()
     messages = [{"role": "user", "content": "<image>First question?"},
                 {"role": "assistant", "content": "First answer."},
                 {"role": "user", "content": "<image>Second question?"},
@@ -363,7 +182,7 @@ def _save_images(folder, n, seed=0):
     names = []
     for k in range(n):
         name = f"img{k}.png"
-        Image.fromarray(_picture(60 + 40 * k, 90, seed + k)).save(os.path.join(folder, name))
+        Image.fromarray(picture(60 + 40 * k, 90, seed + k)).save(os.path.join(folder, name))
         names.append(name)
     return names
 
@@ -444,7 +263,7 @@ def test_missing_and_corrupt_images_are_counted_by_the_dataset_and_raised_by_enc
                                      {"role": "assistant", "content": "A."}], "images": [name]}
     data.write_sharegpt([rec(names[0]), rec("missing.png"), rec("corrupt.png")],
                         str(tmp_path / "train.jsonl"))
-    proc = data.ImageProcessor()
+    proc = ImageProcessor()
     ds = data.SFTDataset(str(tmp_path / "train.jsonl"), tok, proc, max_len=512)
     assert len(ds) == 1 and ds.report.counts == {"image_missing": 1, "image_corrupt": 1}
     assert "missing.png" in ds.report.examples["image_missing"]
@@ -458,12 +277,12 @@ def test_missing_and_corrupt_images_are_counted_by_the_dataset_and_raised_by_enc
 
 def test_image_failing_only_at_decode_time_is_skipped_by_collate_and_counted(tok, tmp_path):
     good = tmp_path / "good.jpg"
-    Image.fromarray(_picture(300, 300)).save(good)
+    Image.fromarray(picture(300, 300)).save(good)
     (tmp_path / "truncated.jpg").write_bytes(good.read_bytes()[:2000])  # header fine, pixels not
     recs = [{"messages": [{"role": "user", "content": "<image>Q?"},
                           {"role": "assistant", "content": "A."}], "images": [str(tmp_path / n)]}
             for n in ("good.jpg", "truncated.jpg")]
-    ds = data.SFTDataset(recs, tok, data.ImageProcessor(), max_len=1024)
+    ds = data.SFTDataset(recs, tok, ImageProcessor(), max_len=1024)
     assert len(ds) == 2  # the header scan cannot see it
     with pytest.warns(UserWarning, match="image_corrupt"):
         batch = data.collate([ds[0], ds[1]], pad_id=tok.pad_token_id)
@@ -489,14 +308,14 @@ def test_dataset_lengths_equal_encoded_lengths_including_shortened_and_image_sam
     long = [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "ok"}]
     recs.append(_record(long + [{"role": "user", "content": "more " * 200},
                                 {"role": "assistant", "content": "fine"}], 1))
-    ds = data.SFTDataset(recs, tok, data.ImageProcessor(), max_len=300)
+    ds = data.SFTDataset(recs, tok, ImageProcessor(), max_len=300)
     assert ds.lengths == [len(ds[i]["input_ids"]) for i in range(len(ds))]
     assert ds.exchanges_dropped == 1 and ds.samples_shortened == 1
 
 
 def test_collate_pads_right_for_training_and_left_for_generation(tok):
     ds = data.SFTDataset(_text_records(3) + [_record(CONVERSATIONS[1][0], 1)], tok,
-                         data.ImageProcessor(), max_len=1024)
+                         ImageProcessor(), max_len=1024)
     samples = [ds[i] for i in range(len(ds))]
     lens = [len(s["input_ids"]) for s in samples]
     for side in ("right", "left"):
@@ -514,7 +333,7 @@ def test_collate_pads_right_for_training_and_left_for_generation(tok):
 
 
 def test_packing_fills_rows_up_to_max_len_with_numbered_samples(tok):
-    ds = data.SFTDataset(_text_records(40), tok, data.ImageProcessor(), max_len=256)
+    ds = data.SFTDataset(_text_records(40), tok, ImageProcessor(), max_len=256)
     rows = data.pack(ds.lengths, 256)
     assert sorted(i for r in rows for i in r) == list(range(len(ds))) and len(rows) < len(ds)
     assert all(sum(ds.lengths[i] for i in r) <= 256 for r in rows)
@@ -570,7 +389,7 @@ def test_sampler_is_deterministic_per_seed_and_epoch_and_groups_lengths():
 
 def test_dataloader_with_workers_gives_the_same_batches(tok):
     import functools
-    ds = data.SFTDataset(_text_records(24), tok, data.ImageProcessor(), max_len=512)
+    ds = data.SFTDataset(_text_records(24), tok, ImageProcessor(), max_len=512)
     sampler = data.LengthGroupedSampler(ds.lengths, 4, seed=0, rank=1, world_size=2)
     collate = functools.partial(data.collate, pad_id=tok.pad_token_id)
     inline = [collate([ds[i] for i in b]) for b in sampler.plan()]
@@ -592,11 +411,11 @@ def test_an_image_that_cannot_be_converted_is_a_counted_skip_naming_its_file(tok
     poisoned = tmp_path / "poison.tiff"
     _float_tiff_with_inf(poisoned)
     with pytest.raises(data.SampleError, match=r"poison.tiff.*non-finite") as e:
-        data.load_images([str(poisoned)], data.ImageProcessor())
+        data.load_images([str(poisoned)], ImageProcessor())
     assert e.value.reason == "image_corrupt"
     rec = {"messages": [{"role": "user", "content": "<image>Q?"}, {"role": "assistant", "content": "A."}],
            "images": [str(poisoned)]}
-    ds = data.SFTDataset([rec], tok, data.ImageProcessor(), max_len=1024)
+    ds = data.SFTDataset([rec], tok, ImageProcessor(), max_len=1024)
     with pytest.warns(UserWarning, match="poison.tiff"):
         sample = ds[0]  # the header scan cannot see it; decoding can, and says which file
     assert data.is_skipped(sample) and sample["skip"] == "image_corrupt"
@@ -619,16 +438,16 @@ def test_bad_lines_of_every_kind_are_counted_with_their_line(tmp_path):
 def test_a_file_with_no_usable_record_says_why(tok, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no usable training record:\n.*empty.jsonl: read 0, kept 0"):
-        data.SFTDataset(str(tmp_path / "empty.jsonl"), tok, data.ImageProcessor())
+        data.SFTDataset(str(tmp_path / "empty.jsonl"), tok, ImageProcessor())
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\nnot json\n')
     with pytest.raises(ValueError, match=r"(?s)read 2, kept 0.*skipped 1 \(empty\).*skipped 1 \(invalid_json\)"):
-        data.SFTDataset(str(tmp_path / "bad.jsonl"), tok, data.ImageProcessor())
+        data.SFTDataset(str(tmp_path / "bad.jsonl"), tok, ImageProcessor())
 
 
 def test_the_read_report_shows_exchanges_cut_from_over_length_conversations(tok):
     exchange = [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": "ok"}]
     long = exchange + [{"role": "user", "content": "more " * 200}, {"role": "assistant", "content": "fine"}] * 3
-    ds = data.SFTDataset(_text_records(1) + [_record(long, 0)], tok, data.ImageProcessor(), max_len=300)
+    ds = data.SFTDataset(_text_records(1) + [_record(long, 0)], tok, ImageProcessor(), max_len=300)
     assert ds.summary().splitlines()[-1] == (
         "  shortened 1 over-length conversations: 3 later exchanges dropped (kept whole up to max_len)")
 
@@ -638,7 +457,7 @@ def _png_with_late_exif(path, orientation):
     over the chunks, or a full decode, finds it."""
     import struct
     import zlib
-    Image.fromarray(_picture(56, 112)).save(path)
+    Image.fromarray(picture(56, 112)).save(path)
     raw = open(path, "rb").read()
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -653,8 +472,8 @@ def test_the_length_scan_reads_headers_only_and_counts_rotated_images_right(tmp_
     what decoding (EXIF applied) gives."""
     from PIL import PngImagePlugin
     _png_with_late_exif(tmp_path / "late.png", 6)  # 112 wide, 56 high; upright: 56 wide, 112 high
-    Image.fromarray(_picture(70, 150)).save(tmp_path / "plain.png")  # no EXIF at all
-    proc = data.ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 112)
+    Image.fromarray(picture(70, 150)).save(tmp_path / "plain.png")  # no EXIF at all
+    proc = ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 112)
     decoded = [int(proc([str(tmp_path / n)])[1].prod()) // 4 for n in ("late.png", "plain.png")]
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: (_ for _ in ()).throw(
         AssertionError("the scan decoded the pixels")))

@@ -190,7 +190,7 @@ def tiny_qwen(corpus, tok_dir):
 
 
 def test_model_embedder_is_last_token_hidden_state_of_gme_prompt(tiny, tmp_path):
-    from data import ImageProcessor
+    from image_processor import ImageProcessor
     model, tok = tiny
     proc = ImageProcessor(max_pixels=112 * 112)
     p = tmp_path / "a.png"
@@ -226,7 +226,7 @@ def test_decontaminate_with_model_embedder(tiny, tmp_path):
     item scores higher (0.995438), so no threshold separates the two on a random model: catching
     resized copies needs a trained embedder. The model-free HashEmbedder removes the same copy
     (test_decontaminate_with_hash_embedder_removes_copies_and_keeps_unrelated)."""
-    from data import ImageProcessor
+    from image_processor import ImageProcessor
     model, tok = tiny
     train, bench = make_contamination_case(tmp_path)
     one_pixel = tmp_path / "im0_edit.png"
@@ -276,7 +276,7 @@ def test_decontaminate_step_with_checkpoint_embedder_is_resumable(tiny_dir, tmp_
         "resized_reworded", "same_image_other_question", "unrelated1", "unrelated2", "unrelated3"]
     assert os.listdir(tmp_path / "out.cache")
 
-    from data import ImageProcessor
+    from image_processor import ImageProcessor
     model, tok = load_model(tiny_dir, "float32", "cpu")
     same = ModelEmbedder(model, tok, ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
                          name=os.path.abspath(tiny_dir))

@@ -91,7 +91,7 @@ def test_vision_pretraining_rerun_starts_from_the_same_init(out, tmp_path):
     Two runs agree closely but not always bit for bit: the demo ran the first in another process, and
     multi-threaded float sums need not add up in the same order. The bounds 1e-4 and 1e-2 lie between
     the drifts measured for a rerun and for pretraining on top (docs/notes.md)."""
-    import data
+    from image_processor import ImageProcessor
     from infimed import QwenVL
     mine = str(tmp_path / "demo_out")
     for name in ("synth", "base"):
@@ -106,7 +106,7 @@ def test_vision_pretraining_rerun_starts_from_the_same_init(out, tmp_path):
     drift = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)
     assert drift(first, again) <= 1e-4
     # what the stage must not do: continue from its own output
-    x, grid, labels = run.caption_set(paths, "train", data.ImageProcessor.from_pretrained(paths["base"]))
+    x, grid, labels = run.caption_set(paths, "train", ImageProcessor.from_pretrained(paths["base"]))
     synthetic.pretrain_vision(model, x, grid, labels, cfg.vision_steps, cfg.vision_lr, cfg.vision_batch, cfg.seed,
                               log=lambda line: None)
     assert drift(again, model.state_dict()) >= 1e-2

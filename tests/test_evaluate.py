@@ -209,8 +209,8 @@ def make_tiny_checkpoint(out_dir, texts):
     """A complete tiny Qwen2.5-VL checkpoint directory: random weights (infimed), a BPE tokenizer
     whose special-token ids the config uses, and a preprocessor_config.json (small pixel budget)."""
     import torch
-    import data
     from demo import synthetic
+    from image_processor import ImageProcessor
     from infimed import QwenVL, QwenVLConfig, VisionConfig
     tok = synthetic.build_tokenizer(texts, out_dir, vocab_size=400)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in [
@@ -223,7 +223,7 @@ def make_tiny_checkpoint(out_dir, texts):
                        num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 2, 2], vision=vision, **ids)
     torch.manual_seed(0)
     QwenVL(cfg).save_pretrained(out_dir)
-    data.ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out_dir)
+    ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out_dir)
     return out_dir
 
 

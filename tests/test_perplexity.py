@@ -58,7 +58,8 @@ def caption_records(tmp_path, n=5):
 
 
 def test_perplexity_is_exp_mean_ce_over_exactly_the_caption_tokens(tiny, tmp_path):
-    from data import ImageProcessor, encode
+    from data import encode
+    from image_processor import ImageProcessor
     model, tok = tiny
     proc = ImageProcessor(max_pixels=112 * 112)
     recs = caption_records(tmp_path)
@@ -130,7 +131,7 @@ def test_prompt_logprob_scorer_matches_native_scores(tiny, tiny_dir, tmp_path):
     """The vLLM path (a backend's prompt_logprobs) run through evaluate.NativeBackend, which
     offers the same method, gives the same perplexities as the batched native scorer."""
     import evaluate
-    from data import ImageProcessor
+    from image_processor import ImageProcessor
     model, tok = tiny
     recs = caption_records(tmp_path)
     cfg = perplexity.PerplexityConfig(min_caption_tokens=1)

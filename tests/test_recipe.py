@@ -22,6 +22,7 @@ from click.testing import CliRunner
 import conftest
 import curate
 import evaluate
+import mix
 import prompts
 import sources
 import train
@@ -92,7 +93,7 @@ def run_command(command, gold):
     else:
         assert args[0] == "python", command
         args = args[1:]
-    cli = {"sources.py": sources.cli, "curate.py": curate._cli(), "train.py": train.main}[args[0]]
+    cli = {"mix.py": mix.cli, "curate.py": curate._cli(), "train.py": train.main}[args[0]]
     teacher = ScriptedTeacher(gold)
     real = evaluate.make_backend
     evaluate.make_backend = lambda kind, path, **kw: teacher if path in ("TEACHER_DIR", "VERIFIER_DIR") else \
@@ -137,7 +138,7 @@ def report(root, name):
 
 def test_the_recipe_runs_in_the_readme_order():
     names = [" ".join(shlex.split(c)[:3]) for c in recipe_commands()]
-    assert names == ["python sources.py mix", "python sources.py convert", "python curate.py cot",
+    assert names == ["python mix.py build", "python mix.py convert", "python curate.py cot",
                      "python curate.py merge", "python curate.py caption", "python curate.py augment",
                      "python curate.py perplexity", "python curate.py decontaminate", "torchrun --nproc_per_node 2",
                      "python evaluate.py run", "python evaluate.py compare"]

@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 import conftest
 import data
 from demo import synthetic as S
+from image_processor import ImageProcessor
 from sources import load_source
 
 
@@ -389,7 +390,7 @@ def test_pretrain_vision_teaches_the_tower_only(tok):
     model = QwenVL(QwenVLConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                 num_attention_heads=2, num_key_value_heads=1, mrope_section=[2, 1, 1], vision=vision))
     cfg, rng = S.SynthConfig(image_size=56), np.random.default_rng(0)
-    ip = data.ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+    ip = ImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
     scans = [S.make_scan(rng, cfg) for _ in range(320)]
     x = torch.stack([ip([Image.fromarray(pixels)])[0] for pixels, _, _ in scans])
     labels = [S.caption_labels(S.caption(m, lesions)) for _, m, lesions in scans]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import data
 import train
 from demo import synthetic
+from image_processor import ImageProcessor
 from infimed import QwenVL, QwenVLConfig, VisionConfig
 from train import TrainConfig
 
@@ -473,7 +474,7 @@ def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
     assert tok.chat_template == synthetic.QWEN2_5_VL_CHAT_TEMPLATE
     hf, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    proc = data.ImageProcessor(min_pixels=3136, max_pixels=12544)
+    proc = ImageProcessor(min_pixels=3136, max_pixels=12544)
     ds = data.SFTDataset(setup["mixed"], tok, proc, 256)
     batch = data.collate([ds[0], ds[1], ds[2]], tok.pad_token_id)
     hf.eval(), model.eval()
@@ -560,7 +561,7 @@ def train_lengths(setup):
 
 def make_dataset(setup, data_path=None):
     tok = data.load_tokenizer(setup["model"])
-    return data.SFTDataset(data_path or setup["mixed"], tok, data.ImageProcessor(min_pixels=3136, max_pixels=12544),
+    return data.SFTDataset(data_path or setup["mixed"], tok, ImageProcessor(min_pixels=3136, max_pixels=12544),
                            256)
 
 
