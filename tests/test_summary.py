@@ -11,13 +11,7 @@ import pytest
 
 import evaluate as ev
 import summary
-
-MC = {"id": "q1", "question": "Which modality?", "answer": "C", "images": ["a.png"], "meta": {},
-      "options": {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}}
-
-
-def row(id, correct, **kw):
-    return {"id": id, "base_id": id.split("#")[0], "correct": correct, "flags": [], **kw}
+from test_robustness import MC, row  # one multiple-choice record and the rows a run writes
 
 
 # ----------------------------------------------------------------- summaries and analyses
