@@ -28,9 +28,8 @@ from tqdm import tqdm
 from cli import command_options, setting
 from curate import (bare_question, begin_step, load_model, read_step_input, record_key, record_name, source_of,
                     strip_image_tags, turn_index, write_step_output)
-# open_image: the pixels training sees
 from data import collate, encode_prompt, pad_id
-from image_processor import ImageProcessor, open_image
+from image_processor import ImageProcessor, open_image  # open_image: the pixels training sees
 from prompts import normalize_question
 
 # gme-Qwen2-VL's default embedding instruction (its gme_inference.py, used for every corpus item).
