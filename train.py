@@ -278,7 +278,8 @@ def flops_per_step(batches, mcfg, n_text, n_vision):
 
 
 # -------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master, skipped=None):
+def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master, skipped,
+                    data_sha1):
     """<out>/step-000123/: a Hub-style model dir (config.json, safetensors, generation_config,
     tokenizer with chat template, preprocessor_config with the training pixel limits) plus
     resume/ (model and optimizer state via torch.distributed.checkpoint, sharded under FSDP;
@@ -311,13 +312,13 @@ def save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_process
         if os.path.exists(gen):  # the base model's own (sampling defaults included) replaces save_pretrained's
             shutil.copy(gen, tmp)
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
-            json.dump({**dataclasses.asdict(cfg), "data_sha1": file_sha1(cfg.data)}, f, indent=2)
+            json.dump({**dataclasses.asdict(cfg), "data_sha1": data_sha1}, f, indent=2)
     msd, osd = get_state_dict(loss_module, opt)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, "resume"))
     torch.save(rng_states(), os.path.join(tmp, "resume", f"rng-rank{rank}.pt"))
     if master:
         with open(os.path.join(tmp, "resume", "state.json"), "w") as f:
-            json.dump({"step": step, "epoch": epoch, "skipped": dict(skipped or {})}, f)
+            json.dump({"step": step, "epoch": epoch, "skipped": dict(skipped)}, f)
     barrier()
     if master:
         if os.path.exists(final):  # an incomplete or damaged folder of that name: kept, renamed
@@ -459,12 +460,12 @@ def file_sha1(path):
     return h.hexdigest()
 
 
-def check_resume_settings(ckpt, cfg, say=print):
+def check_resume_settings(ckpt, cfg, data_sha1, say=print):
     """Refuse (or, with --force, warn) when the settings or the data file differ from the ones the
     checkpoint was trained with, listing every difference."""
     with open(os.path.join(ckpt, "train_config.json")) as f:
         saved = json.load(f)
-    now = {**dataclasses.asdict(cfg), "data_sha1": file_sha1(cfg.data)}
+    now = {**dataclasses.asdict(cfg), "data_sha1": data_sha1}
     changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if k in saved and saved[k] != now[k]]
     if changed and not cfg.force:
         raise click.UsageError(f"--resume from {ckpt} with changed settings ({'; '.join(changed)}); restore them, "
@@ -549,9 +550,10 @@ def train(cfg: TrainConfig):
 
     # ---- resume
     step, epoch, state = 0, 0, {}
+    data_sha1 = file_sha1(cfg.data)  # the data this run trains on, read once; every checkpoint records it
     ckpts = list_checkpoints(cfg.out)
     if cfg.resume and ckpts:
-        check_resume_settings(ckpts[-1], cfg, say=print if master else lambda *a: None)
+        check_resume_settings(ckpts[-1], cfg, data_sha1, say=print if master else lambda *a: None)
         path, state = resume_newest(ckpts, loss_module, opt, rank, distributed, device,
                                     log=print if master else lambda *a: None)
         step, epoch = state["step"], state["epoch"]
@@ -685,7 +687,7 @@ def train(cfg: TrainConfig):
         if step % cfg.save_every == 0 or step == total or step == cfg.stop_after:
             check_finite(model, step)
             save_checkpoint(cfg, step, epoch, loss_module, opt, tokenizer, image_processor, rank, master,
-                            skipped.counts)
+                            skipped.counts, data_sha1)
     bar.close()
     if master:
         print("samples skipped during training (an image failed to decode): "
