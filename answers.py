@@ -10,9 +10,10 @@ Where each rule comes from:
 - parse_choice: VLMEvalKit's rules (vlmeval/utils/matching_util.py: can_infer_option, exactly one
   standalone option letter; can_infer_text, exactly one option text), the scorer the paper used
   for MMMU and GMAI-MMBench. Ours on top: chain-of-thought answers name several options before
-  they conclude, so a final <answer> tag (the paper's appendix A prompt asks for one) and
-  committing phrases ('the answer is B') decide first, and negated mentions ('not A', 'C is
-  incorrect'), the article 'A' and names ('hepatitis B') do not count as choices.
+  they conclude, so a final <answer> tag (the paper's appendix A prompt asks for one),
+  committing phrases ('the answer is B') and option-by-option verdicts decide first, and negated
+  mentions ('not A', 'C is incorrect'), the article 'A' and names ('hepatitis B') do not count
+  as choices.
 - response_category: the paper's instruction-following categories (section 4.3): single letter,
   answer-prefixed, CoT-style; 'other' and 'invalid' are ours, so that every answer has one.
 - clean_text, bleu1, vqa_scores, is_yes_no: MultiMedEval's VQA scorer (multimedeval/utils.py
@@ -29,8 +30,9 @@ from collections import Counter
 
 # ---- Multiple-choice answer parsing --------------------------------------------------------------
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
-# a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's"
-_LETTER = re.compile(r"(?<![\w'’\-.])([A-Za-z])(?![\w'’]|-\w|\.\w)")
+# a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
+# not a temperature's unit ("38.1°C")
+_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w)")
 # committing phrases followed by the chosen option ("the answer is (B)", "Final answer: C")
 _CUE_BEFORE = re.compile(
     r"(?:\b(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|probable))\s+"
@@ -38,9 +40,18 @@ _CUE_BEFORE = re.compile(
     r"=)\s*)?[:：\-–=]?\s*(?:(?:option|choice|letter)\s*)?"
     r"|\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|select|pick|go\s+with)\s*(?:(?:option|choice)\s*)?"
     r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?"
-    # "the most likely etiology is (A) coronavirus", "the correct diagnosis would be B"
-    r"|\b(?:most\s+(?:likely|probable)|correct|right|best)\s+(?:[a-z\-]+\s+){1,3}?(?:is|would\s+be)\s*[:：\-–]?\s*"
-    r"(?:(?:option|choice|letter)\s*)?", re.I)
+    # "the most likely etiology is (A) coronavirus", "the correct diagnosis would be B", "the most
+    # appropriate next step in management would be to repeat the culture"
+    r"|\b(?:most\s+(?:likely|probable|appropriate)|correct|right|best|next\s+step\s+in)\s+"
+    r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
+    # elimination: "this leaves us with generalized anxiety disorder"
+    r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:option|choice)\s*)?", re.I)
+# a second letter after a cue's letter: ", B", " or (C)", "/D"
+_MORE_LETTERS = re.compile(r"[\)\]\*\s]*(?:,|or|and|/)\s*(?:(?:and|or)\s+)?(?:option\s+)?[\(\[\*]*[A-Z]"
+                           r"(?![\w'’]|-\w|\.\w)")
+# a cue whose option should follow at once ("... is", "... would be to", "Answer:"), so that the
+# words after it may name an option in other words ("is a neurofibroma" for "Neurofibromas")
+_CUE_ENDS_COPULA = re.compile(r"(?:\bis|\bbe|\bto|\bwith|[:：])\s*$", re.I)
 # the chosen option followed by a committing phrase ("Option B is correct", "C: correct")
 _CUE_AFTER = re.compile(
     r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
@@ -118,15 +129,17 @@ def _is_letter_at(text, m, options):
 
 
 def _cue_choice(text, options):
-    """The last committed choice ('the answer is B', 'B is correct'), by position, or None."""
+    """The last committed choice ('the answer is B', 'B is correct'), by position; '' when the
+    last cue names several options ('the answer is A or B'); None when no cue names one."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
         rest = text[m.end():]
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
             c, after = lm.group(1), rest[lm.end():]
-            if re.match(r"[\)\]\*\s]*(?:or|and|/)\s*(?:option\s+)?[\(\[\*]*[A-Z](?![\w'’])", after):
-                continue  # "the answer is A or B": no commitment
+            if _MORE_LETTERS.match(after):  # "the answer is A or B", "A, B, and C": no single one
+                found.append((m.end() + lm.start(1), ""))
+                continue
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
             if (c.isupper() and c != "A") or not word_follows or \
                     after.strip().lower().startswith(_opt_text(options[c.upper()])):
@@ -145,11 +158,98 @@ def _cue_choice(text, options):
                 if named is None or named == letter or named not in options:
                     found.append((m.end(), letter))
                 break
+        else:
+            loose = _CUE_ENDS_COPULA.search(m.group(0)) and _clause_option(rest, options)
+            if loose:
+                found.append((m.end(), loose))
     for m in _CUE_AFTER.finditer(text):
         c = m.group(2)
         if c.upper() in options and (c.isupper() or m.group(1)):
             found.append((m.start(2), c.upper()))
     return max(found)[1] if found else None
+
+
+_STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
+            "patient patient's which would should".split())
+
+
+def _stems(text):
+    """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
+    serum electrolytes', 'a neurofibroma' and 'Neurofibromas' share theirs."""
+    words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
+    return {re.sub(r"(?:ing|ed|es|s|e)$", "", w) if len(w) > 4 else w for w in words if w not in _STOP}
+
+
+def _clause_option(text, options):
+    """The option that the clause opening `text` names in other words: the one with the largest
+    share (at least 2/3) of its content words in the clause, unique; None when the clause is
+    negated ('not X') or no option stands out."""
+    clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
+    if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
+        return None
+    words = _stems(clause)
+    share = {k: len(_stems(t) & words) / len(_stems(t)) for k, t in options.items() if _stems(t)}
+    best = sorted(share.items(), key=lambda kv: -kv[1])
+    if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
+        return None
+    return best[0][0]
+
+
+# an option-by-option review: a paragraph per option opening with its letter or text, then a
+# verdict ("C) Dog tick: This is the correct answer", "Constipation is not a likely factor")
+_HEADING = re.compile(r"[\s\-*•#>]*(?:(?:first|second|third|next|then|finally|lastly)\s*,\s*)?"
+                      r"(?:(?:option|choice)\s+\(?([A-Z])\)?\s*[.):：\-–,]?"  # "Option C:", "Option C,"
+                      r"|\(?([A-Z])\)?\s*[.):：\-–]|\(?\d+[.)])?[\s*]*", re.I)  # "C)", "(C)", "C.", "3)"
+# "likely to" describes, it does not judge: "thrombosis is more likely to occur with a stent"
+_POSITIVE = re.compile(r"\b(?:correct|right|best|likely(?!\s+to\b)|appropriate|consistent|fits|answer|true)\b", re.I)
+# after an option's text at the start of a line: a heading's colon or dash, or a verb
+_JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b)", re.I)
+_BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent)|correct|best|right)\b", re.I)
+_NEGATIVE = re.compile(r"\b(?:not|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|false)\b|n't",
+                       re.I)
+
+
+def _verdicts(text, options):
+    """The option an option-by-option review settles on: the only one judged best ('Option C is
+    most likely', 'This is the correct answer'), else the only one judged positively while
+    others are rejected, else, when every option is reviewed, the only one not rejected."""
+    texts = sorted(((k, _opt_text(t)) for k, t in options.items()), key=lambda kv: -len(kv[1]))
+    verdict, lines = {}, text.split("\n")
+    for i, line in enumerate(lines):
+        h = _HEADING.match(line)
+        by_letter, rest = (h.group(1) or h.group(2) or "").upper() or None, line[h.end():]
+        named = next(((k, t) for k, t in texts if t and rest.lower().startswith(t)
+                      and not re.match(r"\w", rest[len(t):len(t) + 1])), None)
+        letter = by_letter or (named and named[0])
+        if letter not in options or (named and named[0] != letter):
+            continue
+        if named:
+            rest = rest[len(named[1]):]
+            if not by_letter and not _JUDGED.match(rest):
+                continue  # a paragraph that merely opens with an option's words
+        if not rest.strip(" *.:：-–)") and i + 1 < len(lines):
+            rest = lines[i + 1]  # "Option B: <its text>" on a line of its own, the verdict below
+        # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
+        # is not consistent with a GIST." -> rejected
+        verdict[letter] = "?"
+        for clause in re.split(r"[,;.!?:](?:\s|$)|\s(?:because|since|as|given|but|however|which|that)\s", rest):
+            if _NEGATIVE.search(clause):
+                verdict[letter] = "-"
+            elif _POSITIVE.search(clause):
+                verdict[letter] = "best" if _BEST.search(clause) else "+"
+            else:
+                continue
+            break
+    best = [k for k, v in verdict.items() if v == "best"]
+    plus = [k for k, v in verdict.items() if v in ("best", "+")]
+    rejected = [k for k, v in verdict.items() if v == "-"]
+    if len(best) == 1 and len(verdict) > 1:
+        return best[0]
+    if len(plus) == 1 and rejected:
+        return plus[0]
+    if not plus and len(verdict) == len(options) and len(rejected) == len(options) - 1:
+        return next(k for k in verdict if k not in rejected)
+    return None
 
 
 def _text_spans(text, options):
@@ -183,11 +283,11 @@ def _negated_after(text, end, options):
 
 
 def _resolve(text, options):
-    """(letter or None, the rule that decided: exact, cue, letter, option_text or none)."""
-    for rule, fn in (("exact", _exact), ("cue", _cue_choice)):
+    """(letter or None, the rule that decided: exact, cue, verdict, letter, option_text or none)."""
+    for rule, fn in (("exact", _exact), ("cue", _cue_choice), ("verdict", _verdicts)):
         hit = fn(text, options)
-        if hit:
-            return hit, rule
+        if hit is not None:
+            return (hit or None), (rule if hit else "none")
     spans = _text_spans(text, options)
     # options whose texts are figure labels ("A", "Region B"): a letter after a label word names
     # the option with that text, which need not be the option with that letter
@@ -208,41 +308,54 @@ def _resolve(text, options):
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
     if len(found) != 1:
         return None, "none"
-    return found.pop(), "letter" if letters else "option_text"
+    return next(iter(found)), "letter" if letters else "option_text"
 
 
 def parse_choice(response, options):
     """The option letter a free-text `response` commits to, or None (invalid).
 
     `options` maps letters ('A'..) to option texts. Precedence, first rule that decides wins:
-      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-5 on that content alone
+      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-6 on that content alone
          (an unclosed final tag counts: generation may stop at the letter); when it names no
-         option, the text outside the tags is parsed by rules 2-5 instead.
+         option, the text outside the tags is parsed by rules 2-6 instead.
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', or a cue followed by an option's text ('the answer
-         is ultrasound'; when a letter follows the text it must be that text's: 'Answer: CT A',
-         A naming another option, is left to rule 4 and counts as A).
-      4. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
+         'Option B is correct', 'C: correct', 'the most likely diagnosis in this patient is',
+         'the next step in management would be to', 'this leaves us with', followed by a letter
+         or an option's text ('the answer is ultrasound'; when a letter follows the text it must
+         be that text's: 'Answer: CT A', A naming another option, is left to rule 5 and counts
+         as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
+         option in other words: the option with the largest share (>= 2/3) of its content words
+         in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
+         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' commits to none.
+      4. An option-by-option review, a line per option opening with its letter or text and a
+         verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
+         factor', 'Option C is most likely'): the only option judged best, else the only one
+         judged positively while others are rejected, else, every option reviewed, the only one
+         not rejected.
+      5. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
-         'B-cell', names ('hepatitis B', 'panel A'), letters inside a quoted option text, and
-         negated mentions ('not A', 'rather than B', 'C is incorrect'). Lowercase counts only
-         decorated '(b)' or at the very start ('b. ...').
-      5. Only when rule 4 found no letter: option texts in the response (case-insensitive, whole
+         'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
+         inside a quoted option text, and negated mentions ('not A', 'rather than B', 'C is
+         incorrect'). Lowercase counts only decorated '(b)' or at the very start ('b. ...').
+      6. Only when rule 5 found no letter: option texts in the response (case-insensitive, whole
          words, a text inside a longer matched text ignored, negated mentions dropped): exactly
          one option -> it.
-    Anything else (several letters, several texts, nothing) -> None.
+    Anything else (several letters, several texts, nothing) -> None. Real responses graded by
+    hand, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
     return parse_choice_rule(response, options)[0]
 
 
 def parse_choice_rule(response, options):
-    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'letter' or
-    'option_text' (rules 2-5), prefixed 'answer_tag:' when read inside the last <answer> tag
+    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'letter' or
+    'option_text' (rules 2-6), prefixed 'answer_tag:' when read inside the last <answer> tag
     (rule 1); 'none' when no rule finds a single option."""
-    options = {str(k).upper(): str(v) for k, v in options.items()}
-    if not response or not response.strip():
+    # one apostrophe: "Crohn’s disease" in an option is "Crohn's disease" in the response
+    options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
+    response = (response or "").replace("’", "'")
+    if not response.strip():
         return None, "none"
     tags = _ANSWER_TAG.findall(response)
     if tags and tags[-1].strip():

@@ -4,11 +4,16 @@ grounded answers.
 
     python -m pytest -q tests/test_answers.py
 """
+import gzip
+import json
 import math
+import os
+from collections import Counter
 
 import pytest
 
-from answers import box_iou, bleu1, clean_text, parse_box, parse_choice, response_category, vqa_scores
+from answers import (box_iou, bleu1, clean_text, parse_box, parse_choice, parse_choice_rule, response_category,
+                     vqa_scores)
 
 # ----------------------------------------------------------------- parse_choice table
 O4 = {"A": "X-ray", "B": "Magnetic resonance imaging", "C": "Computed tomography", "D": "Ultrasound"}
@@ -165,6 +170,102 @@ REAL_RESPONSE_CASES = [
                          ids=[c[0][:40] for c in REAL_RESPONSE_CASES])
 def test_parse_choice_on_real_response_shapes(response, options, expected):
     assert parse_choice(response, options) == expected
+
+
+# Shapes of the hand-graded chain-of-thought responses (tests/data/graded_cot.jsonl), each in
+# several phrasings: S, a next-step question; N, a diagnosis question; T, options with a number.
+S = {"A": "Measure serum electrolytes", "B": "Perform abdominal ultrasound", "C": "Repeat urine culture",
+     "D": "Perform MRI of the pelvis"}
+N = {"A": "Ash leaf spot", "B": "Pituitary adenoma", "C": "Neurofibromas", "D": "Crohn’s disease"}
+T = {"A": "1", "B": "2", "C": "4", "D": "Too little information to tell"}
+GRADED_SHAPE_CASES = [
+    # a concluding cue followed by an option in other words (plural, 'to', articles, an extra word)
+    ("The most likely finding in this patient on physical examination is a neurofibroma.", N, "C"),
+    ("The most appropriate next step in diagnosis would be to measure the patient's serum electrolytes.", S, "A"),
+    ("The next step in management would be to repeat the urine culture to confirm the cure.", S, "C"),
+    ("In this case, the most appropriate next step in management would be to order an MRI of the pelvis.", S, "D"),
+    ("The most likely diagnosis in this patient is Crohn's disease.", N, "D"),
+    ("This leaves us with pituitary adenoma, which fits the headaches.", N, "B"),
+    # ... but not a negated option, one that matches no option, or one that matches two alike
+    ("The most appropriate next step is not to repeat the urine culture.", S, None),
+    ("The most likely predisposing factor is a viral infection.", N, None),
+    ("The most appropriate next step would be to perform an imaging study.", S, None),
+    # an option-by-option review: letter headings, numbered texts, a verdict on the next line
+    ("A) Ash leaf spot: This is not the correct answer because it belongs to tuberous sclerosis.\n"
+     "B) Pituitary adenoma: This is not the correct answer.\nC) Neurofibromas: This is the correct answer.\n"
+     "D) Crohn's disease: This is not the correct answer.", N, "C"),
+    ("1) Ash leaf spot: This is not a likely finding.\n2) Neurofibromas: This is a likely finding, because the "
+     "syndrome includes them.\n3) Pituitary adenoma: This is not a likely finding.", N, "C"),
+    ("Option A: Measure serum electrolytes\nThis is correct. The vomiting explains it.\n"
+     "Option B: Perform abdominal ultrasound\nThis is incorrect.", S, "A"),
+    ("Option D is least likely.\nOption B is less likely.\nOption A is more likely because of the spots.\n"
+     "Option C is most likely because the family history fits.", N, "C"),
+    ("Option C, Neurofibromas, is the most likely.\nOption B, Pituitary adenoma, is the least likely.", N, "C"),
+    # every option reviewed and all but one rejected, the last without a word of praise
+    ("Option A: Measure serum electrolytes. This is not indicated.\nOption B: Perform abdominal ultrasound. "
+     "This is not indicated.\nOption C: Repeat urine culture. This is not indicated.\n"
+     "Option D: Perform MRI of the pelvis. This is a relative indication here.", S, "D"),
+    # a review that praises two options alike, or describes one ("likely to"), settles nothing
+    ("A) Ash leaf spot: This is a likely finding.\nB) Pituitary adenoma: This is also a likely finding.\n"
+     "D) Crohn's disease: This is not a likely finding.", N, None),
+    ("A) Ash leaf spot: This is also a possibility. However, it is more likely to occur in infants.\n"
+     "B) Pituitary adenoma: This is unlikely.", N, None),
+    # several committed letters stay invalid; a temperature's unit is not option C
+    ("The answer is A, B, and C.", S, None),
+    ("The answer is B, C or D.", S, None),
+    ("Her temperature is 38.1°C (100.6°F), so the answer is A.", S, "A"),
+    ("Temperature 36.7°C, pulse 41/min; the airway must be secured first.", S, None),
+    ("The CHADS2 score is high. Temperature 38°C.", T, None),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", GRADED_SHAPE_CASES,
+                         ids=[c[0][:40] for c in GRADED_SHAPE_CASES])
+def test_parse_choice_on_graded_response_shapes(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
+GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
+
+
+def test_parse_choice_agrees_with_hand_grades_of_real_chain_of_thought():
+    """772 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 120 of them graded again
+    by a second reader, who agreed on all 120. Sources (both Apache-2.0):
+    - MMMU-Pro's published GPT-4o outputs (github.com/MMMU-Benchmark/MMMU,
+      mmmu-pro/output/gpt-4o_standard(10 options)_cot.jsonl and gpt-4o_vision_cot.jsonl), the
+      286 + 286 items of the five Health & Medicine subjects: image questions with 10 options,
+      answered step by step and asked to end with 'Answer: $LETTER'.
+    - InstructGPT's chain-of-thought samples on MedQA-USMLE validation questions
+      (github.com/vlievin/medical-reasoning, docs/samples/usmle-valid.html): 2 of the 29 reasoning
+      prompts per question for 100 questions, the reasoning alone, cut before the answer-extraction
+      prompt ('Therefore, among A through D, the answer is') that the authors appended: answers
+      that conclude in prose, by option-by-option verdicts, by elimination, or not at all.
+    The counts are those measured when the file was graded; a change that loses one fails here
+    with the responses it now reads differently."""
+    with gzip.open(GRADED, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    agree, total, misses = Counter(), Counter(), []
+    for r in rows:
+        got = parse_choice(r["response"], r["options"])
+        total[r["source"]] += 1
+        agree[r["source"]] += got == r["label"]
+        if got != r["label"]:
+            misses.append(f"{r['source']} {r['id']}: graded {r['label']}, parsed {got} ({r['why']})")
+    assert total == {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 286, "usmle-instructgpt": 200}
+    assert all(r["second_label"] == r["label"] for r in rows if "second_label" in r)
+    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 169}
+    assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
+
+
+@pytest.mark.parametrize("response,rule", [
+    ("B", "exact"), ("The answer is B.", "cue"), ("B fits the contrast best of all.", "letter"),
+    ("It looks like magnetic resonance imaging.", "option_text"), ("<answer>B</answer>", "answer_tag:exact"),
+    ("A) X-ray: This is not the best choice.\nB) Magnetic resonance imaging: This is the best choice.", "verdict"),
+    ("A or B", "none"),
+])
+def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
+    assert parse_choice_rule(response, O4)[1] == rule
 
 
 @pytest.mark.parametrize("response,expected", [
