@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import data
+import checkpoint
 import train
 from demo import synthetic
 from image_processor import ImageProcessor
@@ -116,7 +117,7 @@ def torchrun(cfg, nproc=2, timeout=300):
 
 
 def final_weights(cfg):
-    ckpt = train.list_checkpoints(cfg.out)[-1]
+    ckpt = checkpoint.list_checkpoints(cfg.out)[-1]
     return load_file(os.path.join(ckpt, "model.safetensors"))
 
 
@@ -439,7 +440,7 @@ def test_resume_continues_exactly(setup, reference):
     straight, _ = reference
     part = dataclasses.replace(straight, out=os.path.join(setup["root"], "resumed"), stop_after=1)
     train.train(part)
-    assert [os.path.basename(p) for p in train.list_checkpoints(part.out)] == ["step-000001"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(part.out)] == ["step-000001"]
     train.train(dataclasses.replace(part, stop_after=0, resume=True))
     a, b = log(straight), log(part)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -465,7 +466,7 @@ def test_resume_on_another_number_of_processes(setup, reference):
 def test_checkpoint_loads_in_transformers_with_same_logits(setup, reference):
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     cfg, model = reference
-    ckpt = train.list_checkpoints(cfg.out)[-1]
+    ckpt = checkpoint.list_checkpoints(cfg.out)[-1]
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "preprocessor_config.json"):
         assert os.path.exists(os.path.join(ckpt, name)), name
@@ -494,7 +495,7 @@ def test_checkpoint_generation_config_stops_where_evaluation_stops(setup, refere
     batches' pad id; transformers reads it."""
     from transformers import GenerationConfig
     cfg, _ = reference
-    ckpt = train.list_checkpoints(cfg.out)[-1]
+    ckpt = checkpoint.list_checkpoints(cfg.out)[-1]
     tok = data.load_tokenizer(ckpt)
     im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     assert json.load(open(os.path.join(ckpt, "generation_config.json"))) == \
@@ -519,7 +520,7 @@ def test_crash_during_save_keeps_last_checkpoint_and_resume_recovers(setup, refe
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg)
     monkeypatch.setattr(QwenVL, "save_pretrained", real_save)
-    assert [os.path.basename(p) for p in train.list_checkpoints(cfg.out)] == ["step-000001"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(cfg.out)] == ["step-000001"]
     assert os.path.isdir(os.path.join(cfg.out, ".tmp-step-000002"))  # the half-written one, never listed
     with pytest.raises(click.UsageError, match="pass --resume"):  # never silently overwrite a run
         train.train(cfg)
@@ -527,7 +528,7 @@ def test_crash_during_save_keeps_last_checkpoint_and_resume_recovers(setup, refe
     assert not os.path.exists(os.path.join(cfg.out, ".tmp-step-000002"))
     assert [r["step"] for r in log(cfg)] == [1, 2, 3, 4]
     assert max_diff(final_weights(straight), final_weights(cfg)) == 0.0
-    assert len(train.list_checkpoints(cfg.out)) == cfg.keep  # older ones pruned
+    assert len(checkpoint.list_checkpoints(cfg.out)) == cfg.keep  # older ones pruned
 
 
 def test_nan_loss_stops_with_step_and_sample_ids(setup, tmp_path):
@@ -543,7 +544,7 @@ def test_nan_loss_stops_with_step_and_sample_ids(setup, tmp_path):
     sampler = data.LengthGroupedSampler(train_lengths(setup), 8, seed=0, group_chunks=TrainConfig.length_group)
     first_step = train.plan_epoch(sampler, 0, 1, 1)[0][0][0]
     assert sorted(json.loads(str(e.value).split("): ")[-1])) == sorted(first_step)
-    assert not train.list_checkpoints(os.path.join(setup["root"], "nan"))
+    assert not checkpoint.list_checkpoints(os.path.join(setup["root"], "nan"))
 
 
 # -------------------------------------------------------------------------------- learning
@@ -580,7 +581,7 @@ def test_only_complete_checkpoints_this_code_wrote_are_resumed_from_or_pruned(se
     os.makedirs(os.path.join(out, "step-000099"))  # empty: no resume/state.json
     import shutil
     shutil.copytree(os.path.join(out, "step-000001"), os.path.join(out, "step-000004-best"))
-    assert [os.path.basename(p) for p in train.list_checkpoints(out)] == ["step-000001", "step-000002"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(out)] == ["step-000001", "step-000002"]
     train.train(dataclasses.replace(cfg, stop_after=3, keep=2, resume=True))
     assert [r["step"] for r in log(cfg)] == [1, 2, 3]  # resumed at 2, the newest real checkpoint
     assert sorted(os.listdir(out)) == ["log.jsonl", "step-000002", "step-000003", "step-000004-best",
@@ -617,7 +618,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(setup, capsys)
     assert "cannot resume from" in said and "step-000002" in said and "dropped 1 unreadable line" in said
     assert [r["step"] for r in log(cfg)] == [1, 2, 3]  # resumed at 1: steps 2 and 3 run again
     assert os.path.isdir(os.path.join(cfg.out, "step-000002.damaged"))  # kept for inspection, out of the way
-    assert [os.path.basename(p) for p in train.list_checkpoints(cfg.out)] == ["step-000001", "step-000002",
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(cfg.out)] == ["step-000001", "step-000002",
                                                                              "step-000003"]
 
 
@@ -643,7 +644,7 @@ def test_no_checkpoint_is_written_when_the_update_leaves_non_finite_weights(setu
     cfg = config(setup, "blowup", stop_after=1)
     with pytest.raises(FloatingPointError, match="step 1: the weights are no longer finite"):
         train.train(cfg)
-    assert train.list_checkpoints(cfg.out) == [] and not os.path.exists(os.path.join(cfg.out, "step-000001"))
+    assert checkpoint.list_checkpoints(cfg.out) == [] and not os.path.exists(os.path.join(cfg.out, "step-000001"))
 
 
 def test_resume_with_changed_settings_or_data_is_refused_unless_forced(setup, tmp_path, capsys):
