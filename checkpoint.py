@@ -2,8 +2,9 @@
 anywhere, plus what an exact resume needs, written so that a crash never leaves a half-written
 checkpoint as the newest.
 
-    <out>/step-000123/                 config.json, model.safetensors, tokenizer, preprocessor_config.json,
-                                       generation_config.json, train_config.json (settings + data sha1)
+    <out>/step-000123/                 config.json, model*.safetensors (sharded above 5 GB), tokenizer,
+                                       preprocessor_config.json, generation_config.json,
+                                       train_config.json (the settings and the data file's sha1)
     <out>/step-000123/resume/          model and optimizer state (torch.distributed.checkpoint, sharded
                                        under FSDP), rng-rank<R>.pt per rank, state.json (step, epoch, skips)
 
