@@ -229,18 +229,17 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_hand_grades_of_real_chain_of_thought():
-    """772 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """1,022 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 120 of them graded again
-    by a second reader, who agreed on all 120. Sources (both Apache-2.0):
-    - MMMU-Pro's published GPT-4o outputs (github.com/MMMU-Benchmark/MMMU,
-      mmmu-pro/output/gpt-4o_standard(10 options)_cot.jsonl and gpt-4o_vision_cot.jsonl), the
-      286 + 286 items of the five Health & Medicine subjects: image questions with 10 options,
-      answered step by step and asked to end with 'Answer: $LETTER'.
-    - InstructGPT's chain-of-thought samples on MedQA-USMLE validation questions
-      (github.com/vlievin/medical-reasoning, docs/samples/usmle-valid.html): 2 of the 29 reasoning
-      prompts per question for 100 questions, the reasoning alone, cut before the answer-extraction
-      prompt ('Therefore, among A through D, the answer is') that the authors appended: answers
-      that conclude in prose, by option-by-option verdicts, by elimination, or not at all.
+    by a second reader, who agreed on all 120. Sources (both Apache-2.0; tests/data/README.md):
+    - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
+      subjects (standard 10-option and vision settings): image questions answered step by step
+      and asked to end with 'Answer: $LETTER'.
+    - InstructGPT's chain-of-thought samples (Liévin et al.): on MedQA-USMLE validation questions,
+      200 (2 prompts per question) that the parser's rules were fixed on and 100 more (a third
+      prompt) graded afterwards, and 150 on MedMCQA validation questions graded afterwards; the
+      reasoning alone, cut before the answer-extraction prompt the authors appended: answers that
+      conclude in prose, by option-by-option verdicts, by elimination, or not at all.
     The counts are those measured when the file was graded; a change that loses one fails here
     with the responses it now reads differently."""
     with gzip.open(GRADED, "rt", encoding="utf-8") as f:
@@ -252,9 +251,11 @@ def test_parse_choice_agrees_with_hand_grades_of_real_chain_of_thought():
         agree[r["source"]] += got == r["label"]
         if got != r["label"]:
             misses.append(f"{r['source']} {r['id']}: graded {r['label']}, parsed {got} ({r['why']})")
-    assert total == {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 286, "usmle-instructgpt": 200}
+    assert total == {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 286, "usmle-instructgpt": 200,
+                     "usmle-instructgpt-heldout": 100, "medmcqa-instructgpt": 150}
     assert all(r["second_label"] == r["label"] for r in rows if "second_label" in r)
-    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 169}
+    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 169,
+             "usmle-instructgpt-heldout": 84, "medmcqa-instructgpt": 115}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
