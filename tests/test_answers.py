@@ -172,7 +172,7 @@ def test_parse_choice_on_real_response_shapes(response, options, expected):
     assert parse_choice(response, options) == expected
 
 
-# Shapes of the hand-graded chain-of-thought responses (tests/data/graded_cot.jsonl), each in
+# Shapes of the hand-graded chain-of-thought responses (tests/data/graded_cot.jsonl.gz), each in
 # several phrasings: S, a next-step question; N, a diagnosis question; T, options with a number.
 S = {"A": "Measure serum electrolytes", "B": "Perform abdominal ultrasound", "C": "Repeat urine culture",
      "D": "Perform MRI of the pelvis"}

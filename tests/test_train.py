@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import data
 import checkpoint
+import data
 import train
 from demo import synthetic
 from image_processor import ImageProcessor
