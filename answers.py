@@ -187,8 +187,8 @@ def _clause_option(text, options):
     clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
     if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
         return None
-    words = _stems(clause)
-    share = {k: len(_stems(t) & words) / len(_stems(t)) for k, t in options.items() if _stems(t)}
+    words, own = _stems(clause), {k: _stems(t) for k, t in options.items()}
+    share = {k: len(stems & words) / len(stems) for k, stems in own.items() if stems}
     best = sorted(share.items(), key=lambda kv: -kv[1])
     if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
         return None
