@@ -11,8 +11,8 @@ A driver: each stage prints why it runs and the command it runs, and the project
 the work (python -m demo.synthetic, curate.py, decontaminate.py, torchrun train.py, evaluate.py
 run and compare). Done here is only what no command does: the tiny model, the vision
 pretraining, the raw mix with planted benchmark leaks, the option checks that stand in for a
-teacher, the captions of the test scans, and report.md: `evaluate.py compare`, tables read from
-each evaluation's summary.json, and the sections only the demo has. Everything lands in demo_out/
+teacher, the captions of the test scans, and report.md (demo/report.py): `evaluate.py
+compare`, tables read from each evaluation's summary.json, and the sections only the demo has. Everything lands in demo_out/
 (or --out): synth/, base/ (the starting checkpoint), curate/, run/ (training), eval/, report.md,
 results.json, loss.png, accuracy.png, timings.json. A finished stage is not redone when the demo
 runs again with the same settings (--fresh starts over).
