@@ -36,8 +36,9 @@ _LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w)")
 # committing phrases followed by the chosen option ("the answer is (B)", "Final answer: C")
 _CUE_BEFORE = re.compile(
     r"(?:\b(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|probable))\s+"
-    r"(?:answer|option|choice)|\banswer)\s*(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be|"
-    r"=)\s*)?[:：\-–=]?\s*(?:(?:option|choice|letter)\s*)?"
+    # ("answer choice (B)" names an option, it does not choose it)
+    r"(?:answer|option|choice)|\banswer(?!\s+(?:choice|option)\s*[\(\[]?[A-Za-z]\b))\s*"
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be|=)\s*)?[:：\-–=]?\s*(?:(?:option|choice|letter)\s*)?"
     r"|\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|select|pick|go\s+with)\s*(?:(?:option|choice)\s*)?"
     r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?"
     # "the most likely etiology is (A) coronavirus", "the correct diagnosis would be B", "the most
@@ -45,7 +46,7 @@ _CUE_BEFORE = re.compile(
     r"|\b(?:most\s+(?:likely|probable|appropriate)|correct|right|best|next\s+step\s+in)\s+"
     r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
     # elimination: "this leaves us with generalized anxiety disorder"
-    r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:option|choice)\s*)?", re.I)
+    r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:answer\s+)?(?:option|choice)\s*)?", re.I)
 # a second letter after a cue's letter: ", B", " or (C)", "/D"
 _MORE_LETTERS = re.compile(r"[\)\]\*\s]*(?:,|or|and|/)\s*(?:(?:and|or)\s+)?(?:option\s+)?[\(\[\*]*[A-Z]"
                            r"(?![\w'’]|-\w|\.\w)")
@@ -58,10 +59,21 @@ _CUE_AFTER = re.compile(
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b))", re.I)
+# an option's text followed by a committing phrase: "Lesser petrosal nerve is the most likely
+# answer", "Roseola is more common in infants, so this is the most likely diagnosis"
+_TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thus|hence|therefore|and|which)\s+"
+                             r"(?:this|it|that)?\s*)?(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
+                             r"(?:(?:correct|right)\b|"
+                             r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
+                             r"(?:answer|choice|option|diagnosis)\b)", re.I)
+# a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
+_HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
+                                  r"[^.;!?\n]{0,40}$", re.I)
 # negations around a letter or an option text: "not A", "rather than B", "C is incorrect" (a
 # comma or period before "not" starts a contrast instead: "ultrasound, not a CT")
 _NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
                          r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
+                         r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
                          r"(?:(?:option|choice|an?|the|region|area|part|panel|structure|label(?:l?ed)?|marked)\s+){0,2}"
                          # "not a CT or an MRI": the list goes too
                          r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
@@ -110,12 +122,20 @@ def _exact(response, options):
     return None
 
 
+def _in_probability(before, after):
+    """Is the text between `before` and `after` an event in a probability: 'P(A|I)', 'P(~B)',
+    'P(Serotonin syndrome|D)'?"""
+    return re.search(r"\bP\(~?\s*$|\|\s*~?\s*$", before, re.I) is not None or re.match(r"\s*\|", after) is not None
+
+
 def _is_letter_at(text, m, options):
     """Does the single-letter token matched by `m` name an option (and not an article)?"""
     c = m.group(1)
     if c.upper() not in options:
         return False
     before, after = text[max(0, m.start(1) - 40):m.start(1)], text[m.end(1):m.end(1) + 200]
+    if _in_probability(before, after):
+        return False
     if before.endswith(("(", "[", "**", '"', "'")) and after.startswith((")", "]", "**", '"', "'")):
         return True  # decorated: "(b)", "**A**"
     if _NAMED_BEFORE.search(before):
@@ -131,6 +151,13 @@ def _is_letter_at(text, m, options):
 def _cue_choice(text, options):
     """The last committed choice ('the answer is B', 'B is correct'), by position; '' when the
     last cue names several options ('the answer is A or B'); None when no cue names one."""
+    last = _last_cue(text, options)
+    return last[1] if last else None
+
+
+def _last_cue(text, options):
+    """(position of the choice, its letter or '', where its cue starts) of the last committed
+    choice, or None."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
         rest = text[m.end():]
@@ -138,12 +165,12 @@ def _cue_choice(text, options):
         if lm and lm.group(1).upper() in options:
             c, after = lm.group(1), rest[lm.end():]
             if _MORE_LETTERS.match(after):  # "the answer is A or B", "A, B, and C": no single one
-                found.append((m.end() + lm.start(1), ""))
+                found.append((m.end() + lm.start(1), "", m.start()))
                 continue
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
             if (c.isupper() and c != "A") or not word_follows or \
                     after.strip().lower().startswith(_opt_text(options[c.upper()])):
-                found.append((m.end() + lm.start(1), lm.group(1).upper()))
+                found.append((m.end() + lm.start(1), lm.group(1).upper(), m.start()))
                 continue
         # "the answer is ultrasound": an option text right after the cue (longest first). When a
         # letter follows the text ("Answer: CT (B)"), it must be that text's letter: "Answer: CT A"
@@ -155,18 +182,26 @@ def _cue_choice(text, options):
             if hit:
                 then = _LETTER_AFTER_TEXT.match(head, hit.end())
                 named = (then.group(1) or then.group(2)).upper() if then else None
-                if named is None or named == letter or named not in options:
-                    found.append((m.end(), letter))
+                listed = re.match(r"[\s\)\]\*\"']*(?:,|\band\b|\bor\b|/)\s*(?:(?:and|or)\s+)?(?:(?:an?|the)\s+)?",
+                                  head[hit.end():], re.I)
+                if listed and any(_opt_text(o) and head[hit.end() + listed.end():].lower().startswith(_opt_text(o))
+                                  for o in options.values()):
+                    found.append((m.end(), "", m.start()))  # "this leaves us with X and Y": no single one
+                elif named is None or named == letter or named not in options:
+                    found.append((m.end(), letter, m.start()))
                 break
         else:
             loose = _CUE_ENDS_COPULA.search(m.group(0)) and _clause_option(rest, options)
             if loose:
-                found.append((m.end(), loose))
+                found.append((m.end(), loose, m.start()))
     for m in _CUE_AFTER.finditer(text):
         c = m.group(2)
         if c.upper() in options and (c.isupper() or m.group(1)):
-            found.append((m.start(2), c.upper()))
-    return max(found)[1] if found else None
+            found.append((m.start(2), c.upper(), m.start()))
+    for start, end, letter in _text_spans(text, options):  # "anorexia nervosa is the most likely diagnosis"
+        if _TEXT_CUE_AFTER.match(text, end) and not _HYPOTHETICAL_BEFORE.search(text[max(0, start - 60):start]):
+            found.append((start, letter, start))
+    return max(found) if found else None
 
 
 _STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
@@ -175,9 +210,12 @@ _STOP = set("a an the of to and or in on for with by at from as is are be this t
 
 def _stems(text):
     """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
-    serum electrolytes', 'a neurofibroma' and 'Neurofibromas' share theirs."""
+    serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
+    'Removal' share theirs; counted, so that 'oxidase-negative' in 'Gram-negative,
+    oxidase-negative rods' needs a second 'negative'."""
     words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
-    return {re.sub(r"(?:ing|ed|es|s|e)$", "", w) if len(w) > 4 else w for w in words if w not in _STOP}
+    return Counter(re.sub(r"(?:ing|ed|es|s|e)$|(?<=\w{4})al$", "", w) if len(w) > 3 else w
+                   for w in words if w not in _STOP)
 
 
 def _clause_option(text, options):
@@ -188,7 +226,7 @@ def _clause_option(text, options):
     if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
         return None
     words, own = _stems(clause), {k: _stems(t) for k, t in options.items()}
-    share = {k: len(stems & words) / len(stems) for k, stems in own.items() if stems}
+    share = {k: sum((stems & words).values()) / sum(stems.values()) for k, stems in own.items() if stems}
     best = sorted(share.items(), key=lambda kv: -kv[1])
     if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
         return None
@@ -205,6 +243,7 @@ _POSITIVE = re.compile(r"\b(?:correct|right|best|likely(?!\s+to\b)|appropriate|c
 # after an option's text at the start of a line: a heading's colon or dash, or a verb
 _JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b)", re.I)
 _BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent)|correct|best|right)\b", re.I)
+_HEDGE = re.compile(r"\b(?:could|may|might|possibl\w*|also)\b", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|false)\b|n't",
                        re.I)
 
@@ -227,8 +266,8 @@ def _verdicts(text, options):
             rest = rest[len(named[1]):]
             if not by_letter and not _JUDGED.match(rest):
                 continue  # a paragraph that merely opens with an option's words
-        if not rest.strip(" *.:：-–)") and i + 1 < len(lines):
-            rest = lines[i + 1]  # "Option B: <its text>" on a line of its own, the verdict below
+        if not rest.strip(" *.:：-–)"):  # "Option B: <its text>" on a line of its own, the verdict below
+            rest = next((s for s in lines[i + 1:] if s.strip()), "")
         # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
         # is not consistent with a GIST." -> rejected
         verdict[letter] = "?"
@@ -236,7 +275,8 @@ def _verdicts(text, options):
             if _NEGATIVE.search(clause):
                 verdict[letter] = "-"
             elif _POSITIVE.search(clause):
-                verdict[letter] = "best" if _BEST.search(clause) else "+"
+                # "This could also be a correct answer" hedges: positive, not the best
+                verdict[letter] = "best" if _BEST.search(clause) and not _HEDGE.search(clause) else "+"
             else:
                 continue
             break
@@ -252,6 +292,71 @@ def _verdicts(text, options):
     return None
 
 
+# a concluding sentence: "Therefore, the protein is histone", "In conclusion, the most likely
+# explanation is ...", "the patient's prognosis is worst with hepatitis E"
+_CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|conclu\w*|infer\w*|"
+                         r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|best|highest|greatest|worst|"
+                         r"earliest|answer|correct|must|should)\b", re.I)
+# ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
+_SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
+
+
+def _complete(text):
+    """Does `text` end as a sentence does (not cut off by a token budget mid-sentence)?"""
+    return re.search(r"[.!?)\"'*]\s*$", text) is not None
+
+
+def _conclusion(text, options):
+    """The option a complete response's last line concludes on. Going back from the line's last
+    sentence, past sentences that name no option or only that one: the first concluding sentence
+    ('Therefore, the protein is histone', 'In conclusion, ... is that the girl is a false
+    virgin.') naming exactly one option, by its text or, after its last 'is' / 'be', by most of
+    its content words ('is increased cortisol levels' for 'Increased plasma cortisol'). Not when
+    the sentence rejects it ('so that's not it', 'so we can eliminate X'; a 'not' before the verb
+    belongs to the question: 'the nerve that is not involved ... is the trigeminal nerve'), hedges
+    between it and something else ('... or a drug reaction'), or the line is the last item of an
+    option-by-option review."""
+    if not _complete(text):
+        return None  # cut off mid-sentence: no conclusion yet
+    lines = [s for s in text.split("\n") if s.strip()]
+    if any(_review_heading(s, options) for s in lines[-2:]):
+        return None  # the last item of an option-by-option review: rule 4's verdicts or nothing
+    line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
+    seen = set()  # the options named after the sentence at hand
+    for sentence in reversed(re.split(r"(?<=[.!?])\s+", line)):
+        spans = _text_spans(sentence, options)
+        named = {s[2] for s in spans}
+        tail = re.split(r"\b(?:is|are|be|was|were|must|should)\s+", sentence)[-1]
+        if not named and tail != sentence and (loose := _clause_option(tail, options)):
+            named = {loose}
+        if not named:
+            continue
+        words = sentence  # the sentence outside the option's own words ('False virgin')
+        for start, end, _ in sorted(spans, reverse=True):
+            words = words[:start] + " " + words[end:]
+        # a negation counts after the verb: "the nerve that is not involved in olfaction is the
+        # trigeminal nerve" concludes, "..., so that's not it" and "so we can eliminate X" do not
+        predicate = re.split(r"\b(?:is|are|be|was|were)\s+", words)[-1]
+        if len(named) == 1 and seen <= named and _CONCLUDING.search(words) and not re.search(r"\bor\b", words) \
+                and not _NEGATIVE.search(predicate) and not _SET_ASIDE.search(predicate):
+            return named.pop()
+        seen |= named
+        if len(seen) > 1:
+            return None
+    return None
+
+
+def _review_heading(line, options):
+    """Does `line` open an option's review: 'D) Maxillary premolars.', 'Parotid space infection:
+    This is also possible', '4) Parotid space infection: ...'?"""
+    h = _HEADING.match(line)
+    if (h.group(1) or h.group(2) or "").upper() in options:
+        return True
+    rest = line[h.end():].lower()
+    return any(t and rest.startswith(t) and re.match(r"[\s*.]*(?:[:：\-–]|$)", rest[len(t):])
+               for t in map(_opt_text, options.values()))
+
+
 def _text_spans(text, options):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
     count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped."""
@@ -261,7 +366,8 @@ def _text_spans(text, options):
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
-            and not _negated_after(text, s[1], options)]
+            and not _negated_after(text, s[1], options)
+            and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
 
 
 def _negated_after(text, end, options):
@@ -283,7 +389,8 @@ def _negated_after(text, end, options):
 
 
 def _resolve(text, options):
-    """(letter or None, the rule that decided: exact, cue, verdict, letter, option_text or none)."""
+    """(letter or None, the rule that decided: exact, cue, verdict, letter, option_text,
+    conclusion or none)."""
     for rule, fn in (("exact", _exact), ("cue", _cue_choice), ("verdict", _verdicts)):
         hit = fn(text, options)
         if hit is not None:
@@ -306,18 +413,24 @@ def _resolve(text, options):
                 and not _negated_after(text, m.end(1), options):
             letters.add(m.group(1).upper())
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
-    if len(found) != 1:
-        return None, "none"
-    return next(iter(found)), "letter" if letters else "option_text"
+    if not letters and len(text.split()) > 30 and not _complete(text):
+        found = set()  # reasoning cut off mid-sentence: an option it mentions on the way is no answer
+    last_line = text.rstrip().rfind("\n") + 1
+    if not letters and _CUE_BEFORE.search(text, last_line) and not any(s[0] >= last_line for s in spans):
+        found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
+    if len(found) == 1:
+        return next(iter(found)), "letter" if letters else "option_text"
+    hit = _conclusion(text, options)
+    return hit, "conclusion" if hit else "none"
 
 
 def parse_choice(response, options):
     """The option letter a free-text `response` commits to, or None (invalid).
 
     `options` maps letters ('A'..) to option texts. Precedence, first rule that decides wins:
-      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-6 on that content alone
+      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-7 on that content alone
          (an unclosed final tag counts: generation may stop at the letter); when it names no
-         option, the text outside the tags is parsed by rules 2-6 instead.
+         option, the text outside the tags is parsed by rules 2-7 instead.
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
@@ -328,7 +441,10 @@ def parse_choice(response, options):
          as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
          option in other words: the option with the largest share (>= 2/3) of its content words
          in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
-         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' commits to none.
+         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' and 'this
+         leaves us with X and Y' commit to none. An option's text before a committing phrase
+         counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
+         answer'), unless it is a hypothesis ('the probability that X is the correct answer').
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
          factor', 'Option C is most likely'): the only option judged best, else the only one
@@ -337,24 +453,35 @@ def parse_choice(response, options):
       5. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
          'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
-         inside a quoted option text, and negated mentions ('not A', 'rather than B', 'C is
-         incorrect'). Lowercase counts only decorated '(b)' or at the very start ('b. ...').
+         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), and negated
+         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X').
+         Lowercase counts only decorated '(b)' or at the very start ('b. ...').
       6. Only when rule 5 found no letter: option texts in the response (case-insensitive, whole
          words, a text inside a longer matched text ignored, negated mentions dropped): exactly
-         one option -> it.
-    Anything else (several letters, several texts, nothing) -> None. Real responses graded by
-    hand, with the sources they come from: tests/data/graded_cot.jsonl.gz.
+         one option -> it. Not when the response is cut off mid-sentence after 30 words (an
+         option met on the way is no answer) or its last line concludes on something else
+         ('the most likely diagnosis is ASD').
+      7. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
+         conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
+         one option by its text or most of its words; see _conclusion for what does not count.
+    Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
+    one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
     return parse_choice_rule(response, options)[0]
 
 
-def parse_choice_rule(response, options):
-    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'letter' or
-    'option_text' (rules 2-6), prefixed 'answer_tag:' when read inside the last <answer> tag
-    (rule 1); 'none' when no rule finds a single option."""
-    # one apostrophe: "Crohn’s disease" in an option is "Crohn's disease" in the response
+def _normalized(response, options):
+    """One apostrophe ("Crohn’s disease" in an option is "Crohn's disease" in the response),
+    upper-case letters."""
     options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
-    response = (response or "").replace("’", "'")
+    return (response or "").replace("’", "'"), options
+
+
+def parse_choice_rule(response, options):
+    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'letter',
+    'option_text' or 'conclusion' (rules 2-7), prefixed 'answer_tag:' when read inside the last
+    <answer> tag (rule 1); 'none' when no rule finds a single option."""
+    response, options = _normalized(response, options)
     if not response.strip():
         return None, "none"
     tags = _ANSWER_TAG.findall(response)
@@ -396,8 +523,11 @@ def response_category(response, options):
         return "single_letter" if len(s) == 1 or re.fullmatch(r"[A-Za-z]\s*[.):：]\s*(.+)", s, re.S) else "other"
     if rule.startswith("answer_tag"):
         stated = response.lower().rindex("<answer>")
-    elif rule == "cue":
-        stated = max(m.start() for pat in (_CUE_BEFORE, _CUE_AFTER) for m in pat.finditer(response))
+    elif rule == "cue":  # where the deciding cue starts, read as the rule read it
+        text, opts = _normalized(response, options)
+        stated = _last_cue(_ANSWER_TAG.sub(" ", text), opts)[2]
+    elif rule == "conclusion":  # the last line concludes
+        return "cot" if len(response[:response.rstrip().rfind("\n") + 1].split()) >= 8 else "other"
     else:  # a letter or an option's text without an answer phrase: where it last stands
         spots = [m.start(1) for m in _LETTER.finditer(response) if m.group(1).upper() == letter]
         spots += [m.start() for m in re.finditer(re.escape(_opt_text(options[letter])), response.lower())]
