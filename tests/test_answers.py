@@ -226,13 +226,13 @@ def test_parse_choice_on_graded_response_shapes(response, options, expected):
 
 
 # Reasoning that concludes in prose, without an answer phrase (the InstructGPT responses of the
-# graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; D, a defence mechanism.
+# graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; DEF, a defence mechanism.
 R = {"A": "Roseola", "B": "Erythema infectiosum", "C": "Rubella", "D": "Kawasaki disease"}
 G = {"A": "Gram-negative, oxidase-positive rods", "B": "Gram-positive cocci",
      "C": "Gram-positive, gamma-hemolytic cocci", "D": "Gram-negative, oxidase-negative rods"}
 P = {"A": "Greater petrosal nerve", "B": "Lesser petrosal nerve", "C": "Chorda tympani", "D": "Trigeminal"}
 H = {"A": "Hepatitis A", "B": "Hepatitis B", "C": "Hepatitis D", "D": "Hepatitis E"}
-D = {"A": "Displacement", "B": "Acting out", "C": "Passive aggression", "D": "Blocking"}
+DEF = {"A": "Displacement", "B": "Acting out", "C": "Passive aggression", "D": "Blocking"}
 PROSE_CONCLUSION_CASES = [
     # the last line concludes on one option, by its text or most of its words after 'is'
     ("Roseola fits the age, and rubella fits the rash.\n\nTherefore, the child has rubella.", R, "C"),
@@ -283,7 +283,7 @@ PROSE_CONCLUSION_CASES = [
     ("C) Repeat urine culture: This could also be a correct answer.\n\nD) Perform MRI of the pelvis: This is "
      "the most likely correct answer.", S, "D"),
     ("He is not demonstrating displacement, since the target is the same.\n\nHe is demonstrating passive "
-     "aggression because he is indirectly hostile.\n\nHe is not demonstrating acting out or blocking.", D, "C"),
+     "aggression because he is indirectly hostile.\n\nHe is not demonstrating acting out or blocking.", DEF, "C"),
 ]
 
 
@@ -307,8 +307,8 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in batches, each before the rule changes it then measured: 450
-      (usmle-instructgpt 200, then -heldout 100, medmcqa 150), 250 (-heldout2), 250 (-heldout3).
+      not at all. Graded in four batches, each before the rules were changed or measured on it:
+      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 sets (250); -heldout3 (250).
     The counts are those of the current rules; a change that loses one fails here with the
     responses it now reads differently."""
     with gzip.open(GRADED, "rt", encoding="utf-8") as f:
