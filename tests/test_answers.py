@@ -297,7 +297,7 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """1,522 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """1,772 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 240 of them graded again
     by a second reader, blind to the first, who agreed on 236, the other 4 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -307,8 +307,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in four batches, each before the rules were changed or measured on it:
-      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 sets (250); -heldout3 (250).
+      not at all. Graded in five batches, each before the rules were changed or measured on it:
+      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2, -heldout3 and -heldout4
+      sets (250 each; -heldout4 graded after the last rule change).
     The counts are those of the current rules; a change that loses one fails here with the
     responses it now reads differently."""
     with gzip.open(GRADED, "rt", encoding="utf-8") as f:
@@ -323,13 +324,15 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     assert total == {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 286, "usmle-instructgpt": 200,
                      "usmle-instructgpt-heldout": 100, "medmcqa-instructgpt": 150, "usmle-instructgpt-heldout2": 100,
                      "medmcqa-instructgpt-heldout2": 150, "usmle-instructgpt-heldout3": 100,
-                     "medmcqa-instructgpt-heldout3": 150}
+                     "medmcqa-instructgpt-heldout3": 150, "usmle-instructgpt-heldout4": 100,
+                     "medmcqa-instructgpt-heldout4": 150}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 240 and sum(r["second_label"] == r["label"] for r in second) == 236
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
              "usmle-instructgpt-heldout": 90, "medmcqa-instructgpt": 123, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 126, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 116}
+             "medmcqa-instructgpt-heldout2": 126, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 116,
+             "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 118}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
