@@ -178,14 +178,13 @@ def _last_cue(text, options):
         head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest)
         for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
             t = _opt_text(t)
-            hit = t and re.match(re.escape(t) + r"(?!\w)", head, re.I)
-            if hit:
-                then = _LETTER_AFTER_TEXT.match(head, hit.end())
+            end = _text_at(head, 0, t)
+            if end is not None:
+                then = _LETTER_AFTER_TEXT.match(head, end)
                 named = (then.group(1) or then.group(2)).upper() if then else None
                 listed = re.match(r"[\s\)\]\*\"']*(?:,|\band\b|\bor\b|/)\s*(?:(?:and|or)\s+)?(?:(?:an?|the)\s+)?",
-                                  head[hit.end():], re.I)
-                if listed and any(_opt_text(o) and head[hit.end() + listed.end():].lower().startswith(_opt_text(o))
-                                  for o in options.values()):
+                                  head[end:], re.I)
+                if listed and any(_text_at(head, end + listed.end(), _opt_text(o)) for o in options.values()):
                     found.append((m.end(), "", m.start()))  # "this leaves us with X and Y": no single one
                 elif named is None or named == letter or named not in options:
                     found.append((m.end(), letter, m.start()))
@@ -357,12 +356,35 @@ def _review_heading(line, options):
                for t in map(_opt_text, options.values()))
 
 
+# Option texts are found with str methods, not regexes built per option: a pattern per option
+# text would be compiled anew for every item once re's small cache is full.
+def _is_word_char(s, i):
+    return 0 <= i < len(s) and (s[i].isalnum() or s[i] == "_")
+
+
+def _text_at(s, i, t):
+    """Where the lower-case option text `t` ends when it stands at s[i] as whole words
+    (case-insensitive), else None."""
+    end = i + len(t)
+    return end if t and s[i:end].lower() == t and not _is_word_char(s, end) else None
+
+
+def _occurrences(low, t):
+    """Starts of the lower-case option text `t` in the lower-cased `low` as whole words."""
+    i = low.find(t) if t else -1
+    while i >= 0:
+        if not _is_word_char(low, i - 1) and _text_at(low, i, t) is not None:
+            yield i
+            i = low.find(t, i + len(t))
+        else:
+            i = low.find(t, i + 1)
+
+
 def _text_spans(text, options):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
     count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
-    spans = [(m.start(), m.end(), letter) for letter, t in texts.items() if t
-             for m in re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", low)]
+    spans = [(i, i + len(t), letter) for letter, t in texts.items() for i in _occurrences(low, t)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
@@ -380,11 +402,11 @@ def _negated_after(text, end, options):
         if not m:
             break
         after = rest[m.end():]
-        item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after) or next(
-            filter(None, (re.match(re.escape(t) + r"(?!\w)", after, re.I) for t in items if t)), None)
-        if item is None:
+        item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after)
+        end = item.end() if item else next((e for e in (_text_at(after, 0, t) for t in items) if e is not None), None)
+        if end is None:
             break
-        rest = after[item.end():]
+        rest = after[end:]
     return _NEG_AFTER.match(rest) is not None
 
 
