@@ -11,9 +11,10 @@ Where each rule comes from:
   standalone option letter; can_infer_text, exactly one option text), the scorer the paper used
   for MMMU and GMAI-MMBench. Ours on top: chain-of-thought answers name several options before
   they conclude, so a final <answer> tag (the paper's appendix A prompt asks for one),
-  committing phrases ('the answer is B') and option-by-option verdicts decide first, and negated
-  mentions ('not A', 'C is incorrect'), the article 'A' and names ('hepatitis B') do not count
-  as choices.
+  committing phrases ('the answer is B') and option-by-option verdicts decide first, negated
+  mentions ('not A', 'C is incorrect'), the article 'A', names ('hepatitis B') and a
+  probability's events ('P(A|I)') do not count as choices, and when nothing else decides, the
+  last line's conclusion in prose does ('Therefore, the protein is histone').
 - response_category: the paper's instruction-following categories (section 4.3): single letter,
   answer-prefixed, CoT-style; 'other' and 'invalid' are ours, so that every answer has one.
 - clean_text, bleu1, vqa_scores, is_yes_no: MultiMedEval's VQA scorer (multimedeval/utils.py
