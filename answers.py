@@ -14,7 +14,10 @@ Where each rule comes from:
   committing phrases ('the answer is B') and option-by-option verdicts decide first, negated
   mentions ('not A', 'C is incorrect'), the article 'A', names ('hepatitis B') and a
   probability's events ('P(A|I)') do not count as choices, and when nothing else decides, the
-  last line's conclusion in prose does ('Therefore, the protein is histone').
+  last line's conclusion in prose does ('Therefore, the protein is histone'). Given the question,
+  one that asks for the exception ('All of the following are true EXCEPT') is answered by the
+  option the response says does not hold ('D is not a tumor suppressor gene'), as a grader who
+  reads the question would.
 - response_category: the paper's instruction-following categories (section 4.3): single letter,
   answer-prefixed, CoT-style; 'other' and 'invalid' are ours, so that every answer has one.
 - clean_text, bleu1, vqa_scores, is_yes_no: MultiMedEval's VQA scorer (multimedeval/utils.py
@@ -48,6 +51,9 @@ _CUE_BEFORE = re.compile(
     r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
     # elimination: "this leaves us with generalized anxiety disorder"
     r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:answer\s+)?(?:option|choice)\s*)?", re.I)
+# a cue's conclusion that no option is right: "none of the above", "no correct answer"
+_NO_OPTION = re.compile(r"[\s*\"'(]*(?:none\s+of\s+(?:the\s+)?(?:above|options|choices|answers|these)\b|"
+                        r"no\s+(?:correct\s+|right\s+)?(?:answer|option|choice)\b)", re.I)
 # a second letter after a cue's letter: ", B", " or (C)", "/D"
 _MORE_LETTERS = re.compile(r"[\)\]\*\s]*(?:,|or|and|/)\s*(?:(?:and|or)\s+)?(?:option\s+)?[\(\[\*]*[A-Z]"
                            r"(?![\w'’]|-\w|\.\w)")
@@ -57,16 +63,29 @@ _CUE_ENDS_COPULA = re.compile(r"(?:\bis|\bbe|\bto|\bwith|[:：])\s*$", re.I)
 # the chosen option followed by a committing phrase ("Option B is correct", "C: correct")
 _CUE_AFTER = re.compile(
     r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
-    r"\s*(?:[:\-–]\s*(?:correct|true)\b|(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
+    r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b))", re.I)
 # an option's text followed by a committing phrase: "Lesser petrosal nerve is the most likely
-# answer", "Roseola is more common in infants, so this is the most likely diagnosis"
+# answer", "Roseola is more common in infants, so this is the most likely diagnosis", "Aqueductal
+# stenosis is the most likely cause" (but not "... that secretin is the cause")
 _TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thus|hence|therefore|and|which)\s+"
-                             r"(?:this|it|that)?\s*)?(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
+                             r"(?:this|it|that)?\s*)?(?:is|are|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
                              r"(?:(?:correct|right)\b|"
                              r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
-                             r"(?:answer|choice|option|diagnosis)\b)", re.I)
+                             r"(?:answer|choice|option|diagnosis)\b|"
+                             r"most\s+(?:likely|probable)\s+(?:cause|explanation|etiology)\b)", re.I)
+# a committing phrase about the sentence before it: "Primary roots are shorter. This is the answer
+# because ...", "... consistent with the history, making it the most likely answer"
+_ANAPHOR_CUE = re.compile(r"\b(?:(?:this|that|it)\s+(?:is|would\s+be|seems\s+to\s+be)|making\s+(?:it|this))\s+"
+                          r"(?:the\s+)?(?:(?:correct|right)\b(?!\s+[a-z])|(?:(?:most\s+likely|most\s+appropriate|best|"
+                          r"correct|right|final)\s+)*(?:answer|choice|option|diagnosis)\b)", re.I)
+# the words that make a committing phrase speak of the answer, not of the option's truth
+_ABOUT_ANSWER = re.compile(r"\b(?:answer|choice|option|best|diagnosis)\b", re.I)
+# ... and a rejection of it: "This is not the correct answer", "This can't be the answer", "that's not it"
+_ANAPHOR_REJECT = re.compile(r"\b(?:this|that|it)(?:(?:'s|\s+is)\s+not|\s+isn't|\s+can(?:not|'t)\s+be|"
+                             r"\s+(?:would|could)(?:\s+not|n't)\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\s+)?"
+                             r"(?:answer|option|choice|it)\b", re.I)
 # a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
 _HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
                                   r"[^.;!?\n]{0,40}$", re.I)
@@ -75,7 +94,8 @@ _HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if
 _NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
                          r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
                          r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
-                         r"(?:(?:option|choice|an?|the|region|area|part|panel|structure|label(?:l?ed)?|marked)\s+){0,2}"
+                         r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|"
+                         r"label(?:l?ed)?|marked)\s+){0,2}"
                          # "not a CT or an MRI": the list goes too
                          r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
                          r"[\(\[\*\"']*$", re.I)
@@ -101,6 +121,45 @@ _DECOR = "*()[]\"'`“”‘’ \t\n"
 # an option letter right after an option text: "CT (B)", "CT B", "CT, option B", "CT - B"
 _LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\*]*([A-Z])|[\(\[]([a-z])[\)\]])"
                                 r"(?![\w'’]|-\w|\.\w)")
+
+
+# a question that asks for the exception, whose answer is the option the response says does NOT
+# hold: "All of the following are true EXCEPT:", "Which of the following is not a tumor suppressor
+# gene?", "the least useful", "False about enamel rods is". Read on the question's last sentence
+# (a case report's 'does not smoke' asks nothing); 'not ... because' asks for a reason.
+_EXCEPTION_QUESTION = re.compile(
+    r"\bexcept\b|\bleast\b|(?-i:\bNOT\b)|^\W*not\b|\b(?:which|what)\b[^.?!:]*?\b(?:not|never)\b"
+    r"|\b(?:false|untrue|incorrect|wrong)\b\s*(?:about|regarding|statements?|among|in\s+relation|[?:\-–]|$)"
+    r"|\b(?:is|are)\s+(?:false|untrue|incorrect|wrong)\b"
+    r"|\b(?:is|are|does|do|shall|should|will)\s+not\s+(?:include|contain|have|seen|present|posted)\b", re.I)
+# a negation about the answer itself, not about the option's property: "C is not the correct
+# answer", "B can be eliminated" reject an option in any question
+_REJECTS_ANSWER = re.compile(r"\bnot\s+(?:the\s+|an?\s+)?(?:(?:correct|right|best|most\s+likely|likely)\s+)?"
+                             r"(?:answer|choice|option|it)\b|\beliminat\w*|\brul\w*\s+out\b|\bexclud\w*|"
+                             r"\bunlikely\b|\bless\s+likely\b", re.I)
+
+
+def asks_exception(question):
+    """Does the multiple-choice `question` ask for the option that does not hold ('EXCEPT',
+    'Which of the following is NOT ...', 'least', 'False about ...')?"""
+    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
+    return _EXCEPTION_QUESTION.search(last) is not None and not re.search(r"\bbecause\b", last, re.I)
+
+
+def _asked(question):
+    """For a question asking for the exception, the content words of what it asks about (the
+    stems of 'tumor suppressor gene' in 'Which of the following is not a tumor suppressor
+    gene?'), against which a response's negations are read; None for any other question."""
+    if not asks_exception(question):
+        return None
+    return set(_stems(question)) - _GENERIC
+
+
+def _on_topic(clause, asked):
+    """Does the negated `clause` deny what the question asks about ('is not a tumor suppressor
+    gene', 'is false'), not merely describe ('the heart is not able to pump enough blood')?"""
+    return re.search(r"\b(?:true|untrue|false|correct|incorrect)\b", clause, re.I) is not None \
+        or not set(_stems(clause)).isdisjoint(asked)
 
 
 def _opt_text(text):
@@ -145,20 +204,19 @@ def _is_letter_at(text, m, options):
         at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
         return at_start and re.match(r"\s*(?:[.):：]|$)", after) is not None
     if c in "AI" and _ARTICLE_AFTER.match(after):  # "A lesion", "A 45-year-old", "I think"
-        return after.strip().lower().startswith(_opt_text(options[c]))  # unless "A X-ray"
+        # unless its option's text follows where the article would be 'an' ("A X-ray", "A MRI"),
+        # not where 'a' is right ("A simple lipid is made of ...")
+        word = after.strip()
+        an = re.match(r"[aeiouAEIOU]|[FHLMNRSX](?![a-z])", word) is not None
+        return an and word.lower().startswith(_opt_text(options[c]))
     return True
 
 
-def _cue_choice(text, options):
-    """The last committed choice ('the answer is B', 'B is correct'), by position; '' when the
-    last cue names several options ('the answer is A or B'); None when no cue names one."""
-    last = _last_cue(text, options)
-    return last[1] if last else None
-
-
-def _last_cue(text, options):
+def _last_cue(text, options, asked=None):
     """(position of the choice, its letter or '', where its cue starts) of the last committed
-    choice, or None."""
+    choice ('the answer is B', 'B is correct'; '' when it names several: 'the answer is A or B'),
+    or None. In a question asking for the exception, 'B is correct' says B holds: only a phrase
+    about the answer ('B is the correct answer') commits."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
         rest = text[m.end():]
@@ -167,6 +225,8 @@ def _last_cue(text, options):
             c, after = lm.group(1), rest[lm.end():]
             if _MORE_LETTERS.match(after):  # "the answer is A or B", "A, B, and C": no single one
                 found.append((m.end() + lm.start(1), "", m.start()))
+                continue
+            if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"
                 continue
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
             if (c.isupper() and c != "A") or not word_follows or \
@@ -187,6 +247,8 @@ def _last_cue(text, options):
                                   head[end:], re.I)
                 if listed and any(_text_at(head, end + listed.end(), _opt_text(o)) for o in options.values()):
                     found.append((m.end(), "", m.start()))  # "this leaves us with X and Y": no single one
+                elif _negated_after(head, end, options):
+                    pass  # "Therefore, polycarboxylate cements do not bond": no choice
                 elif named is None or named == letter or named not in options:
                     found.append((m.end(), letter, m.start()))
                 break
@@ -194,14 +256,37 @@ def _last_cue(text, options):
             loose = _CUE_ENDS_COPULA.search(m.group(0)) and _clause_option(rest, options)
             if loose:
                 found.append((m.end(), loose, m.start()))
+            elif _NO_OPTION.match(rest):  # "The correct answer is none of the above" (not an option here)
+                found.append((m.end(), "", m.start()))
     for m in _CUE_AFTER.finditer(text):
         c = m.group(2)
-        if c.upper() in options and (c.isupper() or m.group(1)):
+        if c.upper() in options and (c.isupper() or m.group(1)) and (asked is None or _ABOUT_ANSWER.search(m.group(0))):
             found.append((m.start(2), c.upper(), m.start()))
     for start, end, letter in _text_spans(text, options):  # "anorexia nervosa is the most likely diagnosis"
-        if _TEXT_CUE_AFTER.match(text, end) and not _HYPOTHETICAL_BEFORE.search(text[max(0, start - 60):start]):
+        cue = _TEXT_CUE_AFTER.match(text, end)
+        if cue and not _HYPOTHETICAL_BEFORE.search(text[max(0, start - 60):start]) \
+                and (asked is None or _ABOUT_ANSWER.search(cue.group(0))):
             found.append((start, letter, start))
+    for m in _ANAPHOR_CUE.finditer(text):
+        named = _antecedent(text, m.start(), options)  # (an item of a review is left to rule 4)
+        if named and (asked is None or _ABOUT_ANSWER.search(m.group(0))):
+            found.append((m.start(), named, m.start()))
     return max(found) if found else None
+
+
+def _antecedent(text, at, options):
+    """The one option that the sentence up to `at`, or else the sentence before it, names by its
+    letter or else its text; None when it names none or several."""
+    starts = [0] + [m.end() for m in re.finditer(r"[.!?]\s+|\n\s*", text[:at])]
+    for clause in (text[starts[-1]:at], text[starts[-2] if len(starts) > 1 else 0:starts[-1]]):
+        h = _HEADING.match(clause)
+        if h.group(1) or h.group(2) or re.match(r"[^.:：\n]{0,80}[:：]", clause):
+            return None  # an item of an option-by-option review ('B) Gang: ...'): rule 4's
+        spans = _text_spans(clause, options)
+        named = _letters(clause, options, spans) or {s[2] for s in spans}
+        if named:
+            return next(iter(named)) if len(named) == 1 else None
+    return None
 
 
 _STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
@@ -216,6 +301,11 @@ def _stems(text):
     words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
     return Counter(re.sub(r"(?:ing|ed|es|s|e)$|(?<=\w{4})al$", "", w) if len(w) > 3 else w
                    for w in words if w not in _STOP)
+
+
+# the words of a question that asks for the exception that do not say what it is about
+_GENERIC = set(_stems("all of the following these statements statement true false untrue correct incorrect "
+                      "except which what one not least none regarding about feature"))
 
 
 def _clause_option(text, options):
@@ -244,14 +334,17 @@ _POSITIVE = re.compile(r"\b(?:correct|right|best|likely(?!\s+to\b)|appropriate|c
 _JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b)", re.I)
 _BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent)|correct|best|right)\b", re.I)
 _HEDGE = re.compile(r"\b(?:could|may|might|possibl\w*|also)\b", re.I)
-_NEGATIVE = re.compile(r"\b(?:not|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|false)\b|n't",
-                       re.I)
+_NEGATIVE = re.compile(r"\b(?:not|cannot|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|"
+                       r"false)\b|n't", re.I)
 
 
-def _verdicts(text, options):
+def _verdicts(text, options, asked=None):
     """The option an option-by-option review settles on: the only one judged best ('Option C is
     most likely', 'This is the correct answer'), else the only one judged positively while
-    others are rejected, else, when every option is reviewed, the only one not rejected."""
+    others are rejected, else, when every option is reviewed, the only one not rejected. In a
+    question asking for the exception: the only one called the answer, else the only one of
+    three or more reviewed that is denied ('D) c-erbB1 is not a tumor suppressor gene', 'C) is
+    false')."""
     texts = sorted(((k, _opt_text(t)) for k, t in options.items()), key=lambda kv: -len(kv[1]))
     verdict, lines = {}, text.split("\n")
     for i, line in enumerate(lines):
@@ -266,6 +359,8 @@ def _verdicts(text, options):
             rest = rest[len(named[1]):]
             if not by_letter and not _JUDGED.match(rest):
                 continue  # a paragraph that merely opens with an option's words
+        if by_letter and _text_at(rest.lower(), len(rest) - len(rest.lstrip(" *")), _opt_text(options[letter])):
+            rest = rest.lstrip(" *")[len(_opt_text(options[letter])):]  # "Option C) <its text>"
         if not rest.strip(" *.:：-–)"):  # "Option B: <its text>" on a line of its own, the verdict below
             rest = next((s for s in lines[i + 1:] if s.strip()), "")
         # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
@@ -273,21 +368,28 @@ def _verdicts(text, options):
         verdict[letter] = "?"
         for clause in re.split(r"[,;.!?:](?:\s|$)|\s(?:because|since|as|given|but|however|which|that)\s", rest):
             if _NEGATIVE.search(clause):
-                verdict[letter] = "-"
+                denies = asked is not None and _on_topic(clause, asked) and not _REJECTS_ANSWER.search(clause)
+                verdict[letter] = "not" if denies else "-"
             elif _POSITIVE.search(clause):
                 # "This could also be a correct answer" hedges: positive, not the best
-                verdict[letter] = "best" if _BEST.search(clause) and not _HEDGE.search(clause) else "+"
+                top = _BEST.search(clause) and not _HEDGE.search(clause)
+                verdict[letter] = "best" if top and (asked is None or _ABOUT_ANSWER.search(clause)) else "+"
             else:
                 continue
             break
     best = [k for k, v in verdict.items() if v == "best"]
+    if asked is not None:
+        denied = [k for k, v in verdict.items() if v == "not"]
+        if len(best) == 1 or len(denied) > 1:  # several denied: no single exception ('')
+            return best[0] if len(best) == 1 else ""
+        return denied[0] if len(denied) == 1 and len(verdict) > 2 else None
     plus = [k for k, v in verdict.items() if v in ("best", "+")]
     rejected = [k for k, v in verdict.items() if v == "-"]
     if len(best) == 1 and len(verdict) > 1:
         return best[0]
     if len(plus) == 1 and rejected:
         return plus[0]
-    if not plus and len(verdict) == len(options) and len(rejected) == len(options) - 1:
+    if not plus and len(verdict) == len(options) and len(rejected) == len(options) - 1 and _complete(text):
         return next(k for k in verdict if k not in rejected)
     return None
 
@@ -306,7 +408,7 @@ def _complete(text):
     return re.search(r"[.!?)\"'*]\s*$", text) is not None
 
 
-def _conclusion(text, options):
+def _conclusion(text, options, asked=None):
     """The option a complete response's last line concludes on. Going back from the line's last
     sentence, past sentences that name no option or only that one: the first concluding sentence
     ('Therefore, the protein is histone', 'In conclusion, ... is that the girl is a false
@@ -315,16 +417,18 @@ def _conclusion(text, options):
     the sentence rejects it ('so that's not it', 'so we can eliminate X'; a 'not' before the verb
     belongs to the question: 'the nerve that is not involved ... is the trigeminal nerve'), hedges
     between it and something else ('... or a drug reaction'), or the line is the last item of an
-    option-by-option review."""
+    option-by-option review. In a question asking for the exception a negation may conclude ('the
+    dorsum of the arm is the least preferred site', 'X is not a small round cell tumor'), one
+    about the answer itself may not ('X is not the answer')."""
     if not _complete(text):
         return None  # cut off mid-sentence: no conclusion yet
     lines = [s for s in text.split("\n") if s.strip()]
-    if any(_review_heading(s, options) for s in lines[-2:]):
+    if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True):
         return None  # the last item of an option-by-option review: rule 4's verdicts or nothing
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
     seen = set()  # the options named after the sentence at hand
     for sentence in reversed(re.split(r"(?<=[.!?])\s+", line)):
-        spans = _text_spans(sentence, options)
+        spans = _text_spans(sentence, options, keep_negated=asked is not None)
         named = {s[2] for s in spans}
         tail = re.split(r"\b(?:is|are|be|was|were|must|should)\s+", sentence)[-1]
         if not named and tail != sentence and (loose := _clause_option(tail, options)):
@@ -337,8 +441,10 @@ def _conclusion(text, options):
         # a negation counts after the verb: "the nerve that is not involved in olfaction is the
         # trigeminal nerve" concludes, "..., so that's not it" and "so we can eliminate X" do not
         predicate = re.split(r"\b(?:is|are|be|was|were)\s+", words)[-1]
-        if len(named) == 1 and seen <= named and _CONCLUDING.search(words) and not re.search(r"\bor\b", words) \
-                and not _NEGATIVE.search(predicate) and not _SET_ASIDE.search(predicate):
+        negated = _REJECTS_ANSWER.search(predicate) if asked is not None else _NEGATIVE.search(predicate)
+        concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I)
+        if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", words) \
+                and not negated and not _SET_ASIDE.search(predicate):
             return named.pop()
         seen |= named
         if len(seen) > 1:
@@ -346,15 +452,18 @@ def _conclusion(text, options):
     return None
 
 
-def _review_heading(line, options):
+def _review_heading(line, options, alone=False):
     """Does `line` open an option's review: 'D) Maxillary premolars.', 'Parotid space infection:
-    This is also possible', '4) Parotid space infection: ...'?"""
+    This is also possible', '4) Parotid space infection: ...'? With `alone`, only a heading whose
+    review follows on the next line ('D) Maxillary premolars.', 'Option C) <its text>')."""
     h = _HEADING.match(line)
-    if (h.group(1) or h.group(2) or "").upper() in options:
-        return True
     rest = line[h.end():].lower()
-    return any(t and rest.startswith(t) and re.match(r"[\s*.]*(?:[:：\-–]|$)", rest[len(t):])
-               for t in map(_opt_text, options.values()))
+    for t in map(_opt_text, options.values()):
+        if t and rest.startswith(t) and re.match(r"[\s*.]*(?:[:：\-–]|$)", rest[len(t):]):
+            return not alone or not rest[len(t):].strip(" *.:：-–")
+    if (h.group(1) or h.group(2) or "").upper() in options:
+        return not alone or not rest.strip(" *.:：-–")
+    return False
 
 
 # Option texts are found with str methods, not regexes built per option: a pattern per option
@@ -381,15 +490,16 @@ def _occurrences(low, t):
             i = low.find(t, i + 1)
 
 
-def _text_spans(text, options):
+def _text_spans(text, options, keep_negated=False):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
-    count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped."""
+    count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped unless
+    `keep_negated`."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
     spans = [(i, i + len(t), letter) for letter, t in texts.items() for i in _occurrences(low, t)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
-    return [s for s in kept if not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
-            and not _negated_after(text, s[1], options)
+    return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
+                                and not _negated_after(text, s[1], options))
             and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
 
 
@@ -411,14 +521,20 @@ def _negated_after(text, end, options):
     return _NEG_AFTER.match(rest) is not None
 
 
-def _resolve(text, options):
-    """(letter or None, the rule that decided: exact, cue, verdict, letter, option_text,
-    conclusion or none)."""
-    for rule, fn in (("exact", _exact), ("cue", _cue_choice), ("verdict", _verdicts)):
-        hit = fn(text, options)
-        if hit is not None:
-            return (hit or None), (rule if hit else "none")
-    spans = _text_spans(text, options)
+def _restating(text, at, options):
+    """Is the letter at `at` the heading of a last line, cut off, that restates its option
+    ('... the options given are as follows:\nA) The central fascicle is')?"""
+    start = text.rfind("\n", 0, at) + 1
+    h = _HEADING.match(text, start)
+    letter = (h.group(1) or h.group(2) or "").upper()
+    rest = text[h.end():].strip(" *").lower()
+    return letter in options and "\n" not in text[at:] and h.start(1 if h.group(1) else 2) == at and \
+        rest != _opt_text(options[letter]) and _opt_text(options[letter]).startswith(rest)
+
+
+def _letters(text, options, spans, cut=False):
+    """The options that standalone letters in `text` name (rule 6), `spans` being its option texts;
+    `cut`: the text is cut off mid-sentence."""
     # options whose texts are figure labels ("A", "Region B"): a letter after a label word names
     # the option with that text, which need not be the option with that letter
     label_of = {m.group(1).upper(): k for k, t in options.items()
@@ -432,65 +548,132 @@ def _resolve(text, options):
             continue
         if any(s <= m.start(1) < e for s, e, _ in spans):
             continue  # the letter is part of an option's text ("Both A and B")
+        if cut and _restating(text, m.start(1), options):
+            continue  # cut off while listing the options: "A) The central fascicle is"
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
                 and not _negated_after(text, m.end(1), options):
             letters.add(m.group(1).upper())
+    return letters
+
+
+# a negation that may deny an option what the question asks: "does not supply", "is not a tumor
+# suppressor gene", "C) is false", "A) Most common method: False."
+_DENIAL = re.compile(r"\b(?:is|are|was|were|does|do|did|would|could|can|should|will|may)\s*(?:not|n't)\b|\bcannot\b|"
+                     r"\bnot\s+(?:true|correct)\b|(?:\b(?:is|are)\s+|[:\-–]\s*)(?:false|untrue|incorrect)\b", re.I)
+
+
+def _denied(text, options, asked):
+    """The options a response says do not hold what the question asks about: in each sentence
+    with such a negation ('The artery of the pterygoid canal does not supply the tube', 'D)
+    c-erbB1 is not a tumor suppressor gene', 'C) is false'; not one about the answer itself, 'C
+    is not the correct answer'), the options its subject names by letter, text or most words."""
+    denied = set()
+    for sentence in re.split(r"(?<=[.;!?])\s+|\n", text):
+        m = _DENIAL.search(sentence)
+        predicate = re.split(r"[,;]|\b(?:and|but|because|since|so|which)\b", sentence[m.end():])[0] if m else ""
+        if not m or not _on_topic(m.group(0) + predicate, asked) or _REJECTS_ANSWER.search(m.group(0) + predicate):
+            continue
+        subject = re.split(r",|\b(?:because|since|but|while|whereas|although|if|when)\b", sentence[:m.start()])[-1]
+        spans = _text_spans(subject, options, keep_negated=True)
+        named = _letters(subject, options, spans) | {k for _, _, k in spans}
+        denied |= named or {k for k in [_clause_option(subject, options)] if k}
+    return denied
+
+
+def _resolve(text, options, asked=None):
+    """(letter or None, the rule that decided: exact, cue, verdict, denied, letter, option_text,
+    conclusion or none)."""
+    hit = _exact(text, options)
+    if hit:
+        return hit, "exact"
+    cue = _last_cue(text, options, asked)
+    if cue:
+        return (cue[1] or None), ("cue" if cue[1] else "none")
+    hit = _verdicts(text, options, asked)
+    if hit is not None:
+        return (hit or None), ("verdict" if hit else "none")
+    cut = len(text.split()) > 30 and not _complete(text)  # reasoning cut off mid-sentence
+    if asked is not None and not cut and (denied := _denied(text, options, asked)):
+        if len(denied) == 1:  # the one option said not to hold is the exception asked for
+            return next(iter(denied)), "denied"
+        hit = _conclusion(text, options, asked)
+        return hit, "conclusion" if hit else "none"
+    spans = _text_spans(text, options)
+    letters = _letters(text, options, spans, cut)
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
-    if not letters and len(text.split()) > 30 and not _complete(text):
-        found = set()  # reasoning cut off mid-sentence: an option it mentions on the way is no answer
+    # "Primary roots are shorter. This is not the answer.": the sentence before is rejected
+    found -= {_antecedent(text, m.start(), options) for m in _ANAPHOR_REJECT.finditer(text)}
+    if not letters and cut:
+        found = set()  # an option it mentions on the way is no answer
     last_line = text.rstrip().rfind("\n") + 1
     if not letters and _CUE_BEFORE.search(text, last_line) and not any(s[0] >= last_line for s in spans):
         found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
     if len(found) == 1:
         return next(iter(found)), "letter" if letters else "option_text"
-    hit = _conclusion(text, options)
+    hit = _conclusion(text, options, asked)
     return hit, "conclusion" if hit else "none"
 
 
-def parse_choice(response, options):
+def parse_choice(response, options, question=None):
     """The option letter a free-text `response` commits to, or None (invalid).
 
-    `options` maps letters ('A'..) to option texts. Precedence, first rule that decides wins:
-      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-7 on that content alone
+    `options` maps letters ('A'..) to option texts; `question`, when given, tells whether the
+    question asks for the exception (asks_exception: 'All of the following are true EXCEPT'),
+    where the answer is the option the response says does not hold. Precedence, first rule that
+    decides wins:
+      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-8 on that content alone
          (an unclosed final tag counts: generation may stop at the letter); when it names no
-         option, the text outside the tags is parsed by rules 2-7 instead.
+         option, the text outside the tags is parsed by rules 2-8 instead.
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
          'Option B is correct', 'C: correct', 'the most likely diagnosis in this patient is',
          'the next step in management would be to', 'this leaves us with', followed by a letter
          or an option's text ('the answer is ultrasound'; when a letter follows the text it must
-         be that text's: 'Answer: CT A', A naming another option, is left to rule 5 and counts
+         be that text's: 'Answer: CT A', A naming another option, is left to rule 6 and counts
          as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
          option in other words: the option with the largest share (>= 2/3) of its content words
          in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
          the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' and 'this
          leaves us with X and Y' commit to none. An option's text before a committing phrase
          counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
-         answer'), unless it is a hypothesis ('the probability that X is the correct answer').
+         answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
+         so does one about the sentence before when that names one option ('Primary roots are
+         shorter. This is the answer', '..., making it the most likely answer'). When the
+         question asks for the exception, 'B is correct' / 'B is true' says B holds: only phrases
+         about the answer commit ('B is the correct answer').
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
          factor', 'Option C is most likely'): the only option judged best, else the only one
          judged positively while others are rejected, else, every option reviewed, the only one
-         not rejected.
-      5. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
+         not rejected. When the question asks for the exception: the only one called the answer,
+         else the only one denied what the question asks ('D) c-erbB1 is not a tumor suppressor
+         gene', 'C) is false'; several denied: none).
+      5. Only when the question asks for the exception: the options a sentence denies what the
+         question asks about, named by letter, text or most words ('Hemangiosarcoma is not a
+         small round cell tumor', 'the artery of the pterygoid canal does not supply the tube';
+         not 'the heart is not able to pump', which is off the question's topic, nor 'C is not
+         the answer'): exactly one -> it; several -> only rule 8 may decide.
+      6. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
          'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
-         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), and negated
-         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X').
-         Lowercase counts only decorated '(b)' or at the very start ('b. ...').
-      6. Only when rule 5 found no letter: option texts in the response (case-insensitive, whole
+         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), negated
+         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X'), and a
+         last line cut off while restating the options ('A) The central fascicle is'). Lowercase
+         counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
+         option the next sentence rejects ('... This is not the correct answer') does not count.
+      7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
          words, a text inside a longer matched text ignored, negated mentions dropped): exactly
          one option -> it. Not when the response is cut off mid-sentence after 30 words (an
          option met on the way is no answer) or its last line concludes on something else
          ('the most likely diagnosis is ASD').
-      7. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
+      8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
          conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
          one option by its text or most of its words; see _conclusion for what does not count.
     Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
     one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
-    return parse_choice_rule(response, options)[0]
+    return parse_choice_rule(response, options, question)[0]
 
 
 def _normalized(response, options):
@@ -500,26 +683,27 @@ def _normalized(response, options):
     return (response or "").replace("’", "'"), options
 
 
-def parse_choice_rule(response, options):
-    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'letter',
-    'option_text' or 'conclusion' (rules 2-7), prefixed 'answer_tag:' when read inside the last
-    <answer> tag (rule 1); 'none' when no rule finds a single option."""
+def parse_choice_rule(response, options, question=None):
+    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'denied',
+    'letter', 'option_text' or 'conclusion' (rules 2-8), prefixed 'answer_tag:' when read inside
+    the last <answer> tag (rule 1); 'none' when no rule finds a single option."""
     response, options = _normalized(response, options)
     if not response.strip():
         return None, "none"
+    asked = _asked(question)
     tags = _ANSWER_TAG.findall(response)
     if tags and tags[-1].strip():
-        hit, rule = _resolve(tags[-1], options)
+        hit, rule = _resolve(tags[-1], options, asked)
         if hit:
             return hit, "answer_tag:" + rule
-    return _resolve(_ANSWER_TAG.sub(" ", response), options)
+    return _resolve(_ANSWER_TAG.sub(" ", response), options, asked)
 
 
 # response_category's answers, in the order the tables list them
 CATEGORIES = ("single_letter", "answer_prefixed", "cot", "other", "invalid")
 
 
-def response_category(response, options):
+def response_category(response, options, question=None):
     """Instruction-following category of a multiple-choice response. The paper (section 4.3)
     sorts answers to its direct-letter prompt into single-letter, answer-prefixed and CoT-style;
     valid answers of no such form are 'other':
@@ -538,7 +722,7 @@ def response_category(response, options):
                        a short remark naming one option ('Looks like an MRI.')
       invalid          parse_choice finds no single option ('A or B', 'I cannot tell.')
     """
-    letter, rule = parse_choice_rule(response, options)
+    letter, rule = parse_choice_rule(response, options, question)
     if letter is None:
         return "invalid"
     s = response.strip(_DECOR).rstrip(".").strip(_DECOR)
@@ -548,7 +732,7 @@ def response_category(response, options):
         stated = response.lower().rindex("<answer>")
     elif rule == "cue":  # where the deciding cue starts, read as the rule read it
         text, opts = _normalized(response, options)
-        stated = _last_cue(_ANSWER_TAG.sub(" ", text), opts)[2]
+        stated = _last_cue(_ANSWER_TAG.sub(" ", text), opts, _asked(question))[2]
     elif rule == "conclusion":  # the last line concludes
         return "cot" if len(response[:response.rstrip().rfind("\n") + 1].split()) >= 8 else "other"
     else:  # a letter or an option's text without an answer phrase: where it last stands

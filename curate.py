@@ -345,11 +345,13 @@ def _body(text):
     return re.sub(r"<answer>.*?</answer>", " ", text, flags=re.S | re.I).strip()
 
 
-def consistent_rationale(text, options, gold):
+def consistent_rationale(text, options, gold, question=None):
     """The paper keeps "logically consistent" explanations (section 3.1): the reasoning before
     the answer tag must not itself commit to another option. answers.parse_choice reads the body
-    as it would a model's answer; a body that concludes nothing (it weighs every option) passes."""
-    return parse_choice(_body(text), options) in (None, gold)
+    as it would a model's answer, with the question (so that 'D is not a tumor suppressor gene'
+    commits to D where the question asks which one is not); a body that concludes nothing (it
+    weighs every option) passes."""
+    return parse_choice(_body(text), options, question) in (None, gold)
 
 
 # The criteria in the order they are checked; a sample is accepted when it passes all of them.
@@ -376,12 +378,12 @@ class CotConfig:
     verifier_backend: str = setting("native", "native | vllm, for --verifier")
 
 
-def rule_verdict(text, options, gold, cfg):
+def rule_verdict(text, options, gold, cfg, question=None):
     """(criterion that failed or None, reason) under the rule-based criteria."""
     ok, why = accept_rationale(text, options, gold, cfg.min_reasoning_chars)
     if not ok:
         return ("format" if why in FORMAT_FAILURES else "letter"), why
-    if not consistent_rationale(text, options, gold):
+    if not consistent_rationale(text, options, gold, question):
         return "consistency", "commits_to_another_option"
     return None, "ok"
 
@@ -427,7 +429,7 @@ def enhance_responses(records, teacher, cfg, report, cache=None, verifier=None):
             continue
         question = stem + "\n" + format_options(options)
         todo.append((record_key(r, *salt), _user_request(r, cot_prompt(stem, options)),
-                     (options, gold, i, question)))
+                     (options, gold, i, question, stem)))
     drawn = todo
     if cfg.sample and cfg.sample < len(todo):
         drawn = random.Random(cfg.seed).sample(todo, cfg.sample)
@@ -444,15 +446,15 @@ def enhance_responses(records, teacher, cfg, report, cache=None, verifier=None):
                 report.count(f"{fate}:cap_reached", source_of(records[ctx[2]]))
             continue
         teacher_pass(teacher, part, cache, report, cfg, lambda samples, _: {"samples": samples}, n=cfg.k, desc="cot")
-        verdicts = {key: [(x, *rule_verdict(x, options, gold, cfg)) for x in cache.get(key)["samples"]]
-                    for key, _, (options, gold, _, _) in part if cache.get(key) is not None}
+        verdicts = {key: [(x, *rule_verdict(x, options, gold, cfg, stem)) for x in cache.get(key)["samples"]]
+                    for key, _, (options, gold, _, _, stem) in part if cache.get(key) is not None}
         if verifier is not None:  # only samples that pass the rules are shown to the verifier
             # the verifier sees the reasoning without its tag and is asked about the letter apart
             verify_pass(verifier, [(record_key("verify", cfg.verifier, key, x), _user_request(
                 records[i], VERIFY_PROMPT.format(QUESTION=question, RATIONALE=_body(x), LETTER=gold)))
-                for key, _, (_, gold, i, question) in part for x, failed, _ in verdicts.get(key, [])
+                for key, _, (_, gold, i, question, _) in part for x, failed, _ in verdicts.get(key, [])
                 if failed is None], cache, report, cfg)
-        for key, request, (options, gold, i, question) in part:
+        for key, request, (options, gold, i, question, _) in part:
             src = source_of(records[i])
             report.count("multiple_choice", src)
             if key not in verdicts:

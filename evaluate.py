@@ -11,14 +11,14 @@ and kept, and the run ends with a summary and a Table 1-shaped Markdown table.
 
 Benchmarks (sources.load_source): vqa_rad, slake, path_vqa, pmc_vqa (the clean test set),
 pmc_vqa_full, pmc_vqa_open, mmmu, gmai_mmbench, synthetic. Scoring follows the scorers the paper
-used (answers.py): MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA (and open PMC-VQA);
-option accuracy for multiple choice, with a parser stricter than VLMEvalKit's about chain of
-thought and the article "A", and for MMMU and GMAI-MMBench an optional LLM judge for the
-answers the rules cannot read. The robustness variants (shuffled options, CircularEval,
-rephrasing) are made in robustness.py; summaries, the analyses against the base run and the
-tables in summary.py. Per run directory: <benchmark>/<variant>.jsonl (prompt, response, parsed
-answer, score, flags per sample), summary.json, table.md; a killed run resumes from its JSONL
-files.
+used (answers.py): MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA and open PMC-VQA;
+option accuracy for multiple choice, with a parser stricter than VLMEvalKit's about chain
+of thought and the article "A" that reads each answer with its question, and for MMMU and
+GMAI-MMBench an optional LLM judge for the answers the rules cannot read. The robustness
+variants (shuffled options, CircularEval, rephrasing) are made in robustness.py; summaries, the
+analyses against the base run and the tables in summary.py. Per run directory:
+<benchmark>/<variant>.jsonl (prompt, response, parsed answer, score, flags per sample),
+summary.json, table.md; a killed run resumes from its JSONL files.
 
 Reading order: configuration, benchmarks and variants, prompts, backends, scoring of one
 sample, resumable runs, orchestration, CLI.
@@ -266,9 +266,10 @@ def score_row(record, prompt, response, grounding=False):
         row["groups"] = summary.group_labels(meta)
     if record.get("options"):
         options, gold = record["options"], gold_letter(record)
-        parsed, rule = parse_choice_rule(text, options)
+        parsed, rule = parse_choice_rule(text, options, record["question"])  # the question: EXCEPT or not
         row.update(kind="mc", options=options, gold=gold, parsed=parsed, rule=rule, correct=parsed == gold,
-                   correct_rules=parsed == gold, category=response_category(text, options), invalid=parsed is None)
+                   correct_rules=parsed == gold, category=response_category(text, options, record["question"]),
+                   invalid=parsed is None)
     else:
         s = vqa_scores(text, record["answer"])
         row.update(kind="vqa", parsed=text.strip(), **s)

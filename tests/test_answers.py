@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from answers import (box_iou, bleu1, clean_text, parse_box, parse_choice, parse_choice_rule, response_category,
-                     vqa_scores)
+from answers import (asks_exception, box_iou, bleu1, clean_text, parse_box, parse_choice, parse_choice_rule,
+                     response_category, vqa_scores)
 
 # ----------------------------------------------------------------- parse_choice table
 O4 = {"A": "X-ray", "B": "Magnetic resonance imaging", "C": "Computed tomography", "D": "Ultrasound"}
@@ -293,13 +293,138 @@ def test_parse_choice_on_prose_conclusions(response, options, expected):
     assert parse_choice(response, options) == expected
 
 
+# Questions that ask for the exception are answered by the option the response says does not
+# hold, read with the question as the evaluation reads it; the same response without the question
+# reads differently. X, tumor suppressor genes; V, arteries of the pharyngotympanic tube; E, tests
+# in altered sensorium; K, uses of hypertonic saline.
+X = {"A": "pRb", "B": "FHIT", "C": "PTCH", "D": "c-erbB1"}
+V = {"A": "Ascending pharyngeal", "B": "Ascending palatine", "C": "Middle meningeal artery",
+     "D": "Artery of pterygoid canal"}
+E = {"A": "Complete blood counts", "B": "Random blood sugar", "C": "Lumbar puncture", "D": "Non-contrast CT head"}
+K = {"A": "Prolonged bowel surgery", "B": "Cardiac shock", "C": "Brain injury", "D": "Burn"}
+EXCEPTION_CASES = [
+    # (response, options, question, parsed with the question, parsed without it)
+    ("A) pRb is a tumor suppressor gene.\nB) FHIT is a tumor suppressor gene.\nC) PTCH is a tumor suppressor "
+     "gene.\nD) c-erbB1 is not a tumor suppressor gene.", X, "Which of following is not a tumor suppressor gene?",
+     "D", None),
+    ("A) is true, because pRb holds the cell cycle.\nB) is true.\nC) is not true, because PTCH is a tumor "
+     "suppressor.\nD) is true.", X, "All of the following are true about these genes except:", "C", "D"),
+    ("Complete blood counts and lumbar puncture are both necessary in altered sensorium. However, a "
+     "non-contrast CT head is not necessary to diagnose altered sensorium.", E,
+     "A patient presents to the emergency with altered sensorium. All of these tests should be done except:",
+     "D", None),
+    # the option named by most of its words ('the artery of the pterygoid canal')
+    ("The middle ear is supplied by the ascending palatine artery. The artery of the pterygoid canal does not "
+     "supply the pharyngotympanic tube.", V, "Pharyngotympanic tube is supplied by all except:", "D", "B"),
+    # the least preferred one concludes
+    ("Brain injury sites are often used. The burn is the least preferred site of all.", K,
+     "Which of the following is the least preferred site?", "D", None),
+    # two options denied, a negation off the question's topic, a rejection of the answer: no exception
+    ("The middle meningeal artery does not supply the tube. The artery of the pterygoid canal does not supply "
+     "the tube either.", V, "Pharyngotympanic tube is supplied by all except:", None, None),
+    ("A) Prolonged bowel surgery: A hypertonic solution is used.\nB) Cardiac shock: The heart is not able to "
+     "pump enough blood, and a hypertonic solution is used.\nC) Brain injury: A hypertonic solution is used.\n"
+     "D) Burn: A hypertonic solution is used.", K, "Hypertonic solution is used in all except", None, None),
+    ("Option C is not the correct answer. Option D is not the correct answer either.", X,
+     "Which is not a tumor suppressor gene?", None, None),
+    # an answer phrase commits in any question
+    ("A) pRb: This is a tumor suppressor gene.\nD) c-erbB1: This is the correct answer, as it is an oncogene.",
+     X, "Which of following is not a tumor suppressor gene?", "D", "D"),
+]
+
+
+@pytest.mark.parametrize("response,options,question,with_question,without", EXCEPTION_CASES,
+                         ids=[c[0][:40] for c in EXCEPTION_CASES])
+def test_parse_choice_reads_exception_questions(response, options, question, with_question, without):
+    assert parse_choice(response, options, question) == with_question
+    assert parse_choice(response, options) == without
+
+
+@pytest.mark.parametrize("question,expected", [
+    ("All of the following are true about grey communicans except:", True),
+    ("Which of the following is NOT seen in non immune hydrops?", True),
+    ("Which of the following is the least useful for diagnosis of spondylolisthesis?", True),
+    ("False about enamel rods is", True),
+    ("Not a feature of infective endocarditis:", True),
+    ("Gardner syndrome does not include:", True),
+    # a case report's negations and a question for a reason ask no exception
+    ("He does not smoke. He has not travelled. Which of the following is the most likely diagnosis?", False),
+    ("Stress breakers are not used in partial denture construction because:", False),
+    ("The false negative rate for the exposed group is", False),
+    (None, False),
+])
+def test_asks_exception(question, expected):
+    assert asks_exception(question) is expected
+
+
+# A committing phrase about the sentence before it, a conclusion after a review, an elimination
+# that leaves one option: L, primary and permanent roots.
+L = {"A": "Primary roots show less accessory canals", "B": "Primary roots resorb more easily",
+     "C": "Primary roots are shorter", "D": "None of the above"}
+FOLLOW_UP_CASES = [
+    ("The first difference is that primary roots resorb more easily. This cannot be the answer.\n\nThe second "
+     "difference is that primary roots are shorter. This is the answer because it contrasts the two.", L, "C"),
+    ("Primary roots resorb more easily in molars.\nPrimary roots are shorter in every series, making it the most "
+     "likely answer.\nThe crowns are smaller too.", L, "C"),
+    ("Primary roots resorb more easily and primary roots are shorter. This is the correct answer.", L, None),
+    ("Primary roots are shorter. This is not the correct answer.", L, None),
+    # the last line concludes after a review whose last item has its verdict on the same line
+    ("A) Primary roots show less accessory canals: This is not the main difference.\nB) Primary roots resorb "
+     "more easily: This is not the main difference.\n\nTherefore, the main difference is that primary roots "
+     "are shorter.", L, "C"),
+    # 'Option C) <its text>' with its verdict below; 'cannot be correct' rejects
+    ("Option B) Primary roots resorb more easily\n\nThis cannot be correct.\n\nOption C) Primary roots are "
+     "shorter\n\nThis is correct.\n\nOption D) None of the above\n\nThis cannot be correct.", L, "C"),
+    ("Based on this, we can eliminate answers A, B, and D. The only remaining answer, C, is correct.", L, "C"),
+    # a review cut off before its last item settles nothing
+    ("A) Primary roots show less accessory canals: This is not it.\nB) Primary roots resorb more easily: This "
+     "is not it.\nC) Primary roots are shorter: This is not it.\nD) None of the above: The roots of", L, None),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", FOLLOW_UP_CASES, ids=[c[0][:40] for c in FOLLOW_UP_CASES])
+def test_parse_choice_on_follow_up_phrases(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
+
+# Lists, articles and negations around the options: M, kinds of lipid; W, causes of hydrocephalus.
+M = {"A": "Simple lipid", "B": "Compound lipid", "C": "Precursor lipid", "D": "Derived lipid"}
+W = {"A": "Blood clot", "B": "Aqueductal stenosis", "C": "Arachnoid adhesions", "D": "Mega cisterna magna"}
+LIST_AND_NEGATION_CASES = [
+    # 'A' before option A's text is the article where 'a' is right, the letter where 'an' would be
+    ("A simple lipid has one or two fatty acids. A compound lipid has more. So, a ceramide is a derived lipid.",
+     M, "D"),
+    # cut off while restating the options: no answer; a restated line that ends the response is one
+    ("The scan shows dilated ventricles, and the history gives no hint of trauma or of bleeding, so the cause "
+     "must be looked for in the options given, which are as follows:\nA) Blood c", W, None),
+    ("All ventricles are dilated, so the block lies below them.\n\nB) Aqueductal stenosis", W, "B"),
+    # plural option texts commit with 'are'
+    ("Meningitis scars the villi; arachnoid adhesions are the most likely answer because they follow it.\n"
+     "Aqueductal stenosis is rare.", W, "C"),
+    # 'the most likely cause' commits, 'that X is the cause' after 'not likely' does not
+    ("The options are A) Blood clot and B) Aqueductal stenosis.\n\nAqueductal stenosis is the most likely cause "
+     "of the findings. A blood clot is rare.", W, "B"),
+    ("It is not likely that a blood clot is the cause. It is not likely that arachnoid adhesions are the cause.",
+     W, None),
+    # a cue followed by a negated option or by 'none of the above' commits to nothing
+    ("Therefore, option D is not the correct answer.\n\nThe correct answer is none of the above.", W, None),
+    ("Mega cisterna magna is a malformation. Therefore, arachnoid adhesions do not block the flow.", W, "D"),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", LIST_AND_NEGATION_CASES,
+                         ids=[c[0][:40] for c in LIST_AND_NEGATION_CASES])
+def test_parse_choice_on_lists_articles_and_negations(response, options, expected):
+    assert parse_choice(response, options) == expected
+
 GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """1,772 real chain-of-thought answers to medical multiple-choice questions, each graded by
-    reading it (the option it commits to, or null), blind to the parser; 240 of them graded again
-    by a second reader, blind to the first, who agreed on 236, the other 4 being answers the first
+    """2,272 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 360 of them graded again
+    by a second reader, blind to the first, who agreed on 355, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
     - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
       subjects (standard 10-option and vision settings): image questions answered step by step
@@ -307,16 +432,17 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in five batches, each before the rules were changed or measured on it:
-      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2, -heldout3 and -heldout4
-      sets (250 each; -heldout4 graded after the last rule change).
-    The counts are those of the current rules; a change that loses one fails here with the
-    responses it now reads differently."""
+      not at all. Graded in seven batches, each before the rules were changed or measured on it:
+      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
+      each; -heldout6 graded after the last rule change).
+    Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
+    counts are those of the current rules; a change that loses one fails here with the responses
+    it now reads differently."""
     with gzip.open(GRADED, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     agree, total, misses = Counter(), Counter(), []
     for r in rows:
-        got = parse_choice(r["response"], r["options"])
+        got = parse_choice(r["response"], r["options"], r["question"])
         total[r["source"]] += 1
         agree[r["source"]] += got == r["label"]
         if got != r["label"]:
@@ -325,14 +451,17 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                      "usmle-instructgpt-heldout": 100, "medmcqa-instructgpt": 150, "usmle-instructgpt-heldout2": 100,
                      "medmcqa-instructgpt-heldout2": 150, "usmle-instructgpt-heldout3": 100,
                      "medmcqa-instructgpt-heldout3": 150, "usmle-instructgpt-heldout4": 100,
-                     "medmcqa-instructgpt-heldout4": 150}
+                     "medmcqa-instructgpt-heldout4": 150, "usmle-instructgpt-heldout5": 100,
+                     "medmcqa-instructgpt-heldout5": 150, "usmle-instructgpt-heldout6": 100,
+                     "medmcqa-instructgpt-heldout6": 150}
     second = [r for r in rows if "second_label" in r]
-    assert len(second) == 240 and sum(r["second_label"] == r["label"] for r in second) == 236
+    assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
-    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
-             "usmle-instructgpt-heldout": 90, "medmcqa-instructgpt": 123, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 126, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 116,
-             "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 118}
+    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 186,
+             "usmle-instructgpt-heldout": 91, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
+             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 126,
+             "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 130, "usmle-instructgpt-heldout5": 89,
+             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 113}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 

@@ -269,6 +269,21 @@ def test_rationale_that_argues_for_another_option_is_inconsistent():
     assert not curate.consistent_rationale("This shape is typical of the liver. <answer>B</answer>", OPTIONS, "B")
 
 
+def test_rationale_for_an_except_question_is_read_with_the_question():
+    """'The liver is not in the left half' singles out the liver where the question asks for the
+    organ that is not; read without the question, the one organ named positively (the spleen)
+    would look like a commitment to another option."""
+    text = "The spleen lies in the left half. The liver does not lie in the left half.\n<answer>A</answer>"
+    question = "Which organ is NOT in the left half of the abdomen?"
+    assert curate.consistent_rationale(text, OPTIONS, "A", question)
+    assert not curate.consistent_rationale(text, OPTIONS, "A")
+    record = mc_record(0, gold="A")  # the curation step reads the record's own question
+    record["messages"][0]["content"] = record["messages"][0]["content"].replace("Which organ is shown?", question)
+    report = Tally("cot")
+    out = enhance_responses([record], ScriptedTeacher([[text]]), CotConfig(k=1), report)
+    assert out[0]["messages"][-1]["content"] == text and report.counts["sample:ok"] == 1
+
+
 class ScriptedVerifier:
     """Says yes unless the explanation contains 'hallucinated'; records (n, temperature) per call."""
 

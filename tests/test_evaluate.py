@@ -71,6 +71,13 @@ def test_open_questions_carry_no_yes_no_flag_and_the_rate_counts_closed_ones_onl
     assert summary.summarize(rows)["yes_no_invalid_rate"] == 0.5  # 1 of the 2 closed rows
 
 
+def test_a_multiple_choice_answer_is_read_with_its_question():
+    """'Which ... is NOT ...': the option the response says does not hold is its answer, as a
+    grader reading the question would score it; the rule that decided is kept in the row."""
+    r = rec("D", {"A": "pRb", "B": "FHIT", "C": "PTCH", "D": "c-erbB1"}, "Which of these is not a tumor suppressor?")
+    row = ev.score_row(r, "p", "pRb, FHIT and PTCH are all tumor suppressors.\nc-erbB1 is not a tumor suppressor.")
+    assert (row["parsed"], row["rule"], row["correct"], row["category"]) == ("D", "denied", True, "cot")
+
 def test_boxes_do_not_reach_the_scorer():
     row = ev.score_row(rec("B", {"A": "1", "B": "2"}), "p", "B [1, 2, 30, 40]", grounding=True)
     assert row["parsed"] == "B" and row["box"] == (1, 2, 30, 40)
