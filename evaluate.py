@@ -11,8 +11,8 @@ and kept, and the run ends with a summary and a Table 1-shaped Markdown table.
 
 Benchmarks (sources.load_source): vqa_rad, slake, path_vqa, pmc_vqa (the clean test set),
 pmc_vqa_full, pmc_vqa_open, mmmu, gmai_mmbench, synthetic. Scoring follows the scorers the paper
-used (answers.py): MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA and open PMC-VQA;
-option accuracy for multiple choice, with a parser stricter than VLMEvalKit's about chain
+used: MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA and open PMC-VQA (vqa.py); option
+accuracy for multiple choice (answers.py), with a parser stricter than VLMEvalKit's about chain
 of thought and the article "A" that reads each answer with its question, and for MMMU and
 GMAI-MMBench an optional LLM judge for the answers the rules cannot read. The robustness
 variants (shuffled options, CircularEval, rephrasing) are made in robustness.py; summaries, the
@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass
 
 import robustness
 import summary
-from answers import (box_iou, is_yes_no, parse_box, parse_choice_rule, response_category, strip_boxes,
-                     vqa_scores, yes_no_invalid)
+from answers import parse_choice_rule, response_category
 from prompts import (COT_PROMPT, EVAL_PROMPTS, GROUNDING_PROMPT, JUDGE_PROMPT, cot_prompt, format_options,
                      gold_letter)
+from vqa import box_iou, is_yes_no, parse_box, strip_boxes, vqa_scores, yes_no_invalid
 
 
 # ---- Configuration -------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def variant_records(records, variant, seed=0, rephrase_file=None, rephrasings=No
 # ---- Prompts (prompts.py; rendered through data.render_chat, the same chat code as training) -----
 def template_for(record, cot=False):
     """The prompt template of a record: multiple choice (or the chain-of-thought prompt), else
-    MultiMedEval's yes/no form when the gold is yes or no (answers.is_yes_no), else the open one."""
+    MultiMedEval's yes/no form when the gold is yes or no (vqa.is_yes_no), else the open one."""
     if record.get("options"):
         return "cot" if cot else "mc"
     return "closed" if is_yes_no(record["answer"]) else "open"

@@ -1,7 +1,7 @@
 """Tests for evaluate.py: prompts, the scoring of one sample (flags, boxes, the judge), which
 records each variant asks, resumable runs, and an end-to-end run of the native backend with a
 tiny random Qwen2.5-VL checkpoint on real VQA-RAD records and on the synthetic benchmark (the
-answer parser and scorer are tested in test_answers.py, the robustness variants in
+answer parser is tested in test_answers.py, the scorer in test_vqa.py, the robustness variants in
 test_robustness.py, summaries and tables in test_summary.py).
 
     python -m pytest -q tests/test_evaluate.py
