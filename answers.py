@@ -321,7 +321,7 @@ _HEADING = re.compile(r"[\s\-*•#>]*(?:(?:first|second|third|next|then|finally|
 # "likely to" describes, it does not judge: "thrombosis is more likely to occur with a stent"
 _POSITIVE = re.compile(r"\b(?:correct|right|best|likely(?!\s+to\b)|appropriate|consistent|fits|answer|true)\b", re.I)
 # after an option's text at the start of a line: a heading's colon or dash, or a verb
-_JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b)", re.I)
+_JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b|\.\s+(?:this|it)\s+is\b)", re.I)
 _BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent)|correct|best|right)\b", re.I)
 _HEDGE = re.compile(r"\b(?:could|may|might|possibl\w*|also)\b", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|cannot|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|"
@@ -668,8 +668,10 @@ def parse_choice(response, options, question=None):
 
 def _normalized(response, options):
     """One apostrophe ("Crohn’s disease" in an option is "Crohn's disease" in the response),
-    upper-case letters."""
+    upper-case letters, option texts without a copy of their own letter ('c)\tTo counteract ...',
+    as some MedMCQA options are written)."""
     options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
+    options = {k: re.sub(rf"^\s*\(?{k}[.)]\s+", "", v, flags=re.I) for k, v in options.items()}
     return (response or "").replace("’", "'"), options
 
 

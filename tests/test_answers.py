@@ -324,6 +324,10 @@ EXCEPTION_CASES = [
      "D) Burn: A hypertonic solution is used.", K, "Hypertonic solution is used in all except", None, None),
     ("Option C is not the correct answer. Option D is not the correct answer either.", X,
      "Which is not a tumor suppressor gene?", None, None),
+    # a review whose items are 'Text. This is (not) correct.'
+    ("Pili is a virulence factor. This is correct.\nIntracellular obligate. This is not correct.\nShow twitching "
+     "motility. This is correct.", {"A": "Pili is a virulence factor", "B": "Intracellular obligate",
+                                    "C": "Show twitching motility"}, "What is not true about the organism?", "B", "C"),
     # an answer phrase commits in any question
     ("A) pRb: This is a tumor suppressor gene.\nD) c-erbB1: This is the correct answer, as it is an oncogene.",
      X, "Which of following is not a tumor suppressor gene?", "D", "D"),
@@ -404,6 +408,10 @@ LIST_AND_NEGATION_CASES = [
      "of the findings. A blood clot is rare.", W, "B"),
     ("It is not likely that a blood clot is the cause. It is not likely that arachnoid adhesions are the cause.",
      W, None),
+    # option texts that repeat their own letter ('c)\tTo counteract ...', as some MedMCQA options do)
+    ("Its job is to counteract the movement of the denture, so this is the correct answer.",
+     {"A": "a)\tTo balance the denture", "B": "b)\tTo act as a direct retainer",
+      "C": "c)\tTo counteract the movement of the denture"}, "C"),
     # a cue followed by a negated option or by 'none of the above' commits to nothing
     ("Therefore, option D is not the correct answer.\n\nThe correct answer is none of the above.", W, None),
     ("Mega cisterna magna is a malformation. Therefore, arachnoid adhesions do not block the flow.", W, "D"),
@@ -458,7 +466,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
              "usmle-instructgpt-heldout": 91, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
              "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 126,
              "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 130, "usmle-instructgpt-heldout5": 89,
-             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 113}
+             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 115}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
