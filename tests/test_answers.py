@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 2,272 graded real ones, and the response categories.
+on 2,472 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -427,7 +427,7 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """2,272 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """2,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 360 of them graded again
     by a second reader, blind to the first, who agreed on 355, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -437,9 +437,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in seven batches, each before the rules were changed or measured on it:
+      not at all. Graded in eight batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each; -heldout6 graded after the last rule change).
+      each); -heldout7 (200, graded after the last rule change).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
     it now reads differently."""
@@ -458,7 +458,8 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                      "medmcqa-instructgpt-heldout3": 150, "usmle-instructgpt-heldout4": 100,
                      "medmcqa-instructgpt-heldout4": 150, "usmle-instructgpt-heldout5": 100,
                      "medmcqa-instructgpt-heldout5": 150, "usmle-instructgpt-heldout6": 100,
-                     "medmcqa-instructgpt-heldout6": 150}
+                     "medmcqa-instructgpt-heldout6": 150, "usmle-instructgpt-heldout7": 100,
+                     "medmcqa-instructgpt-heldout7": 100}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
@@ -466,7 +467,8 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
              "usmle-instructgpt-heldout": 91, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
              "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 126,
              "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 130, "usmle-instructgpt-heldout5": 89,
-             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 115}
+             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 115,
+             "usmle-instructgpt-heldout7": 92, "medmcqa-instructgpt-heldout7": 85}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
