@@ -152,6 +152,13 @@ def _on_topic(clause, asked):
         or not set(_stems(clause)).isdisjoint(asked)
 
 
+def _commits(phrase, asked):
+    """Does a committing phrase choose its option? Always, unless the question asks for the
+    exception: there 'B is correct' says B holds, and only a phrase about the answer ('B is the
+    correct answer') chooses."""
+    return asked is None or _ABOUT_ANSWER.search(phrase) is not None
+
+
 def _opt_text(text):
     return re.sub(r"\s+", " ", str(text)).strip().strip(".").lower()
 
@@ -205,8 +212,7 @@ def _is_letter_at(text, m, options):
 def _last_cue(text, options, asked=None):
     """(position of the choice, its letter or '', where its cue starts) of the last committed
     choice ('the answer is B', 'B is correct'; '' when it names several: 'the answer is A or B'),
-    or None. In a question asking for the exception, 'B is correct' says B holds: only a phrase
-    about the answer ('B is the correct answer') commits."""
+    or None; in a question asking for the exception, as _commits reads the phrase."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
         rest = text[m.end():]
@@ -250,16 +256,16 @@ def _last_cue(text, options, asked=None):
                 found.append((m.end(), "", m.start()))
     for m in _CUE_AFTER.finditer(text):
         c = m.group(2)
-        if c.upper() in options and (c.isupper() or m.group(1)) and (asked is None or _ABOUT_ANSWER.search(m.group(0))):
+        if c.upper() in options and (c.isupper() or m.group(1)) and _commits(m.group(0), asked):
             found.append((m.start(2), c.upper(), m.start()))
     for start, end, letter in _text_spans(text, options):  # "anorexia nervosa is the most likely diagnosis"
         cue = _TEXT_CUE_AFTER.match(text, end)
         if cue and not _HYPOTHETICAL_BEFORE.search(text[max(0, start - 60):start]) \
-                and (asked is None or _ABOUT_ANSWER.search(cue.group(0))):
+                and _commits(cue.group(0), asked):
             found.append((start, letter, start))
     for m in _ANAPHOR_CUE.finditer(text):
         named = _antecedent(text, m.start(), options)  # (an item of a review is left to rule 4)
-        if named and (asked is None or _ABOUT_ANSWER.search(m.group(0))):
+        if named and _commits(m.group(0), asked):
             found.append((m.start(), named, m.start()))
     return max(found) if found else None
 
@@ -363,7 +369,7 @@ def _verdicts(text, options, asked=None):
             elif _POSITIVE.search(clause):
                 # "This could also be a correct answer" hedges: positive, not the best
                 top = _BEST.search(clause) and not _HEDGE.search(clause)
-                verdict[letter] = "best" if top and (asked is None or _ABOUT_ANSWER.search(clause)) else "+"
+                verdict[letter] = "best" if top and _commits(clause, asked) else "+"
             else:
                 continue
             break
