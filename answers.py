@@ -413,17 +413,23 @@ def _conclusion(text, options, asked=None):
     the sentence rejects it ('so that's not it', 'so we can eliminate X'; a 'not' before the verb
     belongs to the question: 'the nerve that is not involved ... is the trigeminal nerve'), hedges
     between it and something else ('... or a drug reaction'), or the line is the last item of an
-    option-by-option review. In a question asking for the exception a negation may conclude ('the
-    dorsum of the arm is the least preferred site', 'X is not a small round cell tumor'), one
-    about the answer itself may not ('X is not the answer')."""
+    option-by-option review. The response's last sentence needs no concluding word where it states
+    an option as what its subject is ('The patient's CHADS2 score is 2.'; _states), unless the
+    sentences before it name other options (the last of parallel statements, '... is seen in
+    pemphigoid.\n... is seen in impetigo.'). In a question asking for the exception a negation may
+    conclude ('the dorsum of the arm is the least preferred site', 'X is not a small round cell
+    tumor'), one about the answer itself may not ('X is not the answer'); a statement does not."""
     if not _complete(text):
         return None  # cut off mid-sentence: no conclusion yet
     lines = [s for s in text.split("\n") if s.strip()]
     if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True):
         return None  # the last item of an option-by-option review: rule 4's verdicts or nothing
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
+    sentences = re.split(r"(?<=[.!?])\s+", line)
+    # the options named just before the last sentence, on its line or the line before
+    listed = {s[2] for s in _text_spans(" ".join(lines[-2:-1] + sentences[:-1]), options)}
     seen = set()  # the options named after the sentence at hand
-    for sentence in reversed(re.split(r"(?<=[.!?])\s+", line)):
+    for k, sentence in enumerate(reversed(sentences)):
         spans = _text_spans(sentence, options, keep_negated=asked is not None)
         named = {s[2] for s in spans}
         tail = re.split(r"\b(?:is|are|be|was|were|must|should)\s+", sentence)[-1]
@@ -434,11 +440,15 @@ def _conclusion(text, options, asked=None):
         words = sentence  # the sentence outside the option's own words ('False virgin')
         for start, end, _ in sorted(spans, reverse=True):
             words = words[:start] + " " + words[end:]
+        if not spans:  # named in other words, whose own 'less' negates nothing ('is less potent ...')
+            own = _stems(options[next(iter(named))]).keys()
+            words = re.sub(r"[\w'’]+", lambda w: " " if _stems(w.group()).keys() & own else w.group(), words)
         # a negation counts after the verb: "the nerve that is not involved in olfaction is the
         # trigeminal nerve" concludes, "..., so that's not it" and "so we can eliminate X" do not
         predicate = re.split(r"\b(?:is|are|be|was|were)\s+", words)[-1]
         negated = _REJECTS_ANSWER.search(predicate) if asked is not None else _NEGATIVE.search(predicate)
-        concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I)
+        concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
+            or k == 0 and asked is None and not listed - named and _states(sentence, tail, spans)
         if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", words) \
                 and not negated and not _SET_ASIDE.search(predicate):
             return named.pop()
@@ -446,6 +456,26 @@ def _conclusion(text, options, asked=None):
         if len(seen) > 1:
             return None
     return None
+
+
+def _states(sentence, tail, spans):
+    """Does the response's last sentence state an option as what its subject is, with no
+    concluding word ('The patient's CHADS2 score is 2.', 'The mechanism of action of these drugs
+    is to increase dopamine synthesis.')? After its last 'is' / 'be' (`tail`) stands the option's
+    text with at most three other words, or, where no text stands (`spans` empty), most of the
+    option's words. Not a conditional ('If the fetus is ..., the dose is 6 mg ...'), a negation
+    ('It would not be necessary to wait 7 days'), or an addition ('She is also taking X, which we
+    need to switch to Y')."""
+    if tail == sentence or re.match(r"\W*if\b", sentence, re.I) or _NEGATIVE.search(sentence) \
+            or _HEDGE.search(sentence):
+        return False
+    start = len(sentence) - len(tail)
+    if any(a < start for a, _, _ in spans):
+        return False
+    rest = tail
+    for a, b, _ in sorted(spans, reverse=True):
+        rest = rest[:a - start] + " " + rest[b - start:]
+    return not spans or len(re.findall(r"\w+", rest)) <= 3
 
 
 def _review_heading(line, options, alone=False):
@@ -665,7 +695,8 @@ def parse_choice(response, options, question=None):
          ('the most likely diagnosis is ASD').
       8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
          conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
-         one option by its text or most of its words; see _conclusion for what does not count.
+         one option by its text or most of its words, or a last sentence stating one as what its
+         subject is ('The patient's CHADS2 score is 2.'); see _conclusion for what does not count.
     Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
     one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """

@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 2,472 graded real ones, and the response categories.
+on 2,972 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -290,6 +290,49 @@ def test_parse_choice_on_prose_conclusions(response, options, expected):
     assert parse_choice(response, options) == expected
 
 
+# A last sentence that states an option as what its subject is, with no concluding word: CH, a
+# CHADS2 score; PD, a mechanism; AN, two anaesthetics; DOSE, steroid doses; SK, the Koebner
+# phenomenon; MG, next steps; BL, bonding after bleaching.
+CH = {"A": "1", "B": "2", "C": "4", "D": "Too little information to tell"}
+PD = {"A": "Inhibition of monoamine oxidase B", "B": "Blockade of muscarinic receptors",
+      "C": "Inhibition of dopamine reuptake", "D": "Increased dopamine synthesis"}
+AN = {"A": "More blood soluble and faster induction of anesthesia", "B": "More potent and slower recovery",
+      "C": "More lipid-soluble and faster recovery", "D": "Less potent and faster induction of anesthesia"}
+DOSE = {"A": "12 mg 12 hourly 2 doses", "B": "12 mg 24 hourly 4 doses", "C": "6 mg 24 hourly 2 doses",
+        "D": "6 mg 12 hourly 4 doses"}
+SK = {"A": "Impetigo", "B": "Pemphigoid", "C": "Erythema multiforme", "D": "Psoriasis"}
+MG = {"A": "Admit and start parenteral nutrition", "B": "Stabilize the fracture with a brace",
+      "C": "Switch furosemide to hydrochlorothiazide"}
+BL = {"A": "Treat with catalase", "B": "Wait for 7 days is mandatory", "C": "Treat with H2O2 for 3 minutes"}
+STATED_CASES = [
+    # the option's text after the last 'is', with at most three other words, or most of its words
+    ("Atrial fibrillation gives 1 point.\nHypertension gives 1 point.\n\nShe has no other risk factor.\n\n"
+     "The patient's CHADS2 score is 2.", CH, "B"),
+    ("Levodopa is a precursor of dopamine.\n\nThe mechanism of action of the drug is to increase dopamine "
+     "synthesis.", PD, "D"),
+    # a negation word that belongs to the option ('Less potent') negates nothing
+    ("Its partition coefficient is lower.\n\nTherefore, the first agent is less potent and has a faster "
+     "induction of anesthesia.", AN, "D"),
+    # not a conditional, the last of parallel statements, an addition ('also'), a negation before the
+    # verb, or an option named among other words
+    ("The dose depends on the gestational age.\n\nIf the fetus is older than 34 weeks, the dose is 6 mg "
+     "given every 24 hours for two doses.", DOSE, None),
+    ("1) Koebner phenomenon is seen in psoriasis.\n2) Koebner phenomenon is seen in pemphigoid.\n"
+     "3) Koebner phenomenon is seen in impetigo.", SK, None),
+    ("The fracture needs a brace.\n\nShe is also taking furosemide, which we need to switch to "
+     "hydrochlorothiazide.", MG, None),
+    ("Bleaching leaves oxygen in the enamel.\n\nIt would not be necessary to wait for 7 days before bonding.",
+     BL, None),
+    ("Atrial fibrillation gives 1 point.\nHypertension gives 1 point.\n\nShe has no other risk factor.\n\n"
+     "The CHADS2 score is 2 for this patient with atrial fibrillation.", CH, None),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", STATED_CASES, ids=[c[0][-40:] for c in STATED_CASES])
+def test_parse_choice_on_a_last_sentence_that_states_an_option(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
 # Questions that ask for the exception are answered by the option the response says does not
 # hold, read with the question as the evaluation reads it; the same response without the question
 # reads differently. X, tumor suppressor genes; V, arteries of the pharyngotympanic tube; E, tests
@@ -427,7 +470,7 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """2,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """2,972 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 360 of them graded again
     by a second reader, blind to the first, who agreed on 355, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -437,9 +480,10 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in eight batches, each before the rules were changed or measured on it:
+      not at all. Graded in ten batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200, graded after the last rule change).
+      each); -heldout7 (200); -heldout8 and -heldout9 (250 each; -heldout9 graded while the last
+      rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
     it now reads differently."""
@@ -459,16 +503,19 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                      "medmcqa-instructgpt-heldout4": 150, "usmle-instructgpt-heldout5": 100,
                      "medmcqa-instructgpt-heldout5": 150, "usmle-instructgpt-heldout6": 100,
                      "medmcqa-instructgpt-heldout6": 150, "usmle-instructgpt-heldout7": 100,
-                     "medmcqa-instructgpt-heldout7": 100}
+                     "medmcqa-instructgpt-heldout7": 100, "usmle-instructgpt-heldout8": 100,
+                     "medmcqa-instructgpt-heldout8": 150, "usmle-instructgpt-heldout9": 100,
+                     "medmcqa-instructgpt-heldout9": 150}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
-    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 186,
-             "usmle-instructgpt-heldout": 91, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 90, "medmcqa-instructgpt-heldout3": 126,
-             "usmle-instructgpt-heldout4": 90, "medmcqa-instructgpt-heldout4": 130, "usmle-instructgpt-heldout5": 89,
-             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 86, "medmcqa-instructgpt-heldout6": 115,
-             "usmle-instructgpt-heldout7": 92, "medmcqa-instructgpt-heldout7": 85}
+    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
+             "usmle-instructgpt-heldout": 92, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
+             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 92, "medmcqa-instructgpt-heldout3": 127,
+             "usmle-instructgpt-heldout4": 92, "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 90,
+             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 87, "medmcqa-instructgpt-heldout6": 114,
+             "usmle-instructgpt-heldout7": 94, "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 91,
+             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 88, "medmcqa-instructgpt-heldout9": 126}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
