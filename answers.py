@@ -50,12 +50,14 @@ _MORE_LETTERS = re.compile(r"[\)\]\*\s]*(?:,|or|and|/)\s*(?:(?:and|or)\s+)?(?:op
 # a cue whose option should follow at once ("... is", "... would be to", "Answer:"), so that the
 # words after it may name an option in other words ("is a neurofibroma" for "Neurofibromas")
 _CUE_ENDS_COPULA = re.compile(r"(?:\bis|\bbe|\bto|\bwith|[:：])\s*$", re.I)
-# the chosen option followed by a committing phrase ("Option B is correct", "C: correct")
+# the chosen option followed by a committing phrase ("Option B is correct", "C: correct", "A is the
+# most likely because ...")
 _CUE_AFTER = re.compile(
     r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
-    r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b))", re.I)
+    r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
+    r"most\s+likely(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
 # an option's text followed by a committing phrase: "Lesser petrosal nerve is the most likely
 # answer", "Roseola is more common in infants, so this is the most likely diagnosis", "Aqueductal
 # stenosis is the most likely cause" (but not "... that secretin is the cause")
@@ -292,11 +294,12 @@ _STOP = set("a an the of to and or in on for with by at from as is are be this t
 def _stems(text):
     """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
     serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
-    'Removal' share theirs; counted, so that 'oxidase-negative' in 'Gram-negative,
-    oxidase-negative rods' needs a second 'negative'."""
+    'Removal', 'produce and circulate' and 'Production and circulation' share theirs; counted,
+    so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
+    'negative'."""
     words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
-    return Counter(re.sub(r"(?:ing|ed|es|s|e)$|(?<=\w{4})al$", "", w) if len(w) > 3 else w
-                   for w in words if w not in _STOP)
+    return Counter(re.sub(r"(?:ation|ition|tion|ion|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
+                   if len(w) > 3 else w for w in words if w not in _STOP)
 
 
 # the words of a question that asks for the exception that do not say what it is about
@@ -324,11 +327,13 @@ def _clause_option(text, options):
 _HEADING = re.compile(r"[\s\-*•#>]*(?:(?:first|second|third|next|then|finally|lastly)\s*,\s*)?"
                       r"(?:(?:option|choice)\s+\(?([A-Z])\)?\s*[.):：\-–,]?"  # "Option C:", "Option C,"
                       r"|\(?([A-Z])\)?\s*[.):：\-–]|\(?\d+[.)])?[\s*]*", re.I)  # "C)", "(C)", "C.", "3)"
-# "likely to" describes, it does not judge: "thrombosis is more likely to occur with a stent"
-_POSITIVE = re.compile(r"\b(?:correct|right|best|likely(?!\s+to\b)|appropriate|consistent|fits|answer|true)\b", re.I)
+# "likely to" describes, it does not judge ("thrombosis is more likely to occur with a stent"),
+# unless "likely to be" ("This is the most likely to be the highest priority")
+_POSITIVE = re.compile(r"\b(?:correct|right|best|most\s+effective|likely(?!\s+to\b(?!\s+be\b))|appropriate|"
+                       r"consistent|fits|answer|true)\b", re.I)
 # after an option's text at the start of a line: a heading's colon or dash, or a verb
 _JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b|\.\s+(?:this|it)\s+is\b)", re.I)
-_BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent)|correct|best|right)\b", re.I)
+_BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent|effective)|correct|best|right)\b", re.I)
 _HEDGE = re.compile(r"\b(?:could|may|might|possibl\w*|also)\b", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|cannot|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|"
                        r"false)\b|n't", re.I)
@@ -448,7 +453,8 @@ def _conclusion(text, options, asked=None):
         predicate = re.split(r"\b(?:is|are|be|was|were)\s+", words)[-1]
         negated = _REJECTS_ANSWER.search(predicate) if asked is not None else _NEGATIVE.search(predicate)
         concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
-            or k == 0 and asked is None and not listed - named and _states(sentence, tail, spans)
+            or k == 0 and asked is None and not listed - named and not _NEGATIVE.search(words) \
+            and _states(sentence, tail, spans)
         if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", words) \
                 and not negated and not _SET_ASIDE.search(predicate):
             return named.pop()
@@ -463,11 +469,11 @@ def _states(sentence, tail, spans):
     concluding word ('The patient's CHADS2 score is 2.', 'The mechanism of action of these drugs
     is to increase dopamine synthesis.')? After its last 'is' / 'be' (`tail`) stands the option's
     text with at most three other words, or, where no text stands (`spans` empty), most of the
-    option's words. Not a conditional ('If the fetus is ..., the dose is 6 mg ...'), a negation
-    ('It would not be necessary to wait 7 days'), or an addition ('She is also taking X, which we
-    need to switch to Y')."""
-    if tail == sentence or re.match(r"\W*if\b", sentence, re.I) or _NEGATIVE.search(sentence) \
-            or _HEDGE.search(sentence):
+    option's words. Not a conditional ('If the fetus is ..., the dose is 6 mg ...') or an addition
+    ('She is also taking X, which we need to switch to Y'); _conclusion rules out a negation
+    outside the option's words ('It would not be necessary to wait 7 days', not 'FVC: no
+    change')."""
+    if tail == sentence or re.match(r"\W*if\b", sentence, re.I) or _HEDGE.search(sentence):
         return False
     start = len(sentence) - len(tail)
     if any(a < start for a, _, _ in spans):
@@ -653,7 +659,8 @@ def parse_choice(response, options, question=None):
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', 'the most likely diagnosis in this patient is',
+         'Option B is correct', 'C: correct', 'A is the most likely because ...',
+         'the most likely diagnosis in this patient is',
          'the next step in management would be to', 'this leaves us with', followed by a letter
          or an option's text ('the answer is ultrasound'; when a letter follows the text it must
          be that text's: 'Answer: CT A', A naming another option, is left to rule 6 and counts
@@ -670,7 +677,8 @@ def parse_choice(response, options, question=None):
          about the answer commit ('B is the correct answer').
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
-         factor', 'Option C is most likely'): the only option judged best, else the only one
+         factor', 'Option C is most likely', 'D) ...: This would be the most effective way
+         to ...'): the only option judged best, else the only one
          judged positively while others are rejected, else, every option reviewed, the only one
          not rejected. When the question asks for the exception: the only one called the answer,
          else the only one denied what the question asks ('D) c-erbB1 is not a tumor suppressor

@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 2,972 graded real ones, and the response categories.
+on 3,222 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -292,7 +292,7 @@ def test_parse_choice_on_prose_conclusions(response, options, expected):
 
 # A last sentence that states an option as what its subject is, with no concluding word: CH, a
 # CHADS2 score; PD, a mechanism; AN, two anaesthetics; DOSE, steroid doses; SK, the Koebner
-# phenomenon; MG, next steps; BL, bonding after bleaching.
+# phenomenon; MG, next steps; BL, bonding after bleaching; FEV, spirometry; EP, ependymal cells.
 CH = {"A": "1", "B": "2", "C": "4", "D": "Too little information to tell"}
 PD = {"A": "Inhibition of monoamine oxidase B", "B": "Blockade of muscarinic receptors",
       "C": "Inhibition of dopamine reuptake", "D": "Increased dopamine synthesis"}
@@ -304,15 +304,24 @@ SK = {"A": "Impetigo", "B": "Pemphigoid", "C": "Erythema multiforme", "D": "Psor
 MG = {"A": "Admit and start parenteral nutrition", "B": "Stabilize the fracture with a brace",
       "C": "Switch furosemide to hydrochlorothiazide"}
 BL = {"A": "Treat with catalase", "B": "Wait for 7 days is mandatory", "C": "Treat with H2O2 for 3 minutes"}
+FEV = {"A": "FEV1: decrease and FVC: decreased", "B": "FEV1: decreased and FVC: no change",
+       "C": "FEV1: decreased and FVC: increased", "D": "FEV1: no change and FVC: no change"}
+EP = {"A": "Production and circulation of CSF", "B": "Protective membrane surrounding spinal cord",
+      "C": "Conduct voluntary muscle action potentials", "D": "Increasing action potential conduction velocity"}
 STATED_CASES = [
     # the option's text after the last 'is', with at most three other words, or most of its words
     ("Atrial fibrillation gives 1 point.\nHypertension gives 1 point.\n\nShe has no other risk factor.\n\n"
      "The patient's CHADS2 score is 2.", CH, "B"),
     ("Levodopa is a precursor of dopamine.\n\nThe mechanism of action of the drug is to increase dopamine "
      "synthesis.", PD, "D"),
-    # a negation word that belongs to the option ('Less potent') negates nothing
+    # a negation word that belongs to the option ('Less potent', 'no change') negates nothing
     ("Its partition coefficient is lower.\n\nTherefore, the first agent is less potent and has a faster "
      "induction of anesthesia.", AN, "D"),
+    ("The most likely diagnosis is sarcoidosis.\n\nThe expected changes in FEV1 and FVC are a decrease in FEV1 "
+     "and no change in FVC.", FEV, "B"),
+    # 'produce and circulate' shares the stems of 'Production and circulation'
+    ("The central canal is lined by ependymal cells.\n\nTheir primary function is to produce and circulate "
+     "CSF.", EP, "A"),
     # not a conditional, the last of parallel statements, an addition ('also'), a negation before the
     # verb, or an option named among other words
     ("The dose depends on the gestational age.\n\nIf the fetus is older than 34 weeks, the dose is 6 mg "
@@ -420,6 +429,14 @@ FOLLOW_UP_CASES = [
     ("Option B) Primary roots resorb more easily\n\nThis cannot be correct.\n\nOption C) Primary roots are "
      "shorter\n\nThis is correct.\n\nOption D) None of the above\n\nThis cannot be correct.", L, "C"),
     ("Based on this, we can eliminate answers A, B, and D. The only remaining answer, C, is correct.", L, "C"),
+    # 'most likely to be' and 'most effective' judge; 'A is the most likely because' commits
+    ("A) Primary roots show less accessory canals: This is less important.\nC) Primary roots are shorter: This "
+     "is the most likely to be the main difference.", L, "C"),
+    ("B) Primary roots resorb more easily: This does not hold.\nC) Primary roots are shorter: This would be the "
+     "most effective way to tell them apart.", L, "C"),
+    ("B is more likely because resorption is faster.\n\nC is the most likely because the roots are shorter.",
+     L, "C"),
+    ("B is more likely to resorb.\n\nC is the most likely to be shorter in some series.", L, None),
     # a review cut off before its last item settles nothing
     ("A) Primary roots show less accessory canals: This is not it.\nB) Primary roots resorb more easily: This "
      "is not it.\nC) Primary roots are shorter: This is not it.\nD) None of the above: The roots of", L, None),
@@ -470,7 +487,7 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """2,972 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """3,222 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 360 of them graded again
     by a second reader, blind to the first, who agreed on 355, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -480,9 +497,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in ten batches, each before the rules were changed or measured on it:
+      not at all. Graded in eleven batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 and -heldout9 (250 each; -heldout9 graded while the last
+      each); -heldout7 (200); -heldout8 to -heldout10 (250 each; -heldout10 graded while the last
       rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
@@ -505,17 +522,19 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                      "medmcqa-instructgpt-heldout6": 150, "usmle-instructgpt-heldout7": 100,
                      "medmcqa-instructgpt-heldout7": 100, "usmle-instructgpt-heldout8": 100,
                      "medmcqa-instructgpt-heldout8": 150, "usmle-instructgpt-heldout9": 100,
-                     "medmcqa-instructgpt-heldout9": 150}
+                     "medmcqa-instructgpt-heldout9": 150, "usmle-instructgpt-heldout10": 100,
+                     "medmcqa-instructgpt-heldout10": 150}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
              "usmle-instructgpt-heldout": 92, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 92, "medmcqa-instructgpt-heldout3": 127,
-             "usmle-instructgpt-heldout4": 92, "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 90,
-             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 87, "medmcqa-instructgpt-heldout6": 114,
-             "usmle-instructgpt-heldout7": 94, "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 91,
-             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 88, "medmcqa-instructgpt-heldout9": 126}
+             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 93, "medmcqa-instructgpt-heldout3": 127,
+             "usmle-instructgpt-heldout4": 92, "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 92,
+             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 87, "medmcqa-instructgpt-heldout6": 115,
+             "usmle-instructgpt-heldout7": 94, "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 92,
+             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 93, "medmcqa-instructgpt-heldout9": 128,
+             "usmle-instructgpt-heldout10": 91, "medmcqa-instructgpt-heldout10": 121}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
