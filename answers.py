@@ -1,6 +1,8 @@
 """Reading a model's answer to a multiple-choice question: which option it commits to, and in
 what form (the paper's response categories). Only the standard library: this file can be copied
-alone. Short VQA answers and boxes are scored in vqa.py.
+alone. Short VQA answers and boxes are scored in vqa.py. Read from the top: parse_choice lists
+the rules in their order of precedence and _resolve applies them; a section per rule follows, in
+that order, each with the patterns it uses; the response categories come last.
 
     python -c "from answers import parse_choice; print(parse_choice('The answer is (B).', {'A': 'CT', 'B': 'MRI'}))"
     python -m pytest -q tests/test_answers.py
@@ -23,10 +25,221 @@ Where each rule comes from:
 import re
 from collections import Counter
 
+
+# --------------------------------------------------------------------------------------------
+# The parser: its precedence of rules
+
+
+def parse_choice(response, options, question=None):
+    """The option letter a free-text `response` commits to, or None (invalid).
+
+    `options` maps letters ('A'..) to option texts; `question`, when given, tells whether the
+    question asks for the exception (asks_exception: 'All of the following are true EXCEPT'),
+    where the answer is the option the response says does not hold. Precedence, first rule that
+    decides wins:
+      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-8 on that content alone
+         (an unclosed final tag counts: generation may stop at the letter); when it names no
+         option, the text outside the tags is parsed by rules 2-8 instead.
+      2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
+      3. A committing cue; the last one in the text wins (chain of thought concludes last):
+         'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
+         'Option B is correct', 'C: correct', 'A is the most likely because ...',
+         'the most likely diagnosis in this patient is',
+         'the next step in management would be to', 'this leaves us with', followed by a letter
+         or an option's text ('the answer is ultrasound'; when a letter follows the text it must
+         be that text's: 'Answer: CT A', A naming another option, is left to rule 6 and counts
+         as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
+         option in other words: the option with the largest share (>= 2/3) of its content words
+         in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
+         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' and 'this
+         leaves us with X and Y' commit to none. An option's text before a committing phrase
+         counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
+         answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
+         so does one about the sentence before when that names one option ('Primary roots are
+         shorter. This is the answer', '..., making it the most likely answer'). When the
+         question asks for the exception, 'B is correct' / 'B is true' says B holds: only phrases
+         about the answer commit ('B is the correct answer').
+      4. An option-by-option review, a line per option opening with its letter or text and a
+         verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
+         factor', 'Option C is most likely', 'D) ...: This would be the most effective way
+         to ...'): the only option judged best, else the only one
+         judged positively while others are rejected, else, every option reviewed, the only one
+         not rejected. When the question asks for the exception: the only one called the answer,
+         else the only one denied what the question asks ('D) c-erbB1 is not a tumor suppressor
+         gene', 'C) is false'; several denied: none).
+      5. Only when the question asks for the exception: the options a sentence denies what the
+         question asks about, named by letter, text or most words ('Hemangiosarcoma is not a
+         small round cell tumor', 'the artery of the pterygoid canal does not supply the tube';
+         not 'the heart is not able to pump', which is off the question's topic, nor 'C is not
+         the answer'): exactly one -> it; several -> only rule 8 may decide.
+      6. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
+         letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
+         'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
+         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), negated
+         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X'), and a
+         last line cut off while restating the options ('A) The central fascicle is'). Lowercase
+         counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
+         option the next sentence rejects ('... This is not the correct answer') does not count.
+      7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
+         words, a text inside a longer matched text ignored, negated mentions dropped): exactly
+         one option -> it. Not when the response is cut off mid-sentence after 30 words (an
+         option met on the way is no answer) or its last line concludes on something else
+         ('the most likely diagnosis is ASD').
+      8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
+         conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
+         one option by its text or most of its words, or a last sentence stating one as what its
+         subject is ('The patient's CHADS2 score is 2.'); see _conclusion for what does not count.
+    Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
+    one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
+    """
+    return parse_choice_rule(response, options, question)[0]
+
+
+def parse_choice_rule(response, options, question=None):
+    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'denied',
+    'letter', 'option_text' or 'conclusion' (rules 2-8), prefixed 'answer_tag:' when read inside
+    the last <answer> tag (rule 1); 'none' when no rule finds a single option."""
+    response, options = _normalized(response, options)
+    if not response.strip():
+        return None, "none"
+    asked = _asked(question)
+    tags = _ANSWER_TAG.findall(response)
+    if tags and tags[-1].strip():
+        hit, rule = _resolve(tags[-1], options, asked)
+        if hit:
+            return hit, "answer_tag:" + rule
+    return _resolve(_ANSWER_TAG.sub(" ", response), options, asked)
+
+
+def _normalized(response, options):
+    """One apostrophe ("Crohn’s disease" in an option is "Crohn's disease" in the response),
+    upper-case letters, option texts without a copy of their own letter ('c)\tTo counteract ...',
+    as some MedMCQA options are written)."""
+    options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
+    options = {k: re.sub(rf"^\s*\(?{k}[.)]\s+", "", v, flags=re.I) for k, v in options.items()}
+    return (response or "").replace("’", "'"), options
+
+
+def _resolve(text, options, asked=None):
+    """(letter or None, the rule that decided: exact, cue, verdict, denied, letter, option_text,
+    conclusion or none)."""
+    hit = _exact(text, options)
+    if hit:
+        return hit, "exact"
+    cue = _last_cue(text, options, asked)
+    if cue:
+        return (cue[1] or None), ("cue" if cue[1] else "none")
+    hit = _verdicts(text, options, asked)
+    if hit is not None:
+        return (hit or None), ("verdict" if hit else "none")
+    cut = len(text.split()) > 30 and not _complete(text)  # reasoning cut off mid-sentence
+    if asked is not None and not cut and (denied := _denied(text, options, asked)):
+        if len(denied) == 1:  # the one option said not to hold is the exception asked for
+            return next(iter(denied)), "denied"
+        hit = _conclusion(text, options, asked)
+        return hit, "conclusion" if hit else "none"
+    spans = _text_spans(text, options)
+    letters = _letters(text, options, spans, cut)
+    found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
+    # "Primary roots are shorter. This is not the answer.": the sentence before is rejected
+    found -= {_antecedent(text, m.start(), options) for m in _ANAPHOR_REJECT.finditer(text)}
+    if not letters and cut:
+        found = set()  # an option it mentions on the way is no answer
+    last_line = text.rstrip().rfind("\n") + 1
+    if not letters and _CUE_BEFORE.search(text, last_line) and not any(s[0] >= last_line for s in spans):
+        found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
+    if len(found) == 1:
+        return next(iter(found)), "letter" if letters else "option_text"
+    hit = _conclusion(text, options, asked)
+    return hit, "conclusion" if hit else "none"
+
+
+# --------------------------------------------------------------------------------------------
+# Questions that ask for the exception
+
+
+# a question that asks for the exception, whose answer is the option the response says does NOT
+# hold: "All of the following are true EXCEPT:", "Which of the following is not a tumor suppressor
+# gene?", "the least useful", "False about enamel rods is". Read on the question's last sentence
+# (a case report's 'does not smoke' asks nothing); 'not ... because' asks for a reason.
+_EXCEPTION_QUESTION = re.compile(
+    r"\bexcept\b|\bleast\b|(?-i:\bNOT\b)|^\W*not\b|\b(?:which|what)\b[^.?!:]*?\b(?:not|never)\b"
+    r"|\b(?:false|untrue|incorrect|wrong)\b\s*(?:about|regarding|statements?|among|in\s+relation|[?:\-–]|$)"
+    r"|\b(?:is|are)\s+(?:false|untrue|incorrect|wrong)\b"
+    r"|\b(?:is|are|does|do|shall|should|will)\s+not\s+(?:include|contain|have|seen|present|posted)\b", re.I)
+
+
+def asks_exception(question):
+    """Does the multiple-choice `question` ask for the option that does not hold ('EXCEPT',
+    'Which of the following is NOT ...', 'least', 'False about ...')?"""
+    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
+    return _EXCEPTION_QUESTION.search(last) is not None and not re.search(r"\bbecause\b", last, re.I)
+
+
+def _asked(question):
+    """For a question asking for the exception, the content words of what it asks about (the
+    stems of 'tumor suppressor gene' in 'Which of the following is not a tumor suppressor
+    gene?'), against which a response's negations are read; None for any other question."""
+    if not asks_exception(question):
+        return None
+    return set(_stems(question)) - _GENERIC
+
+
+def _on_topic(clause, asked):
+    """Does the negated `clause` deny what the question asks about ('is not a tumor suppressor
+    gene', 'is false'), not merely describe ('the heart is not able to pump enough blood')?"""
+    return re.search(r"\b(?:true|untrue|false|correct|incorrect)\b", clause, re.I) is not None \
+        or not set(_stems(clause)).isdisjoint(asked)
+
+
+# a negation about the answer itself, not about the option's property: "C is not the correct
+# answer", "B can be eliminated" reject an option in any question
+_REJECTS_ANSWER = re.compile(r"\bnot\s+(?:the\s+|an?\s+)?(?:(?:correct|right|best|most\s+likely|likely)\s+)?"
+                             r"(?:answer|choice|option|it)\b|\beliminat\w*|\brul\w*\s+out\b|\bexclud\w*|"
+                             r"\bunlikely\b|\bless\s+likely\b", re.I)
+# the words that make a committing phrase speak of the answer, not of the option's truth
+_ABOUT_ANSWER = re.compile(r"\b(?:answer|choice|option|best|diagnosis)\b", re.I)
+
+
+def _commits(phrase, asked):
+    """Does a committing phrase choose its option? Always, unless the question asks for the
+    exception: there 'B is correct' says B holds, and only a phrase about the answer ('B is the
+    correct answer') chooses."""
+    return asked is None or _ABOUT_ANSWER.search(phrase) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Rules 1 and 2: the <answer> tag, a response that is one option
+
+
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
-# a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
-# not a temperature's unit ("38.1°C")
-_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w)")
+_DECOR = "*()[]\"'`“”‘’ \t\n"
+
+
+def _opt_text(text):
+    return re.sub(r"\s+", " ", str(text)).strip().strip(".").lower()
+
+
+def _exact(response, options):
+    """The whole response is one option: its letter, its text, or 'B. <text of B>'."""
+    s = response.strip(_DECOR).rstrip(".。!").strip(_DECOR)
+    if not s:
+        return None
+    if len(s) == 1 and s.upper() in options:
+        return s.upper()
+    for letter, text in options.items():
+        if s.lower() == _opt_text(text):
+            return letter
+    m = re.fullmatch(r"([A-Za-z])\s*[.):：]\s*(.+)", s, re.S)
+    if m and m.group(1).upper() in options and _opt_text(m.group(2)) == _opt_text(options[m.group(1).upper()]):
+        return m.group(1).upper()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Rule 3: committing phrases
+
+
 # committing phrases followed by the chosen option ("the answer is (B)", "Final answer: C")
 _CUE_BEFORE = re.compile(
     r"(?:\b(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|probable))\s+"
@@ -67,148 +280,21 @@ _TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thu
                              r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
                              r"(?:answer|choice|option|diagnosis)\b|"
                              r"most\s+(?:likely|probable)\s+(?:cause|explanation|etiology)\b)", re.I)
+# a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
+_HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
+                                  r"[^.;!?\n]{0,40}$", re.I)
+# an option letter right after an option text: "CT (B)", "CT B", "CT, option B", "CT - B"
+_LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\*]*([A-Z])|[\(\[]([a-z])[\)\]])"
+                                r"(?![\w'’]|-\w|\.\w)")
 # a committing phrase about the sentence before it: "Primary roots are shorter. This is the answer
 # because ...", "... consistent with the history, making it the most likely answer"
 _ANAPHOR_CUE = re.compile(r"\b(?:(?:this|that|it)\s+(?:is|would\s+be|seems\s+to\s+be)|making\s+(?:it|this))\s+"
                           r"(?:the\s+)?(?:(?:correct|right)\b(?!\s+[a-z])|(?:(?:most\s+likely|most\s+appropriate|best|"
                           r"correct|right|final)\s+)*(?:answer|choice|option|diagnosis)\b)", re.I)
-# the words that make a committing phrase speak of the answer, not of the option's truth
-_ABOUT_ANSWER = re.compile(r"\b(?:answer|choice|option|best|diagnosis)\b", re.I)
 # ... and a rejection of it: "This is not the correct answer", "This can't be the answer", "that's not it"
 _ANAPHOR_REJECT = re.compile(r"\b(?:this|that|it)(?:(?:'s|\s+is)\s+not|\s+isn't|\s+can(?:not|'t)\s+be|"
                              r"\s+(?:would|could)(?:\s+not|n't)\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\s+)?"
                              r"(?:answer|option|choice|it)\b", re.I)
-# a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
-_HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
-                                  r"[^.;!?\n]{0,40}$", re.I)
-# negations around a letter or an option text: "not A", "rather than B", "C is incorrect" (a
-# comma or period before "not" starts a contrast instead: "ultrasound, not a CT")
-_NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
-                         r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
-                         r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
-                         r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|"
-                         r"label(?:l?ed)?|marked)\s+){0,2}"
-                         # "not a CT or an MRI": the list goes too
-                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
-                         r"[\(\[\*\"']*$", re.I)
-_NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
-                        r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
-                        r"(?:not\b|n't\b|incorrect\b|wrong\b|unlikely\b|inconsistent\b|rarely\b|ruled\s+out\b|"
-                        r"less\s+(?:likely|consistent|typical|probable|appropriate)\b|excluded\b|eliminated\b|"
-                        r"false\b)", re.I)
-# the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
-_OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
-                            r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
-                            r"(?:(?:and|or)\s+)?(?:options?\s+)?$", re.I)
-# a capital letter that names a label in the figure: "the area labelled B", "region C"
-_LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",
-                           re.I)
-# words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
-_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
-                           r"complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$", re.I)
-# "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
-_ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
-                            r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
-_DECOR = "*()[]\"'`“”‘’ \t\n"
-# an option letter right after an option text: "CT (B)", "CT B", "CT, option B", "CT - B"
-_LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\*]*([A-Z])|[\(\[]([a-z])[\)\]])"
-                                r"(?![\w'’]|-\w|\.\w)")
-
-
-# a question that asks for the exception, whose answer is the option the response says does NOT
-# hold: "All of the following are true EXCEPT:", "Which of the following is not a tumor suppressor
-# gene?", "the least useful", "False about enamel rods is". Read on the question's last sentence
-# (a case report's 'does not smoke' asks nothing); 'not ... because' asks for a reason.
-_EXCEPTION_QUESTION = re.compile(
-    r"\bexcept\b|\bleast\b|(?-i:\bNOT\b)|^\W*not\b|\b(?:which|what)\b[^.?!:]*?\b(?:not|never)\b"
-    r"|\b(?:false|untrue|incorrect|wrong)\b\s*(?:about|regarding|statements?|among|in\s+relation|[?:\-–]|$)"
-    r"|\b(?:is|are)\s+(?:false|untrue|incorrect|wrong)\b"
-    r"|\b(?:is|are|does|do|shall|should|will)\s+not\s+(?:include|contain|have|seen|present|posted)\b", re.I)
-# a negation about the answer itself, not about the option's property: "C is not the correct
-# answer", "B can be eliminated" reject an option in any question
-_REJECTS_ANSWER = re.compile(r"\bnot\s+(?:the\s+|an?\s+)?(?:(?:correct|right|best|most\s+likely|likely)\s+)?"
-                             r"(?:answer|choice|option|it)\b|\beliminat\w*|\brul\w*\s+out\b|\bexclud\w*|"
-                             r"\bunlikely\b|\bless\s+likely\b", re.I)
-
-
-def asks_exception(question):
-    """Does the multiple-choice `question` ask for the option that does not hold ('EXCEPT',
-    'Which of the following is NOT ...', 'least', 'False about ...')?"""
-    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
-    return _EXCEPTION_QUESTION.search(last) is not None and not re.search(r"\bbecause\b", last, re.I)
-
-
-def _asked(question):
-    """For a question asking for the exception, the content words of what it asks about (the
-    stems of 'tumor suppressor gene' in 'Which of the following is not a tumor suppressor
-    gene?'), against which a response's negations are read; None for any other question."""
-    if not asks_exception(question):
-        return None
-    return set(_stems(question)) - _GENERIC
-
-
-def _on_topic(clause, asked):
-    """Does the negated `clause` deny what the question asks about ('is not a tumor suppressor
-    gene', 'is false'), not merely describe ('the heart is not able to pump enough blood')?"""
-    return re.search(r"\b(?:true|untrue|false|correct|incorrect)\b", clause, re.I) is not None \
-        or not set(_stems(clause)).isdisjoint(asked)
-
-
-def _commits(phrase, asked):
-    """Does a committing phrase choose its option? Always, unless the question asks for the
-    exception: there 'B is correct' says B holds, and only a phrase about the answer ('B is the
-    correct answer') chooses."""
-    return asked is None or _ABOUT_ANSWER.search(phrase) is not None
-
-
-def _opt_text(text):
-    return re.sub(r"\s+", " ", str(text)).strip().strip(".").lower()
-
-
-def _exact(response, options):
-    """The whole response is one option: its letter, its text, or 'B. <text of B>'."""
-    s = response.strip(_DECOR).rstrip(".。!").strip(_DECOR)
-    if not s:
-        return None
-    if len(s) == 1 and s.upper() in options:
-        return s.upper()
-    for letter, text in options.items():
-        if s.lower() == _opt_text(text):
-            return letter
-    m = re.fullmatch(r"([A-Za-z])\s*[.):：]\s*(.+)", s, re.S)
-    if m and m.group(1).upper() in options and _opt_text(m.group(2)) == _opt_text(options[m.group(1).upper()]):
-        return m.group(1).upper()
-    return None
-
-
-def _in_probability(before, after):
-    """Is the text between `before` and `after` an event in a probability: 'P(A|I)', 'P(~B)',
-    'P(Serotonin syndrome|D)'?"""
-    return re.search(r"\bP\(~?\s*$|\|\s*~?\s*$", before, re.I) is not None or re.match(r"\s*\|", after) is not None
-
-
-def _is_letter_at(text, m, options):
-    """Does the single-letter token matched by `m` name an option (and not an article)?"""
-    c = m.group(1)
-    if c.upper() not in options:
-        return False
-    before, after = text[max(0, m.start(1) - 40):m.start(1)], text[m.end(1):m.end(1) + 200]
-    if _in_probability(before, after):
-        return False
-    if before.endswith(("(", "[", "**", '"', "'")) and after.startswith((")", "]", "**", '"', "'")):
-        return True  # decorated: "(b)", "**A**"
-    if _NAMED_BEFORE.search(before):
-        return False
-    if c.islower():  # lowercase only at the very start ("b.", "b)"), else "a" is the article
-        at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
-        return at_start and re.match(r"\s*(?:[.):：]|$)", after) is not None
-    if c in "AI" and _ARTICLE_AFTER.match(after):  # "A lesion", "A 45-year-old", "I think"
-        # unless its option's text follows where the article would be 'an' ("A X-ray", "A MRI"),
-        # not where 'a' is right ("A simple lipid is made of ...")
-        word = after.strip()
-        an = re.match(r"[aeiouAEIOU]|[FHLMNRSX](?![a-z])", word) is not None
-        return an and word.lower().startswith(_opt_text(options[c]))
-    return True
 
 
 def _last_cue(text, options, asked=None):
@@ -287,39 +373,8 @@ def _antecedent(text, at, options):
     return None
 
 
-_STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
-            "patient patient's which would should".split())
-
-
-def _stems(text):
-    """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
-    serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
-    'Removal', 'produce and circulate' and 'Production and circulation' share theirs; counted,
-    so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
-    'negative'."""
-    words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
-    return Counter(re.sub(r"(?:ation|ition|tion|ion|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
-                   if len(w) > 3 else w for w in words if w not in _STOP)
-
-
-# the words of a question that asks for the exception that do not say what it is about
-_GENERIC = set(_stems("all of the following these statements statement true false untrue correct incorrect "
-                      "except which what one not least none regarding about feature"))
-
-
-def _clause_option(text, options):
-    """The option that the clause opening `text` names in other words: the one with the largest
-    share (at least 2/3) of its content words in the clause, unique; None when the clause is
-    negated ('not X') or no option stands out."""
-    clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
-    if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
-        return None
-    words, own = _stems(clause), {k: _stems(t) for k, t in options.items()}
-    share = {k: sum((stems & words).values()) / sum(stems.values()) for k, stems in own.items() if stems}
-    best = sorted(share.items(), key=lambda kv: -kv[1])
-    if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
-        return None
-    return best[0][0]
+# --------------------------------------------------------------------------------------------
+# Rule 4: option-by-option reviews
 
 
 # an option-by-option review: a paragraph per option opening with its letter or text, then a
@@ -393,6 +448,215 @@ def _verdicts(text, options, asked=None):
     if not plus and len(verdict) == len(options) and len(rejected) == len(options) - 1 and _complete(text):
         return next(k for k in verdict if k not in rejected)
     return None
+
+
+def _review_heading(line, options, alone=False):
+    """Does `line` open an option's review: 'D) Maxillary premolars.', 'Parotid space infection:
+    This is also possible', '4) Parotid space infection: ...'? With `alone`, only a heading whose
+    review follows on the next line ('D) Maxillary premolars.', 'Option C) <its text>')."""
+    h = _HEADING.match(line)
+    rest = line[h.end():].lower()
+    for t in map(_opt_text, options.values()):
+        if t and rest.startswith(t) and re.match(r"[\s*.]*(?:[:：\-–]|$)", rest[len(t):]):
+            return not alone or not rest[len(t):].strip(" *.:：-–")
+    if (h.group(1) or h.group(2) or "").upper() in options:
+        return not alone or not rest.strip(" *.:：-–")
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Rule 5: the option denied what an EXCEPT question asks
+
+
+# a negation that may deny an option what the question asks: "does not supply", "is not a tumor
+# suppressor gene", "C) is false", "A) Most common method: False."
+_DENIAL = re.compile(r"\b(?:is|are|was|were|does|do|did|would|could|can|should|will|may)\s*(?:not|n't)\b|\bcannot\b|"
+                     r"\bnot\s+(?:true|correct)\b|(?:\b(?:is|are)\s+|[:\-–]\s*)(?:false|untrue|incorrect)\b", re.I)
+
+
+def _denied(text, options, asked):
+    """The options a response says do not hold what the question asks about: in each sentence
+    with such a negation ('The artery of the pterygoid canal does not supply the tube', 'D)
+    c-erbB1 is not a tumor suppressor gene', 'C) is false'; not one about the answer itself, 'C
+    is not the correct answer'), the options its subject names by letter, text or most words."""
+    denied = set()
+    for sentence in re.split(r"(?<=[.;!?])\s+|\n", text):
+        m = _DENIAL.search(sentence)
+        predicate = re.split(r"[,;]|\b(?:and|but|because|since|so|which)\b", sentence[m.end():])[0] if m else ""
+        if not m or not _on_topic(m.group(0) + predicate, asked) or _REJECTS_ANSWER.search(m.group(0) + predicate):
+            continue
+        subject = re.split(r",|\b(?:because|since|but|while|whereas|although|if|when)\b", sentence[:m.start()])[-1]
+        spans = _text_spans(subject, options, keep_negated=True)
+        named = _letters(subject, options, spans) | {k for _, _, k in spans}
+        denied |= named or {k for k in [_clause_option(subject, options)] if k}
+    return denied
+
+
+# --------------------------------------------------------------------------------------------
+# Rule 6: standalone option letters
+
+
+# a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
+# not a temperature's unit ("38.1°C")
+_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w)")
+# the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
+_OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
+                            r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
+                            r"(?:(?:and|or)\s+)?(?:options?\s+)?$", re.I)
+# a capital letter that names a label in the figure: "the area labelled B", "region C"
+_LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",
+                           re.I)
+# words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
+_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
+                           r"complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$", re.I)
+# "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
+_ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
+                            r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
+
+
+def _letters(text, options, spans, cut=False):
+    """The options that standalone letters in `text` name (rule 6), `spans` being its option texts;
+    `cut`: the text is cut off mid-sentence."""
+    # options whose texts are figure labels ("A", "Region B"): a letter after a label word names
+    # the option with that text, which need not be the option with that letter
+    label_of = {m.group(1).upper(): k for k, t in options.items()
+                if (m := re.fullmatch(r"(?:[a-z]+\s+)?([A-Za-z])", str(t).strip(), re.I))}
+    letters = set()
+    for m in _LETTER.finditer(text):
+        before = text[max(0, m.start(1) - 60):m.start(1)]
+        if label_of and _LABEL_BEFORE.search(before) and m.group(1).upper() in label_of:
+            if not _NEG_BEFORE.search(before) and not _negated_after(text, m.end(1), options):
+                letters.add(label_of[m.group(1).upper()])
+            continue
+        if any(s <= m.start(1) < e for s, e, _ in spans):
+            continue  # the letter is part of an option's text ("Both A and B")
+        if cut and _restating(text, m.start(1), options):
+            continue  # cut off while listing the options: "A) The central fascicle is"
+        if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
+                and not _negated_after(text, m.end(1), options):
+            letters.add(m.group(1).upper())
+    return letters
+
+
+def _is_letter_at(text, m, options):
+    """Does the single-letter token matched by `m` name an option (and not an article)?"""
+    c = m.group(1)
+    if c.upper() not in options:
+        return False
+    before, after = text[max(0, m.start(1) - 40):m.start(1)], text[m.end(1):m.end(1) + 200]
+    if _in_probability(before, after):
+        return False
+    if before.endswith(("(", "[", "**", '"', "'")) and after.startswith((")", "]", "**", '"', "'")):
+        return True  # decorated: "(b)", "**A**"
+    if _NAMED_BEFORE.search(before):
+        return False
+    if c.islower():  # lowercase only at the very start ("b.", "b)"), else "a" is the article
+        at_start = m.start(1) == len(text) - len(text.lstrip(_DECOR))
+        return at_start and re.match(r"\s*(?:[.):：]|$)", after) is not None
+    if c in "AI" and _ARTICLE_AFTER.match(after):  # "A lesion", "A 45-year-old", "I think"
+        # unless its option's text follows where the article would be 'an' ("A X-ray", "A MRI"),
+        # not where 'a' is right ("A simple lipid is made of ...")
+        word = after.strip()
+        an = re.match(r"[aeiouAEIOU]|[FHLMNRSX](?![a-z])", word) is not None
+        return an and word.lower().startswith(_opt_text(options[c]))
+    return True
+
+
+def _in_probability(before, after):
+    """Is the text between `before` and `after` an event in a probability: 'P(A|I)', 'P(~B)',
+    'P(Serotonin syndrome|D)'?"""
+    return re.search(r"\bP\(~?\s*$|\|\s*~?\s*$", before, re.I) is not None or re.match(r"\s*\|", after) is not None
+
+
+def _restating(text, at, options):
+    """Is the letter at `at` the heading of a last line, cut off, that restates its option
+    ('... the options given are as follows:\nA) The central fascicle is')?"""
+    start = text.rfind("\n", 0, at) + 1
+    h = _HEADING.match(text, start)
+    letter = (h.group(1) or h.group(2) or "").upper()
+    rest = text[h.end():].strip(" *").lower()
+    return letter in options and "\n" not in text[at:] and h.start(1 if h.group(1) else 2) == at and \
+        rest != _opt_text(options[letter]) and _opt_text(options[letter]).startswith(rest)
+
+
+# --------------------------------------------------------------------------------------------
+# Rule 7: option texts, and the negations around options
+
+
+def _text_spans(text, options, keep_negated=False):
+    """Spans of option texts in `text`, where an option inside a longer matched option does not
+    count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped unless
+    `keep_negated`."""
+    low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
+    spans = [(i, i + len(t), letter) for letter, t in texts.items() for i in _occurrences(low, t)]
+    kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
+                                        for o in spans)]
+    return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
+                                and not _negated_after(text, s[1], options))
+            and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
+
+
+# Option texts are found with str methods, not regexes built per option: a pattern per option
+# text would be compiled anew for every item once re's small cache is full.
+def _is_word_char(s, i):
+    return 0 <= i < len(s) and (s[i].isalnum() or s[i] == "_")
+
+
+def _text_at(s, i, t):
+    """Where the lower-case option text `t` ends when it stands at s[i] as whole words
+    (case-insensitive), else None."""
+    end = i + len(t)
+    return end if t and s[i:end].lower() == t and not _is_word_char(s, end) else None
+
+
+def _occurrences(low, t):
+    """Starts of the lower-case option text `t` in the lower-cased `low` as whole words."""
+    i = low.find(t) if t else -1
+    while i >= 0:
+        if not _is_word_char(low, i - 1) and _text_at(low, i, t) is not None:
+            yield i
+            i = low.find(t, i + len(t))
+        else:
+            i = low.find(t, i + 1)
+
+
+# negations around a letter or an option text: "not A", "rather than B", "C is incorrect" (a
+# comma or period before "not" starts a contrast instead: "ultrasound, not a CT")
+_NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
+                         r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
+                         r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
+                         r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|"
+                         r"label(?:l?ed)?|marked)\s+){0,2}"
+                         # "not a CT or an MRI": the list goes too
+                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
+                         r"[\(\[\*\"']*$", re.I)
+_NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
+                        r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
+                        r"(?:not\b|n't\b|incorrect\b|wrong\b|unlikely\b|inconsistent\b|rarely\b|ruled\s+out\b|"
+                        r"less\s+(?:likely|consistent|typical|probable|appropriate)\b|excluded\b|eliminated\b|"
+                        r"false\b)", re.I)
+
+
+def _negated_after(text, end, options):
+    """Is the option mention ending at `end` the subject of a negative predicate, maybe as part
+    of a list: 'B is incorrect', 'Rhinovirus and adenovirus are not typically associated',
+    'Options B, C, D and E are less consistent'?"""
+    rest, items = text[end:end + 300], sorted((_opt_text(t) for t in options.values()), key=len, reverse=True)
+    while True:  # skip ", C", " and influenza virus", " or (D)"
+        m = re.match(r"\s*(?:,|\band\b|\bor\b|/)\s*(?:(?:an?|the|option|choice)\s+)?", rest, re.I)
+        if not m:
+            break
+        after = rest[m.end():]
+        item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after)
+        end = item.end() if item else next((e for e in (_text_at(after, 0, t) for t in items) if e is not None), None)
+        if end is None:
+            break
+        rest = after[end:]
+    return _NEG_AFTER.match(rest) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Rule 8: the last line's conclusion in prose
 
 
 # a concluding sentence: "Therefore, the protein is histone", "In conclusion, the most likely
@@ -484,256 +748,47 @@ def _states(sentence, tail, spans):
     return not spans or len(re.findall(r"\w+", rest)) <= 3
 
 
-def _review_heading(line, options, alone=False):
-    """Does `line` open an option's review: 'D) Maxillary premolars.', 'Parotid space infection:
-    This is also possible', '4) Parotid space infection: ...'? With `alone`, only a heading whose
-    review follows on the next line ('D) Maxillary premolars.', 'Option C) <its text>')."""
-    h = _HEADING.match(line)
-    rest = line[h.end():].lower()
-    for t in map(_opt_text, options.values()):
-        if t and rest.startswith(t) and re.match(r"[\s*.]*(?:[:：\-–]|$)", rest[len(t):]):
-            return not alone or not rest[len(t):].strip(" *.:：-–")
-    if (h.group(1) or h.group(2) or "").upper() in options:
-        return not alone or not rest.strip(" *.:：-–")
-    return False
+# --------------------------------------------------------------------------------------------
+# An option named in other words
 
 
-# Option texts are found with str methods, not regexes built per option: a pattern per option
-# text would be compiled anew for every item once re's small cache is full.
-def _is_word_char(s, i):
-    return 0 <= i < len(s) and (s[i].isalnum() or s[i] == "_")
+_STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
+            "patient patient's which would should".split())
 
 
-def _text_at(s, i, t):
-    """Where the lower-case option text `t` ends when it stands at s[i] as whole words
-    (case-insensitive), else None."""
-    end = i + len(t)
-    return end if t and s[i:end].lower() == t and not _is_word_char(s, end) else None
+def _stems(text):
+    """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
+    serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
+    'Removal', 'produce and circulate' and 'Production and circulation' share theirs; counted,
+    so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
+    'negative'."""
+    words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
+    return Counter(re.sub(r"(?:ation|ition|tion|ion|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
+                   if len(w) > 3 else w for w in words if w not in _STOP)
 
 
-def _occurrences(low, t):
-    """Starts of the lower-case option text `t` in the lower-cased `low` as whole words."""
-    i = low.find(t) if t else -1
-    while i >= 0:
-        if not _is_word_char(low, i - 1) and _text_at(low, i, t) is not None:
-            yield i
-            i = low.find(t, i + len(t))
-        else:
-            i = low.find(t, i + 1)
+# the words of a question that asks for the exception that do not say what it is about
+_GENERIC = set(_stems("all of the following these statements statement true false untrue correct incorrect "
+                      "except which what one not least none regarding about feature"))
 
 
-def _text_spans(text, options, keep_negated=False):
-    """Spans of option texts in `text`, where an option inside a longer matched option does not
-    count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped unless
-    `keep_negated`."""
-    low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
-    spans = [(i, i + len(t), letter) for letter, t in texts.items() for i in _occurrences(low, t)]
-    kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
-                                        for o in spans)]
-    return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
-                                and not _negated_after(text, s[1], options))
-            and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
+def _clause_option(text, options):
+    """The option that the clause opening `text` names in other words: the one with the largest
+    share (at least 2/3) of its content words in the clause, unique; None when the clause is
+    negated ('not X') or no option stands out."""
+    clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
+    if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
+        return None
+    words, own = _stems(clause), {k: _stems(t) for k, t in options.items()}
+    share = {k: sum((stems & words).values()) / sum(stems.values()) for k, stems in own.items() if stems}
+    best = sorted(share.items(), key=lambda kv: -kv[1])
+    if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
+        return None
+    return best[0][0]
 
 
-def _negated_after(text, end, options):
-    """Is the option mention ending at `end` the subject of a negative predicate, maybe as part
-    of a list: 'B is incorrect', 'Rhinovirus and adenovirus are not typically associated',
-    'Options B, C, D and E are less consistent'?"""
-    rest, items = text[end:end + 300], sorted((_opt_text(t) for t in options.values()), key=len, reverse=True)
-    while True:  # skip ", C", " and influenza virus", " or (D)"
-        m = re.match(r"\s*(?:,|\band\b|\bor\b|/)\s*(?:(?:an?|the|option|choice)\s+)?", rest, re.I)
-        if not m:
-            break
-        after = rest[m.end():]
-        item = re.match(r"[\(\[]?[A-Z][\)\]]?(?![\w'’])", after)
-        end = item.end() if item else next((e for e in (_text_at(after, 0, t) for t in items) if e is not None), None)
-        if end is None:
-            break
-        rest = after[end:]
-    return _NEG_AFTER.match(rest) is not None
-
-
-def _restating(text, at, options):
-    """Is the letter at `at` the heading of a last line, cut off, that restates its option
-    ('... the options given are as follows:\nA) The central fascicle is')?"""
-    start = text.rfind("\n", 0, at) + 1
-    h = _HEADING.match(text, start)
-    letter = (h.group(1) or h.group(2) or "").upper()
-    rest = text[h.end():].strip(" *").lower()
-    return letter in options and "\n" not in text[at:] and h.start(1 if h.group(1) else 2) == at and \
-        rest != _opt_text(options[letter]) and _opt_text(options[letter]).startswith(rest)
-
-
-def _letters(text, options, spans, cut=False):
-    """The options that standalone letters in `text` name (rule 6), `spans` being its option texts;
-    `cut`: the text is cut off mid-sentence."""
-    # options whose texts are figure labels ("A", "Region B"): a letter after a label word names
-    # the option with that text, which need not be the option with that letter
-    label_of = {m.group(1).upper(): k for k, t in options.items()
-                if (m := re.fullmatch(r"(?:[a-z]+\s+)?([A-Za-z])", str(t).strip(), re.I))}
-    letters = set()
-    for m in _LETTER.finditer(text):
-        before = text[max(0, m.start(1) - 60):m.start(1)]
-        if label_of and _LABEL_BEFORE.search(before) and m.group(1).upper() in label_of:
-            if not _NEG_BEFORE.search(before) and not _negated_after(text, m.end(1), options):
-                letters.add(label_of[m.group(1).upper()])
-            continue
-        if any(s <= m.start(1) < e for s, e, _ in spans):
-            continue  # the letter is part of an option's text ("Both A and B")
-        if cut and _restating(text, m.start(1), options):
-            continue  # cut off while listing the options: "A) The central fascicle is"
-        if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
-                and not _negated_after(text, m.end(1), options):
-            letters.add(m.group(1).upper())
-    return letters
-
-
-# a negation that may deny an option what the question asks: "does not supply", "is not a tumor
-# suppressor gene", "C) is false", "A) Most common method: False."
-_DENIAL = re.compile(r"\b(?:is|are|was|were|does|do|did|would|could|can|should|will|may)\s*(?:not|n't)\b|\bcannot\b|"
-                     r"\bnot\s+(?:true|correct)\b|(?:\b(?:is|are)\s+|[:\-–]\s*)(?:false|untrue|incorrect)\b", re.I)
-
-
-def _denied(text, options, asked):
-    """The options a response says do not hold what the question asks about: in each sentence
-    with such a negation ('The artery of the pterygoid canal does not supply the tube', 'D)
-    c-erbB1 is not a tumor suppressor gene', 'C) is false'; not one about the answer itself, 'C
-    is not the correct answer'), the options its subject names by letter, text or most words."""
-    denied = set()
-    for sentence in re.split(r"(?<=[.;!?])\s+|\n", text):
-        m = _DENIAL.search(sentence)
-        predicate = re.split(r"[,;]|\b(?:and|but|because|since|so|which)\b", sentence[m.end():])[0] if m else ""
-        if not m or not _on_topic(m.group(0) + predicate, asked) or _REJECTS_ANSWER.search(m.group(0) + predicate):
-            continue
-        subject = re.split(r",|\b(?:because|since|but|while|whereas|although|if|when)\b", sentence[:m.start()])[-1]
-        spans = _text_spans(subject, options, keep_negated=True)
-        named = _letters(subject, options, spans) | {k for _, _, k in spans}
-        denied |= named or {k for k in [_clause_option(subject, options)] if k}
-    return denied
-
-
-def _resolve(text, options, asked=None):
-    """(letter or None, the rule that decided: exact, cue, verdict, denied, letter, option_text,
-    conclusion or none)."""
-    hit = _exact(text, options)
-    if hit:
-        return hit, "exact"
-    cue = _last_cue(text, options, asked)
-    if cue:
-        return (cue[1] or None), ("cue" if cue[1] else "none")
-    hit = _verdicts(text, options, asked)
-    if hit is not None:
-        return (hit or None), ("verdict" if hit else "none")
-    cut = len(text.split()) > 30 and not _complete(text)  # reasoning cut off mid-sentence
-    if asked is not None and not cut and (denied := _denied(text, options, asked)):
-        if len(denied) == 1:  # the one option said not to hold is the exception asked for
-            return next(iter(denied)), "denied"
-        hit = _conclusion(text, options, asked)
-        return hit, "conclusion" if hit else "none"
-    spans = _text_spans(text, options)
-    letters = _letters(text, options, spans, cut)
-    found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
-    # "Primary roots are shorter. This is not the answer.": the sentence before is rejected
-    found -= {_antecedent(text, m.start(), options) for m in _ANAPHOR_REJECT.finditer(text)}
-    if not letters and cut:
-        found = set()  # an option it mentions on the way is no answer
-    last_line = text.rstrip().rfind("\n") + 1
-    if not letters and _CUE_BEFORE.search(text, last_line) and not any(s[0] >= last_line for s in spans):
-        found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
-    if len(found) == 1:
-        return next(iter(found)), "letter" if letters else "option_text"
-    hit = _conclusion(text, options, asked)
-    return hit, "conclusion" if hit else "none"
-
-
-def parse_choice(response, options, question=None):
-    """The option letter a free-text `response` commits to, or None (invalid).
-
-    `options` maps letters ('A'..) to option texts; `question`, when given, tells whether the
-    question asks for the exception (asks_exception: 'All of the following are true EXCEPT'),
-    where the answer is the option the response says does not hold. Precedence, first rule that
-    decides wins:
-      1. `<answer>X</answer>`: the last tag's content, resolved by rules 2-8 on that content alone
-         (an unclosed final tag counts: generation may stop at the letter); when it names no
-         option, the text outside the tags is parsed by rules 2-8 instead.
-      2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
-      3. A committing cue; the last one in the text wins (chain of thought concludes last):
-         'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', 'A is the most likely because ...',
-         'the most likely diagnosis in this patient is',
-         'the next step in management would be to', 'this leaves us with', followed by a letter
-         or an option's text ('the answer is ultrasound'; when a letter follows the text it must
-         be that text's: 'Answer: CT A', A naming another option, is left to rule 6 and counts
-         as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
-         option in other words: the option with the largest share (>= 2/3) of its content words
-         in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
-         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' and 'this
-         leaves us with X and Y' commit to none. An option's text before a committing phrase
-         counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
-         answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
-         so does one about the sentence before when that names one option ('Primary roots are
-         shorter. This is the answer', '..., making it the most likely answer'). When the
-         question asks for the exception, 'B is correct' / 'B is true' says B holds: only phrases
-         about the answer commit ('B is the correct answer').
-      4. An option-by-option review, a line per option opening with its letter or text and a
-         verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
-         factor', 'Option C is most likely', 'D) ...: This would be the most effective way
-         to ...'): the only option judged best, else the only one
-         judged positively while others are rejected, else, every option reviewed, the only one
-         not rejected. When the question asks for the exception: the only one called the answer,
-         else the only one denied what the question asks ('D) c-erbB1 is not a tumor suppressor
-         gene', 'C) is false'; several denied: none).
-      5. Only when the question asks for the exception: the options a sentence denies what the
-         question asks about, named by letter, text or most words ('Hemangiosarcoma is not a
-         small round cell tumor', 'the artery of the pterygoid canal does not supply the tube';
-         not 'the heart is not able to pump', which is off the question's topic, nor 'C is not
-         the answer'): exactly one -> it; several -> only rule 8 may decide.
-      6. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
-         letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
-         'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
-         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), negated
-         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X'), and a
-         last line cut off while restating the options ('A) The central fascicle is'). Lowercase
-         counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
-         option the next sentence rejects ('... This is not the correct answer') does not count.
-      7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
-         words, a text inside a longer matched text ignored, negated mentions dropped): exactly
-         one option -> it. Not when the response is cut off mid-sentence after 30 words (an
-         option met on the way is no answer) or its last line concludes on something else
-         ('the most likely diagnosis is ASD').
-      8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
-         conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
-         one option by its text or most of its words, or a last sentence stating one as what its
-         subject is ('The patient's CHADS2 score is 2.'); see _conclusion for what does not count.
-    Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
-    one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
-    """
-    return parse_choice_rule(response, options, question)[0]
-
-
-def _normalized(response, options):
-    """One apostrophe ("Crohn’s disease" in an option is "Crohn's disease" in the response),
-    upper-case letters, option texts without a copy of their own letter ('c)\tTo counteract ...',
-    as some MedMCQA options are written)."""
-    options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
-    options = {k: re.sub(rf"^\s*\(?{k}[.)]\s+", "", v, flags=re.I) for k, v in options.items()}
-    return (response or "").replace("’", "'"), options
-
-
-def parse_choice_rule(response, options, question=None):
-    """(parse_choice's letter, the rule that decided it): 'exact', 'cue', 'verdict', 'denied',
-    'letter', 'option_text' or 'conclusion' (rules 2-8), prefixed 'answer_tag:' when read inside
-    the last <answer> tag (rule 1); 'none' when no rule finds a single option."""
-    response, options = _normalized(response, options)
-    if not response.strip():
-        return None, "none"
-    asked = _asked(question)
-    tags = _ANSWER_TAG.findall(response)
-    if tags and tags[-1].strip():
-        hit, rule = _resolve(tags[-1], options, asked)
-        if hit:
-            return hit, "answer_tag:" + rule
-    return _resolve(_ANSWER_TAG.sub(" ", response), options, asked)
+# --------------------------------------------------------------------------------------------
+# The paper's response categories
 
 
 # response_category's answers, in the order the tables list them
