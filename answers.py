@@ -51,7 +51,9 @@ def parse_choice(response, options, question=None):
          as A). After a cue that ends in 'is' / 'be' / 'to' / ':', the clause may name the
          option in other words: the option with the largest share (>= 2/3) of its content words
          in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
-         the serum electrolytes' -> 'Measure serum electrolytes'); 'A, B, and C' and 'this
+         the serum electrolytes' -> 'Measure serum electrolytes'), else the one option holding
+         all the words of a short clause ('is choledocholithiasis' -> 'Jaundice due to
+         choledocholithiasis'); 'A, B, and C' and 'this
          leaves us with X and Y' commit to none. An option's text before a committing phrase
          counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
          answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
@@ -88,7 +90,9 @@ def parse_choice(response, options, question=None):
       8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
          conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
          one option by its text or most of its words, or a last sentence stating one as what its
-         subject is ('The patient's CHADS2 score is 2.'); see _conclusion for what does not count.
+         subject is ('The patient's CHADS2 score is 2.'), or a last line that is one option,
+         answering a question on the line before ('What is the diagnosis?\n\nTuberculosis');
+         see _conclusion for what does not count.
     Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
     one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
@@ -250,7 +254,7 @@ _CUE_BEFORE = re.compile(
     r"|\b(?:therefore|thus|hence)\s*,?\s*(?:(?:option|choice)\s*)?"
     # "the most likely etiology is (A) coronavirus", "the correct diagnosis would be B", "the most
     # appropriate next step in management would be to repeat the culture"
-    r"|\b(?:most\s+(?:likely|probable|appropriate)|correct|right|best|next\s+step\s+in)\s+"
+    r"|\b(?:most\s+(?:likely|probable|appropriate)|correct|best|next\s+step\s+in)\s+"
     r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
     # elimination: "this leaves us with generalized anxiety disorder"
     r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:answer\s+)?(?:option|choice)\s*)?", re.I)
@@ -381,14 +385,18 @@ def _antecedent(text, at, options):
 # verdict ("C) Dog tick: This is the correct answer", "Constipation is not a likely factor")
 _HEADING = re.compile(r"[\s\-*•#>]*(?:(?:first|second|third|next|then|finally|lastly)\s*,\s*)?"
                       r"(?:(?:option|choice)\s+\(?([A-Z])\)?\s*[.):：\-–,]?"  # "Option C:", "Option C,"
-                      r"|\(?([A-Z])\)?\s*[.):：\-–]|\(?\d+[.)])?[\s*]*", re.I)  # "C)", "(C)", "C.", "3)"
-# "likely to" describes, it does not judge ("thrombosis is more likely to occur with a stent"),
-# unless "likely to be" ("This is the most likely to be the highest priority")
-_POSITIVE = re.compile(r"\b(?:correct|right|best|most\s+effective|likely(?!\s+to\b(?!\s+be\b))|appropriate|"
-                       r"consistent|fits|answer|true)\b", re.I)
+                      # "C)", "(C)", "C.", "C -" (not "c-erbB1"), "3)"
+                      r"|\(?([A-Z])\)?\s*(?:[.):：]|[\-–](?!\w))|\(?\d+[.)])?[\s*]*", re.I)
+# "likely to" describes, it does not judge ("thrombosis is more likely to occur with a stent", "is
+# more likely to be fatal"), unless "the most likely to be" ("... the most likely to be the highest
+# priority")
+_POSITIVE = re.compile(r"\b(?:correct|right|best|most\s+effective|likely(?!\s+to\b)|most\s+likely\s+to\s+be|"
+                       r"appropriate|consistent|fits|answer|true)\b", re.I)
 # after an option's text at the start of a line: a heading's colon or dash, or a verb
 _JUDGED = re.compile(r"[\s*]*(?:[:：\-–]|$|(?:is|are|was|would|seems|appears)\b|\.\s+(?:this|it)\s+is\b)", re.I)
-_BEST = re.compile(r"\b(?:most\s+(?:likely|appropriate|consistent|effective)|correct|best|right)\b", re.I)
+# judged best ("the next most likely" ranks second)
+_BEST = re.compile(r"\b(?<!next\s)(?<!second\s)(?:most\s+(?:likely|appropriate|consistent|effective)|correct|best|"
+                   r"right)\b", re.I)
 _HEDGE = re.compile(r"\b(?:could|may|might|possibl\w*|also)\b", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|cannot|no|never|unlikely|incorrect|wrong|less|least|inconsistent|excluded|"
                        r"false)\b|n't", re.I)
@@ -688,9 +696,11 @@ def _conclusion(text, options, asked=None):
     pemphigoid.\n... is seen in impetigo.'). In a question asking for the exception a negation may
     conclude ('the dorsum of the arm is the least preferred site', 'X is not a small round cell
     tumor'), one about the answer itself may not ('X is not the answer'); a statement does not."""
+    lines = [s for s in text.split("\n") if s.strip()]
+    if len(lines) > 1 and lines[-2].rstrip(" *").endswith("?") and (hit := _exact(lines[-1], options)):
+        return hit  # the answer to the question on the line before: "What is the diagnosis?\n\nTuberculosis"
     if not _complete(text):
         return None  # cut off mid-sentence: no conclusion yet
-    lines = [s for s in text.split("\n") if s.strip()]
     if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True):
         return None  # the last item of an option-by-option review: rule 4's verdicts or nothing
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
@@ -774,17 +784,21 @@ _GENERIC = set(_stems("all of the following these statements statement true fals
 
 def _clause_option(text, options):
     """The option that the clause opening `text` names in other words: the one with the largest
-    share (at least 2/3) of its content words in the clause, unique; None when the clause is
-    negated ('not X') or no option stands out."""
+    share (at least 2/3) of its content words in the clause, unique; else the one option holding
+    all the words of a clause of at most three ('choledocholithiasis' for 'Jaundice due to
+    choledocholithiasis'); None when the clause is negated ('not X') or no option stands out."""
     clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
     if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
         return None
     words, own = _stems(clause), {k: _stems(t) for k, t in options.items()}
     share = {k: sum((stems & words).values()) / sum(stems.values()) for k, stems in own.items() if stems}
     best = sorted(share.items(), key=lambda kv: -kv[1])
-    if not best or best[0][1] < 2 / 3 or (len(best) > 1 and best[1][1] == best[0][1]):
-        return None
-    return best[0][0]
+    if best and best[0][1] >= 2 / 3 and (len(best) == 1 or best[1][1] < best[0][1]):
+        return best[0][0]
+    # a short clause all of whose words belong to one option only: "is choledocholithiasis" for
+    # "Jaundice due to choledocholithiasis", "is lung cancer" for "Increased risk of lung cancer"
+    within = [k for k, stems in own.items() if words and not set(words) - set(stems)]
+    return within[0] if len(within) == 1 and len(words) <= 3 else None
 
 
 # --------------------------------------------------------------------------------------------

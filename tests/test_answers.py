@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 3,222 graded real ones, and the response categories.
+on 3,472 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -243,6 +243,17 @@ PROSE_CONCLUSION_CASES = [
      "that is not involved in smell is the trigeminal nerve.", P, "D"),
     ("The most appropriate next step in management would be to remove the graft.",
      {"A": "Intravenous immunoglobulin", "B": "Methylprednisolone", "C": "Removal of graft"}, "C"),
+    # ... or by a short clause whose words all belong to that option alone
+    ("The alkaline phosphatase is high.\n\nTherefore, the most probable diagnosis is choledocholithiasis.",
+     {"A": "Jaundice due to choledocholithiasis", "B": "Dubin-Johnson syndrome", "C": "Viral hepatitis"}, "A"),
+    ("Therefore, the most probable diagnosis is jaundice.",
+     {"A": "Jaundice due to choledocholithiasis", "B": "Malignant obstructive jaundice"}, None),
+    # 'the right foot is' is a side, not a committing 'right'
+    ("The pain in the right foot is caused by the bone spur. The heel is also tender.",
+     {"A": "The central fascicle is the thinnest", "B": "The windlass mechanism remains intact",
+      "C": "Strain of the medial fascicle", "D": "Pain caused by a bone spur"}, None),
+    # a last line that answers the question on the line before
+    ("Roseola: 0.2\nRubella: 0.5\n\nWhat is the most likely diagnosis?\n\nRubella", R, "C"),
     # ... but not the last item of a review, a rejection, a disjunction, a cut-off response, a
     # conclusion that names no option
     ("A) Roseola\n\nThe rash follows the fever. This is most likely rubella.\n\nC) Rubella\n\nThe rash "
@@ -356,6 +367,9 @@ EXCEPTION_CASES = [
     ("A) pRb is a tumor suppressor gene.\nB) FHIT is a tumor suppressor gene.\nC) PTCH is a tumor suppressor "
      "gene.\nD) c-erbB1 is not a tumor suppressor gene.", X, "Which of following is not a tumor suppressor gene?",
      "D", None),
+    # 'c-erbB1 is ...' opens with its text, not with a heading 'c-'
+    ("pRb is a tumor suppressor gene.\n\nFHIT is a tumor suppressor gene.\n\nPTCH is a tumor suppressor gene.\n\n"
+     "c-erbB1 is not a tumor suppressor gene.", X, "Which of following is not a tumor suppressor gene?", "D", None),
     ("A) is true, because pRb holds the cell cycle.\nB) is true.\nC) is not true, because PTCH is a tumor "
      "suppressor.\nD) is true.", X, "All of the following are true about these genes except:", "C", "D"),
     ("Complete blood counts and lumbar puncture are both necessary in altered sensorium. However, a "
@@ -437,6 +451,10 @@ FOLLOW_UP_CASES = [
     ("B is more likely because resorption is faster.\n\nC is the most likely because the roots are shorter.",
      L, "C"),
     ("B is more likely to resorb.\n\nC is the most likely to be shorter in some series.", L, None),
+    ("B) Primary roots resorb more easily: This is the next most likely.\nC) Primary roots are shorter: This "
+     "is the most likely.", L, "C"),
+    ("Primary roots resorb more easily: they are more likely to be lost early.\n\nPrimary roots show less "
+     "accessory canals: this is not the main difference.", L, None),
     # a review cut off before its last item settles nothing
     ("A) Primary roots show less accessory canals: This is not it.\nB) Primary roots resorb more easily: This "
      "is not it.\nC) Primary roots are shorter: This is not it.\nD) None of the above: The roots of", L, None),
@@ -446,7 +464,6 @@ FOLLOW_UP_CASES = [
 @pytest.mark.parametrize("response,options,expected", FOLLOW_UP_CASES, ids=[c[0][:40] for c in FOLLOW_UP_CASES])
 def test_parse_choice_on_follow_up_phrases(response, options, expected):
     assert parse_choice(response, options) == expected
-
 
 
 # Lists, articles and negations around the options: M, kinds of lipid; W, causes of hydrocephalus.
@@ -483,11 +500,12 @@ LIST_AND_NEGATION_CASES = [
 def test_parse_choice_on_lists_articles_and_negations(response, options, expected):
     assert parse_choice(response, options) == expected
 
+
 GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """3,222 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """3,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 360 of them graded again
     by a second reader, blind to the first, who agreed on 355, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -497,9 +515,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in eleven batches, each before the rules were changed or measured on it:
+      not at all. Graded in twelve batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout10 (250 each; -heldout10 graded while the last
+      each); -heldout7 (200); -heldout8 to -heldout11 (250 each; -heldout11 graded while the last
       rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
@@ -523,18 +541,23 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                      "medmcqa-instructgpt-heldout7": 100, "usmle-instructgpt-heldout8": 100,
                      "medmcqa-instructgpt-heldout8": 150, "usmle-instructgpt-heldout9": 100,
                      "medmcqa-instructgpt-heldout9": 150, "usmle-instructgpt-heldout10": 100,
-                     "medmcqa-instructgpt-heldout10": 150}
+                     "medmcqa-instructgpt-heldout10": 150, "usmle-instructgpt-heldout11": 100,
+                     "medmcqa-instructgpt-heldout11": 150}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
-             "usmle-instructgpt-heldout": 92, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 93, "medmcqa-instructgpt-heldout3": 127,
-             "usmle-instructgpt-heldout4": 92, "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 92,
-             "medmcqa-instructgpt-heldout5": 125, "usmle-instructgpt-heldout6": 87, "medmcqa-instructgpt-heldout6": 115,
-             "usmle-instructgpt-heldout7": 94, "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 92,
-             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 93, "medmcqa-instructgpt-heldout9": 128,
-             "usmle-instructgpt-heldout10": 91, "medmcqa-instructgpt-heldout10": 121}
+             "usmle-instructgpt-heldout": 94, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
+             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 93,
+             "medmcqa-instructgpt-heldout3": 128, "usmle-instructgpt-heldout4": 92,
+             "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 92,
+             "medmcqa-instructgpt-heldout5": 126, "usmle-instructgpt-heldout6": 87,
+             "medmcqa-instructgpt-heldout6": 116, "usmle-instructgpt-heldout7": 95,
+             "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 92,
+             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 93,
+             "medmcqa-instructgpt-heldout9": 128, "usmle-instructgpt-heldout10": 94,
+             "medmcqa-instructgpt-heldout10": 123, "usmle-instructgpt-heldout11": 92,
+             "medmcqa-instructgpt-heldout11": 121}
     assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
 
 
