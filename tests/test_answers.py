@@ -531,34 +531,25 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
         agree[r["source"]] += got == r["label"]
         if got != r["label"]:
             misses.append(f"{r['source']} {r['id']}: graded {r['label']}, parsed {got} ({r['why']})")
-    assert total == {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 286, "usmle-instructgpt": 200,
-                     "usmle-instructgpt-heldout": 100, "medmcqa-instructgpt": 150, "usmle-instructgpt-heldout2": 100,
-                     "medmcqa-instructgpt-heldout2": 150, "usmle-instructgpt-heldout3": 100,
-                     "medmcqa-instructgpt-heldout3": 150, "usmle-instructgpt-heldout4": 100,
-                     "medmcqa-instructgpt-heldout4": 150, "usmle-instructgpt-heldout5": 100,
-                     "medmcqa-instructgpt-heldout5": 150, "usmle-instructgpt-heldout6": 100,
-                     "medmcqa-instructgpt-heldout6": 150, "usmle-instructgpt-heldout7": 100,
-                     "medmcqa-instructgpt-heldout7": 100, "usmle-instructgpt-heldout8": 100,
-                     "medmcqa-instructgpt-heldout8": 150, "usmle-instructgpt-heldout9": 100,
-                     "medmcqa-instructgpt-heldout9": 150, "usmle-instructgpt-heldout10": 100,
-                     "medmcqa-instructgpt-heldout10": 150, "usmle-instructgpt-heldout11": 100,
-                     "medmcqa-instructgpt-heldout11": 150}
+    # per source: (answers graded, answers the parser agrees on at least)
+    expected = {"mmmu-pro-standard10-gpt4o": (286, 286), "mmmu-pro-vision-gpt4o": (286, 285),
+                "usmle-instructgpt": (200, 185), "usmle-instructgpt-heldout": (100, 94),
+                "medmcqa-instructgpt": (150, 128), "usmle-instructgpt-heldout2": (100, 89),
+                "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 93),
+                "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
+                "medmcqa-instructgpt-heldout4": (150, 132), "usmle-instructgpt-heldout5": (100, 92),
+                "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
+                "medmcqa-instructgpt-heldout6": (150, 116), "usmle-instructgpt-heldout7": (100, 95),
+                "medmcqa-instructgpt-heldout7": (100, 87), "usmle-instructgpt-heldout8": (100, 92),
+                "medmcqa-instructgpt-heldout8": (150, 132), "usmle-instructgpt-heldout9": (100, 93),
+                "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 94),
+                "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
+                "medmcqa-instructgpt-heldout11": (150, 121)}
+    assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 360 and sum(r["second_label"] == r["label"] for r in second) == 355
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
-    floor = {"mmmu-pro-standard10-gpt4o": 286, "mmmu-pro-vision-gpt4o": 285, "usmle-instructgpt": 185,
-             "usmle-instructgpt-heldout": 94, "medmcqa-instructgpt": 128, "usmle-instructgpt-heldout2": 89,
-             "medmcqa-instructgpt-heldout2": 128, "usmle-instructgpt-heldout3": 93,
-             "medmcqa-instructgpt-heldout3": 128, "usmle-instructgpt-heldout4": 92,
-             "medmcqa-instructgpt-heldout4": 132, "usmle-instructgpt-heldout5": 92,
-             "medmcqa-instructgpt-heldout5": 126, "usmle-instructgpt-heldout6": 87,
-             "medmcqa-instructgpt-heldout6": 116, "usmle-instructgpt-heldout7": 95,
-             "medmcqa-instructgpt-heldout7": 87, "usmle-instructgpt-heldout8": 92,
-             "medmcqa-instructgpt-heldout8": 132, "usmle-instructgpt-heldout9": 93,
-             "medmcqa-instructgpt-heldout9": 128, "usmle-instructgpt-heldout10": 94,
-             "medmcqa-instructgpt-heldout10": 123, "usmle-instructgpt-heldout11": 92,
-             "medmcqa-instructgpt-heldout11": 121}
-    assert all(agree[s] >= n for s, n in floor.items()), (dict(agree), "\n".join(misses))
+    assert all(agree[s] >= least for s, (_, least) in expected.items()), (dict(agree), "\n".join(misses))
 
 
 @pytest.mark.parametrize("response,rule", [
