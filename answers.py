@@ -785,8 +785,9 @@ _GENERIC = set(_stems("all of the following these statements statement true fals
 def _clause_option(text, options):
     """The option that the clause opening `text` names in other words: the one with the largest
     share (at least 2/3) of its content words in the clause, unique; else the one option holding
-    all the words of a clause of at most three ('choledocholithiasis' for 'Jaundice due to
-    choledocholithiasis'); None when the clause is negated ('not X') or no option stands out."""
+    all the words of a clause of at most three content words ('choledocholithiasis' for 'Jaundice
+    due to choledocholithiasis'); None when the clause is negated ('not X') or no option stands
+    out."""
     clause = re.split(r"[.;!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]
     if re.match(r"[\s*\"'(]*(?:not|never|unlikely|neither|none)\b", clause, re.I):
         return None
