@@ -423,8 +423,6 @@ def _verdicts(text, options, asked=None):
             rest = rest[len(named[1]):]
             if not by_letter and not _JUDGED.match(rest):
                 continue  # a paragraph that merely opens with an option's words
-        if by_letter and _text_at(rest.lower(), len(rest) - len(rest.lstrip(" *")), _opt_text(options[letter])):
-            rest = rest.lstrip(" *")[len(_opt_text(options[letter])):]  # "Option C) <its text>"
         if not rest.strip(" *.:：-–)"):  # "Option B: <its text>" on a line of its own, the verdict below
             rest = next((s for s in lines[i + 1:] if s.strip()), "")
         # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
