@@ -68,7 +68,8 @@ def parse_choice(response, options, question=None):
          judged positively while others are rejected, else, every option reviewed, the only one
          not rejected. When the question asks for the exception: the only one called the answer,
          else the only one denied what the question asks ('D) c-erbB1 is not a tumor suppressor
-         gene', 'C) is false'; several denied: none).
+         gene', 'C) is false'; several denied: none). A bare list of the options ('1) X\n2) Y') is
+         no review: the line after its last item judges that item only where it names it.
       5. Only when the question asks for the exception: the options a sentence denies what the
          question asks about, named by letter, text or most words ('Hemangiosarcoma is not a
          small round cell tumor', 'the artery of the pterygoid canal does not supply the tube';
@@ -274,7 +275,7 @@ _CUE_AFTER = re.compile(
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
-    r"most\s+likely(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
+    r"most\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
 # an option's text followed by a committing phrase: "Lesser petrosal nerve is the most likely
 # answer", "Roseola is more common in infants, so this is the most likely diagnosis", "Aqueductal
 # stenosis is the most likely cause" (but not "... that secretin is the cause")
@@ -292,7 +293,7 @@ _LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\
                                 r"(?![\w'’]|-\w|\.\w)")
 # a committing phrase about the sentence before it: "Primary roots are shorter. This is the answer
 # because ...", "... consistent with the history, making it the most likely answer"
-_ANAPHOR_CUE = re.compile(r"\b(?:(?:this|that|it)\s+(?:is|would\s+be|seems\s+to\s+be)|making\s+(?:it|this))\s+"
+_ANAPHOR_CUE = re.compile(r"\b(?:(?:this|that|it)(?:'s|\s+(?:is|would\s+be|seems\s+to\s+be))|making\s+(?:it|this))\s+"
                           r"(?:the\s+)?(?:(?:correct|right)\b(?!\s+[a-z])|(?:(?:most\s+likely|most\s+appropriate|best|"
                           r"correct|right|final)\s+)*(?:answer|choice|option|diagnosis)\b)", re.I)
 # ... and a rejection of it: "This is not the correct answer", "This can't be the answer", "that's not it"
@@ -317,8 +318,7 @@ def _last_cue(text, options, asked=None):
             if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"
                 continue
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
-            if (c.isupper() and c != "A") or not word_follows or \
-                    after.strip().lower().startswith(_opt_text(options[c.upper()])):
+            if (c.isupper() and c != "A") or not word_follows:
                 found.append((m.end() + lm.start(1), lm.group(1).upper(), m.start()))
                 continue
         # "the answer is ultrasound": an option text right after the cue (longest first). When a
@@ -425,6 +425,13 @@ def _verdicts(text, options, asked=None):
                 continue  # a paragraph that merely opens with an option's words
         if not rest.strip(" *.:：-–)"):  # "Option B: <its text>" on a line of its own, the verdict below
             rest = next((s for s in lines[i + 1:] if s.strip()), "")
+            above = next((s for s in reversed(lines[:i]) if s.strip()), "")
+            if _review_heading(above, options, alone=True):
+                # the last item of a bare list ("Possible diagnoses include:\n1) X\n2) Y\n\n..."):
+                # the line below judges it only where it names it and no other option
+                spans = _text_spans(rest, options)
+                if (_letters(rest, options, spans) or {s[2] for s in spans}) != {letter}:
+                    rest = ""
         # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
         # is not consistent with a GIST." -> rejected
         verdict[letter] = "?"
@@ -699,8 +706,11 @@ def _conclusion(text, options, asked=None):
         return hit  # the answer to the question on the line before: "What is the diagnosis?\n\nTuberculosis"
     if not _complete(text):
         return None  # cut off mid-sentence: no conclusion yet
-    if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True):
-        return None  # the last item of an option-by-option review: rule 4's verdicts or nothing
+    # the last item of an option-by-option review (not of a bare list of the options, a heading
+    # under a heading): rule 4's verdicts or nothing
+    if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True) \
+            and not (len(lines) > 2 and _review_heading(lines[-3], options, alone=True)):
+        return None
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
     sentences = re.split(r"(?<=[.!?])\s+", line)
     # the options named just before the last sentence, on its line or the line before
@@ -762,15 +772,21 @@ def _states(sentence, tail, spans):
 
 _STOP = set("a an the of to and or in on for with by at from as is are be this that his her their its "
             "patient patient's which would should".split())
+# "two" answers the option "2"
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 
 
 def _stems(text):
     """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
     serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
-    'Removal', 'produce and circulate' and 'Production and circulation' share theirs; counted,
-    so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
+    'Removal', 'produce and circulate' and 'Production and circulation' share theirs, and so do
+    British and American spellings ('Preterm labour' and 'preterm labor', 'haemorrhage' and
+    'hemorrhage': MedMCQA's options are written in British English) and numbers ('two', '2');
+    counted, so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
     'negative'."""
     words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
+    words = [_NUMBER_WORDS.get(w) or re.sub(r"(?<=\w)our$", "or", re.sub(r"(?<=\w)[ao]e(?=\w)", "e", w))
+             for w in words]
     return Counter(re.sub(r"(?:ation|ition|tion|ion|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
                    if len(w) > 3 else w for w in words if w not in _STOP)
 

@@ -254,6 +254,17 @@ PROSE_CONCLUSION_CASES = [
       "C": "Strain of the medial fascicle", "D": "Pain caused by a bone spur"}, None),
     # a last line that answers the question on the line before
     ("Roseola: 0.2\nRubella: 0.5\n\nWhat is the most likely diagnosis?\n\nRubella", R, "C"),
+    # British and American spellings, numbers in words
+    ("Fetal fibronectin in the discharge is a marker for it.\n\nSo, the probable diagnosis is preterm labor.",
+     {"A": "Preterm labour", "B": "IUGR", "C": "Antepartum haemorrhage", "D": "Cervical infection"}, "A"),
+    ("The bleeding comes before delivery.\n\nTherefore, the most likely diagnosis is antepartum hemorrhage.",
+     {"A": "Preterm labour", "B": "IUGR", "C": "Antepartum haemorrhage", "D": "Cervical infection"}, "C"),
+    ("Incisors form from four lobes.\n\nSo the minimum number of lobes required to form a permanent tooth is two.",
+     {"A": "1", "B": "2", "C": "3", "D": "4"}, "B"),
+    ("Incisors form from four lobes.\n\nSo the minimum number of lobes is two or three.",
+     {"A": "1", "B": "2", "C": "3", "D": "4"}, None),
+    ("Each tooth forms from lobes.\n\nTherefore, the answer is one of the four.",
+     {"A": "1", "B": "2", "C": "3", "D": "4"}, None),
     # ... but not the last item of a review, a rejection, a disjunction, a cut-off response, a
     # conclusion that names no option
     ("A) Roseola\n\nThe rash follows the fever. This is most likely rubella.\n\nC) Rubella\n\nThe rash "
@@ -455,6 +466,16 @@ FOLLOW_UP_CASES = [
      "is the most likely.", L, "C"),
     ("Primary roots resorb more easily: they are more likely to be lost early.\n\nPrimary roots show less "
      "accessory canals: this is not the main difference.", L, None),
+    # 'it's the ... option' and 'the most likely to be correct' commit as 'this is' and 'the most likely' do
+    ("The first option is that primary roots resorb more easily. It's possible.\n\nThe second option is that "
+     "primary roots are shorter. It's the best answer here.", L, "C"),
+    ("The second option is that primary roots resorb more easily. It could fit, but it's not the most likely "
+     "option.\n\nThe third option is that primary roots are shorter. This fits the series, and it's the most "
+     "likely option.", L, "C"),
+    ("Option B is likely to be correct, as resorption is fast.\n\nOption C is the most likely to be correct.",
+     L, "C"),
+    ("Option D is the least likely to be correct.\n\nOption B is also likely to be correct.\n\nOption C is "
+     "the most likely to be correct.", L, "C"),
     # a review cut off before its last item settles nothing
     ("A) Primary roots show less accessory canals: This is not it.\nB) Primary roots resorb more easily: This "
      "is not it.\nC) Primary roots are shorter: This is not it.\nD) None of the above: The roots of", L, None),
@@ -489,6 +510,19 @@ LIST_AND_NEGATION_CASES = [
     ("Its job is to counteract the movement of the denture, so this is the correct answer.",
      {"A": "a)\tTo balance the denture", "B": "b)\tTo act as a direct retainer",
       "C": "c)\tTo counteract the movement of the denture"}, "C"),
+    # 'is a blood clot, aqueductal stenosis, or ...' lists options after the article 'a'
+    ("Therefore, the most likely cause of the hydrocephalus is a blood clot, aqueductal stenosis, or arachnoid "
+     "adhesions.", W, None),
+    ("Therefore, the most likely cause of the hydrocephalus is a blood clot, given the trauma.", W, "A"),
+    # a bare list of the options: the line below its last item judges that item only where it names it
+    ("The causes of hydrocephalus include:\n1) Blood clot\n2) Aqueductal stenosis\n3) Arachnoid adhesions\n"
+     "4) Mega cisterna magna\n\nFinally, we choose the most likely cause. In this case, the most likely cause "
+     "is an infection.", W, None),
+    ("The causes include:\n-Blood clot\n-Aqueductal stenosis\n-Arachnoid adhesions\n-Mega cisterna magna\n\n"
+     "3. Based on the information above, we can conclude that aqueductal stenosis is the best explanation.",
+     W, "B"),
+    ("The options are:\nA) Blood clot\nB) Aqueductal stenosis\nC) Arachnoid adhesions\nD) Mega cisterna magna"
+     "\n\nMega cisterna magna is the most likely cause, given the cyst.", W, "D"),
     # a cue followed by a negated option or by 'none of the above' commits to nothing
     ("Therefore, option D is not the correct answer.\n\nThe correct answer is none of the above.", W, None),
     ("Mega cisterna magna is a malformation. Therefore, arachnoid adhesions do not block the flow.", W, "D"),
@@ -505,7 +539,7 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """3,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    """3,972 real chain-of-thought answers to medical multiple-choice questions, each graded by
     reading it (the option it commits to, or null), blind to the parser; 480 of them graded again
     by a second reader, blind to the first, who agreed on 475, the other 5 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
@@ -515,9 +549,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in twelve batches, each before the rules were changed or measured on it:
+      not at all. Graded in fourteen batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout11 (250 each; -heldout11 graded while the last
+      each); -heldout7 (200); -heldout8 to -heldout13 (250 each; -heldout13 graded while the last
       rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
@@ -537,14 +571,16 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt": (150, 128), "usmle-instructgpt-heldout2": (100, 89),
                 "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 93),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
-                "medmcqa-instructgpt-heldout4": (150, 132), "usmle-instructgpt-heldout5": (100, 92),
+                "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 116), "usmle-instructgpt-heldout7": (100, 95),
                 "medmcqa-instructgpt-heldout7": (100, 87), "usmle-instructgpt-heldout8": (100, 92),
                 "medmcqa-instructgpt-heldout8": (150, 132), "usmle-instructgpt-heldout9": (100, 93),
                 "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 94),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
-                "medmcqa-instructgpt-heldout11": (150, 121)}
+                "medmcqa-instructgpt-heldout11": (150, 123), "usmle-instructgpt-heldout12": (100, 91),
+                "medmcqa-instructgpt-heldout12": (150, 129), "usmle-instructgpt-heldout13": (100, 90),
+                "medmcqa-instructgpt-heldout13": (150, 132)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 480 and sum(r["second_label"] == r["label"] for r in second) == 475
