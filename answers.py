@@ -822,6 +822,11 @@ def _clause_option(text, options):
 
 # response_category's answers, in the order the tables list them
 CATEGORIES = ("single_letter", "answer_prefixed", "cot", "other", "invalid")
+# an answer phrase that opens a response with no committing cue: "Choice: B", "My choice is B."
+_OPENER = re.compile(r"[\s*\"'(\[]*(?:(?:my|the|final|correct|selected|chosen)\s+)*"
+                     r"(?:answer|option|choice|selection)\s*(?:is\b|[:：])[\s*\"'(\[]*", re.I)
+# what makes the words before an answer phrase reasoning rather than a lead-in ("I think the")
+_REASONING = re.compile(r"[.!?;\n]|\b(?:so|because|since|as|given|therefore|thus|hence)\b", re.I)
 
 
 def response_category(response, options, question=None):
@@ -831,16 +836,18 @@ def response_category(response, options, question=None):
 
       single_letter    only the letter, decorated or not, or the letter with its own option text:
                        'B', '(b)', '**B**', 'B.', 'B. Magnetic resonance imaging'
-      answer_prefixed  an answer phrase (or an <answer> tag) opens the response and states the
-                       choice, a short reason may follow: 'Answer: B', 'The answer is B.',
+      answer_prefixed  an answer phrase (or an <answer> tag) introduces the choice, after at most
+                       three words that are no reasoning; a short reason may follow: 'Answer: B',
+                       'The answer is B.', 'I think the answer is B.', 'My choice is B.',
                        'The correct option is (B) MRI, given the contrast.', '<answer>B</answer>'
       cot              reasoning first, then the choice, stated by a concluding phrase or an
-                       <answer> tag, or named after at least 8 words of reasoning:
+                       <answer> tag, or first named after at least 8 words of reasoning:
                        'The image shows soft tissue contrast, so the answer is B.',
                        'Bright soft tissue contrast.\n<answer>B</answer>'
       other            a valid answer in none of these forms: the bare option text ('Ultrasound'),
-                       a letter with a reason but no answer phrase ('B, because of the contrast'),
-                       a short remark naming one option ('Looks like an MRI.')
+                       a letter with a reason or a verdict but no answer phrase before it ('B,
+                       because of the contrast', 'B is correct.', 'B. The contrast shows an
+                       MRI.'), a short remark naming one option ('Looks like an MRI.')
       invalid          parse_choice finds no single option ('A or B', 'I cannot tell.')
     """
     letter, rule = parse_choice_rule(response, options, question)
@@ -849,16 +856,26 @@ def response_category(response, options, question=None):
     s = response.strip(_DECOR).rstrip(".").strip(_DECOR)
     if rule == "exact":
         return "single_letter" if len(s) == 1 or re.fullmatch(r"[A-Za-z]\s*[.):：]\s*(.+)", s, re.S) else "other"
+    text, opts = _normalized(response, options)
     if rule.startswith("answer_tag"):
-        stated = response.lower().rindex("<answer>")
+        stated = text.lower().rindex("<answer>")
     elif rule == "cue":  # where the deciding cue starts, read as the rule read it
-        text, opts = _normalized(response, options)
-        stated = _last_cue(_ANSWER_TAG.sub(" ", text), opts, _asked(question))[2]
+        text = _ANSWER_TAG.sub(" ", text)
+        at, _, stated = _last_cue(text, opts, _asked(question))
+        if not (stated < at and _CUE_BEFORE.match(text, stated)):  # a verdict after the choice: "B is correct"
+            stated = None
     elif rule == "conclusion":  # the last line concludes
         return "cot" if len(response[:response.rstrip().rfind("\n") + 1].split()) >= 8 else "other"
-    else:  # a letter or an option's text without an answer phrase: where it last stands
-        spots = [m.start(1) for m in _LETTER.finditer(response) if m.group(1).upper() == letter]
-        spots += [m.start() for m in re.finditer(re.escape(_opt_text(options[letter])), response.lower())]
-        before = len(response[:max(spots, default=0)].split())
-        return "cot" if before >= 8 else "other"
-    return "answer_prefixed" if len(response[:stated].split()) <= 2 else "cot"
+    else:
+        stated = None
+    if stated is None:  # no answer phrase before the choice: where the choice is first named
+        spots = [m.start(1) for m in _LETTER.finditer(text) if m.group(1).upper() == letter]
+        spots += [m.start() for m in re.finditer(re.escape(_opt_text(opts[letter])), text.lower())]
+        first = min(spots, default=0)
+        opener = _OPENER.match(text)
+        if opener and opener.end() == first:
+            stated = 0  # "Choice: B", "My choice is B."
+        else:
+            return "cot" if len(text[:first].split()) >= 8 else "other"
+    lead = re.sub(r"\b(?:the|my|our|a|an)\s*$", "", text[:stated], flags=re.I)  # "I think the | answer is B"
+    return "answer_prefixed" if len(lead.split()) <= 3 and not _REASONING.search(lead) else "cot"

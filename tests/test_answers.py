@@ -605,22 +605,31 @@ def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
     # single letter: the letter alone, decorated or with its own option text
     ("B", "single_letter"), ("**B**", "single_letter"), ("(b)", "single_letter"), ("B.", "single_letter"),
     ("B. Magnetic resonance imaging", "single_letter"),
-    # answer-prefixed: an answer phrase (or the tag) opens the response
+    # answer-prefixed: an answer phrase (or the tag) introduces the choice, after a lead-in of at
+    # most three words that gives no reason
     ("Answer: B", "answer_prefixed"), ("The answer is B.", "answer_prefixed"),
     ("Final answer: (B) Magnetic resonance imaging", "answer_prefixed"), ("<answer>B</answer>", "answer_prefixed"),
-    ("The correct option is B, given the soft tissue contrast.", "answer_prefixed"),
-    ("Option B is correct.", "answer_prefixed"), ("I choose D.", "answer_prefixed"),
-    ("Magnetic resonance imaging is the correct answer.", "answer_prefixed"),
+    ("The correct option is B, given the soft tissue contrast.", "answer_prefixed"), ("I choose D.", "answer_prefixed"),
+    ("I think the answer is B.", "answer_prefixed"), ("In my opinion, the answer is B.", "answer_prefixed"),
+    ("Choice: B", "answer_prefixed"), ("My choice is B.", "answer_prefixed"), ("Selected option: B", "answer_prefixed"),
     # chain of thought: reasoning first, then the choice
     ("The image shows soft tissue. Among the options, MRI fits best because of the contrast, so the answer is B.",
      "cot"),
     ("Bright soft tissue contrast.\n<answer>B</answer>", "cot"),
     ("The cortex and the ventricles are shown with soft tissue contrast and no bone detail: B.", "cot"),
+    ("MRI fits, so the answer is B.", "cot"), ("Based on the image, the answer is B.", "cot"),
+    ("The soft tissue contrast and the bright fat signal on this sequence: magnetic resonance imaging is the correct "
+     "answer.", "cot"),
     ("An X-ray would show the bone and an ultrasound would not reach the brain.\nTherefore, the scan is magnetic "
      "resonance imaging.", "cot"),
     # other: valid, but neither a bare letter nor introduced by an answer phrase nor reasoned out
     ("Ultrasound", "other"), ("Magnetic resonance imaging.", "other"), ("B, because of the contrast.", "other"),
     ("Looks like magnetic resonance imaging.", "other"),
+    # ... a verdict after the choice is no answer phrase before it, and a reason after the letter no reasoning first
+    ("B is correct.", "other"), ("Option B is correct.", "other"),
+    ("Magnetic resonance imaging is the correct answer.", "other"),
+    ("B. The image shows soft tissue contrast with a bright fat signal, typical of magnetic resonance imaging.",
+     "other"),
     ("A or B", "invalid"), ("I cannot tell.", "invalid"),
 ])
 def test_response_category(response, expected):
