@@ -82,9 +82,11 @@ JUDGED = ("mmmu", "gmai_mmbench")
 
 
 def load_benchmark(name, root, limit=None, subset=()):
-    from sources import load_source
+    """The benchmark's records (sources.Records: `.report` counts the rows its reader skipped)."""
+    from sources import Records, load_source
     source, split = BENCHMARKS[name]  # gold letters are checked here, before any generation
-    records = [{**r, "answer": gold_letter(r)} if r.get("options") else r for r in load_source(source, root, split)]
+    loaded = load_source(source, root, split)
+    records = [{**r, "answer": gold_letter(r)} if r.get("options") else r for r in loaded]
     first = {}
     for k, r in enumerate(records):  # one row per id: a repeated id would replace a row and count twice
         if r["id"] in first:
@@ -99,7 +101,9 @@ def load_benchmark(name, root, limit=None, subset=()):
             raise ValueError(f"--subset {key}={value}: no {name} record has a field {key!r}; fields: "
                              f"{sorted(set(records[0]) | set(records[0].get('meta', {})))}")
         records = [r for r in records if str(r.get(key, r.get("meta", {}).get(key))) == value]
-    return records[:limit] if limit else records
+    out = Records(records[:limit] if limit else records)
+    out.report = loaded.report
+    return out
 
 
 # `run`'s variants in the order they run: the base prompt, then one per analysis flag
@@ -287,10 +291,12 @@ def judge_rows(judge, rows, seed=0):
     .generate(requests, ...)) only for the multiple-choice rows the rules left unresolved, in
     place. A judged row is flagged 'judged' and keeps the judge's reply and letter
     ('judge_parsed'); 'correct' becomes the judge's verdict, while 'parsed', 'invalid' and
-    'correct_rules' stay the rules' (the invalid rate measures instruction following)."""
-    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]]
+    'correct_rules' stay the rules' (the invalid rate measures instruction following). Rows
+    already judged are left as they are. Returns how many rows it judged."""
+    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]
+            and "judged" not in r["flags"]]
     if not todo:
-        return
+        return 0
     reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
         question=r["question"], response=r["response"],
         options=format_options(r["options"]))}], "images": []} for r in todo]
@@ -300,6 +306,7 @@ def judge_rows(judge, rows, seed=0):
         r["judge_response"] = out[0]
         r["judge_parsed"] = letter if letter in r["options"] else None
         r["correct"] = r["judge_parsed"] == r["gold"]
+    return len(todo)
 
 
 # ---- Resumable runs ------------------------------------------------------------------------------
@@ -376,6 +383,9 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             f.flush()
             bar.update(len(part))
     rows = read_rows(path)
+    if judge is not None and judge_rows(judge, list(rows.values()), cfg.seed):  # an earlier run's, judged now
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows.values())
     lost = [r["id"] for r in records if r["id"] not in rows]
     if lost:
         raise RuntimeError(f"{path}: {len(lost)} of {len(records)} items have no row (e.g. {lost[:3]}); rerun "
@@ -411,6 +421,9 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
     diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed",
                         "min_pixels", "max_pixels") if old.get(k) != run.get(k)]
+    if old.get("judge_model") and (old.get("judge_model"), old.get("judge_backend")) != \
+            (run.get("judge_model"), run.get("judge_backend")):  # its rows were judged by that judge
+        diff += ["judge_model", "judge_backend"]
     if diff:
         raise ValueError(f"{cfg.out} holds a run with other settings ({', '.join(diff)}); "
                          "choose another --out or delete it to start over")
@@ -426,6 +439,9 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     for name, root in benchmarks.items():
         records = load_benchmark(name, root, cfg.limit, cfg.subset)
         log(f"{name}: {len(records)} records from {root}")
+        skipped = dict(records.report.counts)  # malformed rows the reader could not use, by reason
+        if skipped:
+            log(records.report.lines())
         lacking = summary.missing_axes(name, records)
         if lacking:
             log(f"{name}: no column {', '.join(map(repr, lacking))} in {root}: accuracy by that axis is not "
@@ -448,7 +464,13 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
         if "rephrase" in analyses:
             analyses["rephrase"]["sources"] = dict(Counter(sources.values()))
         result["benchmarks"][name] = {**{v: summary.summarize(rows) for v, rows in per.items()},
-                                      "analyses": analyses, **({"missing_group_columns": lacking} if lacking else {})}
+                                      "analyses": analyses, **({"missing_group_columns": lacking} if lacking else {}),
+                                      **({"skipped_rows": skipped} if skipped else {})}
+        for v, rows in per.items():  # answers the token budget cut are said, not only counted
+            if result["benchmarks"][name][v].get("n_truncated"):
+                log(f"{name}/{v}: {result['benchmarks'][name][v]['n_truncated']} of {len(rows)} answers were cut by "
+                    "the token budget (--max-new-tokens, --cot-max-new-tokens); summary.json gives the accuracy "
+                    "without them (accuracy_complete)")
     result["timings"] = dict(getattr(backend, "timings", {}))
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(result, f, indent=2, default=str)
@@ -495,21 +517,21 @@ def _cli():
     @click.option("--data-root", "roots", multiple=True, required=True,
                   help="raw data root for every benchmark, or NAME=DIR per benchmark")
     @click.option("--backend", type=click.Choice(["native", "vllm"]), default="native")
-    @click.option("--out", default="eval_out", show_default=True)
+    @click.option("--out", default=EvalConfig.out, show_default=True)
     @click.option("--name", default="", help="row label in the tables")
     @click.option("--limit", type=int)
     @click.option("--subset", multiple=True, help="KEY=VALUE filter on record/meta fields")
-    @click.option("--max-new-tokens", default=64, show_default=True)
-    @click.option("--cot-max-new-tokens", default=1024, show_default=True,
+    @click.option("--max-new-tokens", default=EvalConfig.max_new_tokens, show_default=True)
+    @click.option("--cot-max-new-tokens", default=EvalConfig.cot_max_new_tokens, show_default=True,
                   help="budget of the --cot answers (they stop at </answer>); cut ones are counted")
-    @click.option("--temperature", default=0.0, show_default=True)
-    @click.option("--top-p", default=1.0, show_default=True)
-    @click.option("--seed", default=0, show_default=True)
-    @click.option("--batch-size", default=8, show_default=True)
+    @click.option("--temperature", default=EvalConfig.temperature, show_default=True)
+    @click.option("--top-p", default=EvalConfig.top_p, show_default=True)
+    @click.option("--seed", default=EvalConfig.seed, show_default=True)
+    @click.option("--batch-size", default=EvalConfig.batch_size, show_default=True)
     @click.option("--device", help="native backend device (default: cuda if available)")
     @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
     @click.option("--min-pixels", type=int)
-    @click.option("--max-pixels", type=int, default=262144, show_default=True)
+    @click.option("--max-pixels", type=int, default=EvalConfig.max_pixels, show_default=True)
     @click.option("--shuffle", is_flag=True, help="options in a seeded random order")
     @click.option("--circular", is_flag=True, help="all cyclic option rotations (CircularEval)")
     @click.option("--rephrase", is_flag=True, help="rephrased questions: the dataset's own, else (multiple "

@@ -40,13 +40,16 @@ def permute_options(record, order, tag):
 
 def shuffle_record(record, seed):
     """Options in a random order fixed by (seed, record id): reruns and resumes agree. A draw
-    that leaves the order as it was is rotated by one (two options: swapped), so every shuffled
-    question really is reordered and the accuracy change measures reorderings only."""
+    that leaves the question as it was (the same order, or the same texts where two options
+    share one) is replaced by the first rotation that changes it (two options: swapped), so
+    every shuffled question really is reordered and the accuracy change measures reorderings."""
     keys = list(record["options"])
     order = keys[:]
     random.Random(f"{seed}:{record['id']}").shuffle(order)
-    if order == keys:
-        order = keys[1:] + keys[:1]
+    reads = [record["options"][k] for k in keys]  # the question as it reads, option by option
+    if [record["options"][k] for k in order] == reads:
+        turns = (keys[i:] + keys[:i] for i in range(1, len(keys)))
+        order = next((o for o in turns if [record["options"][k] for k in o] != reads), order)  # else all alike
     return permute_options(record, order, "shuffle")
 
 
@@ -80,6 +83,12 @@ def _words(text):
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+def _names(text, option):
+    """Does `text` name the option text as whole words ('CT' is not in 'picture' or 'structure')?"""
+    option = str(option or "").strip()
+    return bool(option) and re.search(rf"(?<!\w){re.escape(option)}(?!\w)", text, re.I) is not None
+
+
 def check_rephrasing(question, candidate, options=None):
     """(ok, reason) for a rephrased question: not empty, not the same words, still a question
     (ends with '?'), no option lines or option text the question did not already contain (the
@@ -94,7 +103,7 @@ def check_rephrasing(question, candidate, options=None):
         return False, "not_a_question"
     if re.search(r"^\s*\(?[A-J][.):]\s", c, re.M):
         return False, "lists_options"
-    if any(t and t.lower() in c.lower() and t.lower() not in question.lower() for t in (options or {}).values()):
+    if any(_names(c, t) and not _names(question, t) for t in (options or {}).values()):
         return False, "names_an_option"
     if set(re.findall(r"\d+(?:\.\d+)?", question)) - set(re.findall(r"\d+(?:\.\d+)?", c)):
         return False, "changed_numbers"

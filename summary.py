@@ -46,6 +46,7 @@ SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localiz
 # e.g. Diagnostics_and_Laboratory_Medicine) and GMAI-MMBench's official axes (the columns
 # VLMEvalKit's GMAIMMBenchDataset reports accuracy by). Column names match case-insensitively.
 GROUP_AXES = {"mmmu": ("subject",), "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
+NO_VALUE = "(no value)"  # the group of the records whose cell on an axis is empty
 
 
 def skill_of(record_or_row):
@@ -132,12 +133,12 @@ def summarize(rows):
 
 
 def by_group(rows):
-    """{axis: {value: {"n", "accuracy"}}} over the rows' group labels."""
-    out = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        for axis, value in r.get("groups", {}).items():
-            out[axis][value].append(r)
-    return {a: {v: _accuracy(g) for v, g in sorted(vals.items())} for a, vals in sorted(out.items())}
+    """{axis: {value: {"n", "accuracy"}}} over the rows' group labels. A row with no value on an
+    axis other rows have (an empty department cell) counts under NO_VALUE: each axis adds up to
+    every row."""
+    axes = sorted({a for r in rows for a in r.get("groups", {})})
+    return {a: {v: _accuracy(g) for v, g in sorted(_by(rows, lambda r: r.get("groups", {}).get(a, NO_VALUE)).items())}
+            for a in axes}
 
 
 # ---- Each variant against the base run -----------------------------------------------------------
@@ -165,9 +166,9 @@ def grounding_by_group(base, grounding, path):
     res = {"overall": {"all": compare_rows(base, grounding)}}
     labels = {r["base_id"]: r.get("groups", {}) for r in base}
     for axis in sorted({a for g in labels.values() for a in g}):
-        values = sorted({g[axis] for g in labels.values() if axis in g})
-        res[axis] = {v: compare_rows([r for r in base if labels[r["base_id"]].get(axis) == v],
-                                     [r for r in grounding if labels.get(r["base_id"], {}).get(axis) == v])
+        values = sorted({g.get(axis, NO_VALUE) for g in labels.values()})
+        res[axis] = {v: compare_rows([r for r in base if labels[r["base_id"]].get(axis, NO_VALUE) == v],
+                                     [r for r in grounding if labels.get(r["base_id"], {}).get(axis, NO_VALUE) == v])
                      for v in values}
     lines = ["# Accuracy without and with the grounding prompt", "",
              "| axis | group | n | without | with | Δ |", "|---|---|---|---|---|---|"]

@@ -78,6 +78,17 @@ def test_a_multiple_choice_answer_is_read_with_its_question():
     row = ev.score_row(r, "p", "pRb, FHIT and PTCH are all tumor suppressors.\nc-erbB1 is not a tumor suppressor.")
     assert (row["parsed"], row["rule"], row["correct"], row["category"]) == ("D", "denied", True, "cot")
 
+
+def test_every_row_carries_the_clinical_skill_its_question_exercises():
+    questions = {"What imaging modality is shown?": "modality recognition",
+                 "Where is the lesion located?": "anatomical localization",
+                 "Is the mass abnormal?": "disease feature interpretation",
+                 "Which of the following is most likely?": "option comparison reasoning",
+                 "Is this the image asked about?": "question-image alignment"}
+    rows = [ev.score_row(rec("yes", question=q), "p", "yes") for q in questions]
+    assert [r["clinical_skill"] for r in rows] == list(questions.values())
+
+
 def test_boxes_do_not_reach_the_scorer():
     row = ev.score_row(rec("B", {"A": "1", "B": "2"}), "p", "B [1, 2, 30, 40]", grounding=True)
     assert row["parsed"] == "B" and row["box"] == (1, 2, 30, 40)
@@ -399,6 +410,32 @@ def test_the_judge_reads_mmmu_and_gmai_mmbench_only_as_the_paper_scores_them(tmp
     assert s["benchmarks"]["mmmu"]["base"]["judged"] == 10 and s["benchmarks"]["pmc_vqa"]["base"]["judged"] == 0
 
 
+def test_a_judge_added_on_resume_reads_the_earlier_rows_and_a_changed_judge_is_refused(tmp_path, monkeypatch):
+    """Rerunning a rules-only run with --judge-model judges the rows the rules left, without
+    generating again; a run judged by one judge does not continue with another."""
+    import realformat
+    realformat.write_mmmu(str(tmp_path))
+
+    class Rambling(EchoBackend):
+        def generate(self, requests, **kw):
+            self.seen += len(requests)
+            return [["It could be several things."] for _ in requests]
+    judge, model = EchoBackend(), Rambling()
+    monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
+    root, out = {"mmmu": str(tmp_path / "MMMU")}, str(tmp_path / "run")
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out), root, backend=model, log=lambda m: None)
+    assert (model.seen, judge.seen, s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 0, 0)
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model="J"), root, backend=model, log=lambda m: None)
+    assert (model.seen, judge.seen, s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 10, 10)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "mmmu" / "base.jsonl")]
+    assert len(rows) == 10 and all(r["flags"] == ["judged"] and r["judge_response"] == "yes" for r in rows)
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model="J"), root, backend=model, log=lambda m: None)
+    assert (model.seen, judge.seen) == (10, 10)  # nothing left to judge
+    for other in ("K", None):
+        with pytest.raises(ValueError, match="judge_model"):
+            ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model=other), root, backend=model, log=lambda m: None)
+
+
 # ----------------------------------------------------------------- the README's command on published layouts
 class Scripted:
     """A backend that answers from a table: the response of the first key found in the prompt,
@@ -596,19 +633,27 @@ def test_grounding_accuracy_per_mmmu_subject_and_gmai_mmbench_axis(tmp_path):
 
 
 def test_a_benchmark_file_without_the_grouping_columns_says_which_and_reports_the_rest(tmp_path):
+    """Missing grouping columns are named and the ungrouped numbers still reported; a row with an
+    empty group cell counts under '(no value)', and the rows the reader skipped are counted."""
     import base64
     import realformat
     b64 = base64.b64encode(realformat.encoded(realformat.picture(3))).decode()
+    # row 1 has no department; row 2's answer is no option, so the reader skips it
     (tmp_path / "GMAI_mm_bench_VAL.tsv").write_text(f"index\tquestion\tA\tB\tanswer\timage\tdepartment\n"
-                                                    f"0\tWhich?\tx\ty\tA\t{b64}\tDermatology\n")
+                                                    f"0\tWhich?\tx\ty\tA\t{b64}\tDermatology\n"
+                                                    f"1\tWhich?\tx\ty\tB\t{b64}\t\n"
+                                                    f"2\tWhich?\tx\ty\tC\t{b64}\tDermatology\n")
     logs = []
     s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run")), {"gmai_mmbench": str(tmp_path)},
                     backend=EchoBackend(), log=logs.append)
     assert s["benchmarks"]["gmai_mmbench"]["missing_group_columns"] == ["clinical VQA task", "perceptual granularity"]
     assert any("no column 'clinical VQA task', 'perceptual granularity'" in m for m in logs)
-    assert s["benchmarks"]["gmai_mmbench"]["base"]["accuracy"] == 1.0
+    skipped = {"missing question/options or answer not among options": 1}
+    assert s["benchmarks"]["gmai_mmbench"]["skipped_rows"] == skipped
+    assert any("read 3, kept 2" in m and "skipped 1 (missing question/options" in m for m in logs)
+    assert s["benchmarks"]["gmai_mmbench"]["base"]["accuracy"] == 0.5  # 'A' to both rows: right, then wrong
     assert s["benchmarks"]["gmai_mmbench"]["base"]["by_group"] == \
-        {"department": {"Dermatology": {"n": 1, "accuracy": 1.0}}}
+        {"department": {"Dermatology": {"n": 1, "accuracy": 1.0}, "(no value)": {"n": 1, "accuracy": 0.0}}}
 
 
 def test_native_generation_stops_at_a_stop_string_and_says_when_the_budget_cut_it(tiny_model):
@@ -646,6 +691,59 @@ def test_cot_answers_get_their_own_budget_and_cut_ones_are_counted_apart(tmp_pat
     s = summary.summarize(rows)
     assert (s["n_truncated"], s["truncated_rate"], s["accuracy"], s["accuracy_complete"]) == (2, 0.5, 0.5, 1.0)
     assert s["invalid_rate"] == 0.5 and s["invalid_rate_complete"] == 0.0  # the cut ones are why answers are missing
+
+
+def test_cli_cot_answers_get_the_curation_steps_budget_and_cut_ones_are_said(published, tmp_path, monkeypatch):
+    """`run --cot` without a budget: curate.CotConfig's, stopping at </answer>; the run says how
+    many answers the budget cut (and summary.json counts them)."""
+    from click.testing import CliRunner
+    from curate import CotConfig
+    backend = ThinksAloud()
+    patch_backends(monkeypatch, ckpt=backend)
+    res = CliRunner().invoke(ev._cli(), ["run", "--model", "ckpt", "--cot", "--benchmark", "gmai_mmbench",
+                                         "--data-root", str(published / "GMAI-MMBench"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert backend.budgets[-1] == (CotConfig().max_new_tokens, ["</answer>"])
+    assert "gmai_mmbench/cot: 3 of 6 answers were cut by the token budget" in res.output
+    assert json.load(open(tmp_path / "r" / "summary.json"))["benchmarks"]["gmai_mmbench"]["cot"]["n_truncated"] == 3
+
+
+def test_cli_rephrase_model_builds_a_rephraser_from_its_backend(published, tmp_path, monkeypatch):
+    """--rephrase-model DIR --rephrase-backend KIND builds the backend that rewords the
+    multiple-choice questions; its checked rephrasings are asked and kept for reuse."""
+    from click.testing import CliRunner
+    rephraser = Scripted({f"radiograph {k} show": f"Which finding does chest radiograph {k} show?" for k in range(6)})
+    built = patch_backends(monkeypatch, ckpt=Scripted(ANSWERS), reph=rephraser)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(ev._cli(), ["run", "--model", "ckpt", "--rephrase", "--rephrase-model", "reph",
+                                         "--rephrase-backend", "vllm", "--benchmark", "gmai_mmbench",
+                                         "--data-root", str(published / "GMAI-MMBench"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert built == [("native", "ckpt"), ("vllm", "reph")] and len(rephraser.requests) == 6
+    kept = [json.loads(line) for line in open(out / "gmai_mmbench" / "rephrasings.jsonl")]
+    assert [(k["source"], k["question"]) for k in kept] == \
+        [("model", f"Which finding does chest radiograph {k} show?") for k in range(6)]
+
+
+def test_load_templater_prefers_the_processors_chat_template(tiny_model, monkeypatch):
+    """The processor when it carries a chat template (LLaVA-HF style models keep it there), else the
+    tokenizer: when the processor has none, or cannot be loaded."""
+    import transformers
+    import vllm_backend
+
+    class Processor:
+        chat_template = "{{ messages }}"
+    for found in (Processor(), type("Bare", (), {"chat_template": None})(), OSError("no processor")):
+        def load(model_dir, **kw):
+            if isinstance(found, Exception):
+                raise found
+            return found
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", load)
+        got = vllm_backend.load_templater(tiny_model)
+        if found.__class__ is Processor:
+            assert got is found
+        else:
+            assert isinstance(got, transformers.PreTrainedTokenizerBase) and got.chat_template
 
 
 def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):

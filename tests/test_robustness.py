@@ -27,6 +27,10 @@ def test_a_shuffle_never_leaves_the_options_in_their_order():
         shuffled = robustness.shuffle_record(four, 0)
         assert shuffled["options"] != four["options"]
         assert shuffled["options"][shuffled["answer"]] == "x"
+    for s in range(200):  # two options with the same text: the question must still read differently
+        dup = {**MC, "id": f"d{s}", "options": {"A": "x", "B": "x", "C": "y"}, "answer": "C"}
+        shuffled = robustness.shuffle_record(dup, 0)
+        assert list(shuffled["options"].values()) != ["x", "x", "y"] and shuffled["options"][shuffled["answer"]] == "y"
 
 
 def test_shuffle_keeps_gold_text_and_is_seeded():
@@ -80,6 +84,18 @@ def test_check_rephrasing(candidate, reason):
     question = "Which imaging modality was used for this 3 mm slice of the liver?"
     options = {"A": "Computed tomography", "B": "Magnetic resonance"}
     assert robustness.check_rephrasing(question, candidate, options) == (reason == "ok", reason)
+
+
+def test_check_rephrasing_reads_option_texts_as_whole_words():
+    """'CT' inside 'picture' or 'structure' names no option; a 'CT' the question lacked leaks one."""
+    options = {"A": "CT", "B": "MRI"}
+    question = "Which structure is abnormal in this image?"
+    assert robustness.check_rephrasing(question, "Which structure looks abnormal in this picture?", options) == \
+        (True, "ok")
+    assert robustness.check_rephrasing(question, "In this CT, which structure is abnormal?", options) == \
+        (False, "names_an_option")
+    assert robustness.check_rephrasing("Is the CT or the MRI shown?", "Is this image a CT or an MRI?", options) == \
+        (True, "ok")
 
 
 def test_template_rephrasing_rewords_by_question_shape():

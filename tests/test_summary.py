@@ -104,6 +104,30 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
                           "| Qwen2.5-VL-3B | VQA-RAD | - | - | - | - | - |"]
 
 
+@pytest.mark.parametrize("benchmark", ["vqa_rad", "slake", "path_vqa"])
+def test_table_1_reports_closed_question_accuracy_for_the_multimedeval_benchmarks(benchmark):
+    """The paper's VQA-RAD, SLAKE and Path-VQA numbers are MultiMedEval's closed-question accuracy."""
+    base = {"accuracy": 0.5, "closed_accuracy": 0.8, "open_recall": 0.3, "open_accuracy": 0.2, "bleu1": 0.1, "f1": 0.2}
+    lines = summary.table_md([("m", {"benchmarks": {benchmark: {"base": base, "analyses": {}}}})]).splitlines()
+    assert lines[2] == "| m | 80.00 |"
+
+
+def test_group_labels_match_the_axis_columns_whatever_their_case():
+    """VLMEvalKit's GMAI-MMBench TSV names its columns in lower case ('clinical vqa task'); an
+    empty cell is no label."""
+    meta = {"clinical vqa task": "Disease Diagnosis", "DEPARTMENT": "Dermatology", "perceptual granularity": "",
+            "subject": "Pharmacy"}
+    assert summary.group_labels(meta) == {"clinical VQA task": "Disease Diagnosis", "department": "Dermatology",
+                                          "subject": "Pharmacy"}
+
+
+def test_by_group_counts_rows_without_a_value_on_an_axis():
+    rows = [{"correct": True, "groups": {"department": "Dermatology"}}, {"correct": False, "groups": {}},
+            {"correct": True}]
+    assert summary.by_group(rows) == {"department": {"Dermatology": {"n": 1, "accuracy": 1.0},
+                                                     summary.NO_VALUE: {"n": 2, "accuracy": 0.5}}}
+
+
 def test_every_benchmark_has_a_table_column():
     assert list(summary.COLUMNS) == list(ev.BENCHMARKS)
 
