@@ -218,8 +218,9 @@ def table_md(runs):
     """[(label, summary)] -> Markdown shaped like the paper's Table 1: one row per run, one column
     per benchmark (in %: TABLE1_METRIC's number; '(scored/total)' follows when items were
     skipped), then every MultiMedEval VQA metric per benchmark, the response categories of the
-    multiple-choice benchmarks, and a robustness / instruction-following table where any run has
-    those analyses."""
+    multiple-choice benchmarks, the accuracy with the rules only and with the judge where a judge
+    read answers, and a robustness / instruction-following table where any run has those
+    analyses."""
     names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
     lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
 
@@ -248,6 +249,13 @@ def table_md(runs):
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(c.get(k)) for k in CATEGORIES) + " |"
                   for label, b, c in cats]
+    judged = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
+              if s["benchmarks"].get(b, {}).get("base", {}).get("judged")]
+    if judged:  # VLMEvalKit's protocol: both accuracies; the columns above give the judge's
+        lines += ["", "| Model | Benchmark | Accuracy, rules only | Accuracy, rules + judge | Judged answers |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | {COLUMNS[b]} | {_fmt(d.get('accuracy_rules'))} | {_fmt(d.get('accuracy'))} | "
+                  f"{d['judged']} |" for label, b, d in judged]
     extra = []
     for label, s in runs:
         for b, d in s["benchmarks"].items():

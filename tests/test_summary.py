@@ -104,6 +104,17 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
                           "| Qwen2.5-VL-3B | VQA-RAD | - | - | - | - | - |"]
 
 
+def test_table_gives_both_accuracies_where_a_judge_read_answers():
+    judged = {"accuracy": 0.6, "accuracy_rules": 0.5, "judged": 3}
+    runs = [("m", {"benchmarks": {"mmmu": {"base": judged, "analyses": {}},
+                                  "pmc_vqa": {"base": {"accuracy": 0.7, "accuracy_rules": 0.7, "judged": 0},
+                                              "analyses": {}}}})]
+    lines = summary.table_md(runs).splitlines()
+    assert lines[2] == "| m | 70.00 | 60.00 |"  # Table 1: PMC-VQA, then MMMU with the judge
+    i = lines.index("| Model | Benchmark | Accuracy, rules only | Accuracy, rules + judge | Judged answers |")
+    assert lines[i + 2:] == ["| m | MMMU(H&M) | 50.00 | 60.00 | 3 |"]  # PMC-VQA had no judge
+
+
 @pytest.mark.parametrize("benchmark", ["vqa_rad", "slake", "path_vqa"])
 def test_table_1_reports_closed_question_accuracy_for_the_multimedeval_benchmarks(benchmark):
     """The paper's VQA-RAD, SLAKE and Path-VQA numbers are MultiMedEval's closed-question accuracy."""
