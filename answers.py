@@ -276,14 +276,15 @@ _CUE_AFTER = re.compile(
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
     r"most\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
+# what a committing phrase calls its option: "the answer", "the most likely diagnosis", "the best choice"
+_ANSWER_NOUN = (r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
+                r"(?:answer|choice|option|diagnosis)\b")
 # an option's text followed by a committing phrase: "Lesser petrosal nerve is the most likely
 # answer", "Roseola is more common in infants, so this is the most likely diagnosis", "Aqueductal
 # stenosis is the most likely cause" (but not "... that secretin is the cause")
 _TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thus|hence|therefore|and|which)\s+"
                              r"(?:this|it|that)?\s*)?(?:is|are|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
-                             r"(?:(?:correct|right)\b|"
-                             r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
-                             r"(?:answer|choice|option|diagnosis)\b|"
+                             rf"(?:(?:correct|right)\b|{_ANSWER_NOUN}|"
                              r"most\s+(?:likely|probable)\s+(?:cause|explanation|etiology)\b)", re.I)
 # a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
 _HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
@@ -294,8 +295,7 @@ _LETTER_AFTER_TEXT = re.compile(r"[\s,:\-–]*(?:(?:option|choice)\s+)?(?:[\(\[\
 # a committing phrase about the sentence before it: "Primary roots are shorter. This is the answer
 # because ...", "... consistent with the history, making it the most likely answer"
 _ANAPHOR_CUE = re.compile(r"\b(?:(?:this|that|it)(?:'s|\s+(?:is|would\s+be|seems\s+to\s+be))|making\s+(?:it|this))\s+"
-                          r"(?:the\s+)?(?:(?:correct|right)\b(?!\s+[a-z])|(?:(?:most\s+likely|most\s+appropriate|best|"
-                          r"correct|right|final)\s+)*(?:answer|choice|option|diagnosis)\b)", re.I)
+                          rf"(?:the\s+)?(?:(?:correct|right)\b(?!\s+[a-z])|{_ANSWER_NOUN})", re.I)
 # ... and a rejection of it: "This is not the correct answer", "This can't be the answer", "that's not it"
 _ANAPHOR_REJECT = re.compile(r"\b(?:this|that|it)(?:(?:'s|\s+is)\s+not|\s+isn't|\s+can(?:not|'t)\s+be|"
                              r"\s+(?:would|could)(?:\s+not|n't)\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\s+)?"
@@ -370,8 +370,7 @@ def _antecedent(text, at, options):
         h = _HEADING.match(clause)
         if h.group(1) or h.group(2) or re.match(r"[^.:：\n]{0,80}[:：]", clause):
             return None  # an item of an option-by-option review ('B) Gang: ...'): rule 4's
-        spans = _text_spans(clause, options)
-        named = _letters(clause, options, spans) or {s[2] for s in spans}
+        named = _named(clause, options)
         if named:
             return next(iter(named)) if len(named) == 1 else None
     return None
@@ -429,8 +428,7 @@ def _verdicts(text, options, asked=None):
             if _review_heading(above, options, alone=True):
                 # the last item of a bare list ("Possible diagnoses include:\n1) X\n2) Y\n\n..."):
                 # the line below judges it only where it names it and no other option
-                spans = _text_spans(rest, options)
-                if (_letters(rest, options, spans) or {s[2] for s in spans}) != {letter}:
+                if _named(rest, options) != {letter}:
                     rest = ""
         # the first clause that judges decides: "This is a TKI used for GISTs. However, the mass
         # is not consistent with a GIST." -> rejected
@@ -525,6 +523,12 @@ _NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group
 # "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
 _ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
                             r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
+
+
+def _named(text, options):
+    """The options `text` names: by standalone letters, else by their texts."""
+    spans = _text_spans(text, options)
+    return _letters(text, options, spans) or {s[2] for s in spans}
 
 
 def _letters(text, options, spans, cut=False):

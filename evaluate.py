@@ -350,7 +350,8 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     """Generate and score `records` into `path`, skipping ids already there. Records whose image
     files are missing are written with the flag 'missing_image' (counted, not generated), those
     the backend cannot process (a corrupt image) with the flag 'error' and its message; at the
-    end every record must have its row."""
+    end every record must have its row. With a `judge`, the multiple-choice answers the rules
+    cannot read (this run's and an earlier run's without a judge) are judged at the end."""
     from tqdm import tqdm
     done = read_rows(path)
     todo = [r for r in records if r["id"] not in done]
@@ -375,15 +376,13 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
                       "error": e, "correct": None} for r, e in zip(ready, errors) if e]
             scored = [score_row(r, p, o[0], variant == "grounding")
                       for r, p, o, e in zip(ready, prompts, outs, errors) if not e]
-            if judge is not None:
-                judge_rows(judge, scored, cfg.seed)
             for r in rows + scored:
                 r["variant"] = variant
                 f.write(json.dumps(r) + "\n")
             f.flush()
             bar.update(len(part))
     rows = read_rows(path)
-    if judge is not None and judge_rows(judge, list(rows.values()), cfg.seed):  # an earlier run's, judged now
+    if judge is not None and judge_rows(judge, list(rows.values()), cfg.seed):  # this run's and earlier ones'
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows.values())
     lost = [r["id"] for r in records if r["id"] not in rows]

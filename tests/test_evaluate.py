@@ -172,6 +172,13 @@ class EchoBackend:
         return [["A" if "option's letter" in r["messages"][0]["content"] else "yes"] for r in requests]
 
 
+class Rambling(EchoBackend):
+    """Answers every question with words no rule reads as an option."""
+    def generate(self, requests, **kw):
+        self.seen += len(requests)
+        return [["It could be several things."] for _ in requests]
+
+
 def test_killed_run_resumes_without_redoing_samples(tmp_path):
     img = tmp_path / "x.png"
     img.write_bytes(b"")
@@ -189,9 +196,6 @@ def test_killed_run_resumes_without_redoing_samples(tmp_path):
 
 
 def test_run_hands_invalid_answers_to_the_judge(tmp_path):
-    class Rambling(EchoBackend):
-        def generate(self, requests, **kw):
-            return [["It could be several things."] for _ in requests]
     img = tmp_path / "x.png"
     img.write_bytes(b"")
     judge = EchoBackend()  # replies 'yes' to the judge prompt: still no option
@@ -399,9 +403,6 @@ def test_the_judge_reads_mmmu_and_gmai_mmbench_only_as_the_paper_scores_them(tmp
     (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
                                         "f.jpg,Which?,CT,A:MRI,B:CT,B\n")
 
-    class Rambling(EchoBackend):
-        def generate(self, requests, **kw):
-            return [["It could be several things."] for _ in requests]
     judge = EchoBackend()
     monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
     cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), judge_model="J")
@@ -416,10 +417,6 @@ def test_a_judge_added_on_resume_reads_the_earlier_rows_and_a_changed_judge_is_r
     import realformat
     realformat.write_mmmu(str(tmp_path))
 
-    class Rambling(EchoBackend):
-        def generate(self, requests, **kw):
-            self.seen += len(requests)
-            return [["It could be several things."] for _ in requests]
     judge, model = EchoBackend(), Rambling()
     monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
     root, out = {"mmmu": str(tmp_path / "MMMU")}, str(tmp_path / "run")
