@@ -54,7 +54,8 @@ def parse_choice(response, options, question=None):
          the serum electrolytes' -> 'Measure serum electrolytes'), else the one option holding
          all the words of a short clause ('is choledocholithiasis' -> 'Jaundice due to
          choledocholithiasis'); 'A, B, and C' and 'this
-         leaves us with X and Y' commit to none. An option's text before a committing phrase
+         leaves us with X and Y' commit to none, unless the last line after them concludes on one
+         by rule 8 ('... However, X is more likely.'). An option's text before a committing phrase
          counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
          answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
          so does one about the sentence before when that names one option ('Primary roots are
@@ -89,8 +90,9 @@ def parse_choice(response, options, question=None):
          option met on the way is no answer) or its last line concludes on something else
          ('the most likely diagnosis is ASD').
       8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
-         conclusion, ...', 'Based on ...', 'the most important factor is ...') naming exactly
-         one option by its text or most of its words, or a last sentence stating one as what its
+         conclusion, ...', 'Based on ...', 'the most important factor is ...', 'it is more likely
+         that ...') naming exactly one option by its text, its plural ('Endometriomas are the
+         most likely') or most of its words, or a last sentence stating one as what its
          subject is ('The patient's CHADS2 score is 2.'), or a last line that is one option,
          answering a question on the line before ('What is the diagnosis?\n\nTuberculosis');
          see _conclusion for what does not count.
@@ -132,6 +134,8 @@ def _resolve(text, options, asked=None):
     if hit:
         return hit, "exact"
     cue = _last_cue(text, options, asked)
+    if cue and not cue[1] and (hit := _conclusion(text[cue[0]:], options, asked)):
+        return hit, "conclusion"  # "That leaves X and Y. However, X is more likely."
     if cue:
         return (cue[1] or None), ("cue" if cue[1] else "none")
     hit = _verdicts(text, options, asked)
@@ -600,12 +604,13 @@ def _restating(text, at, options):
 # Rule 7: option texts, and the negations around options
 
 
-def _text_spans(text, options, keep_negated=False):
+def _text_spans(text, options, keep_negated=False, plural=False):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
     count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped unless
-    `keep_negated`."""
+    `keep_negated`; with `plural`, a text's plural counts too ('Endometriomas' for
+    'Endometrioma')."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
-    spans = [(i, i + len(t), letter) for letter, t in texts.items() for i in _occurrences(low, t)]
+    spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(low, t, plural)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
@@ -619,20 +624,25 @@ def _is_word_char(s, i):
     return 0 <= i < len(s) and (s[i].isalnum() or s[i] == "_")
 
 
-def _text_at(s, i, t):
+def _text_at(s, i, t, plural=False):
     """Where the lower-case option text `t` ends when it stands at s[i] as whole words
-    (case-insensitive), else None."""
+    (case-insensitive), or with `plural` as its plural ('Endometriomas'), else None."""
     end = i + len(t)
-    return end if t and s[i:end].lower() == t and not _is_word_char(s, end) else None
+    if not t or s[i:end].lower() != t:
+        return None
+    if plural and len(t) > 3 and t[-1].isalpha() and s[end:end + 1] == "s":
+        end += not _is_word_char(s, end + 1)
+    return None if _is_word_char(s, end) else end
 
 
-def _occurrences(low, t):
-    """Starts of the lower-case option text `t` in the lower-cased `low` as whole words."""
+def _occurrences(low, t, plural=False):
+    """(start, end) of each occurrence of the lower-case option text `t` in the lower-cased `low`
+    as whole words."""
     i = low.find(t) if t else -1
     while i >= 0:
-        if not _is_word_char(low, i - 1) and _text_at(low, i, t) is not None:
-            yield i
-            i = low.find(t, i + len(t))
+        if not _is_word_char(low, i - 1) and (end := _text_at(low, i, t, plural)) is not None:
+            yield i, end
+            i = low.find(t, end)
         else:
             i = low.find(t, i + 1)
 
@@ -677,10 +687,11 @@ def _negated_after(text, end, options):
 
 
 # a concluding sentence: "Therefore, the protein is histone", "In conclusion, the most likely
-# explanation is ...", "the patient's prognosis is worst with hepatitis E"
+# explanation is ...", "the patient's prognosis is worst with hepatitis E", "it is more likely
+# that the cells are chief cells" (but "more likely to divide" describes)
 _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|conclu\w*|infer\w*|"
-                         r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|best|highest|greatest|worst|"
-                         r"earliest|answer|correct|must|should)\b", re.I)
+                         r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|more\s+likely(?!\s+to\b)|"
+                         r"best|highest|greatest|worst|earliest|answer|correct|must|should)\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
 
@@ -698,11 +709,13 @@ def _conclusion(text, options, asked=None):
     its content words ('is increased cortisol levels' for 'Increased plasma cortisol'). Not when
     the sentence rejects it ('so that's not it', 'so we can eliminate X'; a 'not' before the verb
     belongs to the question: 'the nerve that is not involved ... is the trigeminal nerve'), hedges
-    between it and something else ('... or a drug reaction'), or the line is the last item of an
+    between it and something else after the verb ('... or a drug reaction'; 'the contraindication
+    to one or more vaccines is X' does not), or the line is the last item of an
     option-by-option review. The response's last sentence needs no concluding word where it states
     an option as what its subject is ('The patient's CHADS2 score is 2.'; _states), unless the
     sentences before it name other options (the last of parallel statements, '... is seen in
-    pemphigoid.\n... is seen in impetigo.'). In a question asking for the exception a negation may
+    pemphigoid.\n... is seen in impetigo.') and the sentence just before it does not announce the
+    answer ('Now, we can answer the question.'). In a question asking for the exception a negation may
     conclude ('the dorsum of the arm is the least preferred site', 'X is not a small round cell
     tumor'), one about the answer itself may not ('X is not the answer'); a statement does not."""
     lines = [s for s in text.split("\n") if s.strip()]
@@ -717,11 +730,16 @@ def _conclusion(text, options, asked=None):
         return None
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
     sentences = re.split(r"(?<=[.!?])\s+", line)
-    # the options named just before the last sentence, on its line or the line before
+    # the options named just before the last sentence, on its line or the line before, unless
+    # the sentence just before announces the answer ("Now, we can answer the question.", "... and
+    # come to a conclusion.")
     listed = {s[2] for s in _text_spans(" ".join(lines[-2:-1] + sentences[:-1]), options)}
+    if len(sentences) > 1 and re.search(r"\b(?:answer\s+(?:the|this)\s+question|come\s+to\s+a\s+conclusion)\W*$",
+                                        sentences[-2], re.I):
+        listed = set()
     seen = set()  # the options named after the sentence at hand
     for k, sentence in enumerate(reversed(sentences)):
-        spans = _text_spans(sentence, options, keep_negated=asked is not None)
+        spans = _text_spans(sentence, options, keep_negated=asked is not None, plural=True)
         named = {s[2] for s in spans}
         tail = re.split(r"\b(?:is|are|be|was|were|must|should)\s+", sentence)[-1]
         if not named and tail != sentence and (loose := _clause_option(tail, options)):
@@ -741,7 +759,7 @@ def _conclusion(text, options, asked=None):
         concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
             or k == 0 and asked is None and not listed - named and not _NEGATIVE.search(words) \
             and _states(sentence, tail, spans)
-        if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", words) \
+        if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", predicate) \
                 and not negated and not _SET_ASIDE.search(predicate):
             return named.pop()
         seen |= named

@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 3,472 graded real ones, and the response categories.
+on 4,222 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -223,13 +223,19 @@ def test_parse_choice_on_graded_response_shapes(response, options, expected):
 
 
 # Reasoning that concludes in prose, without an answer phrase (the InstructGPT responses of the
-# graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; DEF, a defence mechanism.
+# graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; DEF, a defence mechanism;
+# VAC, a contraindication; CY, an ovarian cyst; CE, intestinal cells; WK, weeks of pregnancy.
 R = {"A": "Roseola", "B": "Erythema infectiosum", "C": "Rubella", "D": "Kawasaki disease"}
 G = {"A": "Gram-negative, oxidase-positive rods", "B": "Gram-positive cocci",
      "C": "Gram-positive, gamma-hemolytic cocci", "D": "Gram-negative, oxidase-negative rods"}
 P = {"A": "Greater petrosal nerve", "B": "Lesser petrosal nerve", "C": "Chorda tympani", "D": "Trigeminal"}
 H = {"A": "Hepatitis A", "B": "Hepatitis B", "C": "Hepatitis D", "D": "Hepatitis E"}
 DEF = {"A": "Displacement", "B": "Acting out", "C": "Passive aggression", "D": "Blocking"}
+VAC = {"A": "Egg protein allergy", "B": "Fever after a previous vaccination",
+       "C": "Current upper respiratory tract infection", "D": "Uncontrolled seizure disorder"}
+CY = {"A": "Follicular cyst", "B": "Endometrioma", "C": "Corpus luteum cyst", "D": "Dermoid cyst"}
+CE = {"A": "Chief cells", "B": "Goblet cells", "C": "Paneth cells", "D": "Parietal cells"}
+WK = {"A": "Last 5 days", "B": "12-16 week", "C": "8-12 week", "D": "16-20 week"}
 PROSE_CONCLUSION_CASES = [
     # the last line concludes on one option, by its text or most of its words after 'is'
     ("Roseola fits the age, and rubella fits the rash.\n\nTherefore, the child has rubella.", R, "C"),
@@ -263,6 +269,26 @@ PROSE_CONCLUSION_CASES = [
      {"A": "1", "B": "2", "C": "3", "D": "4"}, "B"),
     ("Incisors form from four lobes.\n\nSo the minimum number of lobes is two or three.",
      {"A": "1", "B": "2", "C": "3", "D": "4"}, None),
+    # an 'or' before the verb belongs to the subject; after it, it hedges (below: 'or a drug reaction')
+    ("A current upper respiratory tract infection is no contraindication.\n\nIn conclusion, the contraindication "
+     "for giving one or more vaccines today is his uncontrolled seizure disorder.", VAC, "D"),
+    ("An uncontrolled seizure disorder calls for care.\n\nTherefore, the reason to delay one or more of the "
+     "vaccines is an egg protein allergy.", VAC, "A"),
+    ("A current upper respiratory tract infection is no contraindication.\n\nTherefore, the contraindication to "
+     "one or more vaccines is an egg protein allergy or a recent fever.", VAC, None),
+    # a concluding sentence may name its option in the plural ...
+    ("Follicular cysts are not vascular.\n\nEndometriomas are the most likely because they explain the "
+     "echogenic walls.", CY, "B"),
+    ("A dermoid cyst holds fat, and a corpus luteum cyst bleeds.\n\nTherefore, endometriomas best explain the "
+     "echogenic walls.", CY, "B"),
+    # ... though elsewhere a plural is no mention of the option: the one option named stands
+    ("Macrophages engulf the pathogen.\n\nThe dendritic cell then presents the antigen to the naive T cell.",
+     {"A": "NK cell", "B": "Dendritic cell", "C": "Macrophage"}, "B"),
+    # 'more likely' concludes as 'most likely' does; 'more likely to' describes
+    ("Goblet cells line the villi and Paneth cells sit in the crypts.\n\nGiven the site, it is more likely "
+     "that the cells are chief cells, since they lie at the top.", CE, "A"),
+    ("Goblet cells line the villi and Paneth cells sit in the crypts.\n\nChief cells are more likely to "
+     "divide at the top.", CE, None),
     ("Each tooth forms from lobes.\n\nTherefore, the answer is one of the four.",
      {"A": "1", "B": "2", "C": "3", "D": "4"}, None),
     # ... but not the last item of a review, a rejection, a disjunction, a cut-off response, a
@@ -288,6 +314,11 @@ PROSE_CONCLUSION_CASES = [
     ("This leaves us with the greater petrosal nerve and the lesser petrosal nerve. The otic ganglion lies "
      "by the parotid gland, so the lesser petrosal nerve is the most likely answer.", P, "B"),
     ("This leaves us with roseola and erythema infectiosum.", R, None),
+    # ... unless the last line then concludes on one of them
+    ("That leaves the 8-12 week and 16-20 week ranges as the most likely. However, the 8-12 week range is "
+     "more likely, because the organs are still forming.", WK, "C"),
+    ("This leaves us with roseola and rubella. Of these, rubella is the most likely, given the rash.", R, "C"),
+    ("This leaves us with roseola and rubella. Both fit the fever.", R, None),
     ("So we can eliminate answer choice A.\n\nThis leaves us with answer choice C, which is correct.", R, "C"),
     ("This leaves us with roseola and erythema infectiosum. Roseola is more common in infants, so this is "
      "the most likely diagnosis.", R, "A"),
@@ -350,6 +381,11 @@ STATED_CASES = [
      "given every 24 hours for two doses.", DOSE, None),
     ("1) Koebner phenomenon is seen in psoriasis.\n2) Koebner phenomenon is seen in pemphigoid.\n"
      "3) Koebner phenomenon is seen in impetigo.", SK, None),
+    # ... unless the sentence before it announces the answer
+    ("1) Koebner phenomenon is seen in psoriasis.\n2) It is rare in pemphigoid.\n\nNow, we can answer the "
+     "question. The disease with the Koebner phenomenon is psoriasis.", SK, "D"),
+    ("Impetigo is an infection.\nPemphigoid is a blistering disease.\n\nLet's put this together and come to a "
+     "conclusion. The skin disease in this patient is erythema multiforme.", SK, "C"),
     ("The fracture needs a brace.\n\nShe is also taking furosemide, which we need to switch to "
      "hydrochlorothiazide.", MG, None),
     ("Bleaching leaves oxygen in the enamel.\n\nIt would not be necessary to wait for 7 days before bonding.",
@@ -539,9 +575,9 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """3,972 real chain-of-thought answers to medical multiple-choice questions, each graded by
-    reading it (the option it commits to, or null), blind to the parser; 600 of them graded again
-    by a second reader, blind to the first, who agreed on 595, the other 5 being answers the first
+    """4,222 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 660 of them graded again
+    by a second reader, blind to the first, who agreed on 654, the other 6 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
     - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
       subjects (standard 10-option and vision settings): image questions answered step by step
@@ -549,9 +585,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in fourteen batches, each before the rules were changed or measured on it:
+      not at all. Graded in fifteen batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout13 (250 each; -heldout13 graded while the last
+      each); -heldout7 (200); -heldout8 to -heldout14 (250 each; -heldout14 graded while the last
       rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
@@ -569,21 +605,22 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     expected = {"mmmu-pro-standard10-gpt4o": (286, 286), "mmmu-pro-vision-gpt4o": (286, 285),
                 "usmle-instructgpt": (200, 185), "usmle-instructgpt-heldout": (100, 94),
                 "medmcqa-instructgpt": (150, 128), "usmle-instructgpt-heldout2": (100, 89),
-                "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 93),
+                "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 94),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
-                "medmcqa-instructgpt-heldout6": (150, 116), "usmle-instructgpt-heldout7": (100, 95),
-                "medmcqa-instructgpt-heldout7": (100, 87), "usmle-instructgpt-heldout8": (100, 92),
+                "medmcqa-instructgpt-heldout6": (150, 119), "usmle-instructgpt-heldout7": (100, 95),
+                "medmcqa-instructgpt-heldout7": (100, 88), "usmle-instructgpt-heldout8": (100, 92),
                 "medmcqa-instructgpt-heldout8": (150, 132), "usmle-instructgpt-heldout9": (100, 93),
                 "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 94),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
-                "medmcqa-instructgpt-heldout11": (150, 123), "usmle-instructgpt-heldout12": (100, 91),
-                "medmcqa-instructgpt-heldout12": (150, 129), "usmle-instructgpt-heldout13": (100, 90),
-                "medmcqa-instructgpt-heldout13": (150, 132)}
+                "medmcqa-instructgpt-heldout11": (150, 124), "usmle-instructgpt-heldout12": (100, 91),
+                "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 91),
+                "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
+                "medmcqa-instructgpt-heldout14": (150, 127)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
-    assert len(second) == 600 and sum(r["second_label"] == r["label"] for r in second) == 595
+    assert len(second) == 660 and sum(r["second_label"] == r["label"] for r in second) == 654
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     assert all(agree[s] >= least for s, (_, least) in expected.items()), (dict(agree), "\n".join(misses))
 
