@@ -341,7 +341,8 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
         reader = csv.DictReader(f)
         columns = [c.strip().replace("Anwser", "Answer") for c in reader.fieldnames or []]
         choice = "A" if "A" in columns and "Choice A" not in columns else "Choice A"
-        needed = ["Figure_path", "Caption"] if subset == "caption" else ["Figure_path", "Question", "Answer", choice]
+        answer = "Answer_label" if "Answer_label" in columns else "Answer"  # the letter, else the text
+        needed = ["Figure_path", "Caption"] if subset == "caption" else ["Figure_path", "Question", answer, choice]
         _require_columns(path, columns, needed, "pmc_vqa")
         for i, row in enumerate(reader):
             row = {k.strip().replace("Anwser", "Answer"): (v or "").strip() for k, v in row.items() if k}

@@ -212,6 +212,16 @@ def test_missing_dataset_file_names_the_layout_and_where_it_is_published(tmp_pat
         load_source("llava_onevision", str(tmp_path), "train")
 
 
+def test_pmc_vqa_reads_a_file_with_the_answer_letter_only(tmp_path):
+    """Answer_label (the letter) is enough; the answer's text column may be absent."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "f.jpg")
+    (tmp_path / "test_clean.csv").write_text("Figure_path,Question,Choice A,Choice B,Answer_label\n"
+                                             "f.jpg,Which scan?,A:CT,B:MRI,B\n")
+    (r,) = list(load_source("pmc_vqa", str(tmp_path), "test_clean"))
+    assert (r["answer"], r["options"], r["meta"]["answer_text"]) == ("B", {"A": "CT", "B": "MRI"}, "MRI")
+
+
 def test_unexpected_columns_name_the_columns_found_and_expected(tmp_path):
     (tmp_path / "train.csv").write_text("image,query,label\nx.jpg,Q?,A\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['Figure_path', 'Question', 'Answer', 'Choice A'\]; "
