@@ -41,6 +41,12 @@ NAMES = ("vqa_rad", "slake", "path_vqa", "pmc_vqa", "mmmu", "gmai_mmbench", "gma
 # validation items each = the 150 items the paper evaluates.
 HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                    "Pharmacy", "Public_Health")
+# All 30 subjects, one hub config (and download folder) each: how a row's subject is recognised.
+MMMU_SUBJECTS = ("Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory",
+                 "Basic_Medical_Science", "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science", "Design",
+                 "Diagnostics_and_Laboratory_Medicine", "Economics", "Electronics", "Energy_and_Power", "Finance",
+                 "Geography", "History", "Literature", "Manage", "Marketing", "Materials", "Math",
+                 "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology", "Public_Health", "Sociology")
 # Where each dataset is published, and what to download: every "not found" error quotes this.
 PUBLISHED = {
     "vqa_rad": "https://osf.io/89kps/ ('VQA_RAD Dataset Public.json' and 'VQA_RAD Image Folder/')",
@@ -378,18 +384,34 @@ def read_pmc_vqa(root, split, report, version=None, subset="vqa"):
                           {**meta, "answer_text": options[label]}, options=options)
 
 
+def _mmmu_subject(rid, path):
+    """The MMMU subject of a row: the one its id names ("validation_Clinical_Medicine_1"), else the
+    <Subject>/ folder its file sits in (the hub's one config per subject), for re-exports that
+    number their ids 0, 1, ...; None when neither names one."""
+    named = re.sub(r"^(dev|validation|test)_|_\d+$", "", rid)
+    folder = os.path.basename(os.path.dirname(path))
+    return next((s for s in (named, folder) if s in MMMU_SUBJECTS), None)
+
+
 def read_mmmu(root, split, report, subjects=HEALTH_MEDICINE):
     """MMMU parquet as on the HF hub (https://huggingface.co/datasets/MMMU/MMMU, one config per
     subject: <root>/<Subject>/<split>-*.parquet): id, question with <image N> tags, options as
     a Python list literal string, answer, image_1..image_7, question_type, subfield. The <image N>
-    tags stay in the text; images are listed in N order."""
+    tags stay in the text; images are listed in N order. Only rows of `subjects` (all when empty)
+    become records; the others under root are counted as skipped, so a root of all 30 subjects
+    reads as 150 of 900 validation rows kept."""
     needed = ["id", "question", "options", "answer", "image_1"]
+    other = "not a Health & Medicine subject" if set(subjects or ()) == set(HEALTH_MEDICINE) else \
+        "not one of the requested subjects"
     for path, r in _parquet_rows(_split_files("mmmu", root, split), "mmmu", needed):
-        rid = str(r.get("id", ""))
-        subject = re.sub(r"^(dev|validation|test)_|_\d+$", "", rid)
-        if subjects and subject not in subjects:
-            continue
         report.read += 1
+        rid = str(r.get("id", ""))
+        subject = _mmmu_subject(rid, path)
+        if subject is None:
+            report.count("subject unknown: neither the id nor the <Subject>/ folder names an MMMU subject",
+                         example=f"{path}: {rid}"); continue
+        if subjects and subject not in subjects:
+            report.count(other, example=rid); continue
         try:
             opts = ast.literal_eval(r.get("options") or "[]")
             assert isinstance(opts, list)

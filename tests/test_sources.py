@@ -247,8 +247,15 @@ def mmmu_row(id, question, options, answer, images, qtype="multiple-choice"):
     return row
 
 
+def write_mmmu_configs(root, rows_by_folder, split="validation"):
+    """The hub's layout: one folder per subject config, <root>/<Subject>/<split>-00000-of-00001.parquet."""
+    for folder, rows in rows_by_folder.items():
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), os.path.join(root, folder, f"{split}-00000-of-00001.parquet"))
+
+
 def test_mmmu_parquet_health_medicine_tags_options_and_short_answers(tmp_path):
-    for subject, rows in {
+    write_mmmu_configs(str(tmp_path), {
         "Clinical_Medicine": [
             mmmu_row("validation_Clinical_Medicine_1", "Compare <image 2> with <image 1>.", "['x', 'y', 'z']", "C",
                      {1, 2}),
@@ -257,17 +264,54 @@ def test_mmmu_parquet_health_medicine_tags_options_and_short_answers(tmp_path):
             mmmu_row("validation_Clinical_Medicine_4", "Missing <image 3>", "['x', 'y']", "A", {1}),
         ],
         "Art": [mmmu_row("validation_Art_1", "<image 1>", "['a', 'b']", "A", {1})],
-    }.items():
-        (tmp_path / subject).mkdir()
-        pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / subject / "validation-00000-of-00001.parquet"))
+    })
     recs = load_source("mmmu", str(tmp_path), "validation")
     assert [r["id"] for r in recs] == ["validation_Clinical_Medicine_1", "validation_Clinical_Medicine_2"]
     first, short = recs
     assert first["options"] == {"A": "x", "B": "y", "C": "z"} and first["meta"]["answer_text"] == "z"
     assert [im.convert("L").getpixel((0, 0)) for im in first["images"]] == [10, 20]  # image_1, image_2
-    assert first["meta"]["subject"] == "Clinical_Medicine"
+    assert first["meta"] == {"subject": "Clinical_Medicine", "subfield": "Anatomy", "question_type": "multiple-choice",
+                             "img_type": "['Photo']", "topic_difficulty": "Easy", "explanation": "", "answer_text": "z"}
     assert short["options"] is None and short["answer"] == "5 mg"
-    assert recs.report.read == 4 and sum(recs.report.counts.values()) == 2
+    assert recs.report.read == 5 and recs.report.counts == {  # the Art row too: read, counted, not yielded
+        "options is not a list literal": 1, "an <image N> tag without its image column (or no image)": 1,
+        "not a Health & Medicine subject": 1}
+
+
+def test_mmmu_rows_of_other_subjects_under_the_root_are_counted_by_reason(tmp_path):
+    """A download of several configs: each row is read once; those of subjects not asked for are
+    skipped under a reason that says so, whichever subjects are asked for."""
+    write_mmmu_configs(str(tmp_path), {
+        "Pharmacy": [mmmu_row(f"validation_Pharmacy_{k}", "<image 1>", "['a', 'b']", "A", {1}) for k in (1, 2)],
+        "Art": [mmmu_row(f"validation_Art_{k}", "<image 1>", "['a', 'b']", "B", {1}) for k in (1, 2, 3)],
+    })
+    health = load_source("mmmu", str(tmp_path), "validation")
+    assert [r["meta"]["subject"] for r in health] == ["Pharmacy", "Pharmacy"]
+    assert (health.report.read, health.report.kept) == (5, 2)
+    assert health.report.counts == {"not a Health & Medicine subject": 3}
+    assert health.report.examples["not a Health & Medicine subject"] == "validation_Art_1"
+    art = load_source("mmmu", str(tmp_path), "validation", subjects=("Art",))
+    assert [r["id"] for r in art] == ["validation_Art_1", "validation_Art_2", "validation_Art_3"]
+    assert art.report.counts == {"not one of the requested subjects": 2}
+    assert len(load_source("mmmu", str(tmp_path), "validation", subjects=())) == 5  # none asked for = all
+
+
+def test_mmmu_ids_without_the_subject_take_it_from_the_config_folder(tmp_path):
+    """Re-exports that number the ids 0, 1, ... keep the hub's <Subject>/ folders: the folder names
+    the subject. A file outside any subject folder is read, and its rows counted as of unknown subject."""
+    write_mmmu_configs(str(tmp_path), {
+        "Clinical_Medicine": [mmmu_row(str(k), "<image 1>", "['a', 'b']", "A", {1}) for k in (0, 1)],
+        "Music": [mmmu_row("2", "<image 1>", "['a', 'b']", "A", {1})],
+        # the id names the subject: it wins over the folder
+        "Public_Health": [mmmu_row("validation_Art_7", "<image 1>", "['a', 'b']", "A", {1})],
+        "exports": [mmmu_row("3", "<image 1>", "['a', 'b']", "A", {1})],
+    })
+    recs = load_source("mmmu", str(tmp_path), "validation")
+    assert [(r["id"], r["meta"]["subject"], r["meta"]["subfield"]) for r in recs] == [
+        ("0", "Clinical_Medicine", "Anatomy"), ("1", "Clinical_Medicine", "Anatomy")]
+    unknown = "subject unknown: neither the id nor the <Subject>/ folder names an MMMU subject"
+    assert recs.report.read == 5 and recs.report.counts == {"not a Health & Medicine subject": 2, unknown: 1}
+    assert recs.report.examples[unknown].endswith(os.path.join("exports", "validation-00000-of-00001.parquet: 3"))
 
 
 # ----------------------------------------------------------------------------- GMAI-MMBench
