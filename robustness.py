@@ -10,7 +10,7 @@ changes against the first answers. evaluate.py asks these questions (`--shuffle`
 - Shuffled and rotated options (permute_options): option i holds the text of another letter and
   the gold letter follows its text; ids gain '#shuffle' / '#rotK' and meta['base_id'] keeps the
   question's own id, so each answer is compared with the same question's first answer
-  (compare_rows: accuracy change and per-question flips).
+  (compare_rows: accuracy change, per-question flips, the same verdict and the same chosen option).
 - CircularEval (MMBench, Liu et al. 2023): every rotation of the options is asked, and a
   question counts right only when every rotation of it was answered right (circular_accuracy).
 - Rephrased questions: the dataset's own rewording (VQA-RAD's question_rephrase), a model's
@@ -70,13 +70,15 @@ def circular_accuracy(rows):
 # ---- Rephrased questions -------------------------------------------------------------------------
 def template_rephrasing(question):
     """A rule-based rewording of a question (REPHRASE_TEMPLATES): 'What is the organ?' -> 'Can you
-    identify the organ?'; anything else gets 'Based on the image, ...'."""
-    q = question.strip()
+    identify the organ?'; anything else gets 'Based on the image, ...'. Leading image tags (MMMU's
+    '<image 1> What is ...?') are set aside and put back in front: they are not part of the wording."""
+    tags, q = (g.strip() for g in re.match(r"((?:\s*<image(?:\s*\d+)?>)*)(.*)$", question, re.S).groups())
     for pattern, form in REPHRASE_TEMPLATES:
         m = re.match(pattern, q, re.I | re.S)
         if m:
             rest = m.group(1)
-            return form.format(rest if pattern != r"^(.+)$" else rest[:1].lower() + rest[1:])
+            q = form.format(rest if pattern != r"^(.+)$" else rest[:1].lower() + rest[1:])
+            return f"{tags} {q}" if tags else q
 
 
 def _words(text):
@@ -89,18 +91,44 @@ def _names(text, option):
     return bool(option) and re.search(rf"(?<!\w){re.escape(option)}(?!\w)", text, re.I) is not None
 
 
+# what a model writes before the question itself: 'Sure! Here is the rephrased question:', 'Question:'
+_LEAD_IN = re.compile(r"^(?:(?:sure|okay|ok|certainly)\b[!.,]?\s*)?(?:here(?:'s|’s|\s+is)\s+)?(?:(?:the|a|my)\s+)?"
+                      r"(?:(?:rephrased|reworded|paraphrased|revised)(?:\s+(?:version|question))?"
+                      r"(?:\s+of\s+the\s+question)?|question)\s*:\s*", re.I)
+_QUOTES = " \t\n\"'`“”‘’"
+
+
+def clean_rephrasing(text):
+    """A model's rephrasing without what surrounds the question: ** markdown, quotes, leading lines
+    that end with ':' ('Sure! Here it is:') and a lead-in such as 'Rephrased question:'. Only those
+    lead-ins are cut: a question's own colon ('Regarding the scan: which organ ...?') stays."""
+    lines = [line for line in str(text or "").replace("**", "").splitlines() if line.strip()]
+    while len(lines) > 1 and lines[0].strip().endswith(":"):
+        lines.pop(0)
+    return _LEAD_IN.sub("", "\n".join(lines).strip(_QUOTES), count=1).strip(_QUOTES)
+
+
+# words that turn a question into its opposite ('Which is NOT a symptom?', '... EXCEPT:')
+_NEGATION = re.compile(r"\b(?:not|no|never|none|nor|neither|cannot|except|least|false|untrue|incorrect|wrong)\b"
+                       r"|n['’]t\b", re.I)
+
+
 def check_rephrasing(question, candidate, options=None):
-    """(ok, reason) for a rephrased question: not empty, not the same words, still a question
-    (ends with '?'), no option lines or option text the question did not already contain (the
+    """(ok, reason) for a rephrased question (after clean_rephrasing): not empty, not the same
+    words, still a question (ends with '?'), as many negations and exceptions as the question
+    (without the 'NOT' of 'Which is NOT a symptom?' or the 'EXCEPT' of '... EXCEPT:' another option
+    is the answer), no option lines or option text the question did not already contain (the
     options stay as they are and the answer must not leak), every number kept, not rambling.
     Whether it means the same cannot be checked by rule: the cached file is there to read."""
-    c = (candidate or "").strip().strip("\"'").strip()
+    c = clean_rephrasing(candidate)
     if not c:
         return False, "empty"
     if _words(c) == _words(question):
         return False, "unchanged"
     if not c.endswith("?"):
         return False, "not_a_question"
+    if len(_NEGATION.findall(c)) != len(_NEGATION.findall(question)):  # 'is not' for 'isn't' is fine
+        return False, "changed_negation"
     if re.search(r"^\s*\(?[A-J][.):]\s", c, re.M):
         return False, "lists_options"
     if any(_names(c, t) and not _names(question, t) for t in (options or {}).values()):
@@ -114,18 +142,19 @@ def check_rephrasing(question, candidate, options=None):
 
 def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, generate=False, seed=0):
     """{id: rephrased question} and {id: where it came from}. First wins: a --rephrase-file line
-    ({"id", "question"}); a line of `cache` (an earlier run's); the record's own rephrasing
+    ({"id", "question"}); the newest line of `cache` (an earlier run's; not a template written for
+    want of a model when a model is asked now); the record's own rephrasing
     (VQA-RAD's question_rephrase, whose placeholder 'NULL' means none); with `generate`, for each
-    multiple-choice record: `backend`'s rephrasing (REPHRASE_PROMPT) when check_rephrasing passes
-    it, else template_rephrasing. Generated ones are appended to `cache` as {"id", "original",
-    "question", "source", "check"} lines, for the user to read and reuse as a --rephrase-file."""
-    found, source = {}, {}
-    for path, tag in ((rephrase_file, "file"), (cache, "cache")):
-        if path and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for d in map(json.loads, filter(str.strip, f)):
-                    if d.get("question") and d["id"] not in found:
-                        found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", tag)
+    multiple-choice record: `backend`'s rephrasing (REPHRASE_PROMPT), without its lead-in
+    (clean_rephrasing), when check_rephrasing passes it, else template_rephrasing. Generated ones are
+    appended to `cache` as {"id", "original", "question", "source", "check"} lines (with the raw
+    "model_output" where it was cut or refused), for the user to read and reuse as a --rephrase-file."""
+    found, source, asking = {}, {}, generate and backend is not None
+    given = [d for d in _lines(rephrase_file) if d.get("question")]
+    cached = [d for d in _lines(cache) if d.get("question") and not (asking and d.get("check") == "no_model")]
+    for d in given + cached[::-1]:  # the file's first line of an id, else the cache's newest
+        if d["id"] not in found:
+            found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", "file" if d in given else "cache")
     for r in records:
         own = (r.get("meta", {}).get("question_rephrase") or "").strip()
         if r["id"] not in found and own and own.upper() != "NULL":
@@ -137,16 +166,24 @@ def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, g
         if todo and backend is not None else [[None]] * len(todo)
     lines = []
     for r, out in zip(todo, asked):
-        ok, why = check_rephrasing(r["question"], out[0], r["options"]) if out[0] is not None else (False, "no_model")
-        q, src = (out[0].strip().strip("\"'").strip(), "model") if ok else \
-            (template_rephrasing(r["question"]), "template")
+        said = clean_rephrasing(out[0]) if out[0] is not None else None  # checked and kept without its lead-in
+        ok, why = check_rephrasing(r["question"], said, r["options"]) if said is not None else (False, "no_model")
+        q, src = (said, "model") if ok else (template_rephrasing(r["question"]), "template")
         found[r["id"]], source[r["id"]] = q, src
         lines.append({"id": r["id"], "original": r["question"], "question": q, "source": src, "check": why,
-                      **({"model_output": out[0]} if out[0] is not None and not ok else {})})
+                      **({"model_output": out[0]} if out[0] is not None and out[0] != q else {})})
     if cache and lines:
         with open(cache, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     return found, source
+
+
+def _lines(path):
+    """The JSON lines of a file ([] when there is none)."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def rephrase_records(records, rephrasings):
@@ -156,14 +193,29 @@ def rephrase_records(records, rephrasings):
 
 
 # ---- Each variant against the first answers ------------------------------------------------------
+def _chosen(row):
+    """The text of the option a multiple-choice row chose (the judge's letter where it judged one),
+    so a shuffled row's letter reads as the same answer; None for open questions and no answer."""
+    letter, options = row.get("judge_parsed", row.get("parsed")), row.get("options") or {}
+    return str(options[letter]).strip() if letter in options else None
+
+
 def compare_rows(base, other):
-    """Accuracy on the questions both runs scored, and per-question flips."""
+    """Accuracy on the questions both runs scored, and per-question flips. 'consistency': the share
+    of them given the same verdict (right or wrong) both times; 'same_answer': the share where both
+    runs chose the same option, by its text (B wrong then D wrong is a change of answer), counted
+    only over the questions where both rows chose an option (open questions and unparsed answers
+    are left out: 'n_same_answer' of 'n'); None when no question qualifies."""
     b, o = ({r["base_id"]: bool(r["correct"]) for r in rows if r.get("correct") is not None} for rows in (base, other))
     ids = sorted(set(b) & set(o))
     if not ids:
         return {"n": 0}
     acc_b, acc_o = sum(b[i] for i in ids) / len(ids), sum(o[i] for i in ids) / len(ids)
+    cb, co = ({r["base_id"]: _chosen(r) for r in rows if r.get("correct") is not None} for rows in (base, other))
+    both = [i for i in ids if cb[i] is not None and co[i] is not None]
     return {"n": len(ids), "accuracy_base": acc_b, "accuracy_variant": acc_o, "delta": acc_o - acc_b,
             "consistency": sum(b[i] == o[i] for i in ids) / len(ids),  # per question: the same verdict both times
+            "same_answer": sum(cb[i] == co[i] for i in both) / len(both) if both else None,
+            "n_same_answer": len(both),
             "right_to_wrong": [i for i in ids if b[i] and not o[i]],
             "wrong_to_right": [i for i in ids if o[i] and not b[i]]}

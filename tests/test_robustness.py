@@ -70,6 +70,43 @@ def test_compare_rows_counts_flips():
     assert res["delta"] == pytest.approx(0.0)
 
 
+def mc_row(id, options, parsed, **kw):
+    gold = kw.pop("gold", "A")
+    return row(id, parsed == gold, kind="mc", options=options, gold=gold, parsed=parsed, **kw)
+
+
+def test_same_answer_tells_two_different_wrong_answers_apart():
+    options = dict(zip("ABCD", ["lupus", "gout", "psoriasis", "sarcoidosis"]))
+    res = robustness.compare_rows([mc_row("a", options, "B")], [mc_row("a#shuffle", options, "D")])
+    assert (res["consistency"], res["same_answer"]) == (1.0, 0.0)  # wrong both times, but not the same answer
+
+
+def test_same_answer_reads_a_shuffled_letter_by_its_option_text():
+    shuffled = robustness.shuffle_record(MC, 0)
+    mri = next(k for k, t in shuffled["options"].items() if t == "MRI")
+    assert mri != "B"
+    res = robustness.compare_rows([mc_row("q1", MC["options"], "B", gold="C")],
+                                  [mc_row(shuffled["id"], shuffled["options"], mri, gold=shuffled["answer"])])
+    assert (res["same_answer"], res["n_same_answer"]) == (1.0, 1)
+
+
+def test_same_answer_takes_the_judges_letter_where_the_rules_read_none():
+    judged = mc_row("a#rephrase", MC["options"], None, gold="C", judge_parsed="B", flags=["judged"])
+    res = robustness.compare_rows([mc_row("a", MC["options"], "B", gold="C")], [judged])
+    assert res["same_answer"] == 1.0
+
+
+def test_same_answer_leaves_out_open_questions_and_unread_answers():
+    base = [mc_row("a", MC["options"], "C", gold="C"), mc_row("b", MC["options"], None, gold="C"),
+            row("c", True, kind="vqa", parsed="yes")]
+    other = [mc_row("a#rephrase", MC["options"], "C", gold="C"), mc_row("b#rephrase", MC["options"], "A", gold="C"),
+             row("c#rephrase", True, kind="vqa", parsed="yes")]
+    res = robustness.compare_rows(base, other)
+    assert (res["n"], res["n_same_answer"], res["same_answer"]) == (3, 1, 1.0)
+    res = robustness.compare_rows(base[2:], other[2:])
+    assert (res["n"], res["n_same_answer"], res["same_answer"]) == (1, 0, None)  # nothing to compare
+
+
 # ----------------------------------------------------------------- rephrase test
 @pytest.mark.parametrize("candidate,reason", [
     ("Which imaging technique was used to acquire this 3 mm slice of the liver?", "ok"),
@@ -84,6 +121,44 @@ def test_check_rephrasing(candidate, reason):
     question = "Which imaging modality was used for this 3 mm slice of the liver?"
     options = {"A": "Computed tomography", "B": "Magnetic resonance"}
     assert robustness.check_rephrasing(question, candidate, options) == (reason == "ok", reason)
+
+
+@pytest.mark.parametrize("question,candidate,reason", [
+    ("Which of the following is NOT a symptom of lupus?", "Which of the following is a symptom of lupus?",
+     "changed_negation"),
+    ("All of the following are features of nephrotic syndrome EXCEPT:",
+     "Which of the following are features of nephrotic syndrome?", "changed_negation"),
+    ("Which finding is seen in this scan?", "Which finding is not seen in this scan?", "changed_negation"),
+    ("Which of the following is NOT a symptom of lupus?", "Which of these isn't a symptom of lupus?", "ok"),
+    ("All of the following are features of nephrotic syndrome EXCEPT:",
+     "All of the following are features of nephrotic syndrome except which one?", "ok"),
+])
+def test_check_rephrasing_refuses_a_changed_negation(question, candidate, reason):
+    """Adding or dropping a NOT or EXCEPT makes another option the answer; rewording one does not."""
+    assert robustness.check_rephrasing(question, candidate) == (reason == "ok", reason)
+
+
+@pytest.mark.parametrize("output", [
+    "Rephrased question: Which organ does this scan show?",
+    "Here is the rephrased question: Which organ does this scan show?",
+    "Sure! Here's a rephrased version of the question:\n\nWhich organ does this scan show?",
+    '**Rephrased question:** "Which organ does this scan show?"',
+    "“Which organ does this scan show?”",
+    "Question: **Which organ does this scan show?**",
+])
+def test_clean_rephrasing_cuts_the_lead_in(output):
+    assert robustness.clean_rephrasing(output) == "Which organ does this scan show?"
+
+
+def test_clean_rephrasing_keeps_a_question_with_its_own_colon():
+    question = "Regarding the scan: which organ is enlarged?"
+    assert robustness.clean_rephrasing(question) == question
+
+
+def test_check_rephrasing_reads_the_question_after_its_lead_in():
+    question = "Which organ is shown in this scan?"
+    assert robustness.check_rephrasing(question, "**Which organ does this scan show?**") == (True, "ok")
+    assert robustness.check_rephrasing(question, "Rephrased question: " + question) == (False, "unchanged")
 
 
 def test_check_rephrasing_reads_option_texts_as_whole_words():
@@ -104,6 +179,15 @@ def test_template_rephrasing_rewords_by_question_shape():
         "Among the options given, which is seen?"
     assert robustness.template_rephrasing("Is there a fracture?") == "Does the image show a fracture?"
     assert robustness.template_rephrasing("How large is the mass?") == "Based on the image, how large is the mass?"
+
+
+def test_template_rephrasing_keeps_leading_image_tags_in_front():
+    assert robustness.template_rephrasing("<image 1> What is the most likely diagnosis?") == \
+        "<image 1> Can you identify the most likely diagnosis?"
+    assert robustness.template_rephrasing("<image 1> <image 2> Which of the following is seen?") == \
+        "<image 1> <image 2> Among the options given, which is seen?"
+    assert robustness.template_rephrasing("Compare <image 1> and <image 2>. What changed?") == \
+        "Based on the image, compare <image 1> and <image 2>. What changed?"  # only leading tags move
 
 
 class Rephraser:
@@ -140,6 +224,32 @@ def test_rephrasings_are_checked_cached_and_reused(tmp_path):
     (tmp_path / "mine.jsonl").write_text(json.dumps({"id": "q1", "question": "My own rewording?"}) + "\n")
     found, source = robustness.collect_rephrasings([q1, q2], rephrase_file=str(tmp_path / "mine.jsonl"), generate=True)
     assert found["q1"] == "My own rewording?" and source == {"q1": "file", "q2": "template"}
+
+
+def test_templates_written_for_want_of_a_model_give_way_to_a_model_given_later(tmp_path):
+    """A rephrase run continued with --rephrase-model asks the model for the questions that got a
+    template only because no model was given; the newest cached line of a question is read."""
+    q1 = {**MC, "id": "q1", "question": "Which imaging modality is this?"}
+    cache = str(tmp_path / "rephrasings.jsonl")
+    assert robustness.collect_rephrasings([q1], cache=cache, generate=True)[1] == {"q1": "template"}
+    model = Rephraser()
+    found, source = robustness.collect_rephrasings([q1], cache=cache, backend=model, generate=True)
+    assert model.asked == 1 and (found, source) == ({"q1": "What kind of scan is this image?"}, {"q1": "model"})
+    assert robustness.collect_rephrasings([q1], cache=cache, generate=True) == (found, source)
+
+
+class LeadIn:
+    """Puts a lead-in, markdown and quotes around a good rephrasing."""
+    def generate(self, requests, **kw):
+        return [['Sure! Here is the rephrased question:\n\n**"What kind of scan is this image?"**']] * len(requests)
+
+
+def test_rephrasings_are_kept_without_the_models_lead_in(tmp_path):
+    q1, cache = {**MC, "question": "Which imaging modality is this?"}, str(tmp_path / "rephrasings.jsonl")
+    found, source = robustness.collect_rephrasings([q1], cache=cache, backend=LeadIn(), generate=True)
+    assert (found, source) == ({"q1": "What kind of scan is this image?"}, {"q1": "model"})
+    [line] = [json.loads(line) for line in open(cache)]
+    assert line["question"] == "What kind of scan is this image?" and line["model_output"].startswith("Sure!")
 
 
 def test_rephrase_analysis_reports_the_change_and_the_per_question_consistency():
