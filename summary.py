@@ -43,9 +43,11 @@ SKILL_ALIASES = {"modality": "modality recognition", "side": "anatomical localiz
                  **dict.fromkeys(("presence", "shape", "brightness", "size", "count"),
                                  "disease feature interpretation")}
 # Grouping axes per benchmark: MMMU Health & Medicine's five subjects (the paper's "subfields",
-# e.g. Diagnostics_and_Laboratory_Medicine) and GMAI-MMBench's official axes (the columns
+# e.g. Diagnostics_and_Laboratory_Medicine) and MMMU's own finer `subfield` column (Pathology,
+# Cardiology, ...), and GMAI-MMBench's official axes (the columns
 # VLMEvalKit's GMAIMMBenchDataset reports accuracy by). Column names match case-insensitively.
-GROUP_AXES = {"mmmu": ("subject",), "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
+GROUP_AXES = {"mmmu": ("subject", "subfield"),
+              "gmai_mmbench": ("clinical VQA task", "department", "perceptual granularity")}
 NO_VALUE = "(no value)"  # the group of the records whose cell on an axis is empty
 
 
@@ -120,6 +122,7 @@ def summarize(rows):
                  invalid_rate=_mean(r["parsed"] is None for r in mc),
                  categories={k: cats[k] / len(mc) for k in CATEGORIES},
                  judged=sum("judged" in r["flags"] for r in mc),
+                 **{k: n for k in ("judge_unreadable", "judge_error") if (n := sum(k in r["flags"] for r in mc))},
                  chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
                  gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
     if any(r.get("groups") for r in scored):
@@ -148,9 +151,11 @@ def analyses(variant_rows, out_dir):
     for v in ("shuffle", "rephrase", "grounding"):  # shuffling only touches multiple-choice rows
         if v in variant_rows and base is not None:
             res[v] = compare_rows([r for r in base if v != "shuffle" or r.get("kind") == "mc"], variant_rows[v])
-    if "circular" in variant_rows:
-        rows = [r for r in variant_rows["circular"] if r.get("correct") is not None]
-        res["circular"] = {"n": len({r["base_id"] for r in rows}), "circular_accuracy": circular_accuracy(rows),
+    if "circular" in variant_rows:  # as VLMEvalKit, only questions with every rotation scored; the others counted
+        incomplete = {r["base_id"] for r in variant_rows["circular"] if r.get("correct") is None}
+        rows = [r for r in variant_rows["circular"] if r["base_id"] not in incomplete]
+        res["circular"] = {"n": len({r["base_id"] for r in rows}), "n_incomplete": len(incomplete),
+                           "circular_accuracy": circular_accuracy(rows) if rows else None,
                            "rotation_accuracy": _mean(r["correct"] for r in rows)}
     if "grounding" in variant_rows and base is not None:
         res["grounding_by_group"] = grounding_by_group(base, variant_rows["grounding"],
@@ -162,25 +167,42 @@ def analyses(variant_rows, out_dir):
 
 def grounding_by_group(base, grounding, path):
     """Accuracy with and without the grounding prompt per group value (and overall), on the
-    questions both runs scored; also written as Markdown to `path`."""
-    res = {"overall": {"all": compare_rows(base, grounding)}}
-    labels = {r["base_id"]: r.get("groups", {}) for r in base}
+    questions both runs scored; also written as Markdown to `path`. A question's groups come from
+    whichever of its rows has them (a failed row, missing image or backend error, has none);
+    groups with no question compared are left out, and overall's n_not_compared counts the
+    questions not compared (in one run only, or unscored in either)."""
+    labels, ids = {}, {r["base_id"] for r in base + grounding}
+    for r in base + grounding:
+        if r.get("groups"):
+            labels.setdefault(r["base_id"], r["groups"])
+
+    def compared(keep):  # compare_rows on the questions `keep` picks, and how many of them it could not compare
+        b, g = [r for r in base if keep(r["base_id"])], [r for r in grounding if keep(r["base_id"])]
+        c = compare_rows(b, g)
+        return {**c, "n_not_compared": len({r["base_id"] for r in b + g}) - c["n"]}
+    res = {"overall": {"all": compared(lambda i: True)}}
     for axis in sorted({a for g in labels.values() for a in g}):
-        values = sorted({g.get(axis, NO_VALUE) for g in labels.values()})
-        res[axis] = {v: compare_rows([r for r in base if labels[r["base_id"]].get(axis, NO_VALUE) == v],
-                                     [r for r in grounding if labels.get(r["base_id"], {}).get(axis, NO_VALUE) == v])
-                     for v in values}
+        value = {i: labels.get(i, {}).get(axis, NO_VALUE) for i in ids}
+        groups = {v: compared(lambda i: value[i] == v) for v in sorted(set(value.values()))}
+        res[axis] = {v: c for v, c in groups.items() if c["n"]}
+    everything = res["overall"]["all"]
+    total = everything["n"] + everything["n_not_compared"]
     lines = ["# Accuracy without and with the grounding prompt", "",
+             f"{everything['n']} of {total} questions compared; {everything['n_not_compared']} not (in one run only, "
+             "or unscored in either). n: a group's questions compared, '2 of 3' where some were not.", "",
              "| axis | group | n | without | with | Δ |", "|---|---|---|---|---|---|"]
     for axis, groups in res.items():
         for v, c in groups.items():
-            if c.get("n"):
-                lines.append(f"| {axis} | {v} | {c['n']} | {_fmt(c['accuracy_base'])} | "
+            if c["n"]:
+                n = f"{c['n']} of {c['n'] + c['n_not_compared']}" if c["n_not_compared"] else c["n"]
+                lines.append(f"| {axis} | {v} | {n} | {_fmt(c['accuracy_base'])} | "
                              f"{_fmt(c['accuracy_variant'])} | {_fmt(c['delta'])} |")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    return {axis: {v: {k: c.get(k) for k in ("n", "accuracy_base", "accuracy_variant", "delta")}
-                   for v, c in groups.items()} for axis, groups in res.items()}
+    out = {axis: {v: {k: c.get(k) for k in ("n", "accuracy_base", "accuracy_variant", "delta")}
+                  for v, c in groups.items()} for axis, groups in res.items()}
+    out["overall"]["all"]["n_not_compared"] = everything["n_not_compared"]
+    return out
 
 
 def cot_report(rows, path):
@@ -220,7 +242,9 @@ def table_md(runs):
     skipped), then every MultiMedEval VQA metric per benchmark, the response categories of the
     multiple-choice benchmarks, the accuracy with the rules only and with the judge where a judge
     read answers, and a robustness / instruction-following table where any run has those
-    analyses."""
+    analyses. Where any run's answers were cut by the token budget, a 'Cut by budget %' column
+    follows each Invalid % and a note says what Invalid % holds of them; CircularEval says how
+    many questions it left out for an unscored rotation."""
     names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
     lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
 
@@ -242,32 +266,56 @@ def table_md(runs):
                   "|---" * (len(VQA_METRICS) + 2) + "|"]
         lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(d.get(k)) for k, _ in VQA_METRICS) + " |"
                   for label, b, d in vqa]
-    cats = [(label, b, s["benchmarks"][b]["base"]["categories"]) for label, s in runs for b in names
+    # answers the token budget cut off mostly read as invalid: shown next to Invalid %, not hidden in it
+    cut = any(d.get("base", {}).get("n_truncated") for _, s in runs for d in s["benchmarks"].values())
+    cut_head, cut_rule = (" Cut by budget % |", "---|") if cut else ("", "")
+
+    def cut_cell(d):  # summarize gives the rate only where some answer was cut
+        return f" {_fmt(d.get('truncated_rate', 0.0 if d.get('n_scored') else None))} |" if cut else ""
+    cats = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
             if "categories" in s["benchmarks"].get(b, {}).get("base", {})]
     if cats:  # the paper's instruction-following breakdown (section 4.3), direct-letter prompt
-        lines += ["", "| Model | Benchmark | Single letter % | Answer-prefixed % | CoT-style % | Other % | Invalid % |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(c.get(k)) for k in CATEGORIES) + " |"
-                  for label, b, c in cats]
+        lines += ["", "| Model | Benchmark | Single letter % | Answer-prefixed % | CoT-style % | Other % | Invalid % |"
+                  + cut_head, "|---|---|---|---|---|---|---|" + cut_rule]
+        lines += [f"| {label} | {COLUMNS[b]} | " + " | ".join(_fmt(d["categories"].get(k)) for k in CATEGORIES) + " |"
+                  + cut_cell(d) for label, b, d in cats]
     judged = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
-              if s["benchmarks"].get(b, {}).get("base", {}).get("judged")]
+              if any(s["benchmarks"].get(b, {}).get("base", {}).get(k) for k in ("judged", "judge_unreadable",
+                                                                                 "judge_error"))]
     if judged:  # VLMEvalKit's protocol: both accuracies; the columns above give the judge's
         lines += ["", "| Model | Benchmark | Accuracy, rules only | Accuracy, rules + judge | Judged answers |",
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | {COLUMNS[b]} | {_fmt(d.get('accuracy_rules'))} | {_fmt(d.get('accuracy'))} | "
-                  f"{d['judged']} |" for label, b, d in judged]
-    extra = []
+                  f"{d['judged']}{_judge_misses(d)} |" for label, b, d in judged]
+    extra, incomplete = [], False
     for label, s in runs:
         for b, d in s["benchmarks"].items():
             a, base = d.get("analyses", {}), d.get("base", {})
             cells = [_fmt(a[k].get(f)) if a.get(k, {}).get("n") else "-" for k, f in (
                 ("shuffle", "delta"), ("circular", "circular_accuracy"), ("rephrase", "delta"), ("grounding", "delta"))]
+            if a.get("circular", {}).get("n_incomplete"):
+                cells[1] += f" ({a['circular']['n_incomplete']} incomplete)"
+                incomplete = True
             invalid = _fmt(base.get("invalid_rate", base.get("yes_no_invalid_rate")))
-            extra.append(f"| {label} | {COLUMNS[b]} | {invalid} | " + " | ".join(cells) + " |")
-    if any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values()):
-        lines += ["", "| Model | Benchmark | Invalid % | Shuffle Δ | CircularEval | Rephrase Δ | Grounding Δ |",
-                  "|---|---|---|---|---|---|---|"] + extra
+            extra.append(f"| {label} | {COLUMNS[b]} | {invalid} |{cut_cell(base)} " + " | ".join(cells) + " |")
+    analysed = any(d.get("analyses") for _, s in runs for d in s["benchmarks"].values())
+    if analysed:
+        lines += ["", "| Model | Benchmark | Invalid % |" + cut_head + " Shuffle Δ | CircularEval | Rephrase Δ | "
+                  "Grounding Δ |", "|---|---|---|" + cut_rule + "---|---|---|---|"] + extra
+    if incomplete:
+        lines += ["", "CircularEval: questions right in every rotation, of those with every rotation scored; "
+                      "'(k incomplete)': k questions left out, a rotation unscored (missing image, backend error)."]
+    if cut and (cats or analysed):
+        lines += ["", "Cut by budget %: answers the token budget (--max-new-tokens) cut off, of all scored answers. "
+                      "Invalid % includes those of them no answer could be read from; summary.json gives the "
+                      "accuracy and invalid rate without them (accuracy_complete, invalid_rate_complete)."]
     return "\n".join(lines) + "\n"
+
+
+def _judge_misses(d):
+    """' (2 unreadable, 1 failed)': the answers sent to the judge that it gave no verdict on."""
+    misses = [f"{d[k]} {w}" for k, w in (("judge_unreadable", "unreadable"), ("judge_error", "failed")) if d.get(k)]
+    return f" ({', '.join(misses)})" if misses else ""
 
 
 def compare(run_dirs):

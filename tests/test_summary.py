@@ -60,7 +60,49 @@ def test_analyses_compare_each_variant_with_base(tmp_path):
     res = summary.analyses(per, str(tmp_path))
     assert res["shuffle"]["n"] == 1 and res["shuffle"]["right_to_wrong"] == ["m"]  # only multiple-choice rows
     assert res["rephrase"]["n"] == 1 and res["rephrase"]["delta"] == 0.0
-    assert res["circular"] == {"n": 2, "circular_accuracy": 0.5, "rotation_accuracy": 0.75}
+    assert res["circular"] == {"n": 2, "n_incomplete": 0, "circular_accuracy": 0.5, "rotation_accuracy": 0.75}
+
+
+def test_circular_eval_leaves_out_questions_with_an_unscored_rotation(tmp_path):
+    """As VLMEvalKit's CircularEval, a question needs every rotation: 'm' is right in the two it
+    has, but its third failed (backend error), so it is left out and counted, not counted right."""
+    per = {"circular": [row("m#rot0", True), row("m#rot1", True), row("m#rot2", None, flags=["error"]),
+                        row("n#rot0", True), row("n#rot1", False)]}
+    res = summary.analyses(per, str(tmp_path))
+    assert res["circular"] == {"n": 1, "n_incomplete": 1, "circular_accuracy": 0.0, "rotation_accuracy": 0.5}
+
+
+def grounding_runs():
+    """Five questions: 'a' and 'c' scored in both runs; 'b' without its base answer (image
+    missing: that row has no groups), 'd' never asked with the grounding prompt, and 'e', the
+    only Neurology question, without its grounding answer (backend error)."""
+    derm, eye, neuro = {"department": "Dermatology"}, {"department": "Ophthalmology"}, {"department": "Neurology"}
+    base = [row("a", True, groups=derm), row("b", None, flags=["missing_image"]), row("c", False, groups=eye),
+            row("d", True, groups=eye), row("e", True, groups=neuro)]
+    grounding = [row("a", True, groups=derm), row("b", True, groups=derm), row("c", True, groups=eye),
+                 row("e", None, flags=["error"])]
+    return base, grounding
+
+
+def test_grounding_by_group_counts_the_questions_it_could_not_compare(tmp_path):
+    base, grounding = grounding_runs()
+    res = summary.grounding_by_group(base, grounding, str(tmp_path / "g.md"))
+    assert (res["overall"]["all"]["n"], res["overall"]["all"]["n_not_compared"]) == (2, 3)
+    assert res["department"] == {  # no group of n 0: neither Neurology nor '(no value)' for the failed row
+        "Dermatology": {"n": 1, "accuracy_base": 1.0, "accuracy_variant": 1.0, "delta": 0.0},
+        "Ophthalmology": {"n": 1, "accuracy_base": 0.0, "accuracy_variant": 1.0, "delta": 1.0}}
+    assert "2 of 5 questions compared; 3 not (in one run only, or unscored in either)." in \
+        (tmp_path / "g.md").read_text()
+
+
+def test_grounding_by_group_shows_which_group_lost_a_question(tmp_path):
+    """'b' belongs to Dermatology by its grounding row, its failed base row having no groups."""
+    base, grounding = grounding_runs()
+    summary.grounding_by_group(base, grounding, str(tmp_path / "g.md"))
+    lines = (tmp_path / "g.md").read_text().splitlines()
+    assert "| department | Dermatology | 1 of 2 | 100.00 | 100.00 | 0.00 |" in lines
+    assert "| department | Ophthalmology | 1 of 2 | 0.00 | 100.00 | 100.00 |" in lines
+    assert not any(summary.NO_VALUE in line or "Neurology" in line for line in lines)
 
 
 def test_cot_samples_grouped_by_skill(tmp_path):
@@ -104,6 +146,37 @@ def test_table_has_one_row_per_model_and_a_column_per_benchmark():
                           "| Qwen2.5-VL-3B | VQA-RAD | - | - | - | - | - |"]
 
 
+def test_table_shows_answers_cut_by_the_budget_next_to_invalid():
+    """One answer in four ran into the token budget and reads as no option: Invalid % includes it,
+    the column beside it and the note say so. A run with none cut shows 0.00."""
+    rows = [row("a", True, kind="mc", parsed="A", gold="A", category="single_letter"),
+            row("b", False, kind="mc", parsed=None, gold="B", category="invalid", flags=["truncated"]),
+            row("c", False, kind="mc", parsed=None, gold="B", category="invalid"),
+            row("d", True, kind="mc", parsed="B", gold="B", category="single_letter")]
+    cut = summary.summarize(rows)
+    whole = summary.summarize([{**r, "flags": []} for r in rows])
+    runs = [(name, {"benchmarks": {"pmc_vqa": {"base": s, "analyses": {"shuffle": {"n": 4, "delta": 0.0}}}}})
+            for name, s in (("cut", cut), ("whole", whole))]
+    lines = summary.table_md(runs).splitlines()
+    assert "| Model | Benchmark | Single letter % | Answer-prefixed % | CoT-style % | Other % | Invalid % | " \
+           "Cut by budget % |" in lines
+    assert "| cut | PMC-VQA | 50.00 | 0.00 | 0.00 | 0.00 | 50.00 | 25.00 |" in lines
+    assert "| whole | PMC-VQA | 50.00 | 0.00 | 0.00 | 0.00 | 50.00 | 0.00 |" in lines
+    assert "| Model | Benchmark | Invalid % | Cut by budget % | Shuffle Δ | CircularEval | Rephrase Δ | " \
+           "Grounding Δ |" in lines
+    assert "| cut | PMC-VQA | 50.00 | 25.00 | 0.00 | - | - | - |" in lines
+    assert lines[-1].startswith("Cut by budget %: answers the token budget (--max-new-tokens) cut off, of all "
+                                "scored answers. Invalid % includes those of them no answer could be read from")
+
+
+def test_table_says_how_many_questions_circular_eval_left_out():
+    circular = {"n": 3, "n_incomplete": 1, "circular_accuracy": 2 / 3, "rotation_accuracy": 0.8}
+    lines = summary.table_md([("m", {"benchmarks": {"pmc_vqa": {"base": {"accuracy": 0.7},
+                                                                "analyses": {"circular": circular}}}})]).splitlines()
+    assert "| m | PMC-VQA | - | - | 66.67 (1 incomplete) | - | - |" in lines
+    assert lines[-1].startswith("CircularEval: questions right in every rotation, of those with every rotation scored")
+
+
 def test_table_gives_both_accuracies_where_a_judge_read_answers():
     judged = {"accuracy": 0.6, "accuracy_rules": 0.5, "judged": 3}
     runs = [("m", {"benchmarks": {"mmmu": {"base": judged, "analyses": {}},
@@ -130,6 +203,13 @@ def test_group_labels_match_the_axis_columns_whatever_their_case():
             "subject": "Pharmacy"}
     assert summary.group_labels(meta) == {"clinical VQA task": "Disease Diagnosis", "department": "Dermatology",
                                           "subject": "Pharmacy"}
+
+
+def test_mmmu_groups_by_its_subject_and_by_its_own_finer_subfield():
+    """The paper's 'subfields' are MMMU's subjects (Diagnostics_and_Laboratory_Medicine); MMMU's
+    own `subfield` column (Pathology, ...) is reported as a second axis."""
+    meta = {"subject": "Diagnostics_and_Laboratory_Medicine", "subfield": "Pathology", "img_type": "['Photos']"}
+    assert summary.group_labels(meta) == {"subject": "Diagnostics_and_Laboratory_Medicine", "subfield": "Pathology"}
 
 
 def test_by_group_counts_rows_without_a_value_on_an_axis():
