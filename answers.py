@@ -854,7 +854,8 @@ _REASONING = re.compile(r"[.!?;\n]|\b(?:so|because|since|as|given|therefore|thus
 def response_category(response, options, question=None):
     """Instruction-following category of a multiple-choice response. The paper (section 4.3)
     sorts answers to its direct-letter prompt into single-letter, answer-prefixed and CoT-style;
-    valid answers of no such form are 'other':
+    valid answers of no such form are 'other' (examples for the options A. X-ray, B. Magnetic
+    resonance imaging, C. Ultrasound):
 
       single_letter    only the letter, decorated or not, or the letter with its own option text:
                        'B', '(b)', '**B**', 'B.', 'B. Magnetic resonance imaging'
@@ -869,7 +870,8 @@ def response_category(response, options, question=None):
       other            a valid answer in none of these forms: the bare option text ('Ultrasound'),
                        a letter with a reason or a verdict but no answer phrase before it ('B,
                        because of the contrast', 'B is correct.', 'B. The contrast shows an
-                       MRI.'), a short remark naming one option ('Looks like an MRI.')
+                       MRI.'), a short remark naming one option ('Looks like magnetic resonance
+                       imaging.')
       invalid          parse_choice finds no single option ('A or B', 'I cannot tell.')
     """
     letter, rule = parse_choice_rule(response, options, question)

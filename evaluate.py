@@ -179,7 +179,8 @@ class NativeBackend:
             kind = json.load(f).get("model_type")
         if kind not in ("qwen2_5_vl", "qwen2_vl"):
             raise ValueError(f"{model_dir} is a {kind!r} model: the native backend runs Qwen2-VL and Qwen2.5-VL "
-                             "checkpoints only; evaluate other models with --backend vllm")
+                             "checkpoints only; run other models with vLLM (--backend vllm for the evaluated "
+                             "model, --judge-backend vllm for a judge, --rephrase-backend vllm for a rephraser)")
         self.model = infimed.QwenVL.from_pretrained(model_dir, dtype=dtype, device=self.device).eval()
         self.tok = data.load_tokenizer(model_dir)
         limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
@@ -204,10 +205,11 @@ class NativeBackend:
         return b["input_ids"].to(self.device), b["attention_mask"].to(self.device), pv, grid
 
     def generate(self, requests, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, n=1, stop=None):
-        """n Completions per request. With sampling, batch b draws from seed + b, so a result is
-        reproducible for the same requests, batch size and seed. A text ends at the first of the
-        `stop` strings (kept, as vLLM's include_stop_str_in_output) or at a stop token; one that
-        ran into max_new_tokens first has finish 'length'."""
+        """n Completions per request. With sampling, each request's j-th text draws from its own
+        generator seeded seed + j (as vLLM seeds each request), so a text does not depend on the
+        batch it was generated in: a resumed run samples what an uninterrupted one does. A text
+        ends at the first of the `stop` strings (kept, as vLLM's include_stop_str_in_output) or at
+        a stop token; one that ran into max_new_tokens first has finish 'length'."""
         t0 = time.perf_counter()
         encoded = [self.encode(r) for r in requests]
         self.timings["images"] += time.perf_counter() - t0
@@ -220,7 +222,7 @@ class NativeBackend:
                 chunk = rows[b:b + self.batch_size]
                 ids, mask, pv, grid = self._batch([encoded[i] for i, _ in chunk])
                 new = self.model.generate(ids, mask, pv, grid, max_new_tokens=max_new_tokens, temperature=temperature,
-                                          top_p=top_p, seed=None if seed is None else seed + b,
+                                          top_p=top_p, seed=None if seed is None else [seed + j for _, j in chunk],
                                           stop_token_ids=self.stop_ids)
                 for (i, j), toks in zip(chunk, new):
                     text = self.tok.decode(toks, skip_special_tokens=True)
@@ -286,30 +288,75 @@ def score_row(record, prompt, response, grounding=False):
     return row
 
 
+# a judge asked again when its reply names no option (VLMEvalKit asks up to 3 times, then picks
+# at random; here the row keeps the rules' verdict and is flagged 'judge_unreadable')
+JUDGE_TRIES = 3
+
+
+def judge_letter(reply, options):
+    """The option a judge's reply names, read as an answer is ('C', 'C. CT', 'The answer is C',
+    'CT'; answers.parse_choice), 'Z' when it says none (JUDGE_PROMPT's letter for no option), or
+    None when it cannot be read."""
+    if re.fullmatch(r"[\s*\"'(\[]*Z[\s*\"')\].]*", reply or ""):
+        return "Z"
+    return parse_choice_rule(reply or "", options)[0]
+
+
 def judge_rows(judge, rows, seed=0):
     """VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any backend:
     .generate(requests, ...)) only for the multiple-choice rows the rules left unresolved, in
     place. A judged row is flagged 'judged' and keeps the judge's reply and letter
-    ('judge_parsed'); 'correct' becomes the judge's verdict, while 'parsed', 'invalid' and
-    'correct_rules' stay the rules' (the invalid rate measures instruction following). Rows
-    already judged are left as they are. Returns how many rows it judged."""
+    ('judge_parsed', None for 'Z'); 'correct' becomes the judge's verdict, while 'parsed',
+    'invalid' and 'correct_rules' stay the rules' (the invalid rate measures instruction
+    following). The first try is greedy; a reply judge_letter cannot read is asked again,
+    sampled (a greedy judge would repeat itself), JUDGE_TRIES tries in all, then flagged
+    'judge_unreadable'. A request the judge fails on (too long for it, say) is flagged
+    'judge_error' with its message. Both keep the rules' verdict and are not asked again on a
+    rerun, nor are rows already judged; answers cut by the token budget are not judged (they
+    have not concluded). Returns how many rows it sent to the judge."""
     todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]
-            and "judged" not in r["flags"]]
-    if not todo:
-        return 0
-    reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
-        question=r["question"], response=r["response"],
-        options=format_options(r["options"]))}], "images": []} for r in todo]
-    for r, out in zip(todo, judge.generate(reqs, max_new_tokens=8, temperature=0.0, seed=seed)):
-        letter = out[0].strip("*()[]\"'`“”‘’. \t\n").upper()  # ' C.' or '**C**' -> 'C'
-        r["flags"].append("judged")
-        r["judge_response"] = out[0]
-        r["judge_parsed"] = letter if letter in r["options"] else None
-        r["correct"] = r["judge_parsed"] == r["gold"]
-    return len(todo)
+            and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
+    sent = len(todo)
+    for attempt in range(JUDGE_TRIES):
+        if not todo:
+            break
+        reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
+            question=r["question"], response=r["response"], options=format_options(r["options"]))}], "images": []}
+            for r in todo]
+        outs, errors = generate_each(judge, reqs, max_new_tokens=32, temperature=0.0 if attempt == 0 else 1.0,
+                                     seed=seed + attempt)
+        again = []
+        for r, out, error in zip(todo, outs, errors):
+            if error:
+                r["flags"].append("judge_error")
+                r["judge_error"] = error
+                continue
+            letter = judge_letter(out[0], r["options"])
+            r["judge_response"] = out[0]
+            if letter is None and attempt < JUDGE_TRIES - 1:
+                again.append(r)
+            elif letter is None:
+                r["flags"].append("judge_unreadable")
+            else:
+                r["flags"].append("judged")
+                r["judge_parsed"] = None if letter == "Z" else letter
+                r["correct"] = r["judge_parsed"] == r["gold"]
+        todo = again
+    return sent
 
 
 # ---- Resumable runs ------------------------------------------------------------------------------
+def unscored_row(record, flag, **extra):
+    """The row of a record that got no answer (flag 'missing_image' or 'error'): not scored
+    (correct None), with its group labels, so that a table per group can say what it lacks."""
+    meta = record.get("meta", {})
+    row = {"id": record["id"], "base_id": meta.get("base_id", record["id"]), "question": record["question"],
+           "flags": [flag], **extra, "correct": None}
+    if summary.group_labels(meta):
+        row["groups"] = summary.group_labels(meta)
+    return row
+
+
 def read_rows(path):
     """Finished rows of a JSONL file by id. A line cut off by a killed run is dropped and the
     file rewritten without it, as is a complete last row without its newline (the next append
@@ -354,6 +401,12 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     cannot read (this run's and an earlier run's without a judge) are judged at the end."""
     from tqdm import tqdm
     done = read_rows(path)
+    stale = {r["id"] for r in records if r["question"] != done.get(r["id"], {}).get("question", r["question"])}
+    if stale:  # asked another question before (a rephrasing replaced since): asked again
+        log(f"{path}: {len(stale)} rows asked another question than now (e.g. {sorted(stale)[0]}); asking again")
+        done = {i: r for i, r in done.items() if i not in stale}
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in done.values())
     todo = [r for r in records if r["id"] not in done]
     chunk, desc = max(1, cfg.batch_size) * 4, os.sep.join(path.split(os.sep)[-2:])  # benchmark/variant.jsonl
     with open(path, "a", encoding="utf-8") as f, \
@@ -363,8 +416,7 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             missing = {r["id"]: [str(p) for p in r["images"]
                                  if isinstance(p, (str, os.PathLike)) and not os.path.exists(p)] for r in part}
             ready = [r for r in part if not missing[r["id"]]]
-            rows = [{"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]), "flags": ["missing_image"],
-                     "missing": missing[r["id"]], "correct": None} for r in part if missing[r["id"]]]
+            rows = [unscored_row(r, "missing_image", missing=missing[r["id"]]) for r in part if missing[r["id"]]]
             prompts = [build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in ready]
             reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]}
                     for r, p in zip(ready, prompts)]
@@ -372,8 +424,7 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
                 dict(max_new_tokens=cfg.max_new_tokens)
             outs, errors = generate_each(backend, reqs, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                                          **budget) if reqs else ([], [])
-            rows += [{"id": r["id"], "base_id": r.get("meta", {}).get("base_id", r["id"]), "flags": ["error"],
-                      "error": e, "correct": None} for r, e in zip(ready, errors) if e]
+            rows += [unscored_row(r, "error", error=e) for r, e in zip(ready, errors) if e]
             scored = [score_row(r, p, o[0], variant == "grounding")
                       for r, p, o, e in zip(ready, prompts, outs, errors) if not e]
             for r in rows + scored:
@@ -393,6 +444,10 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     if n_missing:
         log(f"{path}: {n_missing} of {len(rows)} samples skipped, image file missing "
             f"(e.g. {next(r['missing'][0] for r in rows.values() if 'missing' in r)})")
+    misses = Counter(f for r in rows.values() for f in r["flags"] if f in ("judge_unreadable", "judge_error"))
+    if misses:
+        log(f"{path}: the judge gave no verdict on {sum(misses.values())} answers ({misses['judge_unreadable']} "
+            f"unreadable replies, {misses['judge_error']} failed requests); they keep the rules' verdict")
     n_error = sum("error" in r["flags"] for r in rows.values())
     if n_error:
         log(f"{path}: {n_error} of {len(rows)} samples could not be processed (e.g. "
@@ -418,8 +473,8 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
            "prompts": {**EVAL_PROMPTS, "cot": COT_PROMPT, "grounding": GROUNDING_PROMPT}}
     run_path = os.path.join(cfg.out, "run.json")
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
-    diff = [k for k in ("model", "backend", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p", "seed",
-                        "min_pixels", "max_pixels") if old.get(k) != run.get(k)]
+    diff = [k for k in ("model", "backend", "dtype", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p",
+                        "seed", "min_pixels", "max_pixels") if old.get(k) != run.get(k)]
     if old.get("judge_model") and (old.get("judge_model"), old.get("judge_backend")) != \
             (run.get("judge_model"), run.get("judge_backend")):  # its rows were judged by that judge
         diff += ["judge_model", "judge_backend"]
@@ -438,7 +493,7 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     for name, root in benchmarks.items():
         records = load_benchmark(name, root, cfg.limit, cfg.subset)
         log(f"{name}: {len(records)} records from {root}")
-        skipped = dict(records.report.counts)  # malformed rows the reader could not use, by reason
+        skipped = dict(records.report.counts)  # rows the reader skipped (malformed, another subject), by reason
         if skipped:
             log(records.report.lines())
         lacking = summary.missing_axes(name, records)

@@ -597,7 +597,9 @@ class QwenVL(nn.Module):
     def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                  max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None, stop_token_ids=None, compile=False):
         """Left-padded prompts (B, L) -> one list of new token ids per row. Greedy when
-        temperature == 0, else temperature + top-p sampling (torch.Generator seeded with `seed`).
+        temperature == 0, else temperature + top-p sampling (torch.Generator seeded with `seed`;
+        a list gives each row its own generator, so that a row's text does not depend on the rows
+        batched with it).
         A row stops after max_new_tokens or at a stop token, which is NOT included in its list.
         stop_token_ids=None uses the config's eos_token_id; pass [] to never stop early.
         Images are encoded once at prefill; decoding reuses a preallocated key/value cache.
@@ -613,7 +615,8 @@ class QwenVL(nn.Module):
             eos = cfg.eos_token_id
             stop_token_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         stops = torch.tensor(stop_token_ids, dtype=torch.long, device=input_ids.device)
-        gen = torch.Generator(input_ids.device).manual_seed(seed) if seed is not None else None
+        gen = None if seed is None else torch.Generator(input_ids.device).manual_seed(seed) if isinstance(seed, int) \
+            else [torch.Generator(input_ids.device).manual_seed(s) for s in seed]
         decode, layers, blocks = self.compiled() if compile else (self.decode_step, self.model.layers, None)
         pos, deltas = rope_index(input_ids, image_grid_thw, mask, cfg.image_token_id, cfg.vision.spatial_merge_size)
         x = self.embed(input_ids, pixel_values, image_grid_thw, vision_blocks=blocks)
@@ -654,7 +657,8 @@ class QwenVL(nn.Module):
 
 
 def sample(logits, temperature=0.0, top_p=1.0, generator=None):
-    """(B, V) logits -> (B,) token ids: argmax, or temperature + nucleus (top-p) sampling."""
+    """(B, V) logits -> (B,) token ids: argmax, or temperature + nucleus (top-p) sampling
+    (`generator`: one torch.Generator, or a list of one per row)."""
     if temperature <= 0:  # max's indices: the same first-maximum rule as argmax (and transformers)
         return logits.max(-1).indices
     probs = torch.softmax(logits.float() / temperature, -1)
@@ -662,6 +666,8 @@ def sample(logits, temperature=0.0, top_p=1.0, generator=None):
         sp, idx = probs.sort(-1, descending=True)
         sp[(sp.cumsum(-1) - sp) >= top_p] = 0
         probs = torch.zeros_like(probs).scatter_(-1, idx, sp)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)]).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -27,11 +27,18 @@ def content_parts(text):
 def render_with_template(templater, messages, add_generation_prompt=True):
     """The prompt text of `messages` under the model's own chat template (`templater`: its
     processor or tokenizer). A template that renders image content parts (Qwen2-VL, Qwen2.5-VL,
-    the LLaVA family) gets them and writes its own placeholder; one that does not (InternVL's)
-    gets plain strings, '<image>' as written, the placeholder such models expect."""
-    if "image" in (getattr(templater, "chat_template", None) or ""):
-        messages = [{**m, "content": content_parts(m["content"])} for m in messages]
-    return templater.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    the LLaVA family) gets them and writes its own placeholder; one that reads the content as a
+    string (InternVL's) gets plain strings, '<image>' as written, the placeholder such models
+    expect. Which kind a template is shows in what it makes of the parts: an error (it adds the
+    content to a string) or their Python repr in the text (it prints the content)."""
+    kw = dict(add_generation_prompt=add_generation_prompt, tokenize=False)
+    try:
+        text = templater.apply_chat_template([{**m, "content": content_parts(m["content"])} for m in messages], **kw)
+        if "{'type': " not in text:
+            return text
+    except Exception:  # TypeError, or jinja2's errors: the template does string operations on the content
+        pass
+    return templater.apply_chat_template(messages, **kw)
 
 
 def load_templater(model_dir):

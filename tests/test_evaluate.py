@@ -130,7 +130,7 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
     judge = LetterJudge(" C.")
     ev.judge_rows(judge, rows)
     assert len(judge.prompts) == 1 and "Which modality?" in judge.prompts[0] and "C. CT" in judge.prompts[0]
-    assert judge.calls == [{"max_new_tokens": 8, "temperature": 0.0, "seed": 0}]  # greedy, whatever the run samples
+    assert judge.calls == [{"max_new_tokens": 32, "temperature": 0.0, "seed": 0}]  # greedy, whatever the run samples
     assert rows[0]["judge_parsed"] == "C" and rows[0]["correct"] and rows[0]["flags"] == ["judged"]
     assert rows[0]["parsed"] is None and rows[0]["invalid"] and rows[0]["correct_rules"] is False
     assert rows[1]["flags"] == [] and rows[1]["parsed"] == "B" and rows[1]["rule"] == "exact"
@@ -139,6 +139,81 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
     rows = [ev.score_row(r, "p", "no idea")]
     ev.judge_rows(LetterJudge("Z"), rows)  # the judge found no option either
     assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and summary.summarize(rows)["judged"] == 1
+
+
+@pytest.mark.parametrize("reply", ["C", " C.", "**C**", "(C) CT", "C. CT", "The answer is C.", "Answer: C", "CT"])
+def test_the_judge_reply_is_read_as_an_answer_is(reply):
+    assert ev.judge_letter(reply, MC["options"]) == "C"
+
+
+@pytest.mark.parametrize("reply,letter", [("Z", "Z"), ("**Z**", "Z"), ("Z.", "Z"), ("F", None), ("C or D", None),
+                                          ("I am not sure.", None)])
+def test_the_judge_reply_z_says_no_option_and_others_are_unreadable(reply, letter):
+    assert ev.judge_letter(reply, {k: MC["options"][k] for k in "ABCD"}) == letter
+
+
+class TriesJudge:
+    """Replies from a list, one per call; a reply of Exception raises for that request."""
+    def __init__(self, *replies):
+        self.replies, self.calls = list(replies), []
+
+    def generate(self, requests, **kw):
+        self.calls.append(kw)
+        reply = self.replies.pop(0)
+        if reply is Exception:
+            raise RuntimeError("prompt longer than the judge's context")
+        return [[reply] for _ in requests]
+
+
+def test_an_unreadable_judge_reply_is_asked_again_sampled_then_flagged():
+    """A greedy judge would repeat itself, so the second and third tries sample; after three
+    unreadable replies the row keeps the rules' verdict, flagged 'judge_unreadable', and a
+    rerun does not ask again."""
+    rows = [ev.score_row(MC, "p", "no idea")]
+    judge = TriesJudge("maybe", "C. CT")
+    assert ev.judge_rows(judge, rows, seed=5) == 1
+    assert [(c["temperature"], c["seed"]) for c in judge.calls] == [(0.0, 5), (1.0, 6)]
+    assert rows[0]["flags"] == ["judged"] and rows[0]["judge_parsed"] == "C" and rows[0]["correct"]
+    rows = [ev.score_row(MC, "p", "no idea")]
+    judge = TriesJudge("maybe", "perhaps", "hmm")
+    ev.judge_rows(judge, rows)
+    assert len(judge.calls) == ev.JUDGE_TRIES == 3
+    assert rows[0]["flags"] == ["judge_unreadable"] and rows[0]["judge_response"] == "hmm"
+    assert rows[0]["correct"] is False and "judge_parsed" not in rows[0]
+    assert ev.judge_rows(TriesJudge(), rows) == 0
+
+
+def test_a_failed_judge_request_is_flagged_and_the_run_goes_on(tmp_path):
+    """One answer the judge backend cannot take costs that row its judgement, not the benchmark."""
+    rows = [ev.score_row({**MC, "id": i}, "p", "no idea") for i in ("a", "b")]
+    judge = TriesJudge(Exception, "C", Exception)  # the batch fails; then a alone: C; b alone: fails
+    assert ev.judge_rows(judge, rows) == 2
+    assert rows[0]["flags"] == ["judged"] and rows[0]["correct"]
+    assert rows[1]["flags"] == ["judge_error"] and "judge's context" in rows[1]["judge_error"]
+    assert rows[1]["correct"] is False
+
+
+def test_a_run_reports_the_answers_the_judge_gave_no_verdict_on(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    recs = [{**MC, "id": i, "images": [str(img)]} for i in ("a", "b")]
+    logged = []
+    rows = ev.run_variant(Rambling(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"),
+                          judge=TriesJudge(Exception, "C", Exception), log=logged.append)
+    assert [r["flags"] for r in rows] == [["judged"], ["judge_error"]]
+    assert logged == [f"{tmp_path / 'v.jsonl'}: the judge gave no verdict on 1 answers (0 unreadable replies, 1 "
+                      "failed requests); they keep the rules' verdict"]
+    s = summary.summarize(rows)
+    assert (s["judged"], s["judge_error"], "judge_unreadable" in s) == (1, 1, False)
+    table = summary.table_md([("m", {"benchmarks": {"mmmu": {"base": s}}})])
+    assert "| m | MMMU(H&M) | 0.00 | 50.00 | 1 (1 failed) |" in table
+
+
+def test_answers_cut_by_the_token_budget_are_not_judged():
+    cut = ev.score_row(MC, "p", ev.Completion("Looking at the scan, the density of the", "length"))
+    assert cut["flags"] == ["truncated"] and cut["parsed"] is None
+    judge = TriesJudge("C")
+    assert ev.judge_rows(judge, [cut]) == 0 and judge.calls == [] and cut["correct"] is False
 
 
 # ----------------------------------------------------------------- which records each variant asks
@@ -198,11 +273,11 @@ def test_killed_run_resumes_without_redoing_samples(tmp_path):
 def test_run_hands_invalid_answers_to_the_judge(tmp_path):
     img = tmp_path / "x.png"
     img.write_bytes(b"")
-    judge = EchoBackend()  # replies 'yes' to the judge prompt: still no option
+    judge = LetterJudge("Z")  # the judge finds no option either
     rows = ev.run_variant(Rambling(), [{**MC, "images": [str(img)]}], "base", ev.EvalConfig(model="m"),
                           str(tmp_path / "v.jsonl"), judge=judge)
-    assert judge.seen == 1 and rows[0]["flags"] == ["judged"] and rows[0]["judge_response"] == "yes"
-    assert rows[0]["parsed"] is None and rows[0]["correct"] is False
+    assert len(judge.prompts) == 1 and rows[0]["flags"] == ["judged"] and rows[0]["judge_response"] == "Z"
+    assert rows[0]["parsed"] is None and rows[0]["judge_parsed"] is None and rows[0]["correct"] is False
 
 
 def test_missing_images_are_counted_not_fatal(tmp_path):
@@ -403,11 +478,11 @@ def test_the_judge_reads_mmmu_and_gmai_mmbench_only_as_the_paper_scores_them(tmp
     (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
                                         "f.jpg,Which?,CT,A:MRI,B:CT,B\n")
 
-    judge = EchoBackend()
+    judge = LetterJudge("Z")
     monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
     cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), judge_model="J")
     s = ev.evaluate(cfg, {"mmmu": str(tmp_path / "MMMU"), "pmc_vqa": str(pmc)}, backend=Rambling(), log=lambda m: None)
-    assert judge.seen == 10  # the 10 MMMU items, not the PMC-VQA one
+    assert len(judge.prompts) == 10  # the 10 MMMU items, not the PMC-VQA one
     assert s["benchmarks"]["mmmu"]["base"]["judged"] == 10 and s["benchmarks"]["pmc_vqa"]["base"]["judged"] == 0
 
 
@@ -417,17 +492,17 @@ def test_a_judge_added_on_resume_reads_the_earlier_rows_and_a_changed_judge_is_r
     import realformat
     realformat.write_mmmu(str(tmp_path))
 
-    judge, model = EchoBackend(), Rambling()
+    judge, model = LetterJudge("Z"), Rambling()
     monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: judge)
     root, out = {"mmmu": str(tmp_path / "MMMU")}, str(tmp_path / "run")
     s = ev.evaluate(ev.EvalConfig(model="m", out=out), root, backend=model, log=lambda m: None)
-    assert (model.seen, judge.seen, s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 0, 0)
+    assert (model.seen, len(judge.prompts), s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 0, 0)
     s = ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model="J"), root, backend=model, log=lambda m: None)
-    assert (model.seen, judge.seen, s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 10, 10)
+    assert (model.seen, len(judge.prompts), s["benchmarks"]["mmmu"]["base"]["judged"]) == (10, 10, 10)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "mmmu" / "base.jsonl")]
-    assert len(rows) == 10 and all(r["flags"] == ["judged"] and r["judge_response"] == "yes" for r in rows)
+    assert len(rows) == 10 and all(r["flags"] == ["judged"] and r["judge_response"] == "Z" for r in rows)
     s = ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model="J"), root, backend=model, log=lambda m: None)
-    assert (model.seen, judge.seen) == (10, 10)  # nothing left to judge
+    assert (model.seen, len(judge.prompts)) == (10, 10)  # nothing left to judge
     for other in ("K", None):
         with pytest.raises(ValueError, match="judge_model"):
             ev.evaluate(ev.EvalConfig(model="m", out=out, judge_model=other), root, backend=model, log=lambda m: None)
@@ -569,7 +644,7 @@ def test_cli_judge_model_builds_a_judge_that_reads_only_what_the_rules_cannot(pu
     assert built == [("native", "ckpt"), ("vllm", "judge_dir")]
     asked = [r["messages"][0]["content"] for r in judge.requests]
     assert len(asked) == 2 and "radiograph 2 show" in asked[0] and "radiograph 3 show" in asked[1]
-    assert judge.calls == [{"max_new_tokens": 8, "temperature": 0.0, "seed": 0}]
+    assert judge.calls == [{"max_new_tokens": 32, "temperature": 0.0, "seed": 0}]
     rows = [json.loads(line) for line in open(out / "gmai_mmbench" / "base.jsonl")]
     assert [(r["id"], r["judge_parsed"]) for r in rows if "judged" in r["flags"]] == \
         [("gmai_mmbench-2", "B"), ("gmai_mmbench-3", "B")]
@@ -763,11 +838,19 @@ def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):
     internvl.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                               "{% endfor %}")
     assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
+    # a string template that speaks of images in its own words, or adds the content to a string,
+    # gets the plain text too (not the parts' repr, not an error)
+    internvl.chat_template = ("You see an image.\n{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                              "{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    assert render_with_template(internvl, msgs, False).endswith(f"user\n{msgs[0]['content']}<|im_end|>\n")
+    internvl.chat_template = "{% for m in messages %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    assert render_with_template(internvl, msgs, False) == f"<|user|>\n{msgs[0]['content']}<|end|>\n"
 
 
 def test_native_backend_hands_the_sampling_settings_to_the_model(tiny_model, monkeypatch):
-    """temperature and top_p reach QwenVL.generate; each batch samples with the seed plus the
-    index of its first request (5, then 7 for batches of two), so batches do not repeat draws."""
+    """temperature and top_p reach QwenVL.generate; each request samples from its own generator,
+    seeded as vLLM seeds a request (the seed, plus j for its j-th of n texts), whatever batch it
+    lands in; so a sampled answer does not change when a resumed run batches it differently."""
     backend = ev.NativeBackend(tiny_model, device="cpu", batch_size=2)
     seen, generate = [], backend.model.generate
 
@@ -776,9 +859,14 @@ def test_native_backend_hands_the_sampling_settings_to_the_model(tiny_model, mon
         return generate(*args, **kw)
     monkeypatch.setattr(backend.model, "generate", recording)
     req = [{"messages": [{"role": "user", "content": f"Say yes {i}."}], "images": []} for i in range(3)]
-    backend.generate(req, max_new_tokens=2, temperature=0.7, top_p=0.9, seed=5)
-    assert seen == [{"temperature": 0.7, "top_p": 0.9, "seed": 5, "max_new_tokens": 2},
-                    {"temperature": 0.7, "top_p": 0.9, "seed": 7, "max_new_tokens": 2}]
+    kw = dict(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=5)
+    together = backend.generate(req, **kw)
+    assert seen == [{"temperature": 1.0, "top_p": 0.9, "seed": [5, 5], "max_new_tokens": 6},
+                    {"temperature": 1.0, "top_p": 0.9, "seed": [5], "max_new_tokens": 6}]
+    assert backend.generate(req[2:], **kw) == together[2:] and backend.generate(req[1:2], **kw) == together[1:2]
+    seen.clear()
+    backend.generate(req[:1], n=2, **kw)
+    assert seen[0]["seed"] == [5, 6]
 
 
 def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monkeypatch):
@@ -835,13 +923,19 @@ def test_native_backend_names_the_models_it_runs(tmp_path):
         ev.NativeBackend(str(tmp_path), device="cpu")
 
 
-def test_rephrase_test_on_multiple_choice_falls_back_to_templates_and_keeps_them(tmp_path):
+def two_pmc_questions(tmp_path):
+    """A PMC-VQA root (published layout) with two questions on one figure."""
     import realformat
     pmc = tmp_path / "PMC-VQA"
     realformat.save(realformat.picture(1), str(pmc / "images" / "f.jpg"))
     (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
                                         "f.jpg,What is the modality?,CT,A:CT,B:MRI,A\n"
                                         "f.jpg,Is there a mass?,MRI,A:CT,B:MRI,B\n")
+    return pmc
+
+
+def test_rephrase_test_on_multiple_choice_falls_back_to_templates_and_keeps_them(tmp_path):
+    pmc = two_pmc_questions(tmp_path)
     cfg = ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "rephrase"))
     s = ev.evaluate(cfg, {"pmc_vqa": str(pmc)}, backend=EchoBackend(), log=lambda m: None)
     a = s["benchmarks"]["pmc_vqa"]["analyses"]["rephrase"]
@@ -850,6 +944,44 @@ def test_rephrase_test_on_multiple_choice_falls_back_to_templates_and_keeps_them
     assert [d["question"] for d in kept] == ["Can you identify the modality?", "Does the image show a mass?"]
     asked = [json.loads(line)["prompt"] for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
     assert asked[0].startswith("<image>Can you identify the modality?\nA. CT\nB. MRI")  # same options
+
+
+def test_a_rephrasing_given_on_resume_replaces_the_rows_that_asked_the_old_one(tmp_path):
+    """A finished rephrase run continued with --rephrase-file asks the file's questions again
+    (the rows that asked the template's are stale), and keeps the rest."""
+    pmc = two_pmc_questions(tmp_path)
+    out, backend = str(tmp_path / "run"), EchoBackend()
+    ev.evaluate(ev.EvalConfig(model="m", out=out, variants=("base", "rephrase")), {"pmc_vqa": str(pmc)},
+                backend=backend, log=lambda m: None)
+    assert backend.seen == 4
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"id": "pmc_vqa-0", "question": "Which imaging technique made this picture?"}) + "\n")
+    logged = []
+    ev.evaluate(ev.EvalConfig(model="m", out=out, variants=("base", "rephrase"), rephrase_file=str(mine)),
+                {"pmc_vqa": str(pmc)}, backend=backend, log=logged.append)
+    assert backend.seen == 5 and any("1 rows asked another question" in str(m) for m in logged)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
+    assert [r["question"] for r in rows] == ["Does the image show a mass?", "Which imaging technique made this picture?"]
+
+
+@pytest.mark.parametrize("change", [dict(temperature=0.7), dict(dtype="bfloat16"), dict(seed=1)])
+def test_a_run_does_not_continue_with_settings_that_change_its_answers(tmp_path, change):
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    out = str(tmp_path / "run")
+    ev.evaluate(ev.EvalConfig(model="m", out=out), recs, backend=EchoBackend(), log=lambda m: None)
+    with pytest.raises(ValueError, match=f"other settings \\({next(iter(change))}\\)"):
+        ev.evaluate(ev.EvalConfig(model="m", out=out, **change), recs, backend=EchoBackend(), log=lambda m: None)
+    ev.evaluate(ev.EvalConfig(model="m", out=out, batch_size=3), recs, backend=EchoBackend(),
+                log=lambda m: None)  # the batch size changes no answer
+
+
+def test_an_unscored_row_keeps_the_group_labels_of_its_record(tmp_path):
+    """A missing image costs the row its answer, not its place in a table per group."""
+    r = {**MC, "images": [str(tmp_path / "gone.png")], "meta": {"subject": "Clinical_Medicine", "subfield": "Cardiology"}}
+    (row,) = ev.run_variant(EchoBackend(), [r], "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"),
+                            log=lambda m: None)
+    assert row["flags"] == ["missing_image"] and row["correct"] is None and row["question"] == MC["question"]
+    assert row["groups"] == summary.group_labels(r["meta"]) and row["groups"]
 
 
 # ----------------------------------------------------------------- broken items and damaged run files

@@ -348,6 +348,18 @@ def test_sampling_is_deterministic_for_a_seed(pair):
     assert run(3) != run(4)
 
 
+def test_sampling_with_a_seed_per_row_does_not_depend_on_the_batch(pair):
+    """seed=[s0, s1, ...]: each row draws from its own generator, so a row samples the same
+    tokens batched with others as alone (a resumed evaluation batches its rows differently)."""
+    _, ours, _ = pair
+    batch = make_batch("left")
+    kw = dict(max_new_tokens=12, temperature=1.0, top_p=0.9, stop_token_ids=[])
+    together = ours.generate(**batch, seed=[7, 8, 9], **kw)
+    row2 = batch["input_ids"][2][batch["attention_mask"][2].bool()][None]
+    assert ours.generate(row2, seed=[9], **kw)[0] == together[2]
+    assert ours.generate(row2, seed=[7], **kw)[0] != together[2]  # the seed, not the position, decides
+
+
 def test_stop_token_ends_row_and_is_excluded(pair):
     _, ours, _ = pair
     batch = make_batch("left")
