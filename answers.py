@@ -43,7 +43,8 @@ def parse_choice(response, options, question=None):
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', 'A is the most likely because ...',
+         'Option B is correct', 'C: correct', 'A is the most likely because ...', 'Option A is
+         more likely, because ...',
          'the most likely diagnosis in this patient is',
          'the next step in management would be to', 'this leaves us with', followed by a letter
          or an option's text ('the answer is ultrasound'; when a letter follows the text it must
@@ -80,12 +81,14 @@ def parse_choice(response, options, question=None):
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
          'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
          inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), negated
-         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X'), and a
+         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X', both of
+         'eliminate B and D'), and a
          last line cut off while restating the options ('A) The central fascicle is'). Lowercase
          counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
          option the next sentence rejects ('... This is not the correct answer') does not count.
       7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
-         words, a text inside a longer matched text ignored, negated mentions dropped): exactly
+         words, a hyphen between words as a space: 'cover-uncover test' for 'Cover Uncover Test';
+         a text inside a longer matched text ignored, negated mentions dropped): exactly
          one option -> it. Not when the response is cut off mid-sentence after 30 words (an
          option met on the way is no answer) or its last line concludes on something else
          ('the most likely diagnosis is ASD').
@@ -225,6 +228,11 @@ _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.I | re.S)
 _DECOR = "*()[]\"'`“”‘’ \t\n"
 
 
+# a hyphen between words, read as a space where option texts are matched ('cover-uncover test'
+# for 'Cover Uncover Test'): one character for one, so spans stay where they are
+_HYPHEN = re.compile(r"(?<=[a-z])-(?=[a-z])")
+
+
 def _opt_text(text):
     return re.sub(r"\s+", " ", str(text)).strip().strip(".").lower()
 
@@ -279,7 +287,8 @@ _CUE_AFTER = re.compile(
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
-    r"most\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
+    r"(?:most|more)\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?"
+    r"(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
 # what a committing phrase calls its option: "the answer", "the most likely diagnosis", "the best choice"
 _ANSWER_NOUN = (r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
                 r"(?:answer|choice|option|diagnosis)\b")
@@ -331,7 +340,7 @@ def _last_cue(text, options, asked=None):
         head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest)
         for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
             t = _opt_text(t)
-            end = _text_at(head, 0, t)
+            end = _text_at(_HYPHEN.sub(" ", head.lower()), 0, _HYPHEN.sub(" ", t))
             if end is not None:
                 then = _LETTER_AFTER_TEXT.match(head, end)
                 named = (then.group(1) or then.group(2)).upper() if then else None
@@ -610,7 +619,8 @@ def _text_spans(text, options, keep_negated=False, plural=False):
     `keep_negated`; with `plural`, a text's plural counts too ('Endometriomas' for
     'Endometrioma')."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
-    spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(low, t, plural)]
+    spaced, texts = _HYPHEN.sub(" ", low), {k: _HYPHEN.sub(" ", t) for k, t in texts.items()}
+    spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(spaced, t, plural)]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
@@ -654,8 +664,9 @@ _NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\be
                          r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
                          r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|"
                          r"label(?:l?ed)?|marked)\s+){0,2}"
-                         # "not a CT or an MRI": the list goes too
-                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b)\s*(?:(?:an?|the)\s+)?){0,3}"
+                         # "not a CT or an MRI", "eliminate B and D": the list goes too
+                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b|\band\b)\s*"
+                         r"(?:(?:an?|the)\s+)?){0,3}"
                          r"[\(\[\*\"']*$", re.I)
 _NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
                         r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
@@ -801,7 +812,8 @@ _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five s
 def _stems(text):
     """Content words, crudely stemmed, so that 'measuring the serum electrolytes' and 'Measure
     serum electrolytes', 'a neurofibroma' and 'Neurofibromas', 'rod' and 'rods', 'remove' and
-    'Removal', 'produce and circulate' and 'Production and circulation' share theirs, and so do
+    'Removal', 'produce and circulate' and 'Production and circulation', 'sensitivity' and
+    'sensitive' share theirs, and so do
     British and American spellings ('Preterm labour' and 'preterm labor', 'haemorrhage' and
     'hemorrhage': MedMCQA's options are written in British English) and numbers ('two', '2');
     counted, so that 'oxidase-negative' in 'Gram-negative, oxidase-negative rods' needs a second
@@ -809,7 +821,7 @@ def _stems(text):
     words = re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower())
     words = [_NUMBER_WORDS.get(w) or re.sub(r"(?<=\w)our$", "or", re.sub(r"(?<=\w)[ao]e(?=\w)", "e", w))
              for w in words]
-    return Counter(re.sub(r"(?:ation|ition|tion|ion|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
+    return Counter(re.sub(r"(?:ation|ition|tion|ion|ity|ate|ing|ed|es|s|e|ly)$|(?<=\w{4})al$", "", w)
                    if len(w) > 3 else w for w in words if w not in _STOP)
 
 

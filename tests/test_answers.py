@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 4,222 graded real ones, and the response categories.
+on 4,472 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -224,7 +224,8 @@ def test_parse_choice_on_graded_response_shapes(response, options, expected):
 
 # Reasoning that concludes in prose, without an answer phrase (the InstructGPT responses of the
 # graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; DEF, a defence mechanism;
-# VAC, a contraindication; CY, an ovarian cyst; CE, intestinal cells; WK, weeks of pregnancy.
+# VAC, a contraindication; CY, an ovarian cyst; CE, intestinal cells; WK, weeks of pregnancy; SCR, a
+# screening test; EYE, a squint test.
 R = {"A": "Roseola", "B": "Erythema infectiosum", "C": "Rubella", "D": "Kawasaki disease"}
 G = {"A": "Gram-negative, oxidase-positive rods", "B": "Gram-positive cocci",
      "C": "Gram-positive, gamma-hemolytic cocci", "D": "Gram-negative, oxidase-negative rods"}
@@ -236,6 +237,9 @@ VAC = {"A": "Egg protein allergy", "B": "Fever after a previous vaccination",
 CY = {"A": "Follicular cyst", "B": "Endometrioma", "C": "Corpus luteum cyst", "D": "Dermoid cyst"}
 CE = {"A": "Chief cells", "B": "Goblet cells", "C": "Paneth cells", "D": "Parietal cells"}
 WK = {"A": "Last 5 days", "B": "12-16 week", "C": "8-12 week", "D": "16-20 week"}
+SCR = {"A": "Highly sensitive test", "B": "Low false positive rate", "C": "High true positive rate",
+       "D": "Low negative predictive value"}
+EYE = {"A": "Forced duction test", "B": "Cover Uncover Test", "C": "Fundus Examination", "D": "All of the above"}
 PROSE_CONCLUSION_CASES = [
     # the last line concludes on one option, by its text or most of its words after 'is'
     ("Roseola fits the age, and rubella fits the rash.\n\nTherefore, the child has rubella.", R, "C"),
@@ -284,6 +288,15 @@ PROSE_CONCLUSION_CASES = [
     # ... though elsewhere a plural is no mention of the option: the one option named stands
     ("Macrophages engulf the pathogen.\n\nThe dendritic cell then presents the antigen to the naive T cell.",
      {"A": "NK cell", "B": "Dendritic cell", "C": "Macrophage"}, "B"),
+    # a word and its noun share their stem ('sensitivity', 'Highly sensitive test'); a hyphen
+    # between words reads as a space ('cover-uncover test', 'semi-erect')
+    ("The goal is to pick up as many cases as possible.\n\nThe most important characteristic of the test is "
+     "its sensitivity.", SCR, "A"),
+    ("Screening must miss no case.\n\nSo what matters most here is sensitivity.", SCR, "A"),
+    ("The forced duction test looks for restriction.\n\nSo the cover-uncover test would be the most "
+     "appropriate test to do.", EYE, "B"),
+    ("Supine worsens the breathing, and erect tires the child.\n\nIn conclusion, the best position is the "
+     "semi-erect position.", {"A": "Supine", "B": "Semi erect", "C": "Erect", "D": "Trendelenburg"}, "B"),
     # 'more likely' concludes as 'most likely' does; 'more likely to' describes
     ("Goblet cells line the villi and Paneth cells sit in the crypts.\n\nGiven the site, it is more likely "
      "that the cells are chief cells, since they lie at the top.", CE, "A"),
@@ -498,6 +511,9 @@ FOLLOW_UP_CASES = [
     ("B is more likely because resorption is faster.\n\nC is the most likely because the roots are shorter.",
      L, "C"),
     ("B is more likely to resorb.\n\nC is the most likely to be shorter in some series.", L, None),
+    # after two options are left, 'Option C is more likely' commits as 'the most likely' does
+    ("That leaves options B and C.\n\nOption C is more likely, because the series measured the roots.", L, "C"),
+    ("We can eliminate A and D. However, option B) is more likely to be correct, as resorption is fast.", L, "B"),
     ("B) Primary roots resorb more easily: This is the next most likely.\nC) Primary roots are shorter: This "
      "is the most likely.", L, "C"),
     ("Primary roots resorb more easily: they are more likely to be lost early.\n\nPrimary roots show less "
@@ -559,6 +575,10 @@ LIST_AND_NEGATION_CASES = [
      W, "B"),
     ("The options are:\nA) Blood clot\nB) Aqueductal stenosis\nC) Arachnoid adhesions\nD) Mega cisterna magna"
      "\n\nMega cisterna magna is the most likely cause, given the cyst.", W, "D"),
+    # options set aside together ('eliminate B and C') are all set aside, so the one left stands
+    ("We can rule out A and C, since the scan shows no clot or adhesion.\n\nB fits best here.", W, "B"),
+    ("We can eliminate answer choices B and D because the ventricles are small. This", W, None),
+    ("From this, we can eliminate option B and C. We can also eliminate option D. So the answer", W, None),
     # a cue followed by a negated option or by 'none of the above' commits to nothing
     ("Therefore, option D is not the correct answer.\n\nThe correct answer is none of the above.", W, None),
     ("Mega cisterna magna is a malformation. Therefore, arachnoid adhesions do not block the flow.", W, "D"),
@@ -575,9 +595,9 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """4,222 real chain-of-thought answers to medical multiple-choice questions, each graded by
-    reading it (the option it commits to, or null), blind to the parser; 660 of them graded again
-    by a second reader, blind to the first, who agreed on 654, the other 6 being answers the first
+    """4,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 720 of them graded again
+    by a second reader, blind to the first, who agreed on 714, the other 6 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
     - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
       subjects (standard 10-option and vision settings): image questions answered step by step
@@ -585,9 +605,9 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in fifteen batches, each before the rules were changed or measured on it:
+      not at all. Graded in sixteen batches, each before the rules were changed or measured on it:
       usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout14 (250 each; -heldout14 graded while the last
+      each); -heldout7 (200); -heldout8 to -heldout15 (250 each; -heldout15 graded while the last
       rules were made, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
@@ -610,17 +630,18 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 119), "usmle-instructgpt-heldout7": (100, 95),
-                "medmcqa-instructgpt-heldout7": (100, 88), "usmle-instructgpt-heldout8": (100, 92),
+                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 93),
                 "medmcqa-instructgpt-heldout8": (150, 132), "usmle-instructgpt-heldout9": (100, 93),
-                "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 94),
+                "medmcqa-instructgpt-heldout9": (150, 129), "usmle-instructgpt-heldout10": (100, 95),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
-                "medmcqa-instructgpt-heldout11": (150, 124), "usmle-instructgpt-heldout12": (100, 91),
-                "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 91),
+                "medmcqa-instructgpt-heldout11": (150, 127), "usmle-instructgpt-heldout12": (100, 91),
+                "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
-                "medmcqa-instructgpt-heldout14": (150, 127)}
+                "medmcqa-instructgpt-heldout14": (150, 127), "usmle-instructgpt-heldout15": (100, 94),
+                "medmcqa-instructgpt-heldout15": (150, 123)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
-    assert len(second) == 660 and sum(r["second_label"] == r["label"] for r in second) == 654
+    assert len(second) == 720 and sum(r["second_label"] == r["label"] for r in second) == 714
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     assert all(agree[s] >= least for s, (_, least) in expected.items()), (dict(agree), "\n".join(misses))
 
