@@ -9,11 +9,13 @@ runs side by side.
 - summarize: one variant of one benchmark -> MultiMedEval's aggregates (closed accuracy, open
   recall and accuracy, BLEU-1, F1), option accuracy, instruction following (invalid rate, the
   paper's response categories, judged answers), positional bias (chosen vs gold letters),
-  accuracy per skill and per group (MMMU subject, GMAI-MMBench axes), box rate and IoU.
+  accuracy per skill and per group (MMMU subject and subfield, GMAI-MMBench axes), box rate and
+  IoU; answers cut by the token budget and answers the judge gave no verdict on, counted.
 - analyses: each variant against the base run: shuffled options, rephrased questions and the
-  grounding prompt (accuracy change and per-question flips, robustness.compare_rows),
-  CircularEval, grounding per group (grounding_by_group.md) and chain-of-thought answers grouped
-  by the paper's five clinical skills (cot_by_skill.md, for reading).
+  grounding prompt (accuracy change, per-question flips, the same verdict and the same chosen
+  option: robustness.compare_rows), CircularEval over the questions with every rotation scored,
+  grounding per group with what it could not compare (grounding_by_group.md) and chain-of-thought
+  answers grouped by the paper's five clinical skills (cot_by_skill.md, for reading).
 - table_md / compare: one row per run and one column per benchmark, then every VQA metric, the
   response categories and a robustness / instruction-following table.
 Pure Python over the rows' dicts: no model, no data loading.
