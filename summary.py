@@ -16,11 +16,14 @@ runs side by side.
   option: robustness.compare_rows), CircularEval over the questions with every rotation scored,
   grounding per group with what it could not compare (grounding_by_group.md) and chain-of-thought
   answers grouped by the paper's five clinical skills (cot_by_skill.md, for reading).
-- table_md / compare: one row per run and one column per benchmark, then every VQA metric, the
-  response categories and a robustness / instruction-following table.
+- table_md / compare: one row per run and one column per benchmark, with each number's 95%
+  confidence interval (wilson), then every VQA metric, the response categories and a
+  robustness / instruction-following table; compare then pairs each run with the first on the
+  questions both scored (paired_md: McNemar's exact test).
 Pure Python over the rows' dicts: no model, no data loading.
 """
 import json
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -97,17 +100,39 @@ def _accuracy(rows):
     return {"n": len(rows), "accuracy": _mean(bool(r["correct"]) for r in rows)}
 
 
+def wilson(k, n, z=1.96):
+    """The 95% Wilson score interval (lo, hi) of a proportion k/n: on a few hundred items a
+    Table 1 accuracy is uncertain by several points, which a comparison should show. None for n 0."""
+    if not n:
+        return None
+    p, q = k / n, z * z / n
+    mid, half = (p + q / 2) / (1 + q), z * math.sqrt(p * (1 - p) / n + q / (4 * n)) / (1 + q)
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def mcnemar(b, c):
+    """Exact two-sided McNemar p-value of paired right/wrong verdicts: b questions only the first
+    run got right, c only the second (a binomial test of b against b + c at one half)."""
+    n = b + c
+    if not n:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def summarize(rows):
     """Metrics of one variant's rows; rows with correct=None (image missing) are counted apart."""
     scored = [r for r in rows if r.get("correct") is not None]
     s = {"n": len(rows), "n_scored": len(scored), "n_missing_image": sum("missing_image" in r["flags"] for r in rows),
          "n_error": sum("error" in r["flags"] for r in rows),
          "accuracy": _mean(bool(r["correct"]) for r in scored),
-         "accuracy_rules": _mean(bool(r.get("correct_rules", r["correct"])) for r in scored)}
+         "accuracy_rules": _mean(bool(r.get("correct_rules", r["correct"])) for r in scored),
+         "accuracy_ci95": wilson(sum(bool(r["correct"]) for r in scored), len(scored))}
     vqa, mc = [r for r in scored if r["kind"] == "vqa"], [r for r in scored if r["kind"] == "mc"]
     if vqa:  # MultiMedEval's metric names
         closed, open_ = [r for r in vqa if r["closed"]], [r for r in vqa if not r["closed"]]
         s.update(n_closed=len(closed), n_open=len(open_), closed_accuracy=_mean(r["correct"] for r in closed),
+                 closed_accuracy_ci95=wilson(sum(bool(r["correct"]) for r in closed), len(closed)),
                  open_recall=_mean(r["recall"] for r in open_), open_accuracy=_mean(r["correct"] for r in open_),
                  recall=_mean(r["recall"] for r in vqa), f1=_mean(r["f1"] for r in vqa),
                  bleu1=_mean(r["bleu1"] for r in vqa), yes_no_invalid_rate=_mean(r["invalid"] for r in closed))
@@ -248,19 +273,28 @@ def table_md(runs):
     follows each Invalid % and a note says what Invalid % holds of them; CircularEval says how
     many questions it left out for an unscored rotation."""
     names = [b for b in COLUMNS if any(b in s["benchmarks"] for _, s in runs)]
-    lines = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
+    head = ["| Model | " + " | ".join(COLUMNS[b] for b in names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def table1_row(label, s, show):  # each benchmark's Table 1 number (its base summary, its metric) by `show`
+        cells = [show(s["benchmarks"][b]["base"], TABLE1_METRIC.get(b, "accuracy"))
+                 if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
+        return f"| {label} | " + " | ".join(cells) + " |"
 
     def cell(d, metric):  # a run that could not score every item (missing images) says how many it did
         part = f" ({d['n_scored']}/{d['n']})" if d.get("n_scored", d.get("n")) != d.get("n") else ""
         return _fmt(d.get(metric)) + part
-    for label, s in runs:
-        cells = [cell(s["benchmarks"][b]["base"], TABLE1_METRIC.get(b, "accuracy"))
-                 if "base" in s["benchmarks"].get(b, {}) else "-" for b in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def interval(d, metric):  # "80.11-85.62": the 95% Wilson interval of the Table 1 number
+        ci = d.get(metric + "_ci95")
+        return f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
+    lines = head + [table1_row(label, s, cell) for label, s in runs]
     closed = [COLUMNS[b] for b in names if TABLE1_METRIC.get(b) == "closed_accuracy"]
     if closed:
         lines += ["", f"{', '.join(closed)}: MultiMedEval closed-question accuracy (yes/no questions), the "
                       "number the paper's Table 1 reports; the other columns: accuracy over all items."]
+    if any(s["benchmarks"].get(b, {}).get("base", {}).get("accuracy_ci95") for _, s in runs for b in names):
+        lines += ["", "95% confidence intervals (Wilson) of the numbers above:", ""] + head
+        lines += [table1_row(label, s, interval) for label, s in runs]
     vqa = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
            if "closed_accuracy" in s["benchmarks"].get(b, {}).get("base", {})]
     if vqa:
@@ -321,10 +355,45 @@ def _judge_misses(d):
 
 
 def compare(run_dirs):
-    """Table 1 Markdown of several run directories (each with its summary.json), side by side."""
+    """Table 1 Markdown of several run directories (each with its summary.json), side by side,
+    then each later run against the first on the questions both scored (paired_md)."""
     runs = []
     for d in run_dirs:
         with open(os.path.join(d, "summary.json")) as f:
             s = json.load(f)
         runs.append((s["run"]["name"], s))
-    return table_md(runs)
+    return table_md(runs) + paired_md(run_dirs, [label for label, _ in runs])
+
+
+def _jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def paired_md(run_dirs, labels):
+    """Each later run against the first, per benchmark, on the questions both scored (their base
+    rows, <run>/<benchmark>/base.jsonl), by the Table 1 metric (for VQA-RAD, SLAKE and Path-VQA
+    the yes/no questions): the change, the questions only one run got right, and McNemar's exact
+    p-value, the test for two models answering the same questions."""
+    lines = []
+    for d, label in zip(run_dirs[1:], labels[1:]):
+        for b in COLUMNS:
+            first, other = (os.path.join(r, b, "base.jsonl") for r in (run_dirs[0], d))
+            if not (os.path.exists(first) and os.path.exists(other)):
+                continue
+            closed = TABLE1_METRIC.get(b) == "closed_accuracy"
+            a, o = ({r["id"]: bool(r["correct"]) for r in _jsonl(p) if r.get("correct") is not None
+                     and (not closed or r.get("closed"))} for p in (first, other))
+            ids = set(a) & set(o)
+            if not ids:
+                continue
+            only_a, only_o = sum(a[i] and not o[i] for i in ids), sum(o[i] and not a[i] for i in ids)
+            delta = (sum(o[i] for i in ids) - sum(a[i] for i in ids)) / len(ids)
+            lines.append(f"| {COLUMNS[b]} | {label} vs {labels[0]} | {len(ids)} | {100 * delta:+.2f} | {only_o} | "
+                         f"{only_a} | {mcnemar(only_a, only_o):.3g} |")
+    if not lines:
+        return ""
+    head = ["", "Each run against the first, on the questions both scored (paired; McNemar's exact test):", "",
+            "| Benchmark | Runs | n | Δ (points) | Right only in the later run | Right only in the first | p |",
+            "|---|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"

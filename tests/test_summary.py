@@ -230,3 +230,42 @@ def test_compare_reads_run_directories(tmp_path):
         (tmp_path / name / "summary.json").write_text(json.dumps(run))
     assert summary.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
         ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
+
+
+# ----------------------------------------------------------------- uncertainty of the numbers
+def test_wilson_interval_of_a_proportion():
+    """The 95% Wilson score interval, by its textbook value for 8 of 10; none for no items."""
+    lo, hi = summary.wilson(8, 10)
+    assert abs(lo - 0.4902) < 1e-4 and abs(hi - 0.9433) < 1e-4  # measured: 0.49016, 0.94332
+    assert summary.wilson(10, 10)[1] == 1.0 and summary.wilson(0, 10)[0] == 0.0 and summary.wilson(0, 0) is None
+
+
+@pytest.mark.parametrize("b,c,p", [(1, 6, 16 / 128), (0, 0, 1.0), (3, 3, 1.0), (0, 10, 2 / 1024)])
+def test_mcnemar_exact_p_value(b, c, p):
+    """Two-sided binomial test of b against b + c at one half: 1 vs 6 gives 2 * (1 + 7) / 2**7."""
+    assert math.isclose(summary.mcnemar(b, c), p)
+
+
+def test_summaries_carry_the_interval_of_their_accuracy_and_the_table_shows_it():
+    items = [("Yes", "yes"), ("No", "yes"), ("yes", "yes"), ("lobe", "right lower lobe")]
+    rows = [ev.score_row({**MC, "id": f"v{i}", "options": None, "answer": gold}, "p", pred)
+            for i, (pred, gold) in enumerate(items)]
+    s = summary.summarize(rows)
+    assert s["closed_accuracy_ci95"] == summary.wilson(2, 3) and s["accuracy_ci95"] == summary.wilson(2, 4)
+    lines = summary.table_md([("m", {"benchmarks": {"vqa_rad": {"base": s}, "pmc_vqa": {"base": {"accuracy": 0.5}}}})])
+    lo, hi = (f"{100 * x:.2f}" for x in summary.wilson(2, 3))
+    assert f"| m | {lo}-{hi} | - |" in lines.splitlines()  # VQA-RAD by its closed questions; PMC-VQA gave none
+
+
+def test_compare_pairs_each_run_with_the_first_on_the_questions_both_scored(tmp_path):
+    """base right on q0-q5, trained on q2-q9; q10 unscored in trained: 10 paired questions, 2
+    right only in base, 4 only in trained (+20 points, p = 2 * 22 / 64)."""
+    for name, right in (("base", range(0, 6)), ("trained", range(2, 10))):
+        (tmp_path / name / "pmc_vqa").mkdir(parents=True)
+        run = {"run": {"name": name}, "benchmarks": {"pmc_vqa": {"base": {"accuracy": len(right) / 10}}}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(run))
+        rows = [{"id": f"q{i}", "correct": i in right} for i in range(10)]
+        rows.append({"id": "q10", "correct": True if name == "base" else None})
+        (tmp_path / name / "pmc_vqa" / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = summary.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines()
+    assert lines[-1] == f"| PMC-VQA | trained vs base | 10 | +20.00 | 4 | 2 | {2 * 22 / 64:.3g} |"
