@@ -295,11 +295,9 @@ JUDGE_TRIES = 3
 
 def judge_letter(reply, options):
     """The option a judge's reply names, read as an answer is ('C', 'C. CT', 'The answer is C',
-    'CT'; answers.parse_choice), 'Z' when it says none (JUDGE_PROMPT's letter for no option), or
-    None when it cannot be read."""
-    if re.fullmatch(r"[\s*\"'(\[]*Z[\s*\"')\].]*", reply or ""):
-        return "Z"
-    return parse_choice_rule(reply or "", options)[0]
+    'CT'; answers.parse_choice), 'Z' when it says none ('Z', 'Answer: Z', 'Z\n\nNo option fits':
+    JUDGE_PROMPT's letter for no option, read as one more option), or None when it cannot be read."""
+    return parse_choice_rule(reply or "", {**options, "Z": "none of the options"})[0]
 
 
 def judge_rows(judge, rows, seed=0):
@@ -407,6 +405,11 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
         done = {i: r for i, r in done.items() if i not in stale}
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in done.values())
+    extra = set(done) - {r["id"] for r in records}
+    if extra:  # its summary would speak of this run's items, its file of others too
+        raise ValueError(f"{path} holds {len(extra)} rows of items this run does not ask (e.g. {sorted(extra)[0]}), "
+                         "written by an earlier run with a larger --limit or another --subset; choose another "
+                         "--out, or delete the file to start over")
     todo = [r for r in records if r["id"] not in done]
     chunk, desc = max(1, cfg.batch_size) * 4, os.sep.join(path.split(os.sep)[-2:])  # benchmark/variant.jsonl
     with open(path, "a", encoding="utf-8") as f, \

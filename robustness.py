@@ -73,6 +73,8 @@ def template_rephrasing(question):
     identify the organ?'; anything else gets 'Based on the image, ...'. Leading image tags (MMMU's
     '<image 1> What is ...?') are set aside and put back in front: they are not part of the wording."""
     tags, q = (g.strip() for g in re.match(r"((?:\s*<image(?:\s*\d+)?>)*)(.*)$", question, re.S).groups())
+    if not q:  # nothing but tags: the whole question is what there is to reword
+        tags, q = "", question.strip()
     for pattern, form in REPHRASE_TEMPLATES:
         m = re.match(pattern, q, re.I | re.S)
         if m:
@@ -152,9 +154,9 @@ def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, g
     found, source, asking = {}, {}, generate and backend is not None
     given = [d for d in _lines(rephrase_file) if d.get("question")]
     cached = [d for d in _lines(cache) if d.get("question") and not (asking and d.get("check") == "no_model")]
-    for d in given + cached[::-1]:  # the file's first line of an id, else the cache's newest
+    for d, tag in [(d, "file") for d in given] + [(d, "cache") for d in cached[::-1]]:  # first wins
         if d["id"] not in found:
-            found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", "file" if d in given else "cache")
+            found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", tag)
     for r in records:
         own = (r.get("meta", {}).get("question_rephrase") or "").strip()
         if r["id"] not in found and own and own.upper() != "NULL":

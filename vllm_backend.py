@@ -30,11 +30,14 @@ def render_with_template(templater, messages, add_generation_prompt=True):
     the LLaVA family) gets them and writes its own placeholder; one that reads the content as a
     string (InternVL's) gets plain strings, '<image>' as written, the placeholder such models
     expect. Which kind a template is shows in what it makes of the parts: an error (it adds the
-    content to a string) or their Python repr in the text (it prints the content)."""
+    content to a string), their Python repr in the text (it prints the content) or the text left
+    out (it renders only string content, as Qwen3's does: a text model as the judge)."""
     kw = dict(add_generation_prompt=add_generation_prompt, tokenize=False)
+    parts = [{**m, "content": content_parts(m["content"])} for m in messages]
     try:
-        text = templater.apply_chat_template([{**m, "content": content_parts(m["content"])} for m in messages], **kw)
-        if "{'type': " not in text:
+        text = templater.apply_chat_template(parts, **kw)
+        texts = [p["text"] for m in parts for p in m["content"] if p["type"] == "text"]
+        if "{'type': " not in text and all(t in text for t in texts):  # it read the parts, text included
             return text
     except Exception:  # TypeError, or jinja2's errors: the template does string operations on the content
         pass

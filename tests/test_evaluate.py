@@ -146,7 +146,8 @@ def test_the_judge_reply_is_read_as_an_answer_is(reply):
     assert ev.judge_letter(reply, MC["options"]) == "C"
 
 
-@pytest.mark.parametrize("reply,letter", [("Z", "Z"), ("**Z**", "Z"), ("Z.", "Z"), ("F", None), ("C or D", None),
+@pytest.mark.parametrize("reply,letter", [("Z", "Z"), ("**Z**", "Z"), ("Z.", "Z"), ("Answer: Z", "Z"),
+                                          ("Z\n\nThe answer names no option.", "Z"), ("F", None), ("C or D", None),
                                           ("I am not sure.", None)])
 def test_the_judge_reply_z_says_no_option_and_others_are_unreadable(reply, letter):
     assert ev.judge_letter(reply, {k: MC["options"][k] for k in "ABCD"}) == letter
@@ -845,6 +846,13 @@ def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):
     assert render_with_template(internvl, msgs, False).endswith(f"user\n{msgs[0]['content']}<|im_end|>\n")
     internvl.chat_template = "{% for m in messages %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
     assert render_with_template(internvl, msgs, False) == f"<|user|>\n{msgs[0]['content']}<|end|>\n"
+    # a template that renders only string content (Qwen3's: anything else becomes ''; a text model
+    # as the judge) gets plain strings; a parts template gets parts for text-only requests too
+    internvl.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+                              "{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}")
+    assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
+    judge = [{"role": "user", "content": "Match the answer to the options."}]
+    assert render_with_template(llava, judge) == "USER: Match the answer to the options.\nASSISTANT:"
 
 
 def test_native_backend_hands_the_sampling_settings_to_the_model(tiny_model, monkeypatch):
@@ -961,7 +969,8 @@ def test_a_rephrasing_given_on_resume_replaces_the_rows_that_asked_the_old_one(t
                 {"pmc_vqa": str(pmc)}, backend=backend, log=logged.append)
     assert backend.seen == 5 and any("1 rows asked another question" in str(m) for m in logged)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
-    assert [r["question"] for r in rows] == ["Does the image show a mass?", "Which imaging technique made this picture?"]
+    assert [r["question"] for r in rows] == ["Does the image show a mass?",
+                                             "Which imaging technique made this picture?"]
 
 
 @pytest.mark.parametrize("change", [dict(temperature=0.7), dict(dtype="bfloat16"), dict(seed=1)])
@@ -975,9 +984,21 @@ def test_a_run_does_not_continue_with_settings_that_change_its_answers(tmp_path,
                 log=lambda m: None)  # the batch size changes no answer
 
 
+def test_a_run_refuses_a_file_holding_rows_of_items_it_does_not_ask(tmp_path):
+    """A rerun with a smaller --limit would summarize its items while the file (and a comparison
+    reading it) holds more; it is refused, while a larger --limit continues the file."""
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    out = str(tmp_path / "run")
+    ev.evaluate(ev.EvalConfig(model="m", out=out, limit=1), recs, backend=EchoBackend(), log=lambda m: None)
+    ev.evaluate(ev.EvalConfig(model="m", out=out), recs, backend=EchoBackend(), log=lambda m: None)
+    with pytest.raises(ValueError, match=r"base.jsonl holds 1 rows of items this run does not ask \(e.g. pmc_vqa-1\)"):
+        ev.evaluate(ev.EvalConfig(model="m", out=out, limit=1), recs, backend=EchoBackend(), log=lambda m: None)
+
+
 def test_an_unscored_row_keeps_the_group_labels_of_its_record(tmp_path):
     """A missing image costs the row its answer, not its place in a table per group."""
-    r = {**MC, "images": [str(tmp_path / "gone.png")], "meta": {"subject": "Clinical_Medicine", "subfield": "Cardiology"}}
+    meta = {"subject": "Clinical_Medicine", "subfield": "Cardiology"}
+    r = {**MC, "images": [str(tmp_path / "gone.png")], "meta": meta}
     (row,) = ev.run_variant(EchoBackend(), [r], "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"),
                             log=lambda m: None)
     assert row["flags"] == ["missing_image"] and row["correct"] is None and row["question"] == MC["question"]
