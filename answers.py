@@ -43,8 +43,8 @@ def parse_choice(response, options, question=None):
       2. The whole response is one option: 'B', '(b)', '**B**', 'B.', its text, 'B. <its text>'.
       3. A committing cue; the last one in the text wins (chain of thought concludes last):
          'the (correct|final|best) answer is (B)', 'Answer: **C**', 'I choose D', 'Therefore, B',
-         'Option B is correct', 'C: correct', 'A is the most likely because ...', 'Option A is
-         more likely, because ...',
+         'Option B is correct', 'C: correct', 'A is the most likely because ...', 'Option D is
+         more likely to be correct',
          'the most likely diagnosis in this patient is',
          'the next step in management would be to', 'this leaves us with', followed by a letter
          or an option's text ('the answer is ultrasound'; when a letter follows the text it must
@@ -55,8 +55,7 @@ def parse_choice(response, options, question=None):
          the serum electrolytes' -> 'Measure serum electrolytes'), else the one option holding
          all the words of a short clause ('is choledocholithiasis' -> 'Jaundice due to
          choledocholithiasis'); 'A, B, and C' and 'this
-         leaves us with X and Y' commit to none, unless the last line after them concludes on one
-         by rule 8 ('... However, X is more likely.'). An option's text before a committing phrase
+         leaves us with X and Y' commit to none. An option's text before a committing phrase
          counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
          answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
          so does one about the sentence before when that names one option ('Primary roots are
@@ -87,8 +86,9 @@ def parse_choice(response, options, question=None):
          counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
          option the next sentence rejects ('... This is not the correct answer') does not count.
       7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
-         words, a hyphen between words as a space: 'cover-uncover test' for 'Cover Uncover Test';
-         a text inside a longer matched text ignored, negated mentions dropped): exactly
+         words, a hyphen between words as a space: 'cover-uncover test' for 'Cover Uncover Test',
+         but none inside a longer compound: 'non-small-cell' holds no 'Small cell'; a text inside
+         a longer matched text ignored, negated mentions dropped): exactly
          one option -> it. Not when the response is cut off mid-sentence after 30 words (an
          option met on the way is no answer) or its last line concludes on something else
          ('the most likely diagnosis is ASD').
@@ -137,8 +137,6 @@ def _resolve(text, options, asked=None):
     if hit:
         return hit, "exact"
     cue = _last_cue(text, options, asked)
-    if cue and not cue[1] and (hit := _conclusion(text[cue[0]:], options, asked)):
-        return hit, "conclusion"  # "That leaves X and Y. However, X is more likely."
     if cue:
         return (cue[1] or None), ("cue" if cue[1] else "none")
     hit = _verdicts(text, options, asked)
@@ -287,7 +285,7 @@ _CUE_AFTER = re.compile(
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
-    r"(?:most|more)\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?"
+    r"(?:most\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?|more\s+likely\s+to\s+be\s+(?:correct|right|true))"
     r"(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
 # what a committing phrase calls its option: "the answer", "the most likely diagnosis", "the best choice"
 _ANSWER_NOUN = (r"(?:(?:most\s+likely|most\s+appropriate|best|correct|right|final)\s+)*"
@@ -616,11 +614,13 @@ def _restating(text, at, options):
 def _text_spans(text, options, keep_negated=False, plural=False):
     """Spans of option texts in `text`, where an option inside a longer matched option does not
     count ('mass' inside 'mass effect'), and negated mentions ('no fracture') are dropped unless
-    `keep_negated`; with `plural`, a text's plural counts too ('Endometriomas' for
-    'Endometrioma')."""
+    `keep_negated`; with `plural`, a text's plural before 'are' counts too ('Endometriomas are'
+    for 'Endometrioma'). A hyphen between words reads as a space, but a text inside a longer
+    hyphenated compound is none ('non-small-cell lung cancer' is no 'Small cell lung cancer')."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
     spaced, texts = _HYPHEN.sub(" ", low), {k: _HYPHEN.sub(" ", t) for k, t in texts.items()}
-    spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(spaced, t, plural)]
+    spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(spaced, t, plural)
+             if not (_HYPHEN.match(low, i - 1) or _HYPHEN.match(low, e))]  # not inside a compound: non-small-cell
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
@@ -636,12 +636,13 @@ def _is_word_char(s, i):
 
 def _text_at(s, i, t, plural=False):
     """Where the lower-case option text `t` ends when it stands at s[i] as whole words
-    (case-insensitive), or with `plural` as its plural ('Endometriomas'), else None."""
+    (case-insensitive), or with `plural` as its plural before 'are' / 'were' ('Endometriomas
+    are'), else None."""
     end = i + len(t)
     if not t or s[i:end].lower() != t:
         return None
-    if plural and len(t) > 3 and t[-1].isalpha() and s[end:end + 1] == "s":
-        end += not _is_word_char(s, end + 1)
+    if plural and re.search(r"[a-z]{4}$", t) and re.match(r"s\s+(?:are|were)\b", s[end:end + 10]):
+        end += 1  # a plural subject ('Endometriomas are ...'), not a verb ('increases') nor "Type I" + "s"
     return None if _is_word_char(s, end) else end
 
 
@@ -658,16 +659,15 @@ def _occurrences(low, t, plural=False):
 
 
 # negations around a letter or an option text: "not A", "rather than B", "C is incorrect" (a
-# comma or period before "not" starts a contrast instead: "ultrasound, not a CT")
-_NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexclud\w*|"
-                         r"\beliminat\w*|\brul\w*\s+out|\bexcept|\bunlike|\bno)\s+"
-                         r"(?:\w+ing\s+)?"  # "not demonstrating displacement"
-                         r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|"
-                         r"label(?:l?ed)?|marked)\s+){0,2}"
-                         # "not a CT or an MRI", "eliminate B and D": the list goes too
-                         r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b|\band\b)\s*"
-                         r"(?:(?:an?|the)\s+)?){0,3}"
-                         r"[\(\[\*\"']*$", re.I)
+# comma or period before "not" starts a contrast instead: "ultrasound, not a CT"). The negated
+# phrase may be a list: "not a CT or an MRI"; after a verb that sets options aside, one joined by
+# "and" too ("eliminate B and D"; after "not" or "no", "and" may start a new clause: "no crystals
+# and septic arthritis is the most likely").
+_NEGATED = (r"\s+(?:\w+ing\s+)?"  # "not demonstrating displacement"
+            r"(?:(?:options?|choices?|answers?|an?|the|region|area|part|panel|structure|label(?:l?ed)?|marked)\s+){0,2}"
+            r"(?:(?:[\w\-]+\s+){0,3}?[\w\-]+\s*(?:,|\bor\b|\bnor\b%s)\s*(?:(?:an?|the)\s+)?){0,3}[\(\[\*\"']*$")
+_NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\bexcept|\bunlike|\bno)" + _NEGATED % ""
+                         + r"|(?:\bexclud\w*|\beliminat\w*|\brul\w*\s+out)" + _NEGATED % r"|\band\b", re.I)
 _NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
                         r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
                         r"(?:not\b|n't\b|incorrect\b|wrong\b|unlikely\b|inconsistent\b|rarely\b|ruled\s+out\b|"
@@ -699,9 +699,11 @@ def _negated_after(text, end, options):
 
 # a concluding sentence: "Therefore, the protein is histone", "In conclusion, the most likely
 # explanation is ...", "the patient's prognosis is worst with hepatitis E", "it is more likely
-# that the cells are chief cells" (but "more likely to divide" describes)
+# that the cells are chief cells", "X is more likely, because ..." (but not "more likely to
+# divide", "more likely in smokers", "would be more likely if ...")
 _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|conclu\w*|infer\w*|"
-                         r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|more\s+likely(?!\s+to\b)|"
+                         r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|"
+                         r"more\s+likely(?=\s*(?:[,.;]|$|because|since|that))|"
                          r"best|highest|greatest|worst|earliest|answer|correct|must|should)\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
@@ -746,7 +748,7 @@ def _conclusion(text, options, asked=None):
     # come to a conclusion.")
     listed = {s[2] for s in _text_spans(" ".join(lines[-2:-1] + sentences[:-1]), options)}
     if len(sentences) > 1 and re.search(r"\b(?:answer\s+(?:the|this)\s+question|come\s+to\s+a\s+conclusion)\W*$",
-                                        sentences[-2], re.I):
+                                        sentences[-2], re.I) and not _NEGATIVE.search(sentences[-2]):
         listed = set()
     seen = set()  # the options named after the sentence at hand
     for k, sentence in enumerate(reversed(sentences)):
@@ -770,8 +772,13 @@ def _conclusion(text, options, asked=None):
         concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
             or k == 0 and asked is None and not listed - named and not _NEGATIVE.search(words) \
             and _states(sentence, tail, spans)
-        if len(named) == 1 and seen <= named and concludes and not re.search(r"\bor\b", predicate) \
-                and not negated and not _SET_ASIDE.search(predicate):
+        # a hedge: 'or' after the verb ('is X or a drug reaction') or next to the option anywhere
+        # ('whether this is X or a fungal infection is unclear'; not 'one or more vaccines ... is X')
+        hedged = re.search(r"\bor\b", predicate) or any(
+            re.match(r"[\s,]*(?:\w+\s+)?or\b", sentence[e:]) or re.search(r"\bor\s+(?:\w+\s+)?$", sentence[:a])
+            for a, e, _ in spans)
+        if len(named) == 1 and seen <= named and concludes and not hedged and not negated \
+                and not _SET_ASIDE.search(predicate):
             return named.pop()
         seen |= named
         if len(seen) > 1:

@@ -283,8 +283,8 @@ PROSE_CONCLUSION_CASES = [
     # a concluding sentence may name its option in the plural ...
     ("Follicular cysts are not vascular.\n\nEndometriomas are the most likely because they explain the "
      "echogenic walls.", CY, "B"),
-    ("A dermoid cyst holds fat, and a corpus luteum cyst bleeds.\n\nTherefore, endometriomas best explain the "
-     "echogenic walls.", CY, "B"),
+    ("A dermoid cyst holds fat, and a corpus luteum cyst bleeds.\n\nTherefore, endometriomas are the best "
+     "explanation of the echogenic walls.", CY, "B"),
     # ... though elsewhere a plural is no mention of the option: the one option named stands
     ("Macrophages engulf the pathogen.\n\nThe dendritic cell then presents the antigen to the naive T cell.",
      {"A": "NK cell", "B": "Dendritic cell", "C": "Macrophage"}, "B"),
@@ -327,11 +327,11 @@ PROSE_CONCLUSION_CASES = [
     ("This leaves us with the greater petrosal nerve and the lesser petrosal nerve. The otic ganglion lies "
      "by the parotid gland, so the lesser petrosal nerve is the most likely answer.", P, "B"),
     ("This leaves us with roseola and erythema infectiosum.", R, None),
-    # ... unless the last line then concludes on one of them
+    # ... even when a line after it leans to one: two left stay two (a reader may take the lean; the
+    # rules leave it to the judge, as they do "... A biopsy would be the best way to confirm roseola.")
     ("That leaves the 8-12 week and 16-20 week ranges as the most likely. However, the 8-12 week range is "
-     "more likely, because the organs are still forming.", WK, "C"),
-    ("This leaves us with roseola and rubella. Of these, rubella is the most likely, given the rash.", R, "C"),
-    ("This leaves us with roseola and rubella. Both fit the fever.", R, None),
+     "more likely, because the organs are still forming.", WK, None),
+    ("This leaves us with roseola and rubella. A biopsy would be the best way to confirm roseola.", R, None),
     ("So we can eliminate answer choice A.\n\nThis leaves us with answer choice C, which is correct.", R, "C"),
     ("This leaves us with roseola and erythema infectiosum. Roseola is more common in infants, so this is "
      "the most likely diagnosis.", R, "A"),
@@ -511,8 +511,10 @@ FOLLOW_UP_CASES = [
     ("B is more likely because resorption is faster.\n\nC is the most likely because the roots are shorter.",
      L, "C"),
     ("B is more likely to resorb.\n\nC is the most likely to be shorter in some series.", L, None),
-    # after two options are left, 'Option C is more likely' commits as 'the most likely' does
-    ("That leaves options B and C.\n\nOption C is more likely, because the series measured the roots.", L, "C"),
+    # 'more likely to be correct' commits as 'the most likely' does; a bare 'more likely' compares
+    ("That leaves options B and C.\n\nOption C is more likely to be correct, as the series measured the roots.",
+     L, "C"),
+    ("That leaves options B and C.\n\nOption C is more likely, because the series measured the roots.", L, None),
     ("We can eliminate A and D. However, option B) is more likely to be correct, as resorption is fast.", L, "B"),
     ("B) Primary roots resorb more easily: This is the next most likely.\nC) Primary roots are shorter: This "
      "is the most likely.", L, "C"),
@@ -591,6 +593,49 @@ def test_parse_choice_on_lists_articles_and_negations(response, options, expecte
     assert parse_choice(response, options) == expected
 
 
+# Readings a careless rule would get wrong (each one of the shapes above gone too far): a plural
+# that is a verb or 'Type I' + 's', 'and' starting a new clause after 'no', a hyphenated compound
+# holding an option's words, 'more likely' in a comparison, 'or' next to the option, a refusal
+# to answer. HS, hypersensitivity types; IO, a direction; RX, a reflex; J, joint diseases; LC,
+# lung tumours; SA, chest diseases.
+HS = {"A": "Type I", "B": "Type II", "C": "Type III", "D": "Type IV"}
+IO = {"A": "Increase", "B": "Decrease", "C": "No change"}
+RX = {"A": "Present", "B": "Absent", "C": "Exaggerated", "D": "Diminished"}
+J = {"A": "Osteoarthritis", "B": "Rheumatoid arthritis", "C": "Gout", "D": "Septic arthritis"}
+LC = {"A": "Small cell lung cancer", "B": "Mesothelioma", "C": "Carcinoid tumor", "D": "Metastatic breast cancer"}
+SA = {"A": "Sarcoidosis", "B": "Lymphoma", "C": "Lung cancer", "D": "Pneumonia"}
+OVERREACH_CASES = [
+    ("Type I is IgE, Type II cytotoxic, Type III immune complex, Type IV delayed.\nTherefore, the reaction type "
+     "is Type IV.", HS, "D"),
+    ("Potassium could increase or decrease with the drug.\nTherefore, as sodium delivery increases, potassium "
+     "will decrease.", IO, "B"),
+    ("The reflex could be diminished or absent.\nTherefore, in a patient who presents with a transection, the "
+     "reflex is absent.", RX, "B"),
+    ("The knee pain is worse with activity. There is no history of trauma and osteoarthritis is the most likely "
+     "diagnosis.", J, "A"),
+    ("The joint fluid has no crystals and septic arthritis is the most likely diagnosis.", J, "D"),
+    ("Mesothelioma and carcinoid tumor do not fit. The keratin pearls point to non-small-cell lung cancer.",
+     LC, None),
+    ("Sarcoidosis and lymphoma both cause hilar nodes; lung cancer is possible.\nLymphoma would be more likely "
+     "if she had night sweats.", SA, None),
+    ("Sarcoidosis and lymphoma both cause hilar nodes.\nLung cancer is more likely in smokers. She has never "
+     "smoked.", SA, None),
+    ("Lymphoma and lung cancer are possible. Pneumonia is also possible.\nTherefore, whether this is "
+     "sarcoidosis or a fungal infection is difficult to determine.", SA, None),
+    ("Lymphoma and lung cancer are possible.\nThus, it is sarcoidosis or tuberculosis that is most likely.",
+     SA, None),
+    ("Sarcoidosis and lymphoma are both possible here.\nWe do not have enough information to answer the "
+     "question. The biopsy result is lymphoma.", SA, None),
+    ("Caseating granulomas argue against sarcoidosis and lymphoma.\nSo the answer is none of the options. "
+     "Sarcoidosis is the most common cause of hilar nodes, but the caseation points elsewhere.", SA, None),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", OVERREACH_CASES, ids=[c[0][-40:] for c in OVERREACH_CASES])
+def test_parse_choice_does_not_overreach(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
 GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
 
 
@@ -629,15 +674,15 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
-                "medmcqa-instructgpt-heldout6": (150, 119), "usmle-instructgpt-heldout7": (100, 95),
+                "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
                 "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 93),
-                "medmcqa-instructgpt-heldout8": (150, 132), "usmle-instructgpt-heldout9": (100, 93),
+                "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
                 "medmcqa-instructgpt-heldout9": (150, 129), "usmle-instructgpt-heldout10": (100, 95),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
-                "medmcqa-instructgpt-heldout11": (150, 127), "usmle-instructgpt-heldout12": (100, 91),
+                "medmcqa-instructgpt-heldout11": (150, 126), "usmle-instructgpt-heldout12": (100, 91),
                 "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
-                "medmcqa-instructgpt-heldout14": (150, 127), "usmle-instructgpt-heldout15": (100, 94),
+                "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
                 "medmcqa-instructgpt-heldout15": (150, 123)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
