@@ -78,20 +78,21 @@ def parse_choice(response, options, question=None):
          the answer'): exactly one -> it; several -> only rule 8 may decide.
       6. Standalone option letters (VLMEvalKit's rule): exactly one distinct letter -> it. Not
          letters: the article ('A lesion...', lowercase 'a'), letters inside words / 'e.g.' /
-         'B-cell', names ('hepatitis B', 'panel A'), a temperature's unit ('38.1°C'), letters
-         inside a quoted option text, a probability's events ('P(A|I)', 'P(~B)'), negated
-         mentions ('not A', 'rather than B', 'C is incorrect', 'not demonstrating X', both of
-         'eliminate B and D'), and a
+         'B-cell', names ('hepatitis B', 'panel A', 'C. difficile'), a temperature's unit
+         ('38.1°C'), letters inside a quoted option text, a probability's events ('P(A|I)',
+         'P(~B)'), negated mentions ('not A', 'rather than B', 'C is incorrect', 'not
+         demonstrating X', both of 'eliminate B and D'), letters in the consequent of a
+         conditional ('If he is unstable, the answer is A'; rule 3 reads its cues so too), and a
          last line cut off while restating the options ('A) The central fascicle is'). Lowercase
          counts only decorated '(b)' or at the very start ('b. ...'). Here and in rule 7, an
          option the next sentence rejects ('... This is not the correct answer') does not count.
       7. Only when rule 6 found no letter: option texts in the response (case-insensitive, whole
-         words, a hyphen between words as a space: 'cover-uncover test' for 'Cover Uncover Test',
-         but none inside a longer compound: 'non-small-cell' holds no 'Small cell'; a text inside
-         a longer matched text ignored, negated mentions dropped): exactly
-         one option -> it. Not when the response is cut off mid-sentence after 30 words (an
-         option met on the way is no answer) or its last line concludes on something else
-         ('the most likely diagnosis is ASD').
+         words, a hyphen between words as a space: 'cover-uncover test' for 'Cover Uncover
+         Test', but none inside a longer compound: 'non-small-cell' holds no 'Small cell'; a text
+         inside a longer matched text ignored, negated mentions dropped): exactly one option ->
+         it. Not when the response is cut off mid-sentence after 30 words (an option met on the
+         way is no answer), ends by asking a question, or its last line concludes on something
+         else ('the most likely diagnosis is ASD').
       8. The last line's conclusion in prose: a concluding sentence ('Therefore, ...', 'In
          conclusion, ...', 'Based on ...', 'the most important factor is ...', 'it is more likely
          that ...') naming exactly one option by its text, its plural ('Endometriomas are the
@@ -153,8 +154,8 @@ def _resolve(text, options, asked=None):
     found = letters or {s[2] for s in spans}  # option texts count only where no letter stands
     # "Primary roots are shorter. This is not the answer.": the sentence before is rejected
     found -= {_antecedent(text, m.start(), options) for m in _ANAPHOR_REJECT.finditer(text)}
-    if not letters and cut:
-        found = set()  # an option it mentions on the way is no answer
+    if not letters and (cut or text.rstrip().endswith("?")):
+        found = set()  # an option it mentions on the way is no answer, nor one before its closing question
     last_line = text.rstrip().rfind("\n") + 1
     if not letters and _CUE_BEFORE.search(text, last_line) and not any(s[0] >= last_line for s in spans):
         found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
@@ -283,7 +284,8 @@ _CUE_ENDS_COPULA = re.compile(r"(?:\bis|\bbe|\bto|\bwith|[:：])\s*$", re.I)
 _CUE_AFTER = re.compile(
     r"(?<![\w'’\-.])((?:option|choice)\s+)?[\(\[\*\"']*([A-Za-z])[\)\]\*\"']*(?:\s*\([^()]{0,60}\))?"
     r"\s*(?:[:\-–]\s*(?:correct|true)\b|,?\s*(?:is|would\s+be|seems(?:\s+to\s+be)?)\s+(?:the\s+)?"
-    r"(?:(?:most\s+likely|best|correct|right|final)\s+)*(?:correct\b|true\b|answer\b|"
+    r"(?:(?:most\s+likely|best|correct|right|final)\s+)*"
+    r"(?:(?:correct|true|answer)\b(?!\s+(?:if|in\s+an?|only|unless)\b)|"  # not "B would be correct if ..."
     r"(?:right|best)(?!\s*[a-z])|(?:right|best)\s+(?:answer|choice|option|one)\b|"
     r"(?:most\s+likely(?:\s+to\s+be\s+(?:correct|right|true))?|more\s+likely\s+to\s+be\s+(?:correct|right|true))"
     r"(?=\s*(?:[.,;:!)]|$|because\b|since\b))))", re.I)
@@ -297,6 +299,9 @@ _TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thu
                              r"(?:this|it|that)?\s*)?(?:is|are|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
                              rf"(?:(?:correct|right)\b|{_ANSWER_NOUN}|"
                              r"most\s+(?:likely|probable)\s+(?:cause|explanation|etiology)\b)", re.I)
+# a cue or a letter in the consequent of a conditional: "If he is unstable, the answer is A."
+_CONDITIONAL = re.compile(r"(?:^|[.!?]\s|\n)\s*(?:\w+,?\s+){0,2}?(?:if(?!\s+(?:we|you)\b)|unless|assuming|supposing)\b"
+                          r"[^.!?\n]*$", re.I)  # not "if we look at ...", which only leads in
 # a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
 _HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
                                   r"[^.;!?\n]{0,40}$", re.I)
@@ -319,6 +324,8 @@ def _last_cue(text, options, asked=None):
     or None; in a question asking for the exception, as _commits reads the phrase."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
+        if _CONDITIONAL.search(text, 0, m.start()):
+            continue  # "If the child were younger than 8, the best answer would be D": a hypothesis
         rest = text[m.end():]
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
@@ -520,7 +527,7 @@ def _denied(text, options, asked):
 
 # a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
 # not a temperature's unit ("38.1°C")
-_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w)")
+_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w|\.\s+[a-z]{4,})")
 # the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
 _OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
                             r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
@@ -530,7 +537,8 @@ _LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|struct
                            re.I)
 # words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
 _NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
-                           r"complex|lead|figure|fig|panel|part|segment|point|plan)\.?\s*$", re.I)
+                           r"complex|lead|figure|fig|panel|part|segment|point|plan|hemophilia|haemophilia|cluster|"
+                           r"influenza|protein|category)\.?\s*$", re.I)
 # "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
 _ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
                             r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
@@ -561,7 +569,7 @@ def _letters(text, options, spans, cut=False):
         if cut and _restating(text, m.start(1), options):
             continue  # cut off while listing the options: "A) The central fascicle is"
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
-                and not _negated_after(text, m.end(1), options):
+                and not _negated_after(text, m.end(1), options) and not _CONDITIONAL.search(text, 0, m.start(1)):
             letters.add(m.group(1).upper())
     return letters
 
@@ -670,6 +678,7 @@ _NEG_BEFORE = re.compile(r"(?:\bnot|n't|\bnor|\brather\s+than|\binstead\s+of|\be
                          + r"|(?:\bexclud\w*|\beliminat\w*|\brul\w*\s+out)" + _NEGATED % r"|\band\b", re.I)
 _NEG_AFTER = re.compile(r"[\)\]\*\"':\s\-–]*(?:(?:is|are|was|were|seems|would\s+be|can\s+be|"
                         r"(?:do|does|did|would|could|can|may)(?=\s*(?:not|n't)))\s*)?"
+                        r"(?:(?:very|therefore|thus|also|probably|much|highly|quite|so|then)\s+)?"  # "is very unlikely"
                         r"(?:not\b|n't\b|incorrect\b|wrong\b|unlikely\b|inconsistent\b|rarely\b|ruled\s+out\b|"
                         r"less\s+(?:likely|consistent|typical|probable|appropriate)\b|excluded\b|eliminated\b|"
                         r"false\b)", re.I)

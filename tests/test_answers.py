@@ -596,14 +596,19 @@ def test_parse_choice_on_lists_articles_and_negations(response, options, expecte
 # Readings a careless rule would get wrong (each one of the shapes above gone too far): a plural
 # that is a verb or 'Type I' + 's', 'and' starting a new clause after 'no', a hyphenated compound
 # holding an option's words, 'more likely' in a comparison, 'or' next to the option, a refusal
-# to answer. HS, hypersensitivity types; IO, a direction; RX, a reflex; J, joint diseases; LC,
-# lung tumours; SA, chest diseases.
+# to answer; a hypothesis; a named letter; a closing question. HS, hypersensitivity types; IO, a
+# direction; RX, a reflex; J, joint diseases; LC, lung tumours; SA, chest diseases; LY, Lyme
+# drugs; TR, abdominal trauma; PE, acute dyspnea.
 HS = {"A": "Type I", "B": "Type II", "C": "Type III", "D": "Type IV"}
 IO = {"A": "Increase", "B": "Decrease", "C": "No change"}
 RX = {"A": "Present", "B": "Absent", "C": "Exaggerated", "D": "Diminished"}
 J = {"A": "Osteoarthritis", "B": "Rheumatoid arthritis", "C": "Gout", "D": "Septic arthritis"}
 LC = {"A": "Small cell lung cancer", "B": "Mesothelioma", "C": "Carcinoid tumor", "D": "Metastatic breast cancer"}
 SA = {"A": "Sarcoidosis", "B": "Lymphoma", "C": "Lung cancer", "D": "Pneumonia"}
+LY = {"A": "Ceftriaxone", "B": "Doxycycline", "C": "Azithromycin", "D": "Amoxicillin"}
+TR = {"A": "Exploratory laparotomy", "B": "CT scan of the abdomen with contrast", "C": "Diagnostic peritoneal lavage",
+      "D": "Observation"}
+PE = {"A": "Pneumonia", "B": "Heart failure", "C": "Pneumothorax", "D": "Pulmonary embolism"}
 OVERREACH_CASES = [
     ("Type I is IgE, Type II cytotoxic, Type III immune complex, Type IV delayed.\nTherefore, the reaction type "
      "is Type IV.", HS, "D"),
@@ -628,6 +633,33 @@ OVERREACH_CASES = [
      "question. The biopsy result is lymphoma.", SA, None),
     ("Caseating granulomas argue against sarcoidosis and lymphoma.\nSo the answer is none of the options. "
      "Sarcoidosis is the most common cause of hilar nodes, but the caseation points elsewhere.", SA, None),
+    # a hypothesis is no choice, by cue or by letter ('if we look at ...' only leads in)
+    ("If the child were younger than 8 years, the best answer would be D. Since he is 12, the drug of choice "
+     "is doxycycline.", LY, "B"),
+    ("The decision depends on his hemodynamic status, which is not given. If he is unstable, the answer is A. "
+     "If he is stable, the answer is B.", TR, None),
+    ("If the patient were unstable, the next step in management would be exploratory laparotomy. However, he "
+     "is stable, so a CT scan of the abdomen with contrast should be performed.", TR, "B"),
+    ("The answer is D.\n\nThe clear X-ray after hip surgery points to pulmonary embolism. Option B would be "
+     "correct in a patient with orthopnea and edema, none of which she has.", PE, "D"),
+    ("Now, if we look at the timing, the answer is D: the dyspnea began after surgery.", PE, "D"),
+    # an adverb inside a rejection keeps it one ('is very unlikely', 'is therefore unlikely')
+    ("Pneumonia is unlikely without fever. Pneumothorax is excluded by the breath sounds. Heart failure is "
+     "also unlikely given the normal BNP. The next step is a CT pulmonary angiogram.", PE, None),
+    ("Pneumothorax is excluded by the breath sounds, and pneumonia is unlikely without fever. Heart failure is "
+     "very unlikely given the normal BNP. The next step is a CT pulmonary angiogram.", PE, None),
+    # a letter that names a thing: 'C. difficile', 'hemophilia B', 'cluster B', 'influenza A'
+    ("The diarrhea after antibiotics points to C. difficile infection. Guidelines recommend oral vancomycin "
+     "for a first episode.", {"A": "Oral vancomycin", "B": "Intravenous metronidazole", "C": "Oral amoxicillin",
+                              "D": "Colectomy"}, "A"),
+    ("His factor IX level is low, so this is hemophilia B. Bleeding is treated with factor IX concentrate.",
+     {"A": "Factor IX concentrate", "B": "Factor VIII concentrate", "C": "Cryoprecipitate", "D": "Desmopressin"},
+     "A"),
+    ("The rapid test is positive for influenza A. Within 48 hours of onset she should receive oseltamivir.",
+     {"A": "Amantadine", "B": "Oseltamivir", "C": "Acyclovir", "D": "Ribavirin"}, "B"),
+    # a response that ends by asking has not concluded
+    ("He has heart failure treated with furosemide. His saturation is 88%. So, what is the most likely cause of "
+     "his dyspnea?", PE, None),
 ]
 
 
@@ -675,7 +707,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
-                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 93),
+                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 94),
                 "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
                 "medmcqa-instructgpt-heldout9": (150, 129), "usmle-instructgpt-heldout10": (100, 95),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
