@@ -54,8 +54,8 @@ def parse_choice(response, options, question=None):
          in the clause, if unique ('is a neurofibroma' -> 'Neurofibromas', 'would be to measure
          the serum electrolytes' -> 'Measure serum electrolytes'), else the one option holding
          all the words of a short clause ('is choledocholithiasis' -> 'Jaundice due to
-         choledocholithiasis'); 'A, B, and C' and 'this
-         leaves us with X and Y' commit to none. An option's text before a committing phrase
+         choledocholithiasis'); 'A, B, and C', 'this leaves us with X and Y' and 'this leaves
+         us with A, acetylation ..., and B, ...' commit to none. An option's text before a committing phrase
          counts too ('X is the most likely diagnosis', 'X is more common, so this is the correct
          answer'), unless it is a hypothesis ('the probability that X is the correct answer'), and
          so does one about the sentence before when that names one option ('Primary roots are
@@ -330,7 +330,11 @@ def _last_cue(text, options, asked=None):
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
             c, after = lm.group(1), rest[lm.end():]
-            if _MORE_LETTERS.match(after):  # "the answer is A or B", "A, B, and C": no single one
+            clause = re.split(r"[.;!?](?:\s|$)|\n", after, maxsplit=1)[0]
+            if _MORE_LETTERS.match(after) or "leaves" in m.group(0).lower() and re.search(
+                    r"\band\s+(?:option\s+|choice\s+)?[\(\[]?[A-Z][\)\]]?(?![\w'’]|-\w|\.\w)", clause):
+                # "the answer is A or B", "A, B, and C", "this leaves us with A, acetylation ..., and B, ...":
+                # no single one
                 found.append((m.end() + lm.start(1), "", m.start()))
                 continue
             if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"

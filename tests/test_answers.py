@@ -657,6 +657,10 @@ OVERREACH_CASES = [
      "A"),
     ("The rapid test is positive for influenza A. Within 48 hours of onset she should receive oseltamivir.",
      {"A": "Amantadine", "B": "Oseltamivir", "C": "Acyclovir", "D": "Ribavirin"}, "B"),
+    # two options left by elimination, each named by letter and text, are two
+    ("We can eliminate C and D. This leaves us with A, acetylation of histones, and B, methylation of "
+     "cytosines. Both fit the findings.", {"A": "Acetylation of histones", "B": "Methylation of cytosines",
+                                          "C": "Ribosome aggregation", "D": "Hemoglobin precipitation"}, None),
     # a response that ends by asking has not concluded
     ("He has heart failure treated with furosemide. His saturation is 88%. So, what is the most likely cause of "
      "his dyspnea?", PE, None),
@@ -701,17 +705,17 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     # per source: (answers graded, answers the parser agrees on at least)
     expected = {"mmmu-pro-standard10-gpt4o": (286, 286), "mmmu-pro-vision-gpt4o": (286, 285),
                 "usmle-instructgpt": (200, 185), "usmle-instructgpt-heldout": (100, 94),
-                "medmcqa-instructgpt": (150, 128), "usmle-instructgpt-heldout2": (100, 89),
+                "medmcqa-instructgpt": (150, 127), "usmle-instructgpt-heldout2": (100, 89),
                 "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 94),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
                 "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
-                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 94),
+                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 95),
                 "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
-                "medmcqa-instructgpt-heldout9": (150, 129), "usmle-instructgpt-heldout10": (100, 95),
+                "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 95),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
-                "medmcqa-instructgpt-heldout11": (150, 126), "usmle-instructgpt-heldout12": (100, 91),
+                "medmcqa-instructgpt-heldout11": (150, 126), "usmle-instructgpt-heldout12": (100, 92),
                 "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
