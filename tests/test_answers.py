@@ -659,8 +659,9 @@ OVERREACH_CASES = [
      {"A": "Amantadine", "B": "Oseltamivir", "C": "Acyclovir", "D": "Ribavirin"}, "B"),
     # two options left by elimination, each named by letter and text, are two
     ("We can eliminate C and D. This leaves us with A, acetylation of histones, and B, methylation of "
-     "cytosines. Both fit the findings.", {"A": "Acetylation of histones", "B": "Methylation of cytosines",
-                                          "C": "Ribosome aggregation", "D": "Hemoglobin precipitation"}, None),
+     "cytosines. Both fit the findings.",
+     {"A": "Acetylation of histones", "B": "Methylation of cytosines", "C": "Ribosome aggregation",
+      "D": "Hemoglobin precipitation"}, None),
     # a response that ends by asking has not concluded
     ("He has heart failure treated with furosemide. His saturation is 88%. So, what is the most likely cause of "
      "his dyspnea?", PE, None),
