@@ -276,6 +276,8 @@ _NO_OPTION = re.compile(r"[\s*\"'(]*(?:none\s+of\s+(?:the\s+)?(?:above|options|c
 # a second letter after a cue's letter: ", B", " or (C)", "/D"
 _MORE_LETTERS = re.compile(r"[\)\]\*\s]*(?:,|or|and|/)\s*(?:(?:and|or)\s+)?(?:option\s+)?[\(\[\*]*[A-Z]"
                            r"(?![\w'’]|-\w|\.\w)")
+# "... and B", "... and option (C)": another option a list names
+_AND_LETTER = re.compile(r"\band\s+(?:option\s+|choice\s+)?[\(\[]?([A-Z])[\)\]]?(?![\w'’]|-\w|\.\w)")
 # a cue whose option should follow at once ("... is", "... would be to", "Answer:"), so that the
 # words after it may name an option in other words ("is a neurofibroma" for "Neurofibromas")
 _CUE_ENDS_COPULA = re.compile(r"(?:\bis|\bbe|\bto|\bwith|[:：])\s*$", re.I)
@@ -330,11 +332,11 @@ def _last_cue(text, options, asked=None):
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
             c, after = lm.group(1), rest[lm.end():]
+            # the other options its clause leaves: "this leaves us with A, acetylation ..., and B, ..."
             clause = re.split(r"[.;!?](?:\s|$)|\n", after, maxsplit=1)[0]
-            if _MORE_LETTERS.match(after) or "leaves" in m.group(0).lower() and re.search(
-                    r"\band\s+(?:option\s+|choice\s+)?[\(\[]?[A-Z][\)\]]?(?![\w'’]|-\w|\.\w)", clause):
-                # "the answer is A or B", "A, B, and C", "this leaves us with A, acetylation ..., and B, ...":
-                # no single one
+            left = {x for x in _AND_LETTER.findall(clause) if x in options and x != c.upper()} \
+                if "leaves" in m.group(0).lower() else set()
+            if _MORE_LETTERS.match(after) or left:  # "the answer is A or B", "A, B, and C": no single one
                 found.append((m.end() + lm.start(1), "", m.start()))
                 continue
             if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"
