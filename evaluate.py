@@ -115,8 +115,8 @@ def variant_records(records, variant, seed=0, rephrase_file=None, rephrasings=No
     multiple-choice ones for cot, shuffled or all rotations of those, or the rephrased ones
     (`rephrasings` {id: question}, by default robustness.collect_rephrasings without generation)."""
     mc = [r for r in records if r.get("options")]
-    if variant == "shuffle":
-        return [robustness.shuffle_record(r, seed) for r in mc]
+    if variant == "shuffle":  # a question whose options all read alike has no other order: not asked
+        return [robustness.shuffle_record(r, seed) for r in mc if len({str(t) for t in r["options"].values()}) > 1]
     if variant == "circular":
         return [x for r in mc for x in robustness.rotate_records(r)]
     if variant == "rephrase":
@@ -512,6 +512,9 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
                     records, cfg.rephrase_file, os.path.join(cfg.out, name, "rephrasings.jsonl"), rephraser,
                     generate=True, seed=cfg.seed)
             recs = variant_records(records, v, cfg.seed, rephrasings=rephrasings)
+            if v == "shuffle" and len(recs) < (n_mc := sum(bool(r.get("options")) for r in records)):
+                log(f"{name}: {n_mc - len(recs)} of {n_mc} multiple-choice questions have options that all read "
+                    "alike and cannot be reordered; the shuffle analysis leaves them out")
             if recs:
                 per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"),
                                      judge if name in JUDGED else None, log)

@@ -225,6 +225,8 @@ def test_variant_records_per_analysis(tmp_path):
     assert ev.variant_records(recs, "base") == recs and ev.variant_records(recs, "grounding") == recs
     assert ev.variant_records(recs, "cot") == [MC]
     assert [r["id"] for r in ev.variant_records(recs, "shuffle")] == ["q1#shuffle"]
+    alike = {**MC, "id": "q4", "options": {"A": "CT", "B": "CT"}}  # no other order to ask it in
+    assert [r["id"] for r in ev.variant_records([MC, alike], "shuffle")] == ["q1#shuffle"]
     assert len(ev.variant_records(recs, "circular")) == 5
     reph = ev.variant_records(recs, "rephrase")
     assert [(r["id"], r["question"], r["meta"]["base_id"]) for r in reph] == [("q2#rephrase", "Is it there?", "q2")]
@@ -971,6 +973,18 @@ def test_a_rephrasing_given_on_resume_replaces_the_rows_that_asked_the_old_one(t
     rows = [json.loads(line) for line in open(tmp_path / "run" / "pmc_vqa" / "rephrase.jsonl")]
     assert [r["question"] for r in rows] == ["Does the image show a mass?",
                                              "Which imaging technique made this picture?"]
+
+
+def test_a_run_says_how_many_questions_it_could_not_shuffle(tmp_path):
+    pmc = two_pmc_questions(tmp_path)
+    with open(pmc / "test_clean.csv", "a") as f:
+        f.write("f.jpg,Which scan?,CT,A:CT,B:CT,A\n")  # both options read alike
+    logged = []
+    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "shuffle")),
+                    {"pmc_vqa": str(pmc)}, backend=EchoBackend(), log=logged.append)
+    assert "pmc_vqa: 1 of 3 multiple-choice questions have options that all read alike and cannot be " \
+           "reordered; the shuffle analysis leaves them out" in logged
+    assert s["benchmarks"]["pmc_vqa"]["analyses"]["shuffle"]["n"] == 2
 
 
 @pytest.mark.parametrize("change", [dict(temperature=0.7), dict(dtype="bfloat16"), dict(seed=1)])
