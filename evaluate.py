@@ -115,10 +115,11 @@ def variant_records(records, variant, seed=0, rephrase_file=None, rephrasings=No
     multiple-choice ones for cot, shuffled or all rotations of those, or the rephrased ones
     (`rephrasings` {id: question}, by default robustness.collect_rephrasings without generation)."""
     mc = [r for r in records if r.get("options")]
+    orderable = [r for r in mc if len({str(t) for t in r["options"].values()}) > 1]  # options that differ
     if variant == "shuffle":  # a question whose options all read alike has no other order: not asked
-        return [robustness.shuffle_record(r, seed) for r in mc if len({str(t) for t in r["options"].values()}) > 1]
-    if variant == "circular":
-        return [x for r in mc for x in robustness.rotate_records(r)]
+        return [robustness.shuffle_record(r, seed) for r in orderable]
+    if variant == "circular":  # ... and, its gold letter moving under the same text, could never pass
+        return [x for r in orderable for x in robustness.rotate_records(r)]
     if variant == "rephrase":
         return robustness.rephrase_records(records, rephrasings if rephrasings is not None else
                                            robustness.collect_rephrasings(records, rephrase_file)[0])
@@ -346,7 +347,8 @@ def judge_rows(judge, rows, seed=0):
 # ---- Resumable runs ------------------------------------------------------------------------------
 def unscored_row(record, flag, **extra):
     """The row of a record that got no answer (flag 'missing_image' or 'error'): not scored
-    (correct None), with its group labels, so that a table per group can say what it lacks."""
+    (correct None; asked again when the run resumes), with its group labels, so that grounding
+    per group can say which group lost it."""
     meta = record.get("meta", {})
     row = {"id": record["id"], "base_id": meta.get("base_id", record["id"]), "question": record["question"],
            "flags": [flag], **extra, "correct": None}
@@ -368,9 +370,15 @@ def read_rows(path):
         except (json.JSONDecodeError, KeyError, TypeError):
             bad += 1
     if bad or (text and not text.endswith("\n")):
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows.values())
+        write_rows(path, rows.values())
     return rows
+
+
+def write_rows(path, rows):
+    """Rewrite a JSONL file whole, through a temporary file, so that a kill meanwhile loses nothing."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
 
 
 def generate_each(backend, reqs, **kw):
@@ -402,9 +410,13 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     stale = {r["id"] for r in records if r["question"] != done.get(r["id"], {}).get("question", r["question"])}
     if stale:  # asked another question before (a rephrasing replaced since): asked again
         log(f"{path}: {len(stale)} rows asked another question than now (e.g. {sorted(stale)[0]}); asking again")
+    failed = {i for i, r in done.items() if {"error", "missing_image"} & set(r.get("flags", []))} - stale
+    if failed:  # no answer last time (out of memory, an image restored since): tried again
+        log(f"{path}: {len(failed)} items got no answer before (error or missing image); trying them again")
+    if stale or failed:
+        stale |= failed
         done = {i: r for i, r in done.items() if i not in stale}
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in done.values())
+        write_rows(path, done.values())
     extra = set(done) - {r["id"] for r in records}
     if extra:  # its summary would speak of this run's items, its file of others too
         raise ValueError(f"{path} holds {len(extra)} rows of items this run does not ask (e.g. {sorted(extra)[0]}), "
@@ -437,8 +449,7 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             bar.update(len(part))
     rows = read_rows(path)
     if judge is not None and judge_rows(judge, list(rows.values()), cfg.seed):  # this run's and earlier ones'
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows.values())
+        write_rows(path, rows.values())
     lost = [r["id"] for r in records if r["id"] not in rows]
     if lost:
         raise RuntimeError(f"{path}: {len(lost)} of {len(records)} items have no row (e.g. {lost[:3]}); rerun "
@@ -477,7 +488,8 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     run_path = os.path.join(cfg.out, "run.json")
     old = json.load(open(run_path)) if os.path.exists(run_path) else run  # resuming: same settings
     diff = [k for k in ("model", "backend", "dtype", "max_new_tokens", "cot_max_new_tokens", "temperature", "top_p",
-                        "seed", "min_pixels", "max_pixels") if old.get(k) != run.get(k)]
+                        "seed", "min_pixels", "max_pixels")  # a run.json older than a setting: its default
+            if old.get(k, getattr(EvalConfig, k, None)) != run.get(k)]
     if old.get("judge_model") and (old.get("judge_model"), old.get("judge_backend")) != \
             (run.get("judge_model"), run.get("judge_backend")):  # its rows were judged by that judge
         diff += ["judge_model", "judge_backend"]
@@ -492,6 +504,9 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     judge = make_backend(cfg.judge_backend, cfg.judge_model, **kw) if cfg.judge_model else None
     rephraser = make_backend(cfg.rephrase_backend, cfg.rephrase_model, **kw) \
         if cfg.rephrase_model and "rephrase" in cfg.variants else None
+    summary_path = os.path.join(cfg.out, "summary.json")
+    earlier = json.load(open(summary_path, encoding="utf-8")).get("benchmarks", {}) if os.path.exists(summary_path) \
+        else {}  # benchmarks an earlier command on this --out ran: kept, so that the table shows them all
     result = {"run": run, "benchmarks": {}}  # what summary.json holds
     for name, root in benchmarks.items():
         records = load_benchmark(name, root, cfg.limit, cfg.subset)
@@ -512,17 +527,19 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
                     records, cfg.rephrase_file, os.path.join(cfg.out, name, "rephrasings.jsonl"), rephraser,
                     generate=True, seed=cfg.seed)
             recs = variant_records(records, v, cfg.seed, rephrasings=rephrasings)
-            if v == "shuffle" and len(recs) < (n_mc := sum(bool(r.get("options")) for r in records)):
-                log(f"{name}: {n_mc - len(recs)} of {n_mc} multiple-choice questions have options that all read "
-                    "alike and cannot be reordered; the shuffle analysis leaves them out")
+            asked = len({r.get("meta", {}).get("base_id", r["id"]) for r in recs})
+            if v in ("shuffle", "circular") and asked < (n_mc := sum(bool(r.get("options")) for r in records)):
+                log(f"{name}: {n_mc - asked} of {n_mc} multiple-choice questions have options that all read "
+                    f"alike and cannot be reordered; the {v} analysis leaves them out")
             if recs:
                 per[v] = run_variant(backend, recs, v, cfg, os.path.join(cfg.out, name, f"{v}.jsonl"),
                                      judge if name in JUDGED else None, log)
             else:
                 log(f"{name}: no records for the {v} analysis (needs options / rephrasings), skipped")
         analyses = summary.analyses(per, os.path.join(cfg.out, name))
-        if "rephrase" in analyses:
-            analyses["rephrase"]["sources"] = dict(Counter(sources.values()))
+        if "rephrase" in analyses:  # where this run's rephrasings came from (a file may hold more)
+            asked = {r["base_id"] for r in per.get("rephrase", [])}
+            analyses["rephrase"]["sources"] = dict(Counter(src for i, src in sources.items() if i in asked))
         result["benchmarks"][name] = {**{v: summary.summarize(rows) for v, rows in per.items()},
                                       "analyses": analyses, **({"missing_group_columns": lacking} if lacking else {}),
                                       **({"skipped_rows": skipped} if skipped else {})}
@@ -531,10 +548,12 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
                 log(f"{name}/{v}: {result['benchmarks'][name][v]['n_truncated']} of {len(rows)} answers were cut by "
                     "the token budget (--max-new-tokens, --cot-max-new-tokens); summary.json gives the accuracy "
                     "without them (accuracy_complete)")
+    result["benchmarks"] = {**{b: d for b, d in earlier.items() if b not in result["benchmarks"]},
+                            **result["benchmarks"]}
     result["timings"] = dict(getattr(backend, "timings", {}))
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+    with open(summary_path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
-    with open(os.path.join(cfg.out, "table.md"), "w") as f:
+    with open(os.path.join(cfg.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(summary.table_md([(run["name"], result)]))
     return result
 
@@ -607,11 +626,15 @@ def _cli():
     @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
     def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""
-        kw["rephrase"] = kw["rephrase"] or bool(kw["rephrase_file"])  # a rephrase file implies --rephrase
+        # a rephrase file or model implies --rephrase
+        kw["rephrase"] = kw["rephrase"] or bool(kw["rephrase_file"]) or bool(kw["rephrase_model"])
+        for s in subset:
+            if "=" not in s:
+                raise click.BadParameter(f"{s!r}: write KEY=VALUE (e.g. answer_type=CLOSED)", param_hint="--subset")
         variants = ("base",) + tuple(v for v in VARIANTS[1:] if kw.pop(v))  # the analysis flags
         cfg = EvalConfig(**kw, subset=tuple(tuple(s.split("=", 1)) for s in subset), variants=variants)
         s = evaluate(cfg, data_roots(roots, benchmarks), log=click.echo)
-        click.echo(open(os.path.join(cfg.out, "table.md")).read())
+        click.echo(open(os.path.join(cfg.out, "table.md"), encoding="utf-8").read())
         click.echo(f"wrote {cfg.out}/summary.json, table.md and per-sample JSONL ({len(s['benchmarks'])} benchmarks)")
 
     @cli.command()
@@ -622,7 +645,7 @@ def _cli():
         table = summary.compare(runs)
         click.echo(table)
         if output:
-            with open(output, "w") as f:
+            with open(output, "w", encoding="utf-8") as f:
                 f.write(table)
 
     return cli

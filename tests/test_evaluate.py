@@ -227,6 +227,7 @@ def test_variant_records_per_analysis(tmp_path):
     assert [r["id"] for r in ev.variant_records(recs, "shuffle")] == ["q1#shuffle"]
     alike = {**MC, "id": "q4", "options": {"A": "CT", "B": "CT"}}  # no other order to ask it in
     assert [r["id"] for r in ev.variant_records([MC, alike], "shuffle")] == ["q1#shuffle"]
+    assert {r["meta"]["base_id"] for r in ev.variant_records([MC, alike], "circular")} == {"q1"}
     assert len(ev.variant_records(recs, "circular")) == 5
     reph = ev.variant_records(recs, "rephrase")
     assert [(r["id"], r["question"], r["meta"]["base_id"]) for r in reph] == [("q2#rephrase", "Is it there?", "q2")]
@@ -656,6 +657,20 @@ def test_cli_judge_model_builds_a_judge_that_reads_only_what_the_rules_cannot(pu
     assert (s["accuracy"], s["accuracy_rules"], s["invalid_rate"], s["judged"]) == (5 / 6, 3 / 6, 2 / 6, 2)
 
 
+def test_cli_subset_without_a_value_and_rephrase_model_alone(monkeypatch):
+    """--subset needs KEY=VALUE (a clear usage error, not a crash); --rephrase-model, as
+    --rephrase-file, implies --rephrase."""
+    from click.testing import CliRunner
+    seen = []
+    monkeypatch.setattr(ev, "evaluate", lambda cfg, roots, log: seen.append(cfg) or {"benchmarks": {}})
+    res = CliRunner().invoke(ev._cli(), ["run", "--model", "m", "--benchmark", "vqa_rad", "--data-root", "d",
+                                         "--subset", "answer_type"])
+    assert res.exit_code == 2 and "--subset" in res.output and "KEY=VALUE" in res.output and not seen
+    CliRunner().invoke(ev._cli(), ["run", "--model", "m", "--benchmark", "vqa_rad", "--data-root", "d", "--out",
+                                   "/nonexistent/x", "--rephrase-model", "reph"])
+    assert seen[0].variants == ("base", "rephrase") and seen[0].rephrase_model == "reph"
+
+
 def test_cli_sampling_settings_reach_the_backend(published, tmp_path, monkeypatch):
     from click.testing import CliRunner
     backend = Scripted(ANSWERS)
@@ -975,16 +990,66 @@ def test_a_rephrasing_given_on_resume_replaces_the_rows_that_asked_the_old_one(t
                                              "Which imaging technique made this picture?"]
 
 
-def test_a_run_says_how_many_questions_it_could_not_shuffle(tmp_path):
+def test_a_run_says_how_many_questions_it_could_not_reorder(tmp_path):
+    """A question whose options all read alike has no other order (shuffle) and, its gold letter
+    moving under the same text, could never pass CircularEval: both leave it out, and say so."""
     pmc = two_pmc_questions(tmp_path)
     with open(pmc / "test_clean.csv", "a") as f:
         f.write("f.jpg,Which scan?,CT,A:CT,B:CT,A\n")  # both options read alike
     logged = []
-    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "shuffle")),
+    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run"), variants=("base", "shuffle", "circular")),
                     {"pmc_vqa": str(pmc)}, backend=EchoBackend(), log=logged.append)
-    assert "pmc_vqa: 1 of 3 multiple-choice questions have options that all read alike and cannot be " \
-           "reordered; the shuffle analysis leaves them out" in logged
-    assert s["benchmarks"]["pmc_vqa"]["analyses"]["shuffle"]["n"] == 2
+    for v in ("shuffle", "circular"):
+        assert f"pmc_vqa: 1 of 3 multiple-choice questions have options that all read alike and cannot be " \
+               f"reordered; the {v} analysis leaves them out" in logged
+        assert s["benchmarks"]["pmc_vqa"]["analyses"][v]["n"] == 2
+
+
+def test_a_rerun_tries_again_the_items_that_got_no_answer(tmp_path):
+    """An error (out of memory, a dead engine) costs the item its answer this time, not for good."""
+    class Failing:
+        def generate(self, requests, **kw):
+            raise RuntimeError("CUDA out of memory")
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    out, logged = str(tmp_path / "run"), []
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out), recs, backend=Failing(), log=lambda m: None)
+    assert (s["benchmarks"]["pmc_vqa"]["base"]["n_error"], s["benchmarks"]["pmc_vqa"]["base"]["n_scored"]) == (2, 0)
+    backend = EchoBackend()
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out), recs, backend=backend, log=logged.append)
+    assert backend.seen == 2 and s["benchmarks"]["pmc_vqa"]["base"]["n_scored"] == 2
+    assert any("2 items got no answer before (error or missing image); trying them again" in str(m) for m in logged)
+
+
+def test_summary_keeps_the_benchmarks_an_earlier_command_ran_on_the_same_out(tmp_path):
+    recs = str(two_pmc_questions(tmp_path))
+    out = str(tmp_path / "run")
+    ev.evaluate(ev.EvalConfig(model="m", out=out), {"pmc_vqa": recs}, backend=EchoBackend(), log=lambda m: None)
+    s = ev.evaluate(ev.EvalConfig(model="m", out=out), {"pmc_vqa_open": recs}, backend=EchoBackend(),
+                    log=lambda m: None)
+    assert sorted(s["benchmarks"]) == ["pmc_vqa", "pmc_vqa_open"]
+    assert json.load(open(tmp_path / "run" / "summary.json"))["benchmarks"].keys() == s["benchmarks"].keys()
+    assert (tmp_path / "run" / "table.md").read_text().splitlines()[0].count("PMC-VQA") == 2
+
+
+def test_the_rephrase_sources_count_this_runs_questions_only(tmp_path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"id": f"pmc_vqa-{k}", "question": f"Reworded {k}?"}) + "\n" for k in range(4)))
+    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "run"), limit=1, variants=("base", "rephrase"),
+                                  rephrase_file=str(mine)),
+                    {"pmc_vqa": str(two_pmc_questions(tmp_path))}, backend=EchoBackend(), log=lambda m: None)
+    assert s["benchmarks"]["pmc_vqa"]["analyses"]["rephrase"]["sources"] == {"file": 1}
+
+
+def test_a_run_json_older_than_a_setting_resumes_with_its_default(tmp_path):
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    out = tmp_path / "run"
+    ev.evaluate(ev.EvalConfig(model="m", out=str(out)), recs, backend=EchoBackend(), log=lambda m: None)
+    run = json.load(open(out / "run.json"))
+    del run["cot_max_new_tokens"]  # written before that setting existed
+    (out / "run.json").write_text(json.dumps(run))
+    backend = EchoBackend()
+    ev.evaluate(ev.EvalConfig(model="m", out=str(out)), recs, backend=backend, log=lambda m: None)
+    assert backend.seen == 0
 
 
 @pytest.mark.parametrize("change", [dict(temperature=0.7), dict(dtype="bfloat16"), dict(seed=1)])
