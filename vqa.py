@@ -93,9 +93,10 @@ def yes_no_invalid(response):
 def is_yes_no(gold):
     """MultiMedEval prefixes the yes/no instruction when the gold answer is exactly 'yes' or
     'no'. It compares the raw answer: the HF copies of VQA-RAD and PathVQA it reads are lowercase,
-    while SLAKE writes 'Yes'/'No' and so never gets the prefix there. We compare lowercased and
-    stripped (the raw VQA-RAD JSON also writes 'Yes'), so every yes/no question gets it."""
-    return gold.strip().lower() in ("yes", "no")
+    while SLAKE writes 'Yes'/'No' and so never gets the prefix there. We compare the gold as
+    vqa_scores cleans it (the raw VQA-RAD JSON also writes 'Yes'; a 'Yes.' is scored as a yes/no
+    question), so every question scored as yes/no is asked as one."""
+    return clean_text(gold.lower().strip()) in ("yes", "no")
 
 
 def vqa_scores(prediction, gold):

@@ -24,11 +24,14 @@ def rec(answer, options=None, question="Is there a fracture?", id="q1"):
     return {"id": id, "question": question, "answer": answer, "options": options, "images": ["a.png"], "meta": {}}
 
 
-def test_yes_no_prefix_only_for_exact_yes_no_gold():
+def test_yes_no_prefix_for_every_gold_scored_as_yes_no():
     assert ev.build_prompt(rec("Yes"), ev.template_for(rec("Yes"))) == \
         "<image>Answer the following question with yes or no. Is there a fracture?"
     r = rec("yes, left side")
     assert ev.template_for(r) == "open" and ev.build_prompt(r, "open") == "<image>Is there a fracture?"
+    # a gold the scorer reads as yes/no ('Yes.', ' NO ') is asked as a yes/no question
+    assert [ev.template_for(rec(g)) for g in ("Yes.", " NO ", "yes!")] == ["closed"] * 3
+    assert [ev.score_row(rec(g), "p", "yes")["closed"] for g in ("Yes.", " NO ", "yes!")] == [True] * 3
 
 
 def test_multiple_choice_and_cot_prompts():
