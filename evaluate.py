@@ -407,9 +407,12 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     cannot read (this run's and an earlier run's without a judge) are judged at the end."""
     from tqdm import tqdm
     done = read_rows(path)
-    stale = {r["id"] for r in records if r["question"] != done.get(r["id"], {}).get("question", r["question"])}
-    if stale:  # asked another question before (a rephrasing replaced since): asked again
-        log(f"{path}: {len(stale)} rows asked another question than now (e.g. {sorted(stale)[0]}); asking again")
+    prompts = {r["id"]: build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in records}
+    stale = {r["id"] for r in records if r["question"] != done.get(r["id"], {}).get("question", r["question"])
+             or prompts[r["id"]] != done.get(r["id"], {}).get("prompt", prompts[r["id"]])}
+    if stale:  # asked another question or prompt before (a rephrasing replaced, a prompt changed): asked again
+        log(f"{path}: {len(stale)} rows asked another question or prompt than now (e.g. {sorted(stale)[0]}); "
+            "asking again")
     failed = {i for i, r in done.items() if {"error", "missing_image"} & set(r.get("flags", []))} - stale
     if failed:  # no answer last time (out of memory, an image restored since): tried again
         log(f"{path}: {len(failed)} items got no answer before (error or missing image); trying them again")
@@ -432,16 +435,16 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
                                  if isinstance(p, (str, os.PathLike)) and not os.path.exists(p)] for r in part}
             ready = [r for r in part if not missing[r["id"]]]
             rows = [unscored_row(r, "missing_image", missing=missing[r["id"]]) for r in part if missing[r["id"]]]
-            prompts = [build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in ready]
+            asked = [prompts[r["id"]] for r in ready]
             reqs = [{"messages": [{"role": "user", "content": p}], "images": r["images"]}
-                    for r, p in zip(ready, prompts)]
+                    for r, p in zip(ready, asked)]
             budget = dict(max_new_tokens=cfg.cot_max_new_tokens, stop=["</answer>"]) if variant == "cot" else \
                 dict(max_new_tokens=cfg.max_new_tokens)
             outs, errors = generate_each(backend, reqs, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                                          **budget) if reqs else ([], [])
             rows += [unscored_row(r, "error", error=e) for r, e in zip(ready, errors) if e]
             scored = [score_row(r, p, o[0], variant == "grounding")
-                      for r, p, o, e in zip(ready, prompts, outs, errors) if not e]
+                      for r, p, o, e in zip(ready, asked, outs, errors) if not e]
             for r in rows + scored:
                 r["variant"] = variant
                 f.write(json.dumps(r) + "\n")
@@ -501,8 +504,11 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
     kw = dict(batch_size=cfg.batch_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
               device=cfg.device, dtype=cfg.dtype)
     backend = backend or make_backend(cfg.backend, cfg.model, **kw)
-    judge = make_backend(cfg.judge_backend, cfg.judge_model, **kw) if cfg.judge_model else None
-    rephraser = make_backend(cfg.rephrase_backend, cfg.rephrase_model, **kw) \
+
+    def helper(kind, path):  # the evaluated model asked again shares its engine (one vLLM engine fills a GPU)
+        return backend if (kind, path) == (cfg.backend, cfg.model) else make_backend(kind, path, **kw)
+    judge = helper(cfg.judge_backend, cfg.judge_model) if cfg.judge_model and set(JUDGED) & set(benchmarks) else None
+    rephraser = helper(cfg.rephrase_backend, cfg.rephrase_model) \
         if cfg.rephrase_model and "rephrase" in cfg.variants else None
     summary_path = os.path.join(cfg.out, "summary.json")
     earlier = json.load(open(summary_path, encoding="utf-8")).get("benchmarks", {}) if os.path.exists(summary_path) \

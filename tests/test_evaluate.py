@@ -1043,6 +1043,35 @@ def test_the_rephrase_sources_count_this_runs_questions_only(tmp_path):
     assert s["benchmarks"]["pmc_vqa"]["analyses"]["rephrase"]["sources"] == {"file": 1}
 
 
+def test_rows_asked_with_another_prompt_are_asked_again(tmp_path):
+    """Rows written by code whose prompt has changed since would mix two prompts in one score."""
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    out = tmp_path / "run"
+    ev.evaluate(ev.EvalConfig(model="m", out=str(out)), recs, backend=EchoBackend(), log=lambda m: None)
+    rows = [json.loads(line) for line in open(out / "pmc_vqa" / "base.jsonl")]
+    rows[0]["prompt"] = rows[0]["prompt"].replace("Answer with", "Reply with")  # an older wording
+    (out / "pmc_vqa" / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    backend = EchoBackend()
+    ev.evaluate(ev.EvalConfig(model="m", out=str(out)), recs, backend=backend, log=lambda m: None)
+    assert backend.seen == 1
+    assert all("Answer with" in json.loads(line)["prompt"] for line in open(out / "pmc_vqa" / "base.jsonl"))
+
+
+def test_the_judge_is_built_only_for_judged_benchmarks_and_shares_the_models_engine(tmp_path, monkeypatch):
+    """No judge engine for a run without MMMU or GMAI-MMBench; the evaluated model named as its
+    own judge (or rephraser) is the same engine, not a second one on the GPU."""
+    built = patch_backends(monkeypatch, m=EchoBackend(), j=EchoBackend())
+    recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
+    ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "a"), judge_model="j"), recs, log=lambda m: None)
+    assert built == [("native", "m")]
+    import realformat
+    realformat.write_mmmu(str(tmp_path))
+    built.clear()
+    s = ev.evaluate(ev.EvalConfig(model="m", out=str(tmp_path / "b"), judge_model="m", rephrase_model="m",
+                                  variants=("base", "rephrase")), {"mmmu": str(tmp_path / "MMMU")}, log=lambda m: None)
+    assert built == [("native", "m")] and s["benchmarks"]["mmmu"]["analyses"]["rephrase"]["n"] > 0
+
+
 def test_a_run_json_older_than_a_setting_resumes_with_its_default(tmp_path):
     recs = {"pmc_vqa": str(two_pmc_questions(tmp_path))}
     out = tmp_path / "run"
