@@ -400,7 +400,9 @@ def generate_each(backend, reqs, **kw):
 
 
 def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
-    """Generate and score `records` into `path`, skipping ids already there. Records whose image
+    """Generate and score `records` into `path`, skipping ids already there (but asking again the
+    rows that asked another question or prompt, and those that got no answer last time; refusing
+    a file with rows of items not in `records`). Records whose image
     files are missing are written with the flag 'missing_image' (counted, not generated), those
     the backend cannot process (a corrupt image) with the flag 'error' and its message; at the
     end every record must have its row. With a `judge`, the multiple-choice answers the rules
