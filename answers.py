@@ -304,6 +304,14 @@ _TEXT_CUE_AFTER = re.compile(r"[\)\]\*\"'\s]*(?:[^.;!?\n]{0,80}?,?\s*\b(?:so|thu
 # a cue or a letter in the consequent of a conditional: "If he is unstable, the answer is A."
 _CONDITIONAL = re.compile(r"(?:^|[.!?]\s|\n)\s*(?:\w+,?\s+){0,2}?(?:if(?!\s+(?:we|you)\b)|unless|assuming|supposing)\b"
                           r"[^.!?\n]*$", re.I)  # not "if we look at ...", which only leads in
+
+
+def _conditional(text, at):
+    """Is text[at] in the consequent of a conditional? Searched from the last sentence boundary
+    before `at` only (no match can start earlier), so that reading every letter stays linear."""
+    return _CONDITIONAL.search(text, max(0, max(text.rfind(c, 0, at) for c in ".!?\n")), at) is not None
+
+
 # a hypothesis, not a choice: "the probability that X is the correct answer", "if X is correct"
 _HYPOTHETICAL_BEFORE = re.compile(r"\b(?:probabilit\w*|likelihood|chance|odds|if|whether|assum\w*|suppos\w*|given)\b"
                                   r"[^.;!?\n]{0,40}$", re.I)
@@ -326,7 +334,7 @@ def _last_cue(text, options, asked=None):
     or None; in a question asking for the exception, as _commits reads the phrase."""
     found = []
     for m in _CUE_BEFORE.finditer(text):
-        if _CONDITIONAL.search(text, 0, m.start()):
+        if _conditional(text, m.start()):
             continue  # "If the child were younger than 8, the best answer would be D": a hypothesis
         rest = text[m.end():]
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
@@ -349,9 +357,10 @@ def _last_cue(text, options, asked=None):
         # letter follows the text ("Answer: CT (B)"), it must be that text's letter: "Answer: CT A"
         # with A another option commits to a letter the cue does not settle; the letter rules do.
         head = re.sub(r"^[\s\*\"'(\[]*(?:(?:an?|the)\s+)?", "", rest)
-        for letter, t in sorted(options.items(), key=lambda kv: -len(_opt_text(kv[1]))):
-            t = _opt_text(t)
-            end = _text_at(_HYPHEN.sub(" ", head.lower()), 0, _HYPHEN.sub(" ", t))
+        texts = sorted(((letter, _opt_text(t)) for letter, t in options.items()), key=lambda kv: -len(kv[1]))
+        spaced = _HYPHEN.sub(" ", head[:len(texts[0][1]) + 1 if texts else 0].lower())  # the longest option, and one
+        for letter, t in texts:
+            end = _text_at(spaced, 0, _HYPHEN.sub(" ", t))
             if end is not None:
                 then = _LETTER_AFTER_TEXT.match(head, end)
                 named = (then.group(1) or then.group(2)).upper() if then else None
@@ -575,7 +584,7 @@ def _letters(text, options, spans, cut=False):
         if cut and _restating(text, m.start(1), options):
             continue  # cut off while listing the options: "A) The central fascicle is"
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
-                and not _negated_after(text, m.end(1), options) and not _CONDITIONAL.search(text, 0, m.start(1)):
+                and not _negated_after(text, m.end(1), options) and not _conditional(text, m.start(1)):
             letters.add(m.group(1).upper())
     return letters
 

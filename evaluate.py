@@ -269,8 +269,8 @@ def score_row(record, prompt, response, grounding=False):
     if meta.get("skill"):
         row["skill"] = meta["skill"]
     row["clinical_skill"] = summary.skill_of(record)
-    if summary.group_labels(meta):
-        row["groups"] = summary.group_labels(meta)
+    if labels := summary.group_labels(meta):
+        row["groups"] = labels
     if record.get("options"):
         options, gold = record["options"], gold_letter(record)
         parsed, rule = parse_choice_rule(text, options, record["question"])  # the question: EXCEPT or not
@@ -352,8 +352,8 @@ def unscored_row(record, flag, **extra):
     meta = record.get("meta", {})
     row = {"id": record["id"], "base_id": meta.get("base_id", record["id"]), "question": record["question"],
            "flags": [flag], **extra, "correct": None}
-    if summary.group_labels(meta):
-        row["groups"] = summary.group_labels(meta)
+    if labels := summary.group_labels(meta):
+        row["groups"] = labels
     return row
 
 

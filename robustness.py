@@ -152,8 +152,8 @@ def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, g
     appended to `cache` as {"id", "original", "question", "source", "check"} lines (with the raw
     "model_output" where it was cut or refused), for the user to read and reuse as a --rephrase-file."""
     found, source, asking = {}, {}, generate and backend is not None
-    given = [d for d in _lines(rephrase_file) if d.get("question")]
-    cached = [d for d in _lines(cache) if d.get("question") and not (asking and d.get("check") == "no_model")]
+    given = [d for d in read_jsonl(rephrase_file) if d.get("question")]
+    cached = [d for d in read_jsonl(cache) if d.get("question") and not (asking and d.get("check") == "no_model")]
     for d, tag in [(d, "file") for d in given] + [(d, "cache") for d in cached[::-1]]:  # first wins
         if d["id"] not in found:
             found[d["id"]], source[d["id"]] = d["question"].strip(), d.get("source", tag)
@@ -180,7 +180,7 @@ def collect_rephrasings(records, rephrase_file=None, cache=None, backend=None, g
     return found, source
 
 
-def _lines(path):
+def read_jsonl(path):
     """The JSON lines of a file ([] when there is none)."""
     if not path or not os.path.exists(path):
         return []

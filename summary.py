@@ -29,7 +29,7 @@ import re
 from collections import Counter, defaultdict
 
 from answers import CATEGORIES
-from robustness import circular_accuracy, compare_rows
+from robustness import circular_accuracy, compare_rows, read_jsonl
 
 
 # ---- What a row is grouped by --------------------------------------------------------------------
@@ -365,11 +365,6 @@ def compare(run_dirs):
     return table_md(runs) + paired_md(run_dirs, [label for label, _ in runs])
 
 
-def _jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def paired_md(run_dirs, labels):
     """Each later run against the first, per benchmark, on the questions both scored (their base
     rows, <run>/<benchmark>/base.jsonl), by the Table 1 metric (for VQA-RAD, SLAKE and Path-VQA
@@ -382,7 +377,7 @@ def paired_md(run_dirs, labels):
             if not (os.path.exists(first) and os.path.exists(other)):
                 continue
             closed = TABLE1_METRIC.get(b) == "closed_accuracy"
-            a, o = ({r["id"]: bool(r["correct"]) for r in _jsonl(p) if r.get("correct") is not None
+            a, o = ({r["id"]: bool(r["correct"]) for r in read_jsonl(p) if r.get("correct") is not None
                      and (not closed or r.get("closed"))} for p in (first, other))
             ids = set(a) & set(o)
             if not ids:
