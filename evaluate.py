@@ -14,9 +14,9 @@ pmc_vqa_full, pmc_vqa_open, mmmu, gmai_mmbench, synthetic. Scoring follows the s
 used: MultiMedEval's VQA scorer for VQA-RAD, SLAKE, Path-VQA and open PMC-VQA (vqa.py); option
 accuracy for multiple choice (answers.py), with a parser stricter than VLMEvalKit's about chain
 of thought and the article "A" that reads each answer with its question, and for MMMU and
-GMAI-MMBench an optional LLM judge for the answers the rules cannot read. The robustness
-variants (shuffled options, CircularEval, rephrasing) are made in robustness.py; summaries, the
-analyses against the base run and the tables in summary.py. Per run directory:
+GMAI-MMBench an optional LLM judge for the answers the rules cannot read or only infer. The
+robustness variants (shuffled options, CircularEval, rephrasing) are made in robustness.py;
+summaries, the analyses against the base run and the tables in summary.py. Per run directory:
 <benchmark>/<variant>.jsonl (prompt, response, parsed answer, score, flags per sample),
 summary.json, table.md; a killed run resumes from its JSONL files.
 
@@ -77,7 +77,7 @@ BENCHMARKS = {"vqa_rad": ("vqa_rad", "test"), "slake": ("slake", "test"), "path_
               "pmc_vqa_open": ("pmc_vqa", "test_clean"), "mmmu": ("mmmu", "validation"),
               "gmai_mmbench": ("gmai_mmbench", "validation"), "synthetic": ("synthetic", "test")}
 # The paper scores these with VLMEvalKit, whose protocol adds an LLM judge (--judge-model) for
-# the answers its rules cannot read; the others with MultiMedEval's rules alone.
+# the answers its rules cannot read (judge_rows); the others with MultiMedEval's rules alone.
 JUDGED = ("mmmu", "gmai_mmbench")
 
 
@@ -292,6 +292,14 @@ def score_row(record, prompt, response, grounding=False):
 # a judge asked again when its reply names no option (VLMEvalKit asks up to 3 times, then picks
 # at random; here the row keeps the rules' verdict and is flagged 'judge_unreadable')
 JUDGE_TRIES = 3
+# VLMEvalKit's rules read only a stated letter or option text and leave the rest to its judge.
+# Ours also infer a choice from prose; where a judge is given, it reads the answers decided by
+# the rules that infer least surely. On the graded answers of tests/data (docs/notes.md) these
+# agree with their graders on 400 of 462 (an option named by its text), 196 of 225 (a concluding
+# sentence), 49 of 62 (a letter met once) and 267 of 280 (an option-by-option review), against
+# 1,986 of 2,021 for a cue ("the answer is C") and 14 of 14 for a denied option of an EXCEPT
+# question, which stay the rules'.
+JUDGE_ALSO = ("option_text", "conclusion", "letter", "verdict")
 
 
 def judge_letter(reply, options):
@@ -303,18 +311,18 @@ def judge_letter(reply, options):
 
 def judge_rows(judge, rows, seed=0):
     """VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any backend:
-    .generate(requests, ...)) only for the multiple-choice rows the rules left unresolved, in
-    place. A judged row is flagged 'judged' and keeps the judge's reply and letter
-    ('judge_parsed', None for 'Z'); 'correct' becomes the judge's verdict, while 'parsed',
-    'invalid' and 'correct_rules' stay the rules' (the invalid rate measures instruction
-    following). The first try is greedy; a reply judge_letter cannot read is asked again,
-    sampled (a greedy judge would repeat itself), JUDGE_TRIES tries in all, then flagged
-    'judge_unreadable'. A request the judge fails on (too long for it, say) is flagged
+    .generate(requests, ...)) for the multiple-choice rows the rules left unresolved or decided
+    only by inference from prose (JUDGE_ALSO), in place. A judged row is flagged 'judged' and
+    keeps the judge's reply and letter ('judge_parsed', None for 'Z'); 'correct' becomes the
+    judge's verdict, while 'parsed', 'invalid' and 'correct_rules' stay the rules' (the invalid
+    rate measures instruction following). The first try is greedy; a reply judge_letter cannot
+    read is asked again, sampled (a greedy judge would repeat itself), JUDGE_TRIES tries in all,
+    then flagged 'judge_unreadable'. A request the judge fails on (too long for it, say) is flagged
     'judge_error' with its message. Both keep the rules' verdict and are not asked again on a
     rerun, nor are rows already judged; answers cut by the token budget are not judged (they
     have not concluded). Returns how many rows it sent to the judge."""
-    todo = [r for r in rows if r.get("kind") == "mc" and r["parsed"] is None and r["response"]
-            and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
+    todo = [r for r in rows if r.get("kind") == "mc" and (r["parsed"] is None or r.get("rule") in JUDGE_ALSO)
+            and r["response"] and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
     sent = len(todo)
     for attempt in range(JUDGE_TRIES):
         if not todo:
@@ -406,7 +414,8 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     files are missing are written with the flag 'missing_image' (counted, not generated), those
     the backend cannot process (a corrupt image) with the flag 'error' and its message; at the
     end every record must have its row. With a `judge`, the multiple-choice answers the rules
-    cannot read (this run's and an earlier run's without a judge) are judged at the end."""
+    cannot read or only infer (this run's and an earlier run's without a judge) are judged at
+    the end."""
     from tqdm import tqdm
     done = read_rows(path)
     prompts = {r["id"]: build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in records}
@@ -630,7 +639,7 @@ def _cli():
     @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
     @click.option("--judge-model", help="checkpoint that judges the MMMU and GMAI-MMBench answers the rules "
-                  "cannot read (VLMEvalKit's protocol)")
+                  "cannot read or only infer from prose (VLMEvalKit's protocol)")
     @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
     def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""

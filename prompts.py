@@ -91,8 +91,8 @@ REPHRASE_TEMPLATES = [(r"^which of the following (.+)$", "Among the options give
                       (r"^is there (.+)$", "Does the image show {0}"),
                       (r"^(.+)$", "Based on the image, {0}")]
 
-# ours, after VLMEvalKit's choice extraction: the judge maps an answer the rules cannot read to
-# one option letter (MMMU and GMAI-MMBench)
+# ours, after VLMEvalKit's choice extraction: the judge maps an answer the rules cannot read (or
+# only infer from prose) to one option letter (MMMU and GMAI-MMBench)
 JUDGE_PROMPT = ("Match a model's answer to the options of a single-choice question.\nQuestion: {question}\n"
                 "Options:\n{options}\nAnswer: {response}\nReply with the single letter of the option "
                 "the answer chooses, or Z if it chooses none or several.")

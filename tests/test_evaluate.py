@@ -6,6 +6,7 @@ test_robustness.py, summaries and tables in test_summary.py).
 
     python -m pytest -q tests/test_evaluate.py
 """
+import gzip
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import conftest
 import evaluate as ev
 import summary
+from prompts import JUDGE_PROMPT, format_options
 
 
 # ----------------------------------------------------------------- prompts
@@ -110,7 +112,7 @@ def test_a_grounded_answer_is_scored_against_the_gold_box():
     assert s["box_rate"] == 2 / 3 and s["mean_iou"] == (0.16 + 1.0) / 2
 
 
-# ----------------------------------------------------------------- the LLM judge for answers the rules cannot read
+# ------------------------------------------------- the LLM judge for answers the rules cannot read or only infer
 MC = rec("C", {"A": "X-ray", "B": "MRI", "C": "CT", "D": "Ultrasound", "E": "PET"}, "Which modality?")
 
 
@@ -142,6 +144,25 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
     rows = [ev.score_row(r, "p", "no idea")]
     ev.judge_rows(LetterJudge("Z"), rows)  # the judge found no option either
     assert rows[0]["parsed"] is None and rows[0]["flags"] == ["judged"] and summary.summarize(rows)["judged"] == 1
+
+
+def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
+    """A choice the rules infer (an option named by its text, a last sentence that concludes, a
+    letter met once, a review's verdict) is the judge's to read; one the answer states ('The
+    answer is C') stays the rules'. Where the judge gives no verdict, the rules' reading counts."""
+    inferred = ["The slices look cross-sectional, so this is a CT.",
+                "An X-ray shows bone, an ultrasound shows nothing here.\nTherefore, the scan is CT.",
+                "C fits the slices best.", "A) X-ray: This is not the best choice.\nC) CT: This is the best choice."]
+    rows = [ev.score_row(MC, "p", text) for text in inferred + ["The answer is C."]]
+    assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "cue"]
+    judge = LetterJudge("Z")
+    assert ev.judge_rows(judge, rows) == 4 and len(judge.prompts) == 4
+    assert [r["flags"] for r in rows] == [["judged"]] * 4 + [[]]
+    assert [r["correct"] for r in rows] == [False] * 4 + [True]  # the judge's reading, where it read
+    assert all(r["parsed"] == "C" and r["correct_rules"] for r in rows)
+    failed = [ev.score_row(MC, "p", inferred[0])]
+    ev.judge_rows(TriesJudge(Exception), failed)
+    assert failed[0]["flags"] == ["judge_error"] and failed[0]["correct"]
 
 
 @pytest.mark.parametrize("reply", ["C", " C.", "**C**", "(C) CT", "C. CT", "The answer is C.", "Answer: C", "CT"])
@@ -218,6 +239,46 @@ def test_answers_cut_by_the_token_budget_are_not_judged():
     assert cut["flags"] == ["truncated"] and cut["parsed"] is None
     judge = TriesJudge("C")
     assert ev.judge_rows(judge, [cut]) == 0 and judge.calls == [] and cut["correct"] is False
+
+
+class ReplayJudge:
+    """A judge that gives each prompt the reply stored for it; a prompt with none fails."""
+    def __init__(self, replies):
+        self.replies = replies
+
+    def generate(self, requests, **kw):
+        return [[self.replies[r["messages"][0]["content"]]] for r in requests]
+
+
+def test_rules_then_judge_on_graded_real_chain_of_thought():
+    """The 4,472 graded answers of test_answers.py read as a run with --judge-model reads them:
+    the rules first, then, for the 1,408 answers they leave unresolved and the 1,029 they decide
+    only by inference from prose (JUDGE_ALSO), the reply a judge gave to the JUDGE_PROMPT this
+    run sends (stored as `judge_reply`; who the judges were, and why their agreement with the
+    graders is likely above a smaller judge's: tests/data/README.md). The rules alone agree with
+    the graders on 4,010 answers (3,439 of the 3,900 that conclude in prose), rules then judge on
+    4,382 (3,810). The rules' reading stays beside the judge's, as the invalid rate needs it."""
+    graded = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
+    with gzip.open(graded, "rt", encoding="utf-8") as f:
+        graded = [json.loads(line) for line in f]
+    rows, replies = [], {}
+    for g in graded:
+        record = {"id": g["id"], "question": g["question"], "options": g["options"], "answer": "A"}
+        rows.append({**ev.score_row(record, "p", g["response"]), "gold": g["label"]})  # agreement with the grader
+        rows[-1]["correct"] = rows[-1]["correct_rules"] = rows[-1]["parsed"] == g["label"]
+        if "judge_reply" in g:
+            replies[JUDGE_PROMPT.format(question=g["question"], response=g["response"],
+                                        options=format_options(g["options"]))] = g["judge_reply"]
+    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2437
+    judged = [r for r in rows if r["flags"]]
+    assert all(r["flags"] == ["judged"] for r in judged)
+    assert sum(r["parsed"] is None for r in judged) == 1408
+    assert {r["rule"] for r in rows if not r["flags"]} == {"cue", "denied"}
+    prose = [not g["source"].startswith("mmmu") for g in graded]
+    assert sum(r["correct_rules"] for r in rows) >= 4010
+    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3439
+    assert sum(r["correct"] for r in rows) >= 4382
+    assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 3810
 
 
 # ----------------------------------------------------------------- which records each variant asks
