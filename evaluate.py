@@ -327,9 +327,9 @@ def judge_rows(judge, rows, seed=0):
     for attempt in range(JUDGE_TRIES):
         if not todo:
             break
-        reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
-            question=r["question"], response=r["response"], options=format_options(r["options"]))}], "images": []}
-            for r in todo]
+        reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(  # a grounding answer: boxes aside
+            question=r["question"], response=strip_boxes(r["response"]) if "box" in r else r["response"],
+            options=format_options(r["options"]))}], "images": []} for r in todo]
         outs, errors = generate_each(judge, reqs, max_new_tokens=32, temperature=0.0 if attempt == 0 else 1.0,
                                      seed=seed + attempt)
         again = []

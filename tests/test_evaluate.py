@@ -165,6 +165,15 @@ def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
     assert failed[0]["flags"] == ["judge_error"] and failed[0]["correct"]
 
 
+def test_the_judge_reads_a_grounding_answer_without_its_boxes():
+    """The box's numbers must not reach any reader of the answer, the judge included."""
+    row = ev.score_row(MC, "p", "The mass at [12, 40, 88, 120] is dense; no option fits well.", grounding=True)
+    judge = LetterJudge("Z")
+    ev.judge_rows(judge, [row])
+    assert row["box"] == (12.0, 40.0, 88.0, 120.0) and "[12, 40, 88, 120]" in row["response"]
+    assert "is dense; no option fits well." in judge.prompts[0] and "[12, 40" not in judge.prompts[0]
+
+
 @pytest.mark.parametrize("reply", ["C", " C.", "**C**", "(C) CT", "C. CT", "The answer is C.", "Answer: C", "CT"])
 def test_the_judge_reply_is_read_as_an_answer_is(reply):
     assert ev.judge_letter(reply, MC["options"]) == "C"
