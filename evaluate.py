@@ -292,9 +292,10 @@ def score_row(record, prompt, response, grounding=False):
 # a judge asked again when its reply names no option (VLMEvalKit asks up to 3 times, then picks
 # at random; here the row keeps the rules' verdict and is flagged 'judge_unreadable')
 JUDGE_TRIES = 3
-# VLMEvalKit's rules read only a stated letter or option text and leave the rest to its judge.
-# Ours also infer a choice from prose; where a judge is given, it reads the answers decided by
-# the rules that infer least surely. On the graded answers of tests/data (docs/notes.md) these
+# VLMEvalKit settles by rule an answer with one option's letter or one option's text in it and
+# leaves the rest to its judge. Our rules read further into prose; where a judge is given, it
+# reads the answers decided by the rules that infer least surely (also inside an <answer> tag).
+# On the graded answers of tests/data (docs/notes.md) these
 # agree with their graders on 400 of 462 (an option named by its text), 196 of 225 (a concluding
 # sentence), 49 of 62 (a letter met once) and 267 of 280 (an option-by-option review), against
 # 1,986 of 2,021 for a cue ("the answer is C") and 14 of 14 for a denied option of an EXCEPT
@@ -310,26 +311,30 @@ def judge_letter(reply, options):
 
 
 def judge_rows(judge, rows, seed=0):
-    """VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any backend:
-    .generate(requests, ...)) for the multiple-choice rows the rules left unresolved or decided
-    only by inference from prose (JUDGE_ALSO), in place. A judged row is flagged 'judged' and
-    keeps the judge's reply and letter ('judge_parsed', None for 'Z'); 'correct' becomes the
-    judge's verdict, while 'parsed', 'invalid' and 'correct_rules' stay the rules' (the invalid
-    rate measures instruction following). The first try is greedy; a reply judge_letter cannot
-    read is asked again, sampled (a greedy judge would repeat itself), JUDGE_TRIES tries in all,
-    then flagged 'judge_unreadable'. A request the judge fails on (too long for it, say) is flagged
-    'judge_error' with its message. Both keep the rules' verdict and are not asked again on a
-    rerun, nor are rows already judged; answers cut by the token budget are not judged (they
-    have not concluded). Returns how many rows it sent to the judge."""
-    todo = [r for r in rows if r.get("kind") == "mc" and (r["parsed"] is None or r.get("rule") in JUDGE_ALSO)
-            and r["response"] and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
+    """After VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any
+    backend: .generate(requests, ...)) for the multiple-choice rows the rules left unresolved or
+    decided only by inference from prose (JUDGE_ALSO), in place. A judged row is flagged
+    'judged' and keeps the judge's reply and letter ('judge_parsed', None for 'Z'); 'correct'
+    becomes the judge's verdict, while 'parsed', 'invalid' and 'correct_rules' stay the rules'
+    (the invalid rate measures instruction following). The first try is greedy; a reply
+    judge_letter cannot read is asked again, sampled (a greedy judge would repeat itself),
+    JUDGE_TRIES tries in all, then flagged 'judge_unreadable'. A request the judge fails on (too
+    long for it, say) is flagged 'judge_error' with its message. Both keep the rules' verdict
+    and are not asked again on a rerun, nor are rows already judged; answers cut by the token
+    budget are not judged (they have not concluded). A grounding answer is read without its
+    boxes, as the rules read it. Returns how many rows it sent to the judge."""
+    def answer(r):
+        return strip_boxes(r["response"]) if "box" in r else r["response"]
+    todo = [r for r in rows if r.get("kind") == "mc" and answer(r).strip()
+            and (r["parsed"] is None or r.get("rule", "").split(":")[-1] in JUDGE_ALSO)
+            and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
     sent = len(todo)
     for attempt in range(JUDGE_TRIES):
         if not todo:
             break
-        reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(  # a grounding answer: boxes aside
-            question=r["question"], response=strip_boxes(r["response"]) if "box" in r else r["response"],
-            options=format_options(r["options"]))}], "images": []} for r in todo]
+        reqs = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
+            question=r["question"], response=answer(r), options=format_options(r["options"]))}], "images": []}
+            for r in todo]
         outs, errors = generate_each(judge, reqs, max_new_tokens=32, temperature=0.0 if attempt == 0 else 1.0,
                                      seed=seed + attempt)
         again = []
@@ -414,8 +419,8 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
     files are missing are written with the flag 'missing_image' (counted, not generated), those
     the backend cannot process (a corrupt image) with the flag 'error' and its message; at the
     end every record must have its row. With a `judge`, the multiple-choice answers the rules
-    cannot read or only infer (this run's and an earlier run's without a judge) are judged at
-    the end."""
+    cannot read or only infer (this run's, and an earlier run's the judge has not read: judged
+    without one, or before JUDGE_ALSO named their rule) are judged at the end."""
     from tqdm import tqdm
     done = read_rows(path)
     prompts = {r["id"]: build_prompt(r, template_for(r, variant == "cot"), variant == "grounding") for r in records}
@@ -462,8 +467,9 @@ def run_variant(backend, records, variant, cfg, path, judge=None, log=print):
             f.flush()
             bar.update(len(part))
     rows = read_rows(path)
-    if judge is not None and judge_rows(judge, list(rows.values()), cfg.seed):  # this run's and earlier ones'
+    if judge is not None and (n_judged := judge_rows(judge, list(rows.values()), cfg.seed)):  # earlier ones' too
         write_rows(path, rows.values())
+        log(f"{path}: {n_judged} answers sent to the judge (the rules could not read them or only inferred)")
     lost = [r["id"] for r in records if r["id"] not in rows]
     if lost:
         raise RuntimeError(f"{path}: {len(lost)} of {len(records)} items have no row (e.g. {lost[:3]}); rerun "
@@ -639,7 +645,7 @@ def _cli():
     @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
     @click.option("--judge-model", help="checkpoint that judges the MMMU and GMAI-MMBench answers the rules "
-                  "cannot read or only infer from prose (VLMEvalKit's protocol)")
+                  "cannot read or only infer from prose (after VLMEvalKit's protocol)")
     @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
     def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""

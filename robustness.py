@@ -195,10 +195,16 @@ def rephrase_records(records, rephrasings):
 
 
 # ---- Each variant against the first answers ------------------------------------------------------
+def chosen_letter(row):
+    """The letter a multiple-choice row chose as finally read: the judge's where it read the
+    answer (None for its 'Z'), else the rules'."""
+    return row.get("judge_parsed") if "judged" in row.get("flags", ()) else row.get("parsed")
+
+
 def _chosen(row):
-    """The text of the option a multiple-choice row chose (the judge's letter where it judged one),
-    so a shuffled row's letter reads as the same answer; None for open questions and no answer."""
-    letter, options = row.get("judge_parsed", row.get("parsed")), row.get("options") or {}
+    """The text of the option a multiple-choice row chose (chosen_letter), so a shuffled row's
+    letter reads as the same answer; None for open questions and no answer."""
+    letter, options = chosen_letter(row), row.get("options") or {}
     return str(options[letter]).strip() if letter in options else None
 
 
@@ -206,8 +212,10 @@ def compare_rows(base, other):
     """Accuracy on the questions both runs scored, and per-question flips. 'consistency': the share
     of them given the same verdict (right or wrong) both times; 'same_answer': the share where both
     runs chose the same option, by its text (B wrong then D wrong is a change of answer), counted
-    only over the questions where both rows chose an option (open questions and unparsed answers
-    are left out: 'n_same_answer' of 'n'); None when no question qualifies."""
+    only over the questions where both rows chose an option (open questions and answers with no
+    option read, by the rules or by the judge where it read, are left out: 'n_same_answer' of
+    'n'); None when no question qualifies. Both use each row's final reading: where a judge read
+    one answer of a pair and not the other, two readers are compared."""
     b, o = ({r["base_id"]: bool(r["correct"]) for r in rows if r.get("correct") is not None} for rows in (base, other))
     ids = sorted(set(b) & set(o))
     if not ids:

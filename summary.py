@@ -7,8 +7,9 @@ runs side by side.
     python -m pytest -q tests/test_summary.py
 
 - summarize: one variant of one benchmark -> MultiMedEval's aggregates (closed accuracy, open
-  recall and accuracy, BLEU-1, F1), option accuracy, instruction following (invalid rate, the
-  paper's response categories, judged answers), positional bias (chosen vs gold letters),
+  recall and accuracy, BLEU-1, F1), option accuracy (with a judge: rules only and rules + judge,
+  the answers judged), instruction following (the rules' invalid rate, the paper's response
+  categories), positional bias (chosen vs gold letters, the judge's reading where it read),
   accuracy per skill and per group (MMMU subject and subfield, GMAI-MMBench axes), box rate and
   IoU; answers cut by the token budget and answers the judge gave no verdict on, counted.
 - analyses: each variant against the base run: shuffled options, rephrased questions and the
@@ -29,7 +30,7 @@ import re
 from collections import Counter, defaultdict
 
 from answers import CATEGORIES
-from robustness import circular_accuracy, compare_rows, read_jsonl
+from robustness import chosen_letter, circular_accuracy, compare_rows, read_jsonl
 
 
 # ---- What a row is grouped by --------------------------------------------------------------------
@@ -150,7 +151,7 @@ def summarize(rows):
                  categories={k: cats[k] / len(mc) for k in CATEGORIES},
                  judged=sum("judged" in r["flags"] for r in mc),
                  **{k: n for k in ("judge_unreadable", "judge_error") if (n := sum(k in r["flags"] for r in mc))},
-                 chosen_letters=dict(sorted(Counter(r["parsed"] or "invalid" for r in mc).items())),
+                 chosen_letters=dict(sorted(Counter(chosen_letter(r) or "invalid" for r in mc).items())),
                  gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
     if any(r.get("groups") for r in scored):
         s["by_group"] = by_group(scored)
@@ -241,7 +242,8 @@ def cot_report(rows, path):
     for name, _ in SKILLS:
         lines += [f"## {name} ({res[name]['n']} samples, accuracy {_fmt(res[name]['accuracy'])})", ""]
         for r in groups.get(name, [])[:20]:
-            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}", "",
+            judged = f", judge {r['judge_parsed'] or 'none'}" if "judged" in r["flags"] else ""
+            lines += [f"**{r['id']}** gold {r['gold']}, parsed {r['parsed']}{judged}", "",
                       "> " + r["response"].replace("\n", "\n> "), ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
@@ -318,7 +320,7 @@ def table_md(runs):
     judged = [(label, b, s["benchmarks"][b]["base"]) for label, s in runs for b in names
               if any(s["benchmarks"].get(b, {}).get("base", {}).get(k) for k in ("judged", "judge_unreadable",
                                                                                  "judge_error"))]
-    if judged:  # VLMEvalKit's protocol: both accuracies; the columns above give the judge's
+    if judged:  # after VLMEvalKit's protocol: both accuracies; the columns above give the judge's
         lines += ["", "| Model | Benchmark | Accuracy, rules only | Accuracy, rules + judge | Judged answers |",
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | {COLUMNS[b]} | {_fmt(d.get('accuracy_rules'))} | {_fmt(d.get('accuracy'))} | "

@@ -126,8 +126,8 @@ class LetterJudge:
         return [[self.reply] for _ in requests]
 
 
-def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
-    """VLMEvalKit's protocol: rules first, the judge for the rest. The rules' reading (parsed,
+def test_judge_reads_what_the_rules_left_and_keeps_the_rules_verdict():
+    """After VLMEvalKit's protocol: rules first, the judge for the rest. The rules' reading (parsed,
     invalid, correct_rules) stays, so the invalid rate still measures instruction following,
     and the summary gives both accuracies."""
     r = {**MC, "options": {"A": "X-ray", "B": "MRI", "C": "CT"}, "answer": "C"}
@@ -148,17 +148,20 @@ def test_judge_reads_only_what_the_rules_left_and_keeps_the_rules_verdict():
 
 def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
     """A choice the rules infer (an option named by its text, a last sentence that concludes, a
-    letter met once, a review's verdict) is the judge's to read; one the answer states ('The
-    answer is C') stays the rules'. Where the judge gives no verdict, the rules' reading counts."""
+    letter met once, a review's verdict), in an <answer> tag or not, is the judge's to read; one
+    the answer states ('The answer is C', '<answer>C</answer>') stays the rules'. Where the judge
+    gives no verdict, the rules' reading counts."""
     inferred = ["The slices look cross-sectional, so this is a CT.",
                 "An X-ray shows bone, an ultrasound shows nothing here.\nTherefore, the scan is CT.",
-                "C fits the slices best.", "A) X-ray: This is not the best choice.\nC) CT: This is the best choice."]
-    rows = [ev.score_row(MC, "p", text) for text in inferred + ["The answer is C."]]
-    assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "cue"]
+                "C fits the slices best.", "A) X-ray: This is not the best choice.\nC) CT: This is the best choice.",
+                "Thinking.\n<answer>C fits the slices best.</answer>"]
+    rows = [ev.score_row(MC, "p", text) for text in inferred + ["The answer is C.", "<answer>C</answer>"]]
+    assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "answer_tag:letter",
+                                         "cue", "answer_tag:exact"]
     judge = LetterJudge("Z")
-    assert ev.judge_rows(judge, rows) == 4 and len(judge.prompts) == 4
-    assert [r["flags"] for r in rows] == [["judged"]] * 4 + [[]]
-    assert [r["correct"] for r in rows] == [False] * 4 + [True]  # the judge's reading, where it read
+    assert ev.judge_rows(judge, rows) == 5 and len(judge.prompts) == 5
+    assert [r["flags"] for r in rows] == [["judged"]] * 5 + [[]] * 2
+    assert [r["correct"] for r in rows] == [False] * 5 + [True] * 2  # the judge's reading, where it read
     assert all(r["parsed"] == "C" and r["correct_rules"] for r in rows)
     failed = [ev.score_row(MC, "p", inferred[0])]
     ev.judge_rows(TriesJudge(Exception), failed)
@@ -172,6 +175,8 @@ def test_the_judge_reads_a_grounding_answer_without_its_boxes():
     ev.judge_rows(judge, [row])
     assert row["box"] == (12.0, 40.0, 88.0, 120.0) and "[12, 40, 88, 120]" in row["response"]
     assert "is dense; no option fits well." in judge.prompts[0] and "[12, 40" not in judge.prompts[0]
+    only_box = ev.score_row(MC, "p", "[12, 40, 88, 120]", grounding=True)  # no answer to read
+    assert only_box["parsed"] is None and ev.judge_rows(LetterJudge("C"), [only_box]) == 0
 
 
 @pytest.mark.parametrize("reply", ["C", " C.", "**C**", "(C) CT", "C. CT", "The answer is C.", "Answer: C", "CT"])
@@ -235,8 +240,9 @@ def test_a_run_reports_the_answers_the_judge_gave_no_verdict_on(tmp_path):
     rows = ev.run_variant(Rambling(), recs, "base", ev.EvalConfig(model="m"), str(tmp_path / "v.jsonl"),
                           judge=TriesJudge(Exception, "C", Exception), log=logged.append)
     assert [r["flags"] for r in rows] == [["judged"], ["judge_error"]]
-    assert logged == [f"{tmp_path / 'v.jsonl'}: the judge gave no verdict on 1 answers (0 unreadable replies, 1 "
-                      "failed requests); they keep the rules' verdict"]
+    assert logged == [f"{tmp_path / 'v.jsonl'}: 2 answers sent to the judge (the rules could not read them or only "
+                      "inferred)", f"{tmp_path / 'v.jsonl'}: the judge gave no verdict on 1 answers (0 unreadable "
+                      "replies, 1 failed requests); they keep the rules' verdict"]
     s = summary.summarize(rows)
     assert (s["judged"], s["judge_error"], "judge_unreadable" in s) == (1, 1, False)
     table = summary.table_md([("m", {"benchmarks": {"mmmu": {"base": s}}})])
@@ -704,7 +710,7 @@ def test_embedded_benchmark_images_reach_the_backend_pixel_for_pixel(published, 
         assert np.array_equal(np.asarray(image.convert("RGB")), want), r["messages"][0]["content"]
 
 
-def test_cli_judge_model_builds_a_judge_that_reads_only_what_the_rules_cannot(published, tmp_path, monkeypatch):
+def test_cli_judge_model_builds_a_judge_that_reads_what_the_rules_cannot(published, tmp_path, monkeypatch):
     """--judge-model DIR --judge-backend KIND builds a second backend from DIR; it is asked (at
     temperature 0) about the two GMAI-MMBench answers the rules leave unresolved, and its verdict
     counts in the accuracy while the invalid rate stays the rules'."""

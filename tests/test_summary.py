@@ -42,13 +42,14 @@ def test_summary_has_instruction_following_and_positional_bias():
     rows = [row("a", True, kind="mc", parsed="A", gold="A", category="single_letter"),
             row("b", False, kind="mc", parsed="A", gold="B", category="cot"),
             row("c", False, kind="mc", parsed=None, gold="B", category="invalid"),
-            row("d", True, kind="mc", parsed="B", gold="B", category="answer_prefixed", flags=["judged"]),
+            row("d", True, kind="mc", parsed="A", gold="B", category="cot", flags=["judged"], judge_parsed="B"),
             {"id": "e", "base_id": "e", "flags": ["missing_image"], "correct": None}]
     s = summary.summarize(rows)
     assert (s["n"], s["n_scored"], s["n_missing_image"], s["n_mc"]) == (5, 4, 1, 4)
     assert s["accuracy"] == s["mc_accuracy"] == 0.5 and s["invalid_rate"] == 0.25 and s["judged"] == 1
-    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.25, "cot": 0.25, "other": 0.0,
+    assert s["categories"] == {"single_letter": 0.25, "answer_prefixed": 0.0, "cot": 0.5, "other": 0.0,
                                "invalid": 0.25}
+    # the letters chosen as finally read: where the judge read an answer, its letter
     assert s["chosen_letters"] == {"A": 2, "B": 1, "invalid": 1} and s["gold_letters"] == {"A": 1, "B": 3}
 
 
@@ -110,10 +111,13 @@ def test_cot_samples_grouped_by_skill(tmp_path):
           "Which of the following is most likely?", "What does the arrow point to?"]
     rows = [{**ev.score_row({**MC, "id": f"q{i}", "question": q, "answer": "A", "options": {"A": "x", "B": "y"}},
                             "p", "Thinking. <answer>A</answer>")} for i, q in enumerate(qs)]
+    rows[1].update(flags=["judged"], judge_parsed=None, correct=False)  # as if the judge had read no option
     res = summary.cot_report(rows, str(tmp_path / "cot.md"))
     assert [res[name]["n"] for name, _ in summary.SKILLS] == [1, 1, 1, 1, 1]
-    assert all(res[name]["accuracy"] == 1.0 for name, _ in summary.SKILLS)
-    assert "## modality recognition (1 samples, accuracy 100.00)" in (tmp_path / "cot.md").read_text()
+    assert [res[name]["accuracy"] for name, _ in summary.SKILLS] == [1.0, 0.0, 1.0, 1.0, 1.0]
+    text = (tmp_path / "cot.md").read_text()
+    assert "## modality recognition (1 samples, accuracy 100.00)" in text
+    assert "**q0** gold A, parsed A\n" in text and "**q1** gold A, parsed A, judge none\n" in text
     assert summary.skill_of({"question": "What is seen?", "meta": {"skill": "anatomical localization"}}) == \
         "anatomical localization"
     assert summary.skill_of({"question": "What is seen?", "skill": "side"}) == \
