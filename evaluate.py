@@ -295,11 +295,10 @@ JUDGE_TRIES = 3
 # VLMEvalKit settles by rule an answer with one option's letter or one option's text in it and
 # leaves the rest to its judge. Our rules read further into prose; where a judge is given, it
 # reads the answers decided by the rules that infer least surely (also inside an <answer> tag).
-# On the graded answers of tests/data (docs/notes.md) these
-# agree with their graders on 400 of 462 (an option named by its text), 196 of 225 (a concluding
-# sentence), 49 of 62 (a letter met once) and 267 of 280 (an option-by-option review), against
-# 1,986 of 2,021 for a cue ("the answer is C") and 14 of 14 for a denied option of an EXCEPT
-# question, which stay the rules'.
+# On the graded answers of tests/data (docs/notes.md) these agree with their graders on 432 of
+# 500 (an option named by its text), 214 of 246 (a concluding sentence), 52 of 65 (a letter met
+# once) and 283 of 297 (an option-by-option review), against 2,067 of 2,108 for a cue ("the
+# answer is C") and 15 of 15 for a denied option of an EXCEPT question, which stay the rules'.
 JUDGE_ALSO = ("option_text", "conclusion", "letter", "verdict")
 
 

@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 4,472 graded real ones, and the response categories.
+on 4,722 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -677,9 +677,9 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """4,472 real chain-of-thought answers to medical multiple-choice questions, each graded by
-    reading it (the option it commits to, or null), blind to the parser; 720 of them graded again
-    by a second reader, blind to the first, who agreed on 714, the other 6 being answers the first
+    """4,722 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 780 of them graded again
+    by a second reader, blind to the first, who agreed on 774, the other 6 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
     - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
       subjects (standard 10-option and vision settings): image questions answered step by step
@@ -687,10 +687,10 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in sixteen batches, each before the rules were changed or measured on it:
-      usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout15 (250 each; -heldout15 graded while the last
-      rules were made, measured once after).
+      not at all. Graded in seventeen batches, each before the rules were changed or measured on
+      it: usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
+      each); -heldout7 (200); -heldout8 to -heldout16 (250 each; -heldout15 graded while the last
+      rules were made, measured once after; -heldout16 graded after them, measured once).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
     it now reads differently."""
@@ -720,10 +720,11 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
-                "medmcqa-instructgpt-heldout15": (150, 123)}
+                "medmcqa-instructgpt-heldout15": (150, 123), "usmle-instructgpt-heldout16": (100, 89),
+                "medmcqa-instructgpt-heldout16": (150, 122)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
-    assert len(second) == 720 and sum(r["second_label"] == r["label"] for r in second) == 714
+    assert len(second) == 780 and sum(r["second_label"] == r["label"] for r in second) == 774
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     assert all(agree[s] >= least for s, (_, least) in expected.items()), (dict(agree), "\n".join(misses))
 

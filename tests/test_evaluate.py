@@ -266,13 +266,13 @@ class ReplayJudge:
 
 
 def test_rules_then_judge_on_graded_real_chain_of_thought():
-    """The 4,472 graded answers of test_answers.py read as a run with --judge-model reads them:
-    the rules first, then, for the 1,408 answers they leave unresolved and the 1,029 they decide
+    """The 4,722 graded answers of test_answers.py read as a run with --judge-model reads them:
+    the rules first, then, for the 1,491 answers they leave unresolved and the 1,108 they decide
     only by inference from prose (JUDGE_ALSO), the reply a judge gave to the JUDGE_PROMPT this
     run sends (stored as `judge_reply`; who the judges were, and why their agreement with the
     graders is likely above a smaller judge's: tests/data/README.md). The rules alone agree with
-    the graders on 4,010 answers (3,439 of the 3,900 that conclude in prose), rules then judge on
-    4,382 (3,810). The rules' reading stays beside the judge's, as the invalid rate needs it."""
+    the graders on 4,221 answers (3,650 of the 4,150 that conclude in prose), rules then judge on
+    4,622 (4,050). The rules' reading stays beside the judge's, as the invalid rate needs it."""
     graded = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
     with gzip.open(graded, "rt", encoding="utf-8") as f:
         graded = [json.loads(line) for line in f]
@@ -284,16 +284,16 @@ def test_rules_then_judge_on_graded_real_chain_of_thought():
         if "judge_reply" in g:
             replies[JUDGE_PROMPT.format(question=g["question"], response=g["response"],
                                         options=format_options(g["options"]))] = g["judge_reply"]
-    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2437
+    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2599
     judged = [r for r in rows if r["flags"]]
     assert all(r["flags"] == ["judged"] for r in judged)
-    assert sum(r["parsed"] is None for r in judged) == 1408
+    assert sum(r["parsed"] is None for r in judged) == 1491
     assert {r["rule"] for r in rows if not r["flags"]} == {"cue", "denied"}
     prose = [not g["source"].startswith("mmmu") for g in graded]
-    assert sum(r["correct_rules"] for r in rows) >= 4010
-    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3439
-    assert sum(r["correct"] for r in rows) >= 4382
-    assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 3810
+    assert sum(r["correct_rules"] for r in rows) >= 4221
+    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3650
+    assert sum(r["correct"] for r in rows) >= 4622
+    assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 4050
 
 
 # ----------------------------------------------------------------- which records each variant asks
