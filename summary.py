@@ -358,13 +358,39 @@ def _judge_misses(d):
 
 def compare(run_dirs):
     """Table 1 Markdown of several run directories (each with its summary.json), side by side,
-    then each later run against the first on the questions both scored (paired_md)."""
+    what made each run (runs_md), then each later run against the first on the questions both
+    scored (paired_md)."""
     runs = []
     for d in run_dirs:
         with open(os.path.join(d, "summary.json")) as f:
             s = json.load(f)
         runs.append((s["run"]["name"], s))
-    return table_md(runs) + paired_md(run_dirs, [label for label, _ in runs])
+    return table_md(runs) + runs_md(runs) + paired_md(run_dirs, [label for label, _ in runs])
+
+
+def runs_md(runs):
+    """What made each run (checkpoint, backend, dtype: 'default' for the backend's own, judge, code
+    version), and a note where runs read their answers differently: a benchmark a judge read in
+    one run and not in another (the rules alone read both alike), or code of different versions
+    (each row was read by the code that scored it)."""
+    lines = ["", "| Model | Checkpoint | Backend | dtype | Judge | Code |", "|---|---|---|---|---|---|"]
+    for label, s in runs:
+        r = s.get("run", {})
+        judge = f"{r['judge_model']} ({r.get('judge_backend', 'native')})" if r.get("judge_model") else "-"
+        lines.append(f"| {label} | {r.get('model', '-')} | {r.get('backend', '-')} | {r.get('dtype') or 'default'} | "
+                     f"{judge} | {str(r.get('code_version', '-'))[:12]} |")
+    for b in COLUMNS:
+        ran = [(label, s["benchmarks"][b].get("base", {})) for label, s in runs if b in s["benchmarks"]]
+        judged = [lb for lb, d in ran if d.get("judged") or d.get("judge_unreadable") or d.get("judge_error")]
+        alone = [lb for lb, _ in ran if lb not in judged]
+        if judged and alone:
+            lines += ["", f"{COLUMNS[b]}: a judge read answers in {', '.join(judged)} and none in {', '.join(alone)}: "
+                          f"set {', '.join(alone)}'s Table 1 number against {', '.join(judged)}'s 'Accuracy, rules "
+                          "only' above."]
+    if len({s.get("run", {}).get("code_version") for _, s in runs}) > 1:
+        lines += ["", "The runs were scored by different versions of this code; each row was read by the version "
+                      "that scored it."]
+    return "\n".join(lines) + "\n"
 
 
 def paired_md(run_dirs, labels):

@@ -227,13 +227,32 @@ def test_every_benchmark_has_a_table_column():
     assert list(summary.COLUMNS) == list(ev.BENCHMARKS)
 
 
-def test_compare_reads_run_directories(tmp_path):
+def test_compare_reads_run_directories_and_says_what_made_each_run(tmp_path):
     for name, acc in (("base", 0.5), ("trained", 0.75)):
         (tmp_path / name).mkdir()
-        run = {"run": {"name": name}, "benchmarks": {"pmc_vqa": {"base": {"accuracy": acc}}}}
+        run = {"run": {"name": name, "model": f"ckpt/{name}", "backend": "native", "dtype": "bfloat16",
+                       "code_version": "0123456789abcdef"}, "benchmarks": {"pmc_vqa": {"base": {"accuracy": acc}}}}
         (tmp_path / name / "summary.json").write_text(json.dumps(run))
     assert summary.compare([str(tmp_path / "base"), str(tmp_path / "trained")]).splitlines() == \
-        ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |"]
+        ["| Model | PMC-VQA |", "|---|---|", "| base | 50.00 |", "| trained | 75.00 |", "",
+         "| Model | Checkpoint | Backend | dtype | Judge | Code |", "|---|---|---|---|---|---|",
+         "| base | ckpt/base | native | bfloat16 | - | 0123456789ab |",
+         "| trained | ckpt/trained | native | bfloat16 | - | 0123456789ab |"]
+
+
+def test_compare_says_where_runs_read_their_answers_differently():
+    """A judge read MMMU's answers in one run and not in the other, and the code differed: the
+    Table 1 numbers are not read alike, and the comparison says so."""
+    judged = {"run": {"name": "a", "judge_model": "ckpt/judge", "code_version": "aaa"},
+              "benchmarks": {"mmmu": {"base": {"accuracy": 0.6, "accuracy_rules": 0.5, "judged": 3}},
+                             "pmc_vqa": {"base": {"accuracy": 0.5, "judged": 0}}}}
+    alone = {"run": {"name": "b", "code_version": "bbb"},
+             "benchmarks": {"mmmu": {"base": {"accuracy": 0.5, "judged": 0}}, "pmc_vqa": {"base": {"accuracy": 0.5}}}}
+    lines = summary.runs_md([("a", judged), ("b", alone)]).splitlines()
+    assert "| a | - | - | default | ckpt/judge (native) | aaa |" in lines
+    assert "MMMU(H&M): a judge read answers in a and none in b: set b's Table 1 number against a's 'Accuracy, " \
+        "rules only' above." in lines and not any(line.startswith("PMC-VQA") for line in lines)
+    assert lines[-1].startswith("The runs were scored by different versions of this code")
 
 
 # ----------------------------------------------------------------- uncertainty of the numbers
