@@ -122,13 +122,22 @@ def parse_choice_rule(response, options, question=None):
     return _resolve(_ANSWER_TAG.sub(" ", response), options, asked)
 
 
+# LaTeX around an answer, as models trained on math write it ('Answer: \\( \\text{G} \\)',
+# '\\boxed{C}', '$C$'): read as the text it wraps (a '$' of money stays)
+_LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}|\$\s*([A-Za-z])\s*\$")
+_LATEX_MATH = re.compile(r"\\[()\[\]]")
+
+
 def _normalized(response, options):
     """One apostrophe ("Crohn’s disease" in an option is "Crohn's disease" in the response),
-    upper-case letters, option texts without a copy of their own letter ('c)\tTo counteract ...',
-    as some MedMCQA options are written)."""
+    LaTeX wrappers read as what they wrap, upper-case letters, option texts without a copy of
+    their own letter ('c)\tTo counteract ...', as some MedMCQA options are written)."""
     options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
     options = {k: re.sub(rf"^\s*\(?{k}[.)]\s+", "", v, flags=re.I) for k, v in options.items()}
-    return (response or "").replace("’", "'"), options
+    response = (response or "").replace("’", "'")
+    for _ in range(3):  # '$\\boxed{\\text{C}}$': wrappers inside wrappers
+        response = _LATEX_WRAP.sub(lambda m: m[1] if m[1] is not None else m[2], response)
+    return _LATEX_MATH.sub(" ", response), options
 
 
 def _resolve(text, options, asked=None):
@@ -641,6 +650,9 @@ def _text_spans(text, options, keep_negated=False, plural=False):
     for 'Endometrioma'). A hyphen between words reads as a space, but a text inside a longer
     hyphenated compound is none ('non-small-cell lung cancer' is no 'Small cell lung cancer')."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
+    # a text that is an option's letter labels a figure: named as a letter (_letters), never as a
+    # word, or "a" in "like a medical expert" would be option "A" (lead "I" stays a text)
+    texts = {k: t for k, t in texts.items() if not (len(t) == 1 and t.upper() in options)}
     spaced, texts = _HYPHEN.sub(" ", low), {k: _HYPHEN.sub(" ", t) for k, t in texts.items()}
     spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(spaced, t, plural)
              if not (_HYPHEN.match(low, i - 1) or _HYPHEN.match(low, e))]  # not inside a compound: non-small-cell

@@ -294,12 +294,21 @@ def score_row(record, prompt, response, grounding=False):
 JUDGE_TRIES = 3
 # VLMEvalKit settles by rule an answer with one option's letter or one option's text in it and
 # leaves the rest to its judge. Our rules read further into prose; where a judge is given, it
-# reads the answers decided by the rules that infer least surely (also inside an <answer> tag).
-# On the graded answers of tests/data (docs/notes.md) these agree with their graders on 432 of
-# 500 (an option named by its text), 214 of 246 (a concluding sentence), 52 of 65 (a letter met
-# once) and 283 of 297 (an option-by-option review), against 2,067 of 2,108 for a cue ("the
-# answer is C") and 15 of 15 for a denied option of an EXCEPT question, which stay the rules'.
+# reads the answers decided by the rules that infer least surely (also inside an <answer> tag),
+# unless the answer states that choice first (opens_with_choice). On the 4,472 graded answers
+# the choice was made on (tests/data, docs/notes.md) these agree with their graders on 400 of
+# 462 (an option named by its text), 196 of 225 (a concluding sentence), 49 of 62 (a letter met
+# once) and 267 of 280 (an option-by-option review), against 1,986 of 2,021 for a cue ("the
+# answer is C") and 14 of 14 for a denied option of an EXCEPT question, which stay the rules'.
 JUDGE_ALSO = ("option_text", "conclusion", "letter", "verdict")
+_FIRST_SENTENCE = re.compile(r"(?<=[.!?])\s|\n")
+
+
+def opens_with_choice(text, options, question, letter):
+    """Whether the answer's first sentence alone reads as `letter`: a choice stated first ('C.
+    CT\n\nThe slices are axial.', 'Option C, as the slices are axial', 'CT scan'), however the
+    answer goes on, as a direct-answer prompt asks for it."""
+    return parse_choice_rule(_FIRST_SENTENCE.split(text.strip(), 1)[0], options, question)[0] == letter
 
 
 def judge_letter(reply, options):
@@ -312,7 +321,8 @@ def judge_letter(reply, options):
 def judge_rows(judge, rows, seed=0):
     """After VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any
     backend: .generate(requests, ...)) for the multiple-choice rows the rules left unresolved or
-    decided only by inference from prose (JUDGE_ALSO), in place. A judged row is flagged
+    decided only by inference from prose (JUDGE_ALSO, where the answer does not state its choice
+    first), in place. A judged row is flagged
     'judged' and keeps the judge's reply and letter ('judge_parsed', None for 'Z'); 'correct'
     becomes the judge's verdict, while 'parsed', 'invalid' and 'correct_rules' stay the rules'
     (the invalid rate measures instruction following). The first try is greedy; a reply
@@ -324,8 +334,11 @@ def judge_rows(judge, rows, seed=0):
     boxes, as the rules read it. Returns how many rows it sent to the judge."""
     def answer(r):
         return strip_boxes(r["response"]) if "box" in r else r["response"]
-    todo = [r for r in rows if r.get("kind") == "mc" and answer(r).strip()
-            and (r["parsed"] is None or r.get("rule", "").split(":")[-1] in JUDGE_ALSO)
+
+    def inferred(r):  # a choice the rules found in the answer's prose, not one it states first
+        return (r.get("rule", "").split(":")[-1] in JUDGE_ALSO
+                and not opens_with_choice(answer(r), r["options"], r["question"], r["parsed"]))
+    todo = [r for r in rows if r.get("kind") == "mc" and answer(r).strip() and (r["parsed"] is None or inferred(r))
             and not {"judged", "judge_unreadable", "judge_error", "truncated"} & set(r["flags"])]
     sent = len(todo)
     for attempt in range(JUDGE_TRIES):

@@ -9,7 +9,8 @@ runs side by side.
 - summarize: one variant of one benchmark -> MultiMedEval's aggregates (closed accuracy, open
   recall and accuracy, BLEU-1, F1), option accuracy (with a judge: rules only and rules + judge,
   the answers judged), instruction following (the rules' invalid rate, the paper's response
-  categories), positional bias (chosen vs gold letters, the judge's reading where it read),
+  categories), positional bias (chosen vs gold letters, the judge's reading where it read:
+  'none' where it read no option, 'invalid' where the rules read none and no judge read it),
   accuracy per skill and per group (MMMU subject and subfield, GMAI-MMBench axes), box rate and
   IoU; answers cut by the token budget and answers the judge gave no verdict on, counted.
 - analyses: each variant against the base run: shuffled options, rephrased questions and the
@@ -151,7 +152,8 @@ def summarize(rows):
                  categories={k: cats[k] / len(mc) for k in CATEGORIES},
                  judged=sum("judged" in r["flags"] for r in mc),
                  **{k: n for k in ("judge_unreadable", "judge_error") if (n := sum(k in r["flags"] for r in mc))},
-                 chosen_letters=dict(sorted(Counter(chosen_letter(r) or "invalid" for r in mc).items())),
+                 chosen_letters=dict(sorted(Counter(chosen_letter(r) or ("none" if "judged" in r["flags"]
+                                                                         else "invalid") for r in mc).items())),
                  gold_letters=dict(sorted(Counter(r["gold"] for r in mc).items())))
     if any(r.get("groups") for r in scored):
         s["by_group"] = by_group(scored)
@@ -380,14 +382,14 @@ def runs_md(runs):
         lines.append(f"| {label} | {r.get('model', '-')} | {r.get('backend', '-')} | {r.get('dtype') or 'default'} | "
                      f"{judge} | {str(r.get('code_version', '-'))[:12]} |")
     for b in COLUMNS:
-        ran = [(label, s["benchmarks"][b].get("base", {})) for label, s in runs if b in s["benchmarks"]]
+        ran = [(label, s["benchmarks"][b]["base"]) for label, s in runs if "base" in s["benchmarks"].get(b, {})]
         judged = [lb for lb, d in ran if d.get("judged") or d.get("judge_unreadable") or d.get("judge_error")]
         alone = [lb for lb, _ in ran if lb not in judged]
         if judged and alone:
             lines += ["", f"{COLUMNS[b]}: a judge read answers in {', '.join(judged)} and none in {', '.join(alone)}: "
                           f"set {', '.join(alone)}'s Table 1 number against {', '.join(judged)}'s 'Accuracy, rules "
-                          "only' above."]
-    if len({s.get("run", {}).get("code_version") for _, s in runs}) > 1:
+                          "only' above; the paired comparison reads both by the rules."]
+    if len({v for _, s in runs if (v := s.get("run", {}).get("code_version"))}) > 1:  # older runs name none
         lines += ["", "The runs were scored by different versions of this code; each row was read by the version "
                       "that scored it."]
     return "\n".join(lines) + "\n"
@@ -397,7 +399,8 @@ def paired_md(run_dirs, labels):
     """Each later run against the first, per benchmark, on the questions both scored (their base
     rows, <run>/<benchmark>/base.jsonl), by the Table 1 metric (for VQA-RAD, SLAKE and Path-VQA
     the yes/no questions): the change, the questions only one run got right, and McNemar's exact
-    p-value, the test for two models answering the same questions."""
+    p-value, the test for two models answering the same questions. Where a judge read answers of
+    one run and not of the other, both are compared by the rules' reading ('rules only')."""
     lines = []
     for d, label in zip(run_dirs[1:], labels[1:]):
         for b in COLUMNS:
@@ -405,14 +408,18 @@ def paired_md(run_dirs, labels):
             if not (os.path.exists(first) and os.path.exists(other)):
                 continue
             closed = TABLE1_METRIC.get(b) == "closed_accuracy"
-            a, o = ({r["id"]: bool(r["correct"]) for r in read_jsonl(p) if r.get("correct") is not None
-                     and (not closed or r.get("closed"))} for p in (first, other))
+            rows = [[r for r in read_jsonl(p) if r.get("correct") is not None and (not closed or r.get("closed"))]
+                    for p in (first, other)]
+            judged = [any("judged" in r.get("flags", ()) for r in rs) for rs in rows]
+            key = "correct_rules" if judged[0] != judged[1] else "correct"  # read alike, or not at all
+            a, o = ({r["id"]: bool(r.get(key, r["correct"])) for r in rs} for rs in rows)
             ids = set(a) & set(o)
             if not ids:
                 continue
             only_a, only_o = sum(a[i] and not o[i] for i in ids), sum(o[i] and not a[i] for i in ids)
             delta = (sum(o[i] for i in ids) - sum(a[i] for i in ids)) / len(ids)
-            lines.append(f"| {COLUMNS[b]} | {label} vs {labels[0]} | {len(ids)} | {100 * delta:+.2f} | {only_o} | "
+            name = COLUMNS[b] + (" (rules only)" if key == "correct_rules" else "")
+            lines.append(f"| {name} | {label} vs {labels[0]} | {len(ids)} | {100 * delta:+.2f} | {only_o} | "
                          f"{only_a} | {mcnemar(only_a, only_o):.3g} |")
     if not lines:
         return ""

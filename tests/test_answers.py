@@ -160,6 +160,10 @@ REAL_RESPONSE_CASES = [
     ("The highlighted structure corresponds to Region C.", R, "C"),
     ("Region C, because the arrow points to it.", R, "C"),
     ("The structure marked B is the aorta, not region D.", R, "B"),
+    # ... where the article "a" is no label (graded: heldout5, heldout16)
+    ("Let's think step by step like a medical expert. The masseter closes the jaw.", L, None),
+    ("A desmosome is a type of cell junction; it would be in the location with the most of them.", L, None),
+    ("The muscle that opens the jaw is a lateral pterygoid, labelled D.", L, "D"),
 ]
 
 
@@ -710,7 +714,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 94),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
-                "medmcqa-instructgpt-heldout5": (150, 126), "usmle-instructgpt-heldout6": (100, 87),
+                "medmcqa-instructgpt-heldout5": (150, 127), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
                 "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 95),
                 "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
@@ -721,7 +725,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
                 "medmcqa-instructgpt-heldout15": (150, 123), "usmle-instructgpt-heldout16": (100, 89),
-                "medmcqa-instructgpt-heldout16": (150, 122)}
+                "medmcqa-instructgpt-heldout16": (150, 123)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
     assert len(second) == 780 and sum(r["second_label"] == r["label"] for r in second) == 774
@@ -740,6 +744,17 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
 ])
 def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
     assert parse_choice_rule(response, O4)[1] == rule
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("Answer: \\( \\text{B} \\)", ("B", "cue")), ("So the answer is $\\boxed{\\text{B}}$.", ("B", "cue")),
+    ("\\boxed{B}", ("B", "exact")), ("Answer: $B$", ("B", "cue")), ("Answer: \\(\\boxed{B}\\)", ("B", "cue")),
+    ("It costs $5 and $10 a scan, so magnetic resonance imaging.", ("B", "option_text")),  # money is no math
+])
+def test_an_answer_written_in_latex_is_read_as_the_text_it_wraps(response, expected):
+    """Models trained on math write their answer line in LaTeX (as GPT-4o does in the graded
+    MMMU-Pro answers: 'Answer: \\( \\text{G} \\)'); the wrapper hides neither the letter nor the cue."""
+    assert parse_choice_rule(response, O4) == expected
 
 
 @pytest.mark.parametrize("response,expected", [

@@ -149,19 +149,22 @@ def test_judge_reads_what_the_rules_left_and_keeps_the_rules_verdict():
 def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
     """A choice the rules infer (an option named by its text, a last sentence that concludes, a
     letter met once, a review's verdict), in an <answer> tag or not, is the judge's to read; one
-    the answer states ('The answer is C', '<answer>C</answer>') stays the rules'. Where the judge
-    gives no verdict, the rules' reading counts."""
-    inferred = ["The slices look cross-sectional, so this is a CT.",
+    the answer states ('The answer is C', '<answer>C</answer>', or first: 'C. CT' and then why)
+    stays the rules'. Where the judge gives no verdict, the rules' reading counts."""
+    inferred = ["The slices are cross-sectional. So this is a CT.",
                 "An X-ray shows bone, an ultrasound shows nothing here.\nTherefore, the scan is CT.",
-                "C fits the slices best.", "A) X-ray: This is not the best choice.\nC) CT: This is the best choice.",
+                "The slices are axial. C fits them best.",
+                "A) X-ray: This is not the best choice.\nC) CT: This is the best choice.",
                 "Thinking.\n<answer>C fits the slices best.</answer>"]
-    rows = [ev.score_row(MC, "p", text) for text in inferred + ["The answer is C.", "<answer>C</answer>"]]
+    stated = ["The answer is C.", "<answer>C</answer>", "C. CT\n\nThe slices are axial, typical of CT.",
+              "Option C, as the slices are axial.", "CT scan", "Answer: \\( \\boxed{C} \\)"]
+    rows = [ev.score_row(MC, "p", text) for text in inferred + stated]
     assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "answer_tag:letter",
-                                         "cue", "answer_tag:exact"]
+                                         "cue", "answer_tag:exact", "letter", "letter", "option_text", "cue"]
     judge = LetterJudge("Z")
     assert ev.judge_rows(judge, rows) == 5 and len(judge.prompts) == 5
-    assert [r["flags"] for r in rows] == [["judged"]] * 5 + [[]] * 2
-    assert [r["correct"] for r in rows] == [False] * 5 + [True] * 2  # the judge's reading, where it read
+    assert [r["flags"] for r in rows] == [["judged"]] * 5 + [[]] * 6
+    assert [r["correct"] for r in rows] == [False] * 5 + [True] * 6  # the judge's reading, where it read
     assert all(r["parsed"] == "C" and r["correct_rules"] for r in rows)
     failed = [ev.score_row(MC, "p", inferred[0])]
     ev.judge_rows(TriesJudge(Exception), failed)
@@ -267,11 +270,11 @@ class ReplayJudge:
 
 def test_rules_then_judge_on_graded_real_chain_of_thought():
     """The 4,722 graded answers of test_answers.py read as a run with --judge-model reads them:
-    the rules first, then, for the 1,491 answers they leave unresolved and the 1,108 they decide
-    only by inference from prose (JUDGE_ALSO), the reply a judge gave to the JUDGE_PROMPT this
+    the rules first, then, for the 1,493 answers they leave unresolved and the 1,101 they decide
+    only by inference from prose (JUDGE_ALSO, not stated first), the reply a judge gave to the JUDGE_PROMPT this
     run sends (stored as `judge_reply`; who the judges were, and why their agreement with the
     graders is likely above a smaller judge's: tests/data/README.md). The rules alone agree with
-    the graders on 4,221 answers (3,650 of the 4,150 that conclude in prose), rules then judge on
+    the graders on 4,223 answers (3,652 of the 4,150 that conclude in prose), rules then judge on
     4,622 (4,050). The rules' reading stays beside the judge's, as the invalid rate needs it."""
     graded = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
     with gzip.open(graded, "rt", encoding="utf-8") as f:
@@ -284,14 +287,14 @@ def test_rules_then_judge_on_graded_real_chain_of_thought():
         if "judge_reply" in g:
             replies[JUDGE_PROMPT.format(question=g["question"], response=g["response"],
                                         options=format_options(g["options"]))] = g["judge_reply"]
-    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2599
+    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2594
     judged = [r for r in rows if r["flags"]]
     assert all(r["flags"] == ["judged"] for r in judged)
-    assert sum(r["parsed"] is None for r in judged) == 1491
+    assert sum(r["parsed"] is None for r in judged) == 1493
     assert {r["rule"] for r in rows if not r["flags"]} == {"cue", "denied"}
     prose = [not g["source"].startswith("mmmu") for g in graded]
-    assert sum(r["correct_rules"] for r in rows) >= 4221
-    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3650
+    assert sum(r["correct_rules"] for r in rows) >= 4223
+    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3652
     assert sum(r["correct"] for r in rows) >= 4622
     assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 4050
 

@@ -51,6 +51,8 @@ def test_summary_has_instruction_following_and_positional_bias():
                                "invalid": 0.25}
     # the letters chosen as finally read: where the judge read an answer, its letter
     assert s["chosen_letters"] == {"A": 2, "B": 1, "invalid": 1} and s["gold_letters"] == {"A": 1, "B": 3}
+    z = row("f", False, kind="mc", parsed="A", gold="B", category="cot", flags=["judged"], judge_parsed=None)
+    assert summary.summarize([z])["chosen_letters"] == {"none": 1}  # the judge read no option; the rules did
 
 
 def test_analyses_compare_each_variant_with_base(tmp_path):
@@ -251,8 +253,11 @@ def test_compare_says_where_runs_read_their_answers_differently():
     lines = summary.runs_md([("a", judged), ("b", alone)]).splitlines()
     assert "| a | - | - | default | ckpt/judge (native) | aaa |" in lines
     assert "MMMU(H&M): a judge read answers in a and none in b: set b's Table 1 number against a's 'Accuracy, " \
-        "rules only' above." in lines and not any(line.startswith("PMC-VQA") for line in lines)
+        "rules only' above; the paired comparison reads both by the rules." in lines
+    assert not any(line.startswith("PMC-VQA") for line in lines)
     assert lines[-1].startswith("The runs were scored by different versions of this code")
+    older = {"run": {"name": "c"}, "benchmarks": {"mmmu": {"base": {"accuracy": 0.5}}}}  # names no code version
+    assert not any(line.startswith("The runs") for line in summary.runs_md([("a", judged), ("c", older)]).splitlines())
 
 
 # ----------------------------------------------------------------- uncertainty of the numbers
@@ -278,6 +283,19 @@ def test_summaries_carry_the_interval_of_their_accuracy_and_the_table_shows_it()
     lines = summary.table_md([("m", {"benchmarks": {"vqa_rad": {"base": s}, "pmc_vqa": {"base": {"accuracy": 0.5}}}})])
     lo, hi = (f"{100 * x:.2f}" for x in summary.wilson(2, 3))
     assert f"| m | {lo}-{hi} | - |" in lines.splitlines()  # VQA-RAD by its closed questions; PMC-VQA gave none
+
+
+def test_compare_pairs_a_judged_run_with_an_unjudged_one_by_the_rules(tmp_path):
+    """The same answers, read by a judge in one run only: compared by the judge's reading they
+    would differ on every judged question; by the rules', which read both, they agree."""
+    for name, judged in (("base", False), ("trained", True)):
+        (tmp_path / name / "mmmu").mkdir(parents=True)
+        (tmp_path / name / "summary.json").write_text(json.dumps({"run": {"name": name}, "benchmarks": {}}))
+        rows = [{"id": f"q{i}", "correct_rules": False, "correct": judged, "flags": ["judged"] if judged else []}
+                for i in range(6)]
+        (tmp_path / name / "mmmu" / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = summary.paired_md([str(tmp_path / "base"), str(tmp_path / "trained")], ["base", "trained"]).splitlines()
+    assert lines[-1] == "| MMMU(H&M) (rules only) | trained vs base | 6 | +0.00 | 0 | 0 | 1 |"
 
 
 def test_compare_pairs_each_run_with_the_first_on_the_questions_both_scored(tmp_path):
