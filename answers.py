@@ -123,9 +123,11 @@ def parse_choice_rule(response, options, question=None):
 
 
 # LaTeX around an answer, as models trained on math write it ('Answer: \\( \\text{G} \\)',
-# '\\boxed{C}', '$C$'): read as the text it wraps (a '$' of money stays)
+# '\\boxed{C}', '$C$'): read as the text it wraps (a '$' of money stays); a degree sign written
+# in LaTeX ('38.5^{\\circ}\\text{C}') becomes '°', so that its C is a temperature, as in '38.5°C'
 _LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}|\$\s*([A-Za-z])\s*\$")
 _LATEX_MATH = re.compile(r"\\[()\[\]]")
+_LATEX_DEGREE = re.compile(r"\$?\^\s*\{?\\circ\}?\$?(?:\\[,;: ]|\s)*|\\degree\b\s*")
 
 
 def _normalized(response, options):
@@ -134,7 +136,7 @@ def _normalized(response, options):
     their own letter ('c)\tTo counteract ...', as some MedMCQA options are written)."""
     options = {str(k).upper(): str(v).replace("’", "'") for k, v in options.items()}
     options = {k: re.sub(rf"^\s*\(?{k}[.)]\s+", "", v, flags=re.I) for k, v in options.items()}
-    response = (response or "").replace("’", "'")
+    response = _LATEX_DEGREE.sub("°", (response or "").replace("’", "'"))
     for _ in range(3):  # '$\\boxed{\\text{C}}$': wrappers inside wrappers
         response = _LATEX_WRAP.sub(lambda m: m[1] if m[1] is not None else m[2], response)
     return _LATEX_MATH.sub(" ", response), options
@@ -650,17 +652,26 @@ def _text_spans(text, options, keep_negated=False, plural=False):
     for 'Endometrioma'). A hyphen between words reads as a space, but a text inside a longer
     hyphenated compound is none ('non-small-cell lung cancer' is no 'Small cell lung cancer')."""
     low, texts = text.lower(), {letter: _opt_text(t) for letter, t in options.items()}
-    # a text that is an option's letter labels a figure: named as a letter (_letters), never as a
-    # word, or "a" in "like a medical expert" would be option "A" (lead "I" stays a text)
-    texts = {k: t for k, t in texts.items() if not (len(t) == 1 and t.upper() in options)}
     spaced, texts = _HYPHEN.sub(" ", low), {k: _HYPHEN.sub(" ", t) for k, t in texts.items()}
     spans = [(i, e, letter) for letter, t in texts.items() for i, e in _occurrences(spaced, t, plural)
-             if not (_HYPHEN.match(low, i - 1) or _HYPHEN.match(low, e))]  # not inside a compound: non-small-cell
+             if not (_HYPHEN.match(low, i - 1) or _HYPHEN.match(low, e))  # not inside a compound: non-small-cell
+             and (len(t) > 1 or not t.isalpha() or _letter_text_at(text, i))]
     kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0]
                                         for o in spans)]
     return [s for s in kept if (keep_negated or not _NEG_BEFORE.search(low[max(0, s[0] - 60):s[0]])
                                 and not _negated_after(text, s[1], options))
             and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
+
+
+def _letter_text_at(text, i):
+    """Is the one-letter option text found at `i` a name ('vitamin A', 'lead I', 'blood group O',
+    a figure's label 'B') rather than the article or the pronoun ('like a medical expert', 'A
+    desmosome is', 'I think')? Only a capital letter names."""
+    c = text[i]
+    if not c.isupper():
+        return False
+    named = _NAMED_BEFORE.search(text[max(0, i - 40):i]) is not None
+    return named or not (c in "AI" and _ARTICLE_AFTER.match(text, i + 1))
 
 
 # Option texts are found with str methods, not regexes built per option: a pattern per option

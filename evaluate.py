@@ -301,14 +301,19 @@ JUDGE_TRIES = 3
 # once) and 267 of 280 (an option-by-option review), against 1,986 of 2,021 for a cue ("the
 # answer is C") and 14 of 14 for a denied option of an EXCEPT question, which stay the rules'.
 JUDGE_ALSO = ("option_text", "conclusion", "letter", "verdict")
-_FIRST_SENTENCE = re.compile(r"(?<=[.!?])\s|\n")
+_OPTION_HEADING = re.compile(r"^[\s*#>-]*\(?([A-Z])[.):]", re.M)
 
 
 def opens_with_choice(text, options, question, letter):
-    """Whether the answer's first sentence alone reads as `letter`: a choice stated first ('C.
-    CT\n\nThe slices are axial.', 'Option C, as the slices are axial', 'CT scan'), however the
-    answer goes on, as a direct-answer prompt asks for it."""
-    return parse_choice_rule(_FIRST_SENTENCE.split(text.strip(), 1)[0], options, question)[0] == letter
+    """Whether the answer's first line states `letter` by itself ('C', 'C. CT', '**C**') or as an
+    answer ('The answer is C.'), however the answer goes on ('C. CT\n\nThe slices are axial.'),
+    as a direct-answer prompt gets it; not the first line of an option-by-option review ('A.
+    X-ray: the right first step.\nB. MRI: ...')."""
+    text = text.strip()
+    if len({m[1] for m in _OPTION_HEADING.finditer(text)} & set(options)) > 1:
+        return False
+    first, rule = parse_choice_rule(text.split("\n", 1)[0], options, question)
+    return first == letter and rule.split(":")[-1] in ("exact", "cue")
 
 
 def judge_letter(reply, options):

@@ -164,6 +164,13 @@ REAL_RESPONSE_CASES = [
     ("Let's think step by step like a medical expert. The masseter closes the jaw.", L, None),
     ("A desmosome is a type of cell junction; it would be in the location with the most of them.", L, None),
     ("The muscle that opens the jaw is a lateral pterygoid, labelled D.", L, "D"),
+    # ... while a capital letter that names (vitamin A, lead I, blood group O) is an option's text
+    ("Night blindness is caused by deficiency of vitamin A.", {"A": "A", "B": "B", "C": "C", "D": "E"}, "A"),
+    ("Blood group A is associated with gastric carcinoma.", {"A": "A", "B": "B", "C": "AB", "D": "O"}, "A"),
+    ("Gastric carcinoma is more common in blood group A, peptic ulcer in group O.",
+     {"A": "A", "B": "B", "C": "AB", "D": "O"}, None),
+    ("The olfactory nerve, cranial nerve I, is torn at the cribriform plate. This causes anosmia.",
+     dict(zip("ABCDEFGHIJ", ["II", "I", "III", "IV", "V", "VI", "VII", "VIII", "X", "IX"])), "B"),
 ]
 
 
@@ -750,6 +757,8 @@ def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
     ("Answer: \\( \\text{B} \\)", ("B", "cue")), ("So the answer is $\\boxed{\\text{B}}$.", ("B", "cue")),
     ("\\boxed{B}", ("B", "exact")), ("Answer: $B$", ("B", "cue")), ("Answer: \\(\\boxed{B}\\)", ("B", "cue")),
     ("It costs $5 and $10 a scan, so magnetic resonance imaging.", ("B", "option_text")),  # money is no math
+    ("Her temperature is \\(38.5\\,^{\\circ}\\text{C}\\). Image with ultrasound first.", ("D", "option_text")),
+    ("Fever of $38.5^\\circ C$; ultrasound first.", ("D", "option_text")),  # a temperature's C is no option
 ])
 def test_an_answer_written_in_latex_is_read_as_the_text_it_wraps(response, expected):
     """Models trained on math write their answer line in LaTeX (as GPT-4o does in the graded

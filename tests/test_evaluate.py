@@ -149,22 +149,25 @@ def test_judge_reads_what_the_rules_left_and_keeps_the_rules_verdict():
 def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
     """A choice the rules infer (an option named by its text, a last sentence that concludes, a
     letter met once, a review's verdict), in an <answer> tag or not, is the judge's to read; one
-    the answer states ('The answer is C', '<answer>C</answer>', or first: 'C. CT' and then why)
-    stays the rules'. Where the judge gives no verdict, the rules' reading counts."""
+    the answer states ('The answer is C', '<answer>C</answer>', or on its first line: 'C. CT' and
+    then why) stays the rules'. Where the judge gives no verdict, the rules' reading counts."""
     inferred = ["The slices are cross-sectional. So this is a CT.",
                 "An X-ray shows bone, an ultrasound shows nothing here.\nTherefore, the scan is CT.",
                 "The slices are axial. C fits them best.",
                 "A) X-ray: This is not the best choice.\nC) CT: This is the best choice.",
-                "Thinking.\n<answer>C fits the slices best.</answer>"]
+                "Thinking.\n<answer>C fits the slices best.</answer>",
+                "C. CT: the right first look.\nD. Ultrasound: better for this soft tissue.\nSo CT.",  # a review
+                "Option C, as the slices are axial.", "CT scan"]  # short, but no stated answer: the judge reads them
     stated = ["The answer is C.", "<answer>C</answer>", "C. CT\n\nThe slices are axial, typical of CT.",
-              "Option C, as the slices are axial.", "CT scan", "Answer: \\( \\boxed{C} \\)"]
+              "**C**\n\nAxial slices.", "Answer: \\( \\boxed{C} \\)"]
     rows = [ev.score_row(MC, "p", text) for text in inferred + stated]
     assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "answer_tag:letter",
-                                         "cue", "answer_tag:exact", "letter", "letter", "option_text", "cue"]
+                                         "verdict", "letter", "option_text", "cue", "answer_tag:exact", "letter",
+                                         "letter", "cue"]
     judge = LetterJudge("Z")
-    assert ev.judge_rows(judge, rows) == 5 and len(judge.prompts) == 5
-    assert [r["flags"] for r in rows] == [["judged"]] * 5 + [[]] * 6
-    assert [r["correct"] for r in rows] == [False] * 5 + [True] * 6  # the judge's reading, where it read
+    assert ev.judge_rows(judge, rows) == 8 and len(judge.prompts) == 8
+    assert [r["flags"] for r in rows] == [["judged"]] * 8 + [[]] * 5
+    assert [r["correct"] for r in rows] == [False] * 8 + [True] * 5  # the judge's reading, where it read
     assert all(r["parsed"] == "C" and r["correct_rules"] for r in rows)
     failed = [ev.score_row(MC, "p", inferred[0])]
     ev.judge_rows(TriesJudge(Exception), failed)
