@@ -127,7 +127,7 @@ def parse_choice_rule(response, options, question=None):
 # in LaTeX ('38.5^{\\circ}\\text{C}') becomes '°', so that its C is a temperature, as in '38.5°C'
 _LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}|\$\s*([A-Za-z])\s*\$")
 _LATEX_MATH = re.compile(r"\\[()\[\]]")
-_LATEX_DEGREE = re.compile(r"\$?\^\s*\{?\\circ\}?\$?(?:\\[,;: ]|\s)*|\\degree\b\s*")
+_LATEX_DEGREE = re.compile(r"\$?\^\s*\{?\\circ\}?(?:\$|\\\))?(?:\\[,;:! ]|[ \t~])*|\\(?:text)?degree\b(?:\{\})?[ \t]*")
 
 
 def _normalized(response, options):
@@ -553,7 +553,7 @@ def _denied(text, options, asked):
 
 # a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
 # not a temperature's unit ("38.1°C")
-_LETTER = re.compile(r"(?<![\w'’\-.°])([A-Za-z])(?![\w'’]|-\w|\.\w|\.\s+[a-z]{4,})")
+_LETTER = re.compile(r"(?<![\w'’\-.°])(?<!°\s)([A-Za-z])(?![\w'’]|-\w|\.\w|\.\s+[a-z]{4,})")
 # the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
 _OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
                             r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
@@ -562,7 +562,7 @@ _OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
 _LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",
                            re.I)
 # words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
-_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|"
+_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|nerve|"
                            r"complex|lead|figure|fig|panel|part|segment|point|plan|hemophilia|haemophilia|cluster|"
                            r"influenza|protein|category)\.?\s*$", re.I)
 # "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
@@ -590,8 +590,8 @@ def _letters(text, options, spans, cut=False):
             if not _NEG_BEFORE.search(before) and not _negated_after(text, m.end(1), options):
                 letters.add(label_of[m.group(1).upper()])
             continue
-        if any(s <= m.start(1) < e for s, e, _ in spans):
-            continue  # the letter is part of an option's text ("Both A and B")
+        if any(s <= m.start(1) < e and e - s > 1 for s, e, _ in spans):
+            continue  # the letter is part of an option's text ("Both A and B"), not a one-letter text
         if cut and _restating(text, m.start(1), options):
             continue  # cut off while listing the options: "A) The central fascicle is"
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
@@ -663,6 +663,10 @@ def _text_spans(text, options, keep_negated=False, plural=False):
             and not _in_probability(low[max(0, s[0] - 10):s[0]], low[s[1]:s[1] + 10])]
 
 
+# "I" as the pronoun where _ARTICLE_AFTER lets it be a letter: "I'd say", "I would pick"
+_PRONOUN_AFTER = re.compile(r"'[a-z]|\s+(?:would|could|might|may|am|was|will|should|can|do|did|have|had|must)\b")
+
+
 def _letter_text_at(text, i):
     """Is the one-letter option text found at `i` a name ('vitamin A', 'lead I', 'blood group O',
     a figure's label 'B') rather than the article or the pronoun ('like a medical expert', 'A
@@ -670,8 +674,9 @@ def _letter_text_at(text, i):
     c = text[i]
     if not c.isupper():
         return False
-    named = _NAMED_BEFORE.search(text[max(0, i - 40):i]) is not None
-    return named or not (c in "AI" and _ARTICLE_AFTER.match(text, i + 1))
+    if _NAMED_BEFORE.search(text[max(0, i - 40):i]):
+        return True
+    return not (c in "AI" and _ARTICLE_AFTER.match(text, i + 1) or c == "I" and _PRONOUN_AFTER.match(text, i + 1))
 
 
 # Option texts are found with str methods, not regexes built per option: a pattern per option

@@ -308,12 +308,15 @@ def opens_with_choice(text, options, question, letter):
     """Whether the answer's first line states `letter` by itself ('C', 'C. CT', '**C**') or as an
     answer ('The answer is C.'), however the answer goes on ('C. CT\n\nThe slices are axial.'),
     as a direct-answer prompt gets it; not the first line of an option-by-option review ('A.
-    X-ray: the right first step.\nB. MRI: ...')."""
+    X-ray: the right first step.\nB. MRI: ...'), nor one the rest of the answer takes back ('C\n\n
+    On reflection, ultrasound is the better first test.')."""
     text = text.strip()
     if len({m[1] for m in _OPTION_HEADING.finditer(text)} & set(options)) > 1:
         return False
-    first, rule = parse_choice_rule(text.split("\n", 1)[0], options, question)
-    return first == letter and rule.split(":")[-1] in ("exact", "cue")
+    first_line, _, rest = text.partition("\n")
+    first, rule = parse_choice_rule(first_line, options, question)
+    return first == letter and rule.split(":")[-1] in ("exact", "cue") and \
+        parse_choice_rule(rest, options, question)[0] in (None, letter)
 
 
 def judge_letter(reply, options):

@@ -171,6 +171,13 @@ REAL_RESPONSE_CASES = [
      {"A": "A", "B": "B", "C": "AB", "D": "O"}, None),
     ("The olfactory nerve, cranial nerve I, is torn at the cribriform plate. This causes anosmia.",
      dict(zip("ABCDEFGHIJ", ["II", "I", "III", "IV", "V", "VI", "VII", "VIII", "X", "IX"])), "B"),
+    ("I'd say the facial nerve, cranial nerve VII.",
+     dict(zip("ABCDEFGHIJ", ["II", "I", "III", "IV", "V", "VI", "VII", "VIII", "X", "IX"])), "G"),
+    ("Looking at the ECG, I would pick lead II.", {"A": "I", "B": "II", "C": "III", "D": "aVF"}, "B"),
+    # ... and an option's letter stays that option's, though another option's text is that letter
+    ("Option D.", {"A": "A", "B": "D", "C": "E", "D": "K"}, "D"),
+    ("Vitamin K is needed for the clotting factors. So D.", {"A": "A", "B": "D", "C": "E", "D": "K"}, "D"),
+    ("So C.", {"A": "C", "B": "B", "C": "D", "D": "A", "E": "E"}, "C"),
 ]
 
 
@@ -759,6 +766,8 @@ def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
     ("It costs $5 and $10 a scan, so magnetic resonance imaging.", ("B", "option_text")),  # money is no math
     ("Her temperature is \\(38.5\\,^{\\circ}\\text{C}\\). Image with ultrasound first.", ("D", "option_text")),
     ("Fever of $38.5^\\circ C$; ultrasound first.", ("D", "option_text")),  # a temperature's C is no option
+    ("Fever \\(38.5^\\circ\\)C and 38.5 \\textdegree C, 38.5° C; ultrasound first.", ("D", "option_text")),
+    ("The carrying angle is about 13^\\circ\n\nB", ("B", "letter")),  # the degree sign keeps its line break
 ])
 def test_an_answer_written_in_latex_is_read_as_the_text_it_wraps(response, expected):
     """Models trained on math write their answer line in LaTeX (as GPT-4o does in the graded

@@ -157,17 +157,18 @@ def test_the_judge_also_reads_choices_the_rules_only_inferred_from_prose():
                 "A) X-ray: This is not the best choice.\nC) CT: This is the best choice.",
                 "Thinking.\n<answer>C fits the slices best.</answer>",
                 "C. CT: the right first look.\nD. Ultrasound: better for this soft tissue.\nSo CT.",  # a review
-                "Option C, as the slices are axial.", "CT scan"]  # short, but no stated answer: the judge reads them
+                "Option C, as the slices are axial.", "CT scan",  # short, but no stated answer: the judge reads them
+                "C\n\nOn reflection, ultrasound is the better first test."]  # a first line the rest takes back
     stated = ["The answer is C.", "<answer>C</answer>", "C. CT\n\nThe slices are axial, typical of CT.",
               "**C**\n\nAxial slices.", "Answer: \\( \\boxed{C} \\)"]
     rows = [ev.score_row(MC, "p", text) for text in inferred + stated]
     assert [r["rule"] for r in rows] == ["option_text", "conclusion", "letter", "verdict", "answer_tag:letter",
-                                         "verdict", "letter", "option_text", "cue", "answer_tag:exact", "letter",
-                                         "letter", "cue"]
+                                         "verdict", "letter", "option_text", "letter", "cue", "answer_tag:exact",
+                                         "letter", "letter", "cue"]
     judge = LetterJudge("Z")
-    assert ev.judge_rows(judge, rows) == 8 and len(judge.prompts) == 8
-    assert [r["flags"] for r in rows] == [["judged"]] * 8 + [[]] * 5
-    assert [r["correct"] for r in rows] == [False] * 8 + [True] * 5  # the judge's reading, where it read
+    assert ev.judge_rows(judge, rows) == 9 and len(judge.prompts) == 9
+    assert [r["flags"] for r in rows] == [["judged"]] * 9 + [[]] * 5
+    assert [r["correct"] for r in rows] == [False] * 9 + [True] * 5  # the judge's reading, where it read
     assert all(r["parsed"] == "C" and r["correct_rules"] for r in rows)
     failed = [ev.score_row(MC, "p", inferred[0])]
     ev.judge_rows(TriesJudge(Exception), failed)
