@@ -127,7 +127,7 @@ def parse_choice_rule(response, options, question=None):
 # in LaTeX ('38.5^{\\circ}\\text{C}') becomes '°', so that its C is a temperature, as in '38.5°C'
 _LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\{([^{}]*)\}|\$\s*([A-Za-z])\s*\$")
 _LATEX_MATH = re.compile(r"\\[()\[\]]")
-_LATEX_DEGREE = re.compile(r"\$?\^\s*\{?\\circ\}?(?:\$|\\\))?(?:\\[,;:! ]|[ \t~])*|\\(?:text)?degree\b(?:\{\})?[ \t]*")
+_LATEX_DEGREE = re.compile(r"\$?\^\s*\{?\\circ\}?(?:\$|\\\))?(?:\\[,;:!]|~)*|\\(?:text)?degree\b(?:\{\})?")
 
 
 def _normalized(response, options):
@@ -553,7 +553,7 @@ def _denied(text, options, asked):
 
 # a single letter standing alone: not inside a word, not "e.g."/"i.e.", not "B-cell", not "A's",
 # not a temperature's unit ("38.1°C")
-_LETTER = re.compile(r"(?<![\w'’\-.°])(?<!°\s)([A-Za-z])(?![\w'’]|-\w|\.\w|\.\s+[a-z]{4,})")
+_LETTER = re.compile(r"(?<![\w'’\-.°])(?!(?<=°[ \t])[CFcf])([A-Za-z])(?![\w'’]|-\w|\.\w|\.\s+[a-z]{4,})")
 # the options a response sets aside as a group: "the other viruses listed (B, C, D, and E)"
 _OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
                             r"(?:[A-Za-z][\)\]]?\s*(?:,|\band\b|\bor\b)\s*)*"
@@ -562,9 +562,9 @@ _OTHERS_BEFORE = re.compile(r"\bothers?\b(?:\s+[\w\-]+){0,3}?\s*[\(\[:,]?\s*"
 _LABEL_BEFORE = re.compile(r"\b(?:labell?ed|label|marked|mark|region|area|structure|part|panel|point|letter)\s*$",
                            re.I)
 # words after which a capital letter names a thing, not an option: "hepatitis B", "panel A"
-_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|vitamin|grade|class|stage|group|phase|zone|factor|nerve|"
+_NAMED_BEFORE = re.compile(r"\b(?:type|hepatitis|hep|vitamin|grade|class|stage|group|phase|zone|factor|cn|le\s+fort|"
                            r"complex|lead|figure|fig|panel|part|segment|point|plan|hemophilia|haemophilia|cluster|"
-                           r"influenza|protein|category)\.?\s*$", re.I)
+                           r"influenza|protein|category)s?\.?\s*$|\bnerve[ \t]*\Z", re.I)
 # "A" followed by a word is the article, except before these (as in "A or B", "A is correct")
 _ARTICLE_AFTER = re.compile(r"[ \t]+(?!(?:and|or|nor|is|was|are|were|seems|would|could|might|may|"
                             r"as|vs|versus|to|then|than|with|because|since|but|fits|matches)\b)\w")
@@ -590,14 +590,27 @@ def _letters(text, options, spans, cut=False):
             if not _NEG_BEFORE.search(before) and not _negated_after(text, m.end(1), options):
                 letters.add(label_of[m.group(1).upper()])
             continue
-        if any(s <= m.start(1) < e and e - s > 1 for s, e, _ in spans):
-            continue  # the letter is part of an option's text ("Both A and B"), not a one-letter text
+        if any(s <= m.start(1) < e and (e - s > 1 or _names_text(text, s, k)) for s, e, k in spans):
+            continue  # part of an option's text ("Both A and B"), or a one-letter text named ("group is B")
         if cut and _restating(text, m.start(1), options):
             continue  # cut off while listing the options: "A) The central fascicle is"
         if _is_letter_at(text, m, options) and not _NEG_BEFORE.search(before) and not _OTHERS_BEFORE.search(before) \
                 and not _negated_after(text, m.end(1), options) and not _conditional(text, m.start(1)):
             letters.add(m.group(1).upper())
     return letters
+
+
+# a one-letter option text that the words before it name, as a clause ('blood group is B', 'Blood
+# group: B', 'hepatitis B and C'), or that follows its own option's letter ('C (B)', 'Option C: B')
+_NAMED_CLAUSE = re.compile(r"\b(?:type|hepatitis|vitamin|group|stage|lead|grade|class)s?\b[^.;!?\n]{0,40}?"
+                           r"(?:\b(?:is|was|be|are)|:|\b[A-Z]{1,4}\s*(?:,|\band\b|\bor\b|/))\s*$", re.I)
+
+
+def _names_text(text, at, letter):
+    """Is the one-letter option text at `at` (option `letter`'s) the text, not a letter?"""
+    before = text[max(0, at - 80):at]
+    return _NAMED_CLAUSE.search(before) is not None or \
+        re.search(rf"(?<![\w'’\-.]){letter}\s*(?:[)\].:\-–]\s*[(\[]?|[(\[])\s*\Z", before) is not None
 
 
 def _is_letter_at(text, m, options):
@@ -672,10 +685,10 @@ def _letter_text_at(text, i):
     a figure's label 'B') rather than the article or the pronoun ('like a medical expert', 'A
     desmosome is', 'I think')? Only a capital letter names."""
     c = text[i]
-    if not c.isupper():
-        return False
     if _NAMED_BEFORE.search(text[max(0, i - 40):i]):
         return True
+    if not c.isupper():
+        return False
     return not (c in "AI" and _ARTICLE_AFTER.match(text, i + 1) or c == "I" and _PRONOUN_AFTER.match(text, i + 1))
 
 

@@ -178,6 +178,17 @@ REAL_RESPONSE_CASES = [
     ("Option D.", {"A": "A", "B": "D", "C": "E", "D": "K"}, "D"),
     ("Vitamin K is needed for the clotting factors. So D.", {"A": "A", "B": "D", "C": "E", "D": "K"}, "D"),
     ("So C.", {"A": "C", "B": "B", "C": "D", "D": "A", "E": "E"}, "C"),
+    # ... unless words before it name the text: a clause, a short name, or the option's own letter
+    ("Her blood group is B.", {"A": "O", "B": "A", "C": "B", "D": "AB"}, "C"),
+    ("Option C (B).", {"A": "O", "B": "A", "C": "B", "D": "AB"}, "C"),
+    ("Hep A is spread feco-orally.", {"A": "B", "B": "C", "C": "E", "D": "A"}, "D"),
+    ("CN I is the olfactory nerve, which is damaged here.",
+     dict(zip("ABCDEFGHIJ", ["II", "I", "III", "IV", "V", "VI", "VII", "VIII", "X", "IX"])), "B"),
+    ("The bleeding comes from a deficiency of vitamin k.", {"A": "D", "B": "K", "C": "A", "D": "E"}, "B"),
+    # ... and a naming word names only what stands right after it
+    ("Wrist drop indicates injury to the radial nerve.\n\nB",
+     {"A": "Flexor carpi radialis", "B": "Extensor carpi radialis longus", "C": "Pronator teres", "D": "Supinator"},
+     "B"),
 ]
 
 
@@ -728,7 +739,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 94),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
-                "medmcqa-instructgpt-heldout5": (150, 127), "usmle-instructgpt-heldout6": (100, 87),
+                "medmcqa-instructgpt-heldout5": (150, 128), "usmle-instructgpt-heldout6": (100, 87),
                 "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
                 "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 95),
                 "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
@@ -738,7 +749,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
-                "medmcqa-instructgpt-heldout15": (150, 123), "usmle-instructgpt-heldout16": (100, 89),
+                "medmcqa-instructgpt-heldout15": (150, 124), "usmle-instructgpt-heldout16": (100, 89),
                 "medmcqa-instructgpt-heldout16": (150, 123)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
@@ -768,6 +779,7 @@ def test_parse_choice_rule_names_the_rule_that_decided(response, rule):
     ("Fever of $38.5^\\circ C$; ultrasound first.", ("D", "option_text")),  # a temperature's C is no option
     ("Fever \\(38.5^\\circ\\)C and 38.5 \\textdegree C, 38.5° C; ultrasound first.", ("D", "option_text")),
     ("The carrying angle is about 13^\\circ\n\nB", ("B", "letter")),  # the degree sign keeps its line break
+    ("Carrying angle: 13^\\circ B", ("B", "letter")),  # only C and F are a temperature's unit
 ])
 def test_an_answer_written_in_latex_is_read_as_the_text_it_wraps(response, expected):
     """Models trained on math write their answer line in LaTeX (as GPT-4o does in the graded
