@@ -683,7 +683,8 @@ _PRONOUN_AFTER = re.compile(r"'[a-z]|\s+(?:would|could|might|may|am|was|will|sho
 def _letter_text_at(text, i):
     """Is the one-letter option text found at `i` a name ('vitamin A', 'lead I', 'blood group O',
     a figure's label 'B') rather than the article or the pronoun ('like a medical expert', 'A
-    desmosome is', 'I think')? Only a capital letter names."""
+    desmosome is', 'I think')? After a naming word any letter names ('vitamin k'), elsewhere
+    only a capital."""
     c = text[i]
     if _NAMED_BEFORE.search(text[max(0, i - 40):i]):
         return True

@@ -296,7 +296,7 @@ JUDGE_TRIES = 3
 # leaves the rest to its judge. Our rules read further into prose; where a judge is given, it
 # reads the answers decided by the rules that infer least surely (also inside an <answer> tag),
 # unless the answer states that choice first (opens_with_choice). On the 4,472 graded answers
-# the choice was made on (tests/data, docs/notes.md) these agree with their graders on 400 of
+# the choice was made on (tests/data, docs/notes.md) these agreed with their graders on 400 of
 # 462 (an option named by its text), 196 of 225 (a concluding sentence), 49 of 62 (a letter met
 # once) and 267 of 280 (an option-by-option review), against 1,986 of 2,021 for a cue ("the
 # answer is C") and 14 of 14 for a denied option of an EXCEPT question, which stay the rules'.
@@ -330,16 +330,16 @@ def judge_rows(judge, rows, seed=0):
     """After VLMEvalKit's protocol: the rules first (answers.parse_choice), the LLM judge (any
     backend: .generate(requests, ...)) for the multiple-choice rows the rules left unresolved or
     decided only by inference from prose (JUDGE_ALSO, where the answer does not state its choice
-    first), in place. A judged row is flagged
-    'judged' and keeps the judge's reply and letter ('judge_parsed', None for 'Z'); 'correct'
-    becomes the judge's verdict, while 'parsed', 'invalid' and 'correct_rules' stay the rules'
-    (the invalid rate measures instruction following). The first try is greedy; a reply
-    judge_letter cannot read is asked again, sampled (a greedy judge would repeat itself),
-    JUDGE_TRIES tries in all, then flagged 'judge_unreadable'. A request the judge fails on (too
-    long for it, say) is flagged 'judge_error' with its message. Both keep the rules' verdict
-    and are not asked again on a rerun, nor are rows already judged; answers cut by the token
-    budget are not judged (they have not concluded). A grounding answer is read without its
-    boxes, as the rules read it. Returns how many rows it sent to the judge."""
+    first), in place. A judged row is flagged 'judged' and keeps the judge's reply and letter
+    ('judge_parsed', None for 'Z'); 'correct' becomes the judge's verdict, while 'parsed',
+    'invalid' and 'correct_rules' stay the rules' (the invalid rate measures instruction
+    following). The first try is greedy; a reply judge_letter cannot read is asked again,
+    sampled (a greedy judge would repeat itself), JUDGE_TRIES tries in all, then flagged
+    'judge_unreadable'. A request the judge fails on (too long for it, say) is flagged
+    'judge_error' with its message. Both keep the rules' verdict and are not asked again on a
+    rerun, nor are rows already judged; answers cut by the token budget are not judged (they
+    have not concluded). A grounding answer is read without its boxes, as the rules read it.
+    Returns how many rows it sent to the judge."""
     def answer(r):
         return strip_boxes(r["response"]) if "box" in r else r["response"]
 
