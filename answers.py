@@ -606,11 +606,14 @@ _NAMED_CLAUSE = re.compile(r"\b(?:type|hepatitis|vitamin|group|stage|lead|grade|
                            r"(?:\b(?:is|was|be|are)|:|\b[A-Z]{1,4}\s*(?:,|\band\b|\bor\b|/))\s*$", re.I)
 
 
+_OWN_LETTER_BEFORE = re.compile(r"(?<![\w'’\-.])([A-Z])\s*(?:[)\].:\-–]\s*[(\[]?|[(\[])\s*\Z")
+
+
 def _names_text(text, at, letter):
     """Is the one-letter option text at `at` (option `letter`'s) the text, not a letter?"""
     before = text[max(0, at - 80):at]
-    return _NAMED_CLAUSE.search(before) is not None or \
-        re.search(rf"(?<![\w'’\-.]){letter}\s*(?:[)\].:\-–]\s*[(\[]?|[(\[])\s*\Z", before) is not None
+    own = _OWN_LETTER_BEFORE.search(before)
+    return _NAMED_CLAUSE.search(before) is not None or (own is not None and own[1] == letter)
 
 
 def _is_letter_at(text, m, options):
