@@ -901,61 +901,31 @@ def test_cli_rephrase_model_builds_a_rephraser_from_its_backend(published, tmp_p
         [("model", f"Which finding does chest radiograph {k} show?") for k in range(6)]
 
 
-def test_load_templater_prefers_the_processors_chat_template(tiny_model, monkeypatch):
-    """The processor when it carries a chat template (LLaVA-HF style models keep it there), else the
-    tokenizer: when the processor has none, or cannot be loaded."""
-    import transformers
-    import vllm_backend
-
-    class Processor:
-        chat_template = "{{ messages }}"
-    for found in (Processor(), type("Bare", (), {"chat_template": None})(), OSError("no processor")):
-        def load(model_dir, **kw):
-            if isinstance(found, Exception):
-                raise found
-            return found
-        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", load)
-        got = vllm_backend.load_templater(tiny_model)
-        if found.__class__ is Processor:
-            assert got is found
-        else:
-            assert isinstance(got, transformers.PreTrainedTokenizerBase) and got.chat_template
-
-
-def test_vllm_prompts_use_the_evaluated_models_own_chat_template(tiny_model):
-    """No vLLM needed: the rendering the vLLM backend uses. For a Qwen checkpoint it is exactly
-    the training template (data.render_chat); another model's template writes its own image
-    placeholder (LLaVA style), and a template without image parts keeps '<image>' (InternVL)."""
-    import data
-    from transformers import AutoTokenizer
-    from vllm_backend import render_with_template
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    msgs = [{"role": "user", "content": "<image><image>Compare the two scans.\nA. CT\nB. MRI"}]
-    assert render_with_template(tok, msgs) == data.render_chat(msgs, add_generation_prompt=True)
-    llava = tok.__class__.from_pretrained(tiny_model)
-    llava.chat_template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for p in m['content'] %}"
-                           "{% if p['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ p['text'] }}{% endif %}"
-                           "{% endfor %}{{ '\\n' }}{% endfor %}ASSISTANT:")
-    assert render_with_template(llava, msgs) == \
-        "USER: <image>\n<image>\nCompare the two scans.\nA. CT\nB. MRI\nASSISTANT:"
-    internvl = tok.__class__.from_pretrained(tiny_model)
-    internvl.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                              "{% endfor %}")
-    assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
-    # a string template that speaks of images in its own words, or adds the content to a string,
-    # gets the plain text too (not the parts' repr, not an error)
-    internvl.chat_template = ("You see an image.\n{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-                              "{{ m['content'] }}<|im_end|>\n{% endfor %}")
-    assert render_with_template(internvl, msgs, False).endswith(f"user\n{msgs[0]['content']}<|im_end|>\n")
-    internvl.chat_template = "{% for m in messages %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
-    assert render_with_template(internvl, msgs, False) == f"<|user|>\n{msgs[0]['content']}<|end|>\n"
-    # a template that renders only string content (Qwen3's: anything else becomes ''; a text model
-    # as the judge) gets plain strings; a parts template gets parts for text-only requests too
-    internvl.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
-                              "{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}")
-    assert render_with_template(internvl, msgs, False) == f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n"
-    judge = [{"role": "user", "content": "Match the answer to the options."}]
-    assert render_with_template(llava, judge) == "USER: Match the answer to the options.\nASSISTANT:"
+def test_vllm_requests_carry_each_image_where_its_marker_stands():
+    """No vLLM needed: what the vLLM backend hands LLM.chat, which renders it with the model's own
+    template and image placeholder. Each '<image>' becomes an "image_pil" part holding the next image
+    of the request, in order; a message without images keeps its string (a judge's request, the
+    system prompt, an assistant answer scored for perplexity). A count that does not match is an
+    error, not an image dropped or a marker left in the text."""
+    from PIL import Image
+    from vllm_backend import chat_messages
+    ct, mri = Image.new("RGB", (28, 28)), Image.new("RGB", (28, 28))
+    msgs = [{"role": "system", "content": "You are a radiologist."},
+            {"role": "user", "content": "<image>First scan.<image>Second scan. Which is the MRI?\nA. CT\nB. MRI"},
+            {"role": "assistant", "content": "B"}]
+    got = chat_messages(msgs, [ct, mri])
+    assert got[0] == msgs[0] and got[2] == msgs[2]
+    assert got[1]["role"] == "user" and got[1]["content"] == [
+        {"type": "image_pil", "image_pil": ct}, {"type": "text", "text": "First scan."},
+        {"type": "image_pil", "image_pil": mri},
+        {"type": "text", "text": "Second scan. Which is the MRI?\nA. CT\nB. MRI"}]
+    assert got[1]["content"][0]["image_pil"] is ct and got[1]["content"][2]["image_pil"] is mri
+    assert chat_messages([{"role": "user", "content": "Match the answer."}], []) == \
+        [{"role": "user", "content": "Match the answer."}]
+    with pytest.raises(ValueError, match="marks 2 images, the request has 1 left"):
+        chat_messages(msgs, [ct])
+    with pytest.raises(ValueError, match="1 images that no '<image>' marks"):
+        chat_messages(msgs, [ct, mri, ct])
 
 
 def test_native_backend_hands_the_sampling_settings_to_the_model(tiny_model, monkeypatch):
@@ -982,11 +952,12 @@ def test_native_backend_hands_the_sampling_settings_to_the_model(tiny_model, mon
 
 def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monkeypatch):
     """No vLLM needed: a stand-in `vllm` module records what the adapter passes (REFERENCE 8):
-    the engine gets the checkpoint, bf16 and the image processor's pixel budget; SamplingParams
-    get temperature, top_p, the token budget, n, the seed and the stop strings (kept in the text);
-    a completion cut by the budget comes back with finish 'length'."""
+    the engine gets the checkpoint, bf16 and the image processor's pixel budget; LLM.chat gets the
+    requests with their images and, for generation, SamplingParams with temperature, top_p, the
+    token budget, n, the seed and the stop strings (kept in the text); a completion cut by the budget
+    comes back with finish 'length'. Prompt log-probs are asked of the whole conversation, no
+    generation prompt, and come back per token."""
     import types
-    import vllm_backend
     from PIL import Image
     seen = {}
 
@@ -994,23 +965,19 @@ def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monke
         def __init__(self, **kw):
             seen["engine"] = kw
 
-        def generate(self, inputs, params, use_tqdm=False):
-            seen["inputs"], seen["params"] = inputs, params.kw
+        def chat(self, conversations, params, use_tqdm=False, add_generation_prompt=True):
+            seen["conversations"], seen["params"], seen["gen"] = conversations, params.kw, add_generation_prompt
             done = types.SimpleNamespace(text="<answer>B</answer>", finish_reason="stop")
             cut = types.SimpleNamespace(text="The image sho", finish_reason="length")
-            return [types.SimpleNamespace(outputs=[done, cut]) for _ in inputs]
+            return [types.SimpleNamespace(outputs=[done, cut], prompt_token_ids=[7, 8, 9],
+                                          prompt_logprobs=[None, {8: types.SimpleNamespace(logprob=-0.5)},
+                                                           {9: types.SimpleNamespace(logprob=-1.5)}])
+                    for _ in conversations]
 
     class SamplingParams:
         def __init__(self, **kw):
             self.kw = kw
-
-    class Templater:
-        chat_template = "{{ image }}"  # renders image parts: the adapter hands it content parts
-
-        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-            return "|".join(p.get("text", "<IMG>") for p in messages[0]["content"]) + "|assistant:"
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    monkeypatch.setattr(vllm_backend, "load_templater", lambda model_dir: Templater())
     backend = ev.make_backend("vllm", "ckpt", batch_size=8, min_pixels=None, max_pixels=262144, device="cuda",
                               dtype=None)
     assert seen["engine"] == {"model": "ckpt", "dtype": "bfloat16", "max_model_len": 8192,
@@ -1021,10 +988,15 @@ def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monke
                            max_new_tokens=12, temperature=0.7, top_p=0.9, seed=5, n=2, stop=["</answer>"])
     assert seen["params"] == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 12, "n": 2, "seed": 5,
                               "stop": ["</answer>"], "include_stop_str_in_output": True}
-    (item,) = seen["inputs"]
-    assert item["prompt"] == "<IMG>|Which?|assistant:"
-    assert item["multi_modal_data"]["image"].getpixel((0, 0)) == (10, 20, 30)
+    (conversation,) = seen["conversations"]
+    assert seen["gen"] is True and conversation[0]["content"][1] == {"type": "text", "text": "Which?"}
+    assert conversation[0]["content"][0]["image_pil"].getpixel((0, 0)) == (10, 20, 30)
     assert [(c, c.finish) for c in out[0]] == [("<answer>B</answer>", "stop"), ("The image sho", "length")]
+    scored = [{"messages": [{"role": "user", "content": "<image>Caption?"}, {"role": "assistant", "content": "A CT."}],
+               "images": [image]}]
+    assert backend.prompt_logprobs(scored) == [{"token_ids": [7, 8, 9], "logprobs": [None, -0.5, -1.5]}]
+    assert seen["gen"] is False and seen["params"] == {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 0.0}
+    assert seen["conversations"][0][1] == {"role": "assistant", "content": "A CT."}
 
 
 def test_native_backend_names_the_models_it_runs(tmp_path):
