@@ -600,7 +600,7 @@ def merge_records(records, cfg, report):
 # Steps over files, and the command line
 
 
-def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=None, verifier=None):
+def run_step(step, in_path, out_path, cfg, model=None, embedder=None):
     """Read IN, run one step, write OUT (+ OUT.report.json/.md, OUT.dropped.jsonl)."""
     if step == "decontaminate":  # a file of its own that imports this one: imported here (see config_class)
         import decontaminate
@@ -608,7 +608,7 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
     if step not in STEPS:
         raise click.UsageError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
     need = {"cot": "teacher", "caption": "teacher", "perplexity": "model"}.get(step)
-    if need and not getattr(cfg, need) and teacher is None and model is None:
+    if need and not getattr(cfg, need) and model is None:
         raise click.UsageError(f"{step} needs --{need} DIR (a checkpoint directory)")
     stem = os.path.splitext(out_path)[0]
     records, report = read_step_input(step, in_path, cfg)
@@ -620,13 +620,12 @@ def run_step(step, in_path, out_path, cfg, teacher=None, model=None, embedder=No
         records = merge_records(records, cfg, report)
     elif step in ("cot", "caption"):
         import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
-        teacher = teacher or evaluate.make_backend(cfg.backend, cfg.teacher)
+        verifier = (cfg.verifier_backend, cfg.verifier) if step == "cot" else ("native", "")
+        teacher, verifier = evaluate.make_backends([(cfg.backend, cfg.teacher), verifier])  # shared if the same
         cache = JsonlCache(stem + ".cache.jsonl")
         if step == "caption":
             records = refine_captions(records, teacher, cfg, report, cache)
         else:
-            if cfg.verifier and verifier is None:
-                verifier = evaluate.make_backend(cfg.verifier_backend, cfg.verifier)
             records = enhance_responses(records, teacher, cfg, report, cache, verifier)
     else:
         import perplexity  # as decontaminate.py

@@ -250,11 +250,26 @@ class NativeBackend:
 def make_backend(kind, model_dir, **kw):
     """A backend by name: 'native' (NativeBackend) or 'vllm' (vllm_backend.VLLMBackend)."""
     if kind == "native":
-        return NativeBackend(model_dir, **kw)
+        return NativeBackend(model_dir, **{k: v for k, v in kw.items() if k != "gpu_memory_utilization"})
     if kind == "vllm":
         from vllm_backend import VLLMBackend  # imports vllm only when built, only when chosen
         return VLLMBackend(model_dir, **{k: v for k, v in kw.items() if k != "device"})
     raise ValueError(f"unknown backend {kind!r}: native or vllm")
+
+
+def make_backends(specs, given=None, **kw):
+    """The backends one command needs, one per (kind, model_dir) of `specs`, in order; None where
+    the model_dir is empty. Specs naming the same model and backend share one backend (`given`
+    holds those built already). A vLLM engine takes nearly all free GPU memory when it starts, so a
+    second one in the process would fail to start: with several, each gets an equal part of 90% of
+    the GPU, as vLLM's docs advise for two instances on one GPU; one alone keeps vLLM's default."""
+    given, wanted = dict(given or {}), list(dict.fromkeys(s for s in specs if s[1]))
+    engines = sum(kind == "vllm" for kind, _ in wanted)
+    share = {"gpu_memory_utilization": round(0.9 / engines, 3)} if engines > 1 else {}
+    for s in wanted:
+        if s not in given:
+            given[s] = make_backend(*s, **kw, **share)
+    return [given[s] if s[1] else None for s in specs]
 
 
 # ---- Scoring of one sample -----------------------------------------------------------------------
@@ -540,13 +555,10 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
         json.dump(run, f, indent=2, default=str)
     kw = dict(batch_size=cfg.batch_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
               device=cfg.device, dtype=cfg.dtype)
-    backend = backend or make_backend(cfg.backend, cfg.model, **kw)
-
-    def helper(kind, path):  # the evaluated model asked again shares its engine (one vLLM engine fills a GPU)
-        return backend if (kind, path) == (cfg.backend, cfg.model) else make_backend(kind, path, **kw)
-    judge = helper(cfg.judge_backend, cfg.judge_model) if cfg.judge_model and set(JUDGED) & set(benchmarks) else None
-    rephraser = helper(cfg.rephrase_backend, cfg.rephrase_model) \
-        if cfg.rephrase_model and "rephrase" in cfg.variants else None
+    backend, judge, rephraser = make_backends(  # the evaluated model asked again shares its engine
+        [(cfg.backend, cfg.model), (cfg.judge_backend, cfg.judge_model if set(JUDGED) & set(benchmarks) else None),
+         (cfg.rephrase_backend, cfg.rephrase_model if "rephrase" in cfg.variants else None)],
+        {(cfg.backend, cfg.model): backend} if backend else None, **kw)
     summary_path = os.path.join(cfg.out, "summary.json")
     earlier = json.load(open(summary_path, encoding="utf-8")).get("benchmarks", {}) if os.path.exists(summary_path) \
         else {}  # benchmarks an earlier command on this --out ran: kept, so that the table shows them all

@@ -45,19 +45,22 @@ def chat_messages(messages, images):
 
 class VLLMBackend:
     """Requests go through LLM.chat (the model's chat template and image placeholder, see the module
-    docstring); the pixel budget is passed to vLLM's image processor."""
+    docstring); the pixel budget is passed to vLLM's image processor. gpu_memory_utilization, when
+    given, is the part of the GPU this engine may take (evaluate.make_backends splits it between
+    engines); otherwise vLLM's default."""
 
     def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
-                 max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0):
+                 max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0, gpu_memory_utilization=None):
         try:
             from vllm import LLM
         except ImportError as e:
             raise RuntimeError("the vllm backend needs a GPU machine with `pip install -r "
                                "requirements-vllm.txt`; use --backend native otherwise") from e
         mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        share = {"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}
         self.llm = LLM(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
                        limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm,
-                       tensor_parallel_size=tensor_parallel_size, seed=seed, trust_remote_code=True)
+                       tensor_parallel_size=tensor_parallel_size, seed=seed, trust_remote_code=True, **share)
         self.timings = {}
 
     def _chat(self, requests, params, add_generation_prompt=True):

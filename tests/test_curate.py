@@ -378,6 +378,24 @@ def test_cot_command_samples_at_its_temperature_and_the_verifier_answers_greedil
     assert verifier.calls and set(verifier.calls) == {(1, 0.0)}
 
 
+def test_a_teacher_that_also_verifies_is_loaded_once(tmp_path, monkeypatch):
+    """--verifier naming the teacher's checkpoint and backend shares the teacher's engine (a second
+    vLLM engine of the same model would not fit beside the first)."""
+    from click.testing import CliRunner
+    import evaluate
+    write_sharegpt([mc_record(0)], str(tmp_path / "in.jsonl"))
+    built = []
+
+    def make(kind, path, **kw):
+        built.append((kind, path))
+        return ScriptedTeacher([["B. <answer>B</answer>"]])
+    monkeypatch.setattr(evaluate, "make_backend", make)
+    res = CliRunner().invoke(curate._cli(), ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+                                          "--teacher", "T", "--verifier", "T", "--k", "1"])
+    assert res.exit_code == 0, res.output
+    assert built == [("native", "T")]
+
+
 @pytest.mark.parametrize("change", [{"k": 2}, {"temperature": 1.0}, {"teacher": "another-teacher"}])
 def test_cot_cache_is_discarded_when_k_temperature_or_teacher_change(tmp_path, change):
     """Cached samples answer only the settings that drew them: the same settings ask the teacher

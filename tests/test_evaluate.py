@@ -997,6 +997,34 @@ def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monke
     assert backend.prompt_logprobs(scored) == [{"token_ids": [7, 8, 9], "logprobs": [None, -0.5, -1.5]}]
     assert seen["gen"] is False and seen["params"] == {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 0.0}
     assert seen["conversations"][0][1] == {"role": "assistant", "content": "A CT."}
+    ev.make_backend("vllm", "judge", gpu_memory_utilization=0.45)  # a second engine in the process: its part
+    assert seen["engine"]["model"] == "judge" and seen["engine"]["gpu_memory_utilization"] == 0.45
+
+
+def test_backends_of_one_command_share_engines_and_split_the_gpu(monkeypatch):
+    """The evaluated model, its judge and its rephraser (or the curation teacher and verifier): one
+    backend per distinct (backend, checkpoint), none for an empty checkpoint. A vLLM engine takes
+    nearly all free GPU memory when it starts, so distinct vLLM engines split 90% of the GPU between
+    them (vLLM's advice for two instances on one GPU); a lone engine, or a native one, gets no part."""
+    built = []
+
+    def make(kind, path, **kw):
+        built.append((kind, path, kw.get("gpu_memory_utilization")))
+        return object()
+    monkeypatch.setattr(ev, "make_backend", make)
+    model, judge, rephraser = ev.make_backends([("vllm", "ckpt"), ("vllm", "ckpt"), ("vllm", "")])
+    assert judge is model and rephraser is None and built == [("vllm", "ckpt", None)]
+    built.clear()
+    model, judge, rephraser = ev.make_backends([("vllm", "ckpt"), ("vllm", "judge"), ("native", "reph")])
+    assert len({id(model), id(judge), id(rephraser)}) == 3
+    assert built == [("vllm", "ckpt", 0.45), ("vllm", "judge", 0.45), ("native", "reph", 0.45)]
+    built.clear()
+    given = object()
+    got = ev.make_backends([("native", "ckpt"), ("vllm", "a"), ("vllm", "b")], {("native", "ckpt"): given})
+    assert got[0] is given and built == [("vllm", "a", 0.45), ("vllm", "b", 0.45)]
+    built.clear()
+    ev.make_backends([("vllm", "a"), ("vllm", "b"), ("vllm", "c")])
+    assert [b[2] for b in built] == [0.3] * 3
 
 
 def test_native_backend_names_the_models_it_runs(tmp_path):
@@ -1004,6 +1032,8 @@ def test_native_backend_names_the_models_it_runs(tmp_path):
     with pytest.raises(ValueError, match="'internvl_chat' model: the native backend runs Qwen2-VL and Qwen2.5-VL"
                                          ".*--backend vllm"):
         ev.NativeBackend(str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="'internvl_chat' model"):  # a GPU share is vLLM's alone
+        ev.make_backend("native", str(tmp_path), device="cpu", gpu_memory_utilization=0.45)
 
 
 def two_pmc_questions(tmp_path):
