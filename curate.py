@@ -375,7 +375,7 @@ class CotConfig:
     cap: int = setting(0, "stop once this many records are enhanced (0 = no cap; paper: ~3k)")
     accepted_only: bool = setting(False, "write only the enhanced records: the paper's separate reasoning set")
     verifier: str = setting("", "optional checkpoint dir asked whether each explanation is faithful")
-    verifier_backend: str = setting("native", "native | vllm, for --verifier")
+    verifier_backend: str = setting("", "native | vllm, for --verifier (default: --backend)")
 
 
 def rule_verdict(text, options, gold, cfg, question=None):
@@ -620,7 +620,7 @@ def run_step(step, in_path, out_path, cfg, model=None, embedder=None):
         records = merge_records(records, cfg, report)
     elif step in ("cot", "caption"):
         import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
-        verifier = (cfg.verifier_backend, cfg.verifier) if step == "cot" else ("native", "")
+        verifier = (cfg.verifier_backend or cfg.backend, cfg.verifier) if step == "cot" else ("native", "")
         teacher, verifier = evaluate.make_backends([(cfg.backend, cfg.teacher), verifier])  # shared if the same
         cache = JsonlCache(stem + ".cache.jsonl")
         if step == "caption":

@@ -61,9 +61,13 @@ class EvalConfig:
     variants: tuple = ("base",)
     rephrase_file: str = None
     rephrase_model: str = None  # writes the rephrasings of the multiple-choice questions (else templates)
-    rephrase_backend: str = "native"
+    rephrase_backend: str = None  # default: the evaluated model's backend
     judge_model: str = None
-    judge_backend: str = "native"
+    judge_backend: str = None  # default: the evaluated model's backend
+
+    def __post_init__(self):
+        self.rephrase_backend = self.rephrase_backend or self.backend
+        self.judge_backend = self.judge_backend or self.backend
 
 
 # ---- Benchmarks and the variants a run asks ------------------------------------------------------
@@ -259,17 +263,25 @@ def make_backend(kind, model_dir, **kw):
 
 def make_backends(specs, given=None, **kw):
     """The backends one command needs, one per (kind, model_dir) of `specs`, in order; None where
-    the model_dir is empty. Specs naming the same model and backend share one backend (`given`
-    holds those built already). A vLLM engine takes nearly all free GPU memory when it starts, so a
-    second one in the process would fail to start: with several, each gets an equal part of 90% of
-    the GPU, as vLLM's docs advise for two instances on one GPU; one alone keeps vLLM's default."""
-    given, wanted = dict(given or {}), list(dict.fromkeys(s for s in specs if s[1]))
-    engines = sum(kind == "vllm" for kind, _ in wanted)
-    share = {"gpu_memory_utilization": round(0.9 / engines, 3)} if engines > 1 else {}
-    for s in wanted:
-        if s not in given:
-            given[s] = make_backend(*s, **kw, **share)
-    return [given[s] if s[1] else None for s in specs]
+    the model_dir is empty. Specs naming the same model (the same directory, however written) and
+    backend share one backend (`given` holds those built already). A vLLM engine takes most of the
+    GPU when it starts, so beside other models on the GPU (a second engine, a native backend not on
+    the CPU) it would fail to start or starve them: each vLLM engine then gets an equal part of
+    90% of the GPU per model on it, as vLLM's docs advise for two instances on one GPU; alone, it
+    keeps vLLM's default. A backend in `given` is counted but not resized: its memory is the
+    caller's."""
+    def same(spec):
+        kind, path = spec
+        return kind, os.path.realpath(path) if path and os.path.isdir(path) else path
+    built = {same(s): b for s, b in (given or {}).items()}
+    models = list(dict.fromkeys(same(s) for s in specs if s[1])) + [s for s in built if s[1]]
+    on_gpu = {s for s in models if s[0] == "vllm" or kw.get("device") != "cpu"}
+    share = {"gpu_memory_utilization": round(0.9 / len(on_gpu), 3)} \
+        if len(on_gpu) > 1 and any(kind == "vllm" for kind, _ in on_gpu) else {}
+    for s in specs:
+        if s[1] and same(s) not in built:
+            built[same(s)] = make_backend(*s, **kw, **share)
+    return [built[same(s)] if s[1] else None for s in specs]
 
 
 # ---- Scoring of one sample -----------------------------------------------------------------------
@@ -555,10 +567,11 @@ def evaluate(cfg, benchmarks, backend=None, log=print):
         json.dump(run, f, indent=2, default=str)
     kw = dict(batch_size=cfg.batch_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
               device=cfg.device, dtype=cfg.dtype)
-    backend, judge, rephraser = make_backends(  # the evaluated model asked again shares its engine
+    model, judge, rephraser = make_backends(  # the evaluated model asked again shares its engine
         [(cfg.backend, cfg.model), (cfg.judge_backend, cfg.judge_model if set(JUDGED) & set(benchmarks) else None),
          (cfg.rephrase_backend, cfg.rephrase_model if "rephrase" in cfg.variants else None)],
-        {(cfg.backend, cfg.model): backend} if backend else None, **kw)
+        {(cfg.backend, cfg.model): backend} if backend is not None and cfg.model else None, **kw)
+    backend = backend if backend is not None else model
     summary_path = os.path.join(cfg.out, "summary.json")
     earlier = json.load(open(summary_path, encoding="utf-8")).get("benchmarks", {}) if os.path.exists(summary_path) \
         else {}  # benchmarks an earlier command on this --out ran: kept, so that the table shows them all
@@ -673,12 +686,12 @@ def _cli():
                   "rephrasings.jsonl")
     @click.option("--rephrase-file", type=click.Path(exists=True), help='JSONL of {"id", "question"} (wins)')
     @click.option("--rephrase-model", help="checkpoint that rephrases the multiple-choice questions")
-    @click.option("--rephrase-backend", type=click.Choice(["native", "vllm"]), default="native")
+    @click.option("--rephrase-backend", type=click.Choice(["native", "vllm"]), help="default: --backend")
     @click.option("--grounding", is_flag=True, help="also ask for a bounding box")
     @click.option("--cot", is_flag=True, help="chain-of-thought prompt, samples grouped by skill")
     @click.option("--judge-model", help="checkpoint that judges the MMMU and GMAI-MMBench answers the rules "
                   "cannot read or only infer from prose (after VLMEvalKit's protocol)")
-    @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), default="native")
+    @click.option("--judge-backend", type=click.Choice(["native", "vllm"]), help="default: --backend")
     def run(benchmarks, roots, subset, **kw):
         """Run benchmarks; resumes from OUT's JSONL files."""
         # a rephrase file or model implies --rephrase

@@ -13,18 +13,24 @@ a string gets vLLM's placeholder for the model in front of the text ('<image>' f
 
     python evaluate.py run --model CKPT --benchmark vqa_rad --data-root DATA/vqa_rad --backend vllm
 """
+import re
+
 from image_processor import open_image
 
 
 def chat_messages(messages, images):
     """Our messages (the user text marks each image with '<image>') -> the conversation
-    `LLM.chat` takes: a message with images gets content parts, each image as an "image_pil"
-    part where its marker stood (the part type vLLM added in 0.9.2 for in-memory images);
-    a message without images keeps its string.
+    `LLM.chat` takes: with images, a message that marks them gets content parts, each image an
+    "image_pil" part where its marker stood (the part type vLLM added in 0.9.2 for in-memory
+    images; a newline right after the marker goes with it, as data.render_chat drops it); any
+    other message keeps its string, and so does every message of a request without images (a
+    judge reading an answer that happens to write '<image>').
     '<image>What?' + [im] -> [{"type": "image_pil", "image_pil": im}, {"type": "text", "text": "What?"}]."""
     images, out = list(images), []
+    if not images:
+        return [dict(m) for m in messages]
     for m in messages:
-        pieces = m["content"].split("<image>")
+        pieces = re.split(r"<image>\n?", m["content"])
         if len(pieces) == 1:
             out.append(dict(m))
             continue
@@ -52,15 +58,24 @@ class VLLMBackend:
     def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
                  max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0, gpu_memory_utilization=None):
         try:
-            from vllm import LLM
+            import vllm
         except ImportError as e:
             raise RuntimeError("the vllm backend needs a GPU machine with `pip install -r "
                                "requirements-vllm.txt`; use --backend native otherwise") from e
+        if tuple(int(x) for x in re.findall(r"\d+", vllm.__version__)[:3]) < (0, 9, 2):
+            raise RuntimeError(f"vllm {vllm.__version__} is too old for the vllm backend (it passes images to "
+                               "LLM.chat, which takes them from 0.9.2): pip install -r requirements-vllm.txt")
+        engine = dict(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
+                      tensor_parallel_size=tensor_parallel_size, seed=seed, trust_remote_code=True)
+        if gpu_memory_utilization:
+            engine["gpu_memory_utilization"] = gpu_memory_utilization
         mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-        share = {"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}
-        self.llm = LLM(model=model_dir, dtype=dtype or "bfloat16", max_model_len=max_model_len,
-                       limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm,
-                       tensor_parallel_size=tensor_parallel_size, seed=seed, trust_remote_code=True, **share)
+        try:
+            self.llm = vllm.LLM(**engine, limit_mm_per_prompt={"image": max_images}, mm_processor_kwargs=mm)
+        except ValueError as e:  # a text-only model (a judge): vLLM 0.9 refuses image settings for it
+            if "only supported for multimodal models" not in str(e):
+                raise
+            self.llm = vllm.LLM(**engine)
         self.timings = {}
 
     def _chat(self, requests, params, add_generation_prompt=True):

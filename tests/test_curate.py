@@ -378,9 +378,10 @@ def test_cot_command_samples_at_its_temperature_and_the_verifier_answers_greedil
     assert verifier.calls and set(verifier.calls) == {(1, 0.0)}
 
 
-def test_a_teacher_that_also_verifies_is_loaded_once(tmp_path, monkeypatch):
-    """--verifier naming the teacher's checkpoint and backend shares the teacher's engine (a second
-    vLLM engine of the same model would not fit beside the first)."""
+@pytest.mark.parametrize("backend", ["native", "vllm"])
+def test_a_teacher_that_also_verifies_is_loaded_once(tmp_path, monkeypatch, backend):
+    """--verifier naming the teacher's checkpoint shares the teacher's engine (a second vLLM engine
+    of the same model would not fit beside the first): --verifier-backend defaults to --backend."""
     from click.testing import CliRunner
     import evaluate
     write_sharegpt([mc_record(0)], str(tmp_path / "in.jsonl"))
@@ -391,9 +392,9 @@ def test_a_teacher_that_also_verifies_is_loaded_once(tmp_path, monkeypatch):
         return ScriptedTeacher([["B. <answer>B</answer>"]])
     monkeypatch.setattr(evaluate, "make_backend", make)
     res = CliRunner().invoke(curate._cli(), ["cot", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
-                                          "--teacher", "T", "--verifier", "T", "--k", "1"])
+                                          "--teacher", "T", "--verifier", "T", "--k", "1", "--backend", backend])
     assert res.exit_code == 0, res.output
-    assert built == [("native", "T")]
+    assert built == [(backend, "T")]
 
 
 @pytest.mark.parametrize("change", [{"k": 2}, {"temperature": 1.0}, {"teacher": "another-teacher"}])

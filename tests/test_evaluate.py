@@ -922,6 +922,12 @@ def test_vllm_requests_carry_each_image_where_its_marker_stands():
     assert got[1]["content"][0]["image_pil"] is ct and got[1]["content"][2]["image_pil"] is mri
     assert chat_messages([{"role": "user", "content": "Match the answer."}], []) == \
         [{"role": "user", "content": "Match the answer."}]
+    # a newline right after the marker goes with it, as data.render_chat renders "<image>\nQuestion"
+    assert chat_messages([{"role": "user", "content": "<image>\nWhich?"}], [ct])[0]["content"] == \
+        [{"type": "image_pil", "image_pil": ct}, {"type": "text", "text": "Which?"}]
+    # a request without images keeps its strings, even a judge's that quotes an answer writing "<image>"
+    judge = [{"role": "user", "content": "Answer: <image> shows B."}]
+    assert chat_messages(judge, []) == judge
     with pytest.raises(ValueError, match="marks 2 images, the request has 1 left"):
         chat_messages(msgs, [ct])
     with pytest.raises(ValueError, match="1 images that no '<image>' marks"):
@@ -977,7 +983,8 @@ def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monke
     class SamplingParams:
         def __init__(self, **kw):
             self.kw = kw
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    fake = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __version__="0.10.1.1")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
     backend = ev.make_backend("vllm", "ckpt", batch_size=8, min_pixels=None, max_pixels=262144, device="cuda",
                               dtype=None)
     assert seen["engine"] == {"model": "ckpt", "dtype": "bfloat16", "max_model_len": 8192,
@@ -1000,31 +1007,68 @@ def test_vllm_adapter_hands_sampling_settings_and_the_pixel_budget_to_vllm(monke
     ev.make_backend("vllm", "judge", gpu_memory_utilization=0.45)  # a second engine in the process: its part
     assert seen["engine"]["model"] == "judge" and seen["engine"]["gpu_memory_utilization"] == 0.45
 
+    class TextOnly(LLM):  # vLLM 0.9 refuses image settings for a text-only model (a judge)
+        def __init__(self, **kw):
+            if "limit_mm_per_prompt" in kw:
+                raise ValueError("`limit_mm_per_prompt` is only supported for multimodal models.")
+            super().__init__(**kw)
+    fake.LLM = TextOnly
+    ev.make_backend("vllm", "text-judge")
+    assert seen["engine"] == {"model": "text-judge", "dtype": "bfloat16", "max_model_len": 8192,
+                              "tensor_parallel_size": 1, "seed": 0, "trust_remote_code": True}
+    fake.__version__ = "0.9.1"  # its LLM.chat takes no "image_pil" parts
+    with pytest.raises(RuntimeError, match="vllm 0.9.1 is too old"):
+        ev.make_backend("vllm", "ckpt")
 
-def test_backends_of_one_command_share_engines_and_split_the_gpu(monkeypatch):
+
+def test_backends_of_one_command_share_engines_and_split_the_gpu(monkeypatch, tmp_path):
     """The evaluated model, its judge and its rephraser (or the curation teacher and verifier): one
-    backend per distinct (backend, checkpoint), none for an empty checkpoint. A vLLM engine takes
-    nearly all free GPU memory when it starts, so distinct vLLM engines split 90% of the GPU between
-    them (vLLM's advice for two instances on one GPU); a lone engine, or a native one, gets no part."""
+    backend per distinct (backend, checkpoint directory), none for an empty checkpoint. A vLLM
+    engine takes most of the GPU when it starts, so beside other models on the GPU (another engine,
+    a native backend not on the CPU) each vLLM engine gets an equal part of 90% of the GPU per
+    model on it (vLLM's advice for two instances on one GPU); a lone engine gets no part."""
     built = []
 
     def make(kind, path, **kw):
         built.append((kind, path, kw.get("gpu_memory_utilization")))
         return object()
     monkeypatch.setattr(ev, "make_backend", make)
-    model, judge, rephraser = ev.make_backends([("vllm", "ckpt"), ("vllm", "ckpt"), ("vllm", "")])
-    assert judge is model and rephraser is None and built == [("vllm", "ckpt", None)]
+    ckpt = str(tmp_path)
+    model, judge, rephraser = ev.make_backends([("vllm", ckpt), ("vllm", ckpt + "/"), ("vllm", "")])
+    assert judge is model and rephraser is None and built == [("vllm", ckpt, None)]
     built.clear()
     model, judge, rephraser = ev.make_backends([("vllm", "ckpt"), ("vllm", "judge"), ("native", "reph")])
     assert len({id(model), id(judge), id(rephraser)}) == 3
-    assert built == [("vllm", "ckpt", 0.45), ("vllm", "judge", 0.45), ("native", "reph", 0.45)]
+    assert built == [("vllm", "ckpt", 0.3), ("vllm", "judge", 0.3), ("native", "reph", 0.3)]
+    built.clear()
+    ev.make_backends([("native", "ckpt"), ("vllm", "judge")], device="cuda")
+    assert built == [("native", "ckpt", 0.45), ("vllm", "judge", 0.45)]
+    built.clear()
+    ev.make_backends([("native", "ckpt"), ("vllm", "judge")], device="cpu")  # the GPU is the engine's
+    assert built == [("native", "ckpt", None), ("vllm", "judge", None)]
+    built.clear()
+    ev.make_backends([("native", "ckpt"), ("native", "judge")])  # no vLLM engine: nothing to split
+    assert [b[2] for b in built] == [None, None]
     built.clear()
     given = object()
     got = ev.make_backends([("native", "ckpt"), ("vllm", "a"), ("vllm", "b")], {("native", "ckpt"): given})
-    assert got[0] is given and built == [("vllm", "a", 0.45), ("vllm", "b", 0.45)]
-    built.clear()
-    ev.make_backends([("vllm", "a"), ("vllm", "b"), ("vllm", "c")])
-    assert [b[2] for b in built] == [0.3] * 3
+    assert got[0] is given and built == [("vllm", "a", 0.3), ("vllm", "b", 0.3)]
+
+
+def test_evaluate_keeps_a_given_backend_and_defaults_the_judges_backend_to_the_models(tmp_path, monkeypatch):
+    """A backend handed to evaluate() answers even when the config names no checkpoint, and no other
+    is built; --judge-backend and --rephrase-backend default to --backend (a run on vLLM puts its
+    judge on vLLM too)."""
+    import realformat
+    cfg = ev.EvalConfig(model="", backend="vllm", judge_model="j")
+    assert (cfg.judge_backend, cfg.rephrase_backend) == ("vllm", "vllm")
+    assert ev.EvalConfig(model="m", judge_backend="native").judge_backend == "native"
+    realformat.write_mmmu(str(tmp_path))
+    monkeypatch.setattr(ev, "make_backend", lambda kind, path, **kw: pytest.fail(f"built {kind} {path!r}"))
+    model = Rambling()
+    s = ev.evaluate(ev.EvalConfig(model="", out=str(tmp_path / "run")), {"mmmu": str(tmp_path / "MMMU")},
+                    backend=model, log=lambda m: None)
+    assert model.seen == 10 and s["benchmarks"]["mmmu"]["base"]["n_scored"] == 10
 
 
 def test_native_backend_names_the_models_it_runs(tmp_path):
