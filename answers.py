@@ -61,7 +61,9 @@ def parse_choice(response, options, question=None):
          so does one about the sentence before when that names one option ('Primary roots are
          shorter. This is the answer', '..., making it the most likely answer'). When the
          question asks for the exception, 'B is correct' / 'B is true' says B holds: only phrases
-         about the answer commit ('B is the correct answer').
+         about the answer commit ('B is the correct answer'). A ranking's runners-up commit
+         nothing ('The second most likely answer is C', 'the next most likely diagnosis is ...';
+         not 'the next best step is ...', the best next step).
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
          factor', 'Option C is most likely', 'D) ...: This would be the most effective way
@@ -99,7 +101,9 @@ def parse_choice(response, options, question=None):
          most likely') or most of its words, or a last sentence stating one as what its
          subject is ('The patient's CHADS2 score is 2.'), or a last line that is one option,
          answering a question on the line before ('What is the diagnosis?\n\nTuberculosis');
-         see _conclusion for what does not count.
+         a last sentence that ranks below the first ('4) The fourth most likely cause is X.')
+         concludes on the ranking's first place (_top_ranked); see _conclusion for what does not
+         count.
     Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
     one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
@@ -281,6 +285,19 @@ _CUE_BEFORE = re.compile(
     r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
     # elimination: "this leaves us with generalized anxiety disorder"
     r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:answer\s+)?(?:option|choice)\s*)?", re.I)
+# a rank below the first, right before a cue: "the second most likely answer is", "the third best
+# option is", "the next most likely diagnosis is" name a ranking's runners-up, not its choice
+_RANKED = re.compile(r"\b(?:(?:second|third|fourth|fifth)\s+(?:most\s+\w+\s+|best\s+)?|next\s+most\s+\w+\s+|"
+                     r"(?P<next>next\s+))$", re.I)
+
+
+def _ranked(text, cue):
+    """Is the cue `cue` (a _CUE_BEFORE match in text) a ranking's runner-up? A bare 'next' ranks
+    only 'most ...' ('the next most likely'): 'the next best step' is the choice, the best next step."""
+    rank = _RANKED.search(text, max(0, cue.start() - 30), cue.start())
+    return rank is not None and (not rank.group("next") or cue.group(0)[:4].lower() == "most")
+
+
 # a cue's conclusion that no option is right: "none of the above", "no correct answer"
 _NO_OPTION = re.compile(r"[\s*\"'(]*(?:none\s+of\s+(?:the\s+)?(?:above|options|choices|answers|these)\b|"
                         r"no\s+(?:correct\s+|right\s+)?(?:answer|option|choice)\b)", re.I)
@@ -347,6 +364,8 @@ def _last_cue(text, options, asked=None):
     for m in _CUE_BEFORE.finditer(text):
         if _conditional(text, m.start()):
             continue  # "If the child were younger than 8, the best answer would be D": a hypothesis
+        if _ranked(text, m):
+            continue
         rest = text[m.end():]
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
         if lm and lm.group(1).upper() in options:
@@ -774,6 +793,8 @@ _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|con
                          r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|"
                          r"more\s+likely(?=\s*(?:[,.;]|$|because|since|that))|"
                          r"best|highest|greatest|worst|earliest|answer|correct|must|should)\b", re.I)
+# ... or ranks it below the first: "The third most likely cause is idiopathic" (_RANKED)
+_RUNNER_UP = re.compile(r"\b(?:(?:second|third|fourth|fifth)\s+(?:most|best)|next\s+most)\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
 
@@ -812,6 +833,8 @@ def _conclusion(text, options, asked=None):
         return None
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
     sentences = re.split(r"(?<=[.!?])\s+", line)
+    if _RUNNER_UP.search(sentences[-1]):  # the last place of a ranking: its first place concludes
+        return _top_ranked(text, options)
     # the options named just before the last sentence, on its line or the line before, unless
     # the sentence just before announces the answer ("Now, we can answer the question.", "... and
     # come to a conclusion.")
@@ -841,6 +864,7 @@ def _conclusion(text, options, asked=None):
         concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
             or k == 0 and asked is None and not listed - named and not _NEGATIVE.search(words) \
             and _states(sentence, tail, spans)
+        concludes = concludes and not _RUNNER_UP.search(words)  # "The fourth most likely cause is X"
         # a hedge: 'or' after the verb ('is X or a drug reaction') or next to the option anywhere
         # ('whether this is X or a fungal infection is unclear'; not 'one or more vaccines ... is X')
         hedged = re.search(r"\bor\b", predicate) or any(
@@ -852,6 +876,22 @@ def _conclusion(text, options, asked=None):
         seen |= named
         if len(seen) > 1:
             return None
+    return None
+
+
+def _top_ranked(text, options):
+    """The option a ranking puts first ('1) The most likely cause ... is congenital. 2) The next most
+    likely cause is ...'): the last sentence before its runners-up that ranks with 'most ...' or
+    'best' and names one option, by its text or after its last 'is' / 'be'; None when that sentence
+    names none or several, or negates ('... is to ensure that she does not have hepatitis B')."""
+    for sentence in reversed(re.split(r"(?<=[.!?])\s+|\n+", text)):
+        if _RUNNER_UP.search(sentence) or not re.search(r"\b(?:most\s+(?!of\b)\w+|best)\b", sentence, re.I):
+            continue
+        named = {s[2] for s in _text_spans(sentence, options)}
+        tail = re.split(r"\b(?:is|are|be)\s+", sentence)[-1]
+        if not named and tail != sentence and (loose := _clause_option(tail, options)):
+            named = {loose}
+        return named.pop() if len(named) == 1 and not _NEGATIVE.search(sentence) else None
     return None
 
 

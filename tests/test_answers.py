@@ -1,5 +1,5 @@
 """Tests for answers.py: the multiple-choice answer parser on tables of realistic responses and
-on 4,722 graded real ones, and the response categories.
+on 4,972 graded real ones, and the response categories.
 
     python -m pytest -q tests/test_answers.py
 """
@@ -254,7 +254,7 @@ def test_parse_choice_on_graded_response_shapes(response, options, expected):
 # Reasoning that concludes in prose, without an answer phrase (the InstructGPT responses of the
 # graded file): R, a rash; G, an organism; P, a nerve; H, a hepatitis; DEF, a defence mechanism;
 # VAC, a contraindication; CY, an ovarian cyst; CE, intestinal cells; WK, weeks of pregnancy; SCR, a
-# screening test; EYE, a squint test.
+# screening test; EYE, a squint test; MK, a cardiac marker.
 R = {"A": "Roseola", "B": "Erythema infectiosum", "C": "Rubella", "D": "Kawasaki disease"}
 G = {"A": "Gram-negative, oxidase-positive rods", "B": "Gram-positive cocci",
      "C": "Gram-positive, gamma-hemolytic cocci", "D": "Gram-negative, oxidase-negative rods"}
@@ -269,6 +269,7 @@ WK = {"A": "Last 5 days", "B": "12-16 week", "C": "8-12 week", "D": "16-20 week"
 SCR = {"A": "Highly sensitive test", "B": "Low false positive rate", "C": "High true positive rate",
        "D": "Low negative predictive value"}
 EYE = {"A": "Forced duction test", "B": "Cover Uncover Test", "C": "Fundus Examination", "D": "All of the above"}
+MK = {"A": "LDH", "B": "CPK-MB", "C": "Troponin T", "D": "Troponin I"}
 PROSE_CONCLUSION_CASES = [
     # the last line concludes on one option, by its text or most of its words after 'is'
     ("Roseola fits the age, and rubella fits the rash.\n\nTherefore, the child has rubella.", R, "C"),
@@ -376,6 +377,17 @@ PROSE_CONCLUSION_CASES = [
      "the most likely correct answer.", S, "D"),
     ("He is not demonstrating displacement, since the target is the same.\n\nHe is demonstrating passive "
      "aggression because he is indirectly hostile.\n\nHe is not demonstrating acting out or blocking.", DEF, "C"),
+    # a ranking chooses its first place: "the second / third / next most likely" are its runners-up
+    ("The most likely answer is troponin I. It peaks early.\n\nThe second most likely answer is troponin T.\n\n"
+     "The third most likely answer is CPK-MB.", MK, "D"),
+    ("1) The most likely marker is troponin I.\n2) The next most likely marker is troponin T.\n3) The third most "
+     "likely marker is CPK-MB.\n4) The fourth most likely marker is LDH.", MK, "D"),
+    ("1) The marker that appears last in myocardial infarction is most likely LDH.\n2) The second most likely "
+     "is CPK-MB.", MK, "A"),
+    ("The most appropriate marker to measure here is LDH.\n\nThe second most appropriate marker is CPK-MB.", MK, "A"),
+    ("The best answer is B, the second best answer is C.", MK, "B"),
+    # ... but "the next best step" is the best next step: the choice
+    ("The next best step is to measure troponin T.", MK, "C"),
 ]
 
 
@@ -706,9 +718,9 @@ GRADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "grade
 
 
 def test_parse_choice_agrees_with_graded_real_chain_of_thought():
-    """4,722 real chain-of-thought answers to medical multiple-choice questions, each graded by
-    reading it (the option it commits to, or null), blind to the parser; 780 of them graded again
-    by a second reader, blind to the first, who agreed on 774, the other 6 being answers the first
+    """4,972 real chain-of-thought answers to medical multiple-choice questions, each graded by
+    reading it (the option it commits to, or null), blind to the parser; 840 of them graded again
+    by a second reader, blind to the first, who agreed on 833, the other 7 being answers the first
     reader was unsure of (the readers: tests/data/README.md). Sources (both Apache-2.0):
     - MMMU-Pro's published GPT-4o outputs, the 286 + 286 items of the five Health & Medicine
       subjects (standard 10-option and vision settings): image questions answered step by step
@@ -716,10 +728,11 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     - InstructGPT's chain-of-thought samples (Liévin et al.) on MedQA-USMLE and MedMCQA validation
       questions, the reasoning alone, cut before the answer-extraction prompt the authors
       appended: answers that conclude in prose, by option-by-option verdicts, by elimination, or
-      not at all. Graded in seventeen batches, each before the rules were changed or measured on
+      not at all. Graded in eighteen batches, each before the rules were changed or measured on
       it: usmle-instructgpt (200); -heldout and medmcqa (250); the -heldout2 to -heldout6 sets (250
-      each); -heldout7 (200); -heldout8 to -heldout16 (250 each; -heldout15 graded while the last
-      rules were made, measured once after; -heldout16 graded after them, measured once).
+      each); -heldout7 (200); -heldout8 to -heldout17 (250 each; -heldout15 graded while the
+      rules were made, measured once after; -heldout16 graded after them, measured once;
+      -heldout17 graded while the ranking rule was made on the earlier sets, measured once after).
     Each response is read with its question, as the evaluation reads it (EXCEPT questions). The
     counts are those of the current rules; a change that loses one fails here with the responses
     it now reads differently."""
@@ -735,13 +748,13 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
     # per source: (answers graded, answers the parser agrees on at least)
     expected = {"mmmu-pro-standard10-gpt4o": (286, 286), "mmmu-pro-vision-gpt4o": (286, 285),
                 "usmle-instructgpt": (200, 185), "usmle-instructgpt-heldout": (100, 94),
-                "medmcqa-instructgpt": (150, 127), "usmle-instructgpt-heldout2": (100, 89),
+                "medmcqa-instructgpt": (150, 128), "usmle-instructgpt-heldout2": (100, 89),
                 "medmcqa-instructgpt-heldout2": (150, 128), "usmle-instructgpt-heldout3": (100, 94),
                 "medmcqa-instructgpt-heldout3": (150, 128), "usmle-instructgpt-heldout4": (100, 92),
                 "medmcqa-instructgpt-heldout4": (150, 133), "usmle-instructgpt-heldout5": (100, 92),
-                "medmcqa-instructgpt-heldout5": (150, 128), "usmle-instructgpt-heldout6": (100, 87),
+                "medmcqa-instructgpt-heldout5": (150, 128), "usmle-instructgpt-heldout6": (100, 88),
                 "medmcqa-instructgpt-heldout6": (150, 118), "usmle-instructgpt-heldout7": (100, 95),
-                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 95),
+                "medmcqa-instructgpt-heldout7": (100, 89), "usmle-instructgpt-heldout8": (100, 96),
                 "medmcqa-instructgpt-heldout8": (150, 133), "usmle-instructgpt-heldout9": (100, 93),
                 "medmcqa-instructgpt-heldout9": (150, 128), "usmle-instructgpt-heldout10": (100, 95),
                 "medmcqa-instructgpt-heldout10": (150, 123), "usmle-instructgpt-heldout11": (100, 92),
@@ -749,11 +762,12 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout12": (150, 130), "usmle-instructgpt-heldout13": (100, 93),
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
-                "medmcqa-instructgpt-heldout15": (150, 124), "usmle-instructgpt-heldout16": (100, 89),
-                "medmcqa-instructgpt-heldout16": (150, 123)}
+                "medmcqa-instructgpt-heldout15": (150, 126), "usmle-instructgpt-heldout16": (100, 90),
+                "medmcqa-instructgpt-heldout16": (150, 123), "usmle-instructgpt-heldout17": (100, 89),
+                "medmcqa-instructgpt-heldout17": (150, 118)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
-    assert len(second) == 780 and sum(r["second_label"] == r["label"] for r in second) == 774
+    assert len(second) == 840 and sum(r["second_label"] == r["label"] for r in second) == 833
     assert all(not r["sure"] for r in second if r["second_label"] != r["label"])
     assert all(agree[s] >= least for s, (_, least) in expected.items()), (dict(agree), "\n".join(misses))
 
