@@ -61,9 +61,10 @@ def parse_choice(response, options, question=None):
          so does one about the sentence before when that names one option ('Primary roots are
          shorter. This is the answer', '..., making it the most likely answer'). When the
          question asks for the exception, 'B is correct' / 'B is true' says B holds: only phrases
-         about the answer commit ('B is the correct answer'). A ranking's runners-up commit
-         nothing ('The second most likely answer is C', 'the next most likely diagnosis is ...';
-         not 'the next best step is ...', the best next step).
+         about the answer commit ('B is the correct answer'). A letter labelled with another
+         option's text ('the answer is D) Misoprostol', misoprostol being C) chooses neither; a
+         ranking's runners-up commit nothing ('The second most likely answer is C', 'the next
+         most likely diagnosis is ...'; not 'the next best step is ...', the best next step).
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
          factor', 'Option C is most likely', 'D) ...: This would be the most effective way
@@ -298,6 +299,23 @@ def _ranked(text, cue):
     return rank is not None and (not rank.group("next") or cue.group(0)[:4].lower() == "most")
 
 
+# an option's text written as a letter's label: ") Misoprostol.", ": Misoprostol\n", " - Misoprostol", ending
+# where a label ends (not "D. Misoprostol is contraindicated ...", a new sentence about another option)
+_LABEL = re.compile(r"[\]\*]*(?:\s*[)\]:：\-–])+\s*[\*\"']*(?P<text>[^\n]{3,200}?)[\*\"']*\s*(?:[.,;:!)(\n]|$)")
+
+
+def _label_text(after, options):
+    """The option whose text (three letters or more; a plural allowed) is the label written right
+    after a cue's letter ('D) Misoprostol.'), or None. A letter whose label is another option's
+    text chooses neither: which one the answer meant, only a reader can tell."""
+    label = _LABEL.match(after)
+    if not label:
+        return None
+    said = _HYPHEN.sub(" ", label.group("text").strip().lower())
+    texts = {k: _HYPHEN.sub(" ", _opt_text(t)) for k, t in options.items()}
+    return next((k for k, t in texts.items() if len(t) >= 3 and said in (t, t + "s")), None)
+
+
 # a cue's conclusion that no option is right: "none of the above", "no correct answer"
 _NO_OPTION = re.compile(r"[\s*\"'(]*(?:none\s+of\s+(?:the\s+)?(?:above|options|choices|answers|these)\b|"
                         r"no\s+(?:correct\s+|right\s+)?(?:answer|option|choice)\b)", re.I)
@@ -378,6 +396,10 @@ def _last_cue(text, options, asked=None):
                 found.append((m.end() + lm.start(1), "", m.start()))
                 continue
             if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"
+                continue
+            labelled = _label_text(after, options)
+            if labelled and labelled != c.upper():  # "the answer is D) Misoprostol", misoprostol being C
+                found.append((m.end() + lm.start(1), "", m.start()))
                 continue
             word_follows = _ARTICLE_AFTER.match(after) is not None  # "is a mass", "is A lesion"
             if (c.isupper() and c != "A") or not word_follows:

@@ -242,6 +242,15 @@ GRADED_SHAPE_CASES = [
     ("Her temperature is 38.1°C (100.6°F), so the answer is A.", S, "A"),
     ("Temperature 36.7°C, pulse 41/min; the airway must be secured first.", S, None),
     ("The CHADS2 score is high. Temperature 38°C.", T, None),
+    # a cue's letter labelled with another option's text chooses neither (graded: heldout5, -6,
+    # -14, -16); its own text, a new sentence about another option, or a label that is no option's
+    # text leave the letter
+    ("Therefore, the answer must be D) Crohn's disease.", N, "D"),
+    ("Therefore, the answer must be B) Crohn's disease.", N, None),
+    ("So the answer is (A): Neurofibromas.", N, None),
+    ("The correct answer is B - Ash leaf spots.", N, None),
+    ("The answer is B. Crohn's disease is unrelated to this syndrome.", N, "B"),
+    ("The answer is C) a neurocutaneous tumour.", N, "C"),
 ]
 
 
@@ -763,7 +772,7 @@ def test_parse_choice_agrees_with_graded_real_chain_of_thought():
                 "medmcqa-instructgpt-heldout13": (150, 133), "usmle-instructgpt-heldout14": (100, 86),
                 "medmcqa-instructgpt-heldout14": (150, 126), "usmle-instructgpt-heldout15": (100, 94),
                 "medmcqa-instructgpt-heldout15": (150, 126), "usmle-instructgpt-heldout16": (100, 90),
-                "medmcqa-instructgpt-heldout16": (150, 123), "usmle-instructgpt-heldout17": (100, 89),
+                "medmcqa-instructgpt-heldout16": (150, 124), "usmle-instructgpt-heldout17": (100, 89),
                 "medmcqa-instructgpt-heldout17": (150, 118)}
     assert total == {source: n for source, (n, _) in expected.items()}
     second = [r for r in rows if "second_label" in r]
