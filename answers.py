@@ -64,7 +64,9 @@ def parse_choice(response, options, question=None):
          about the answer commit ('B is the correct answer'). A letter labelled with another
          option's text ('the answer is D) Misoprostol', misoprostol being C) chooses neither; a
          ranking's runners-up commit nothing ('The second most likely answer is C', 'the next
-         most likely diagnosis is ...'; not 'the next best step is ...', the best next step).
+         most likely diagnosis is ...'; not 'the next best step is ...' nor 'the next most
+         appropriate step is ...', the best next step), unless the question asks for a
+         runner-up, the least or the exception.
       4. An option-by-option review, a line per option opening with its letter or text and a
          verdict ('C) Dog tick: This is the correct answer.', 'Constipation is not a likely
          factor', 'Option C is most likely', 'D) ...: This would be the most effective way
@@ -102,9 +104,9 @@ def parse_choice(response, options, question=None):
          most likely') or most of its words, or a last sentence stating one as what its
          subject is ('The patient's CHADS2 score is 2.'), or a last line that is one option,
          answering a question on the line before ('What is the diagnosis?\n\nTuberculosis');
-         a last sentence that ranks below the first ('4) The fourth most likely cause is X.')
-         concludes on the ranking's first place (_top_ranked); see _conclusion for what does not
-         count.
+         a last sentence that opens by ranking below the first ('4) The fourth most likely cause
+         is X.') concludes on the ranking's first place (_top_ranked; as in rule 3, not where the
+         question asks for a runner-up); see _conclusion for what does not count.
     Anything else (several letters, several texts, nothing) -> None. Real responses graded one by
     one, with the sources they come from: tests/data/graded_cot.jsonl.gz.
     """
@@ -118,13 +120,13 @@ def parse_choice_rule(response, options, question=None):
     response, options = _normalized(response, options)
     if not response.strip():
         return None, "none"
-    asked = _asked(question)
+    asked, ranks = _asked(question), _reads_rankings(question)
     tags = _ANSWER_TAG.findall(response)
     if tags and tags[-1].strip():
-        hit, rule = _resolve(tags[-1], options, asked)
+        hit, rule = _resolve(tags[-1], options, asked, ranks)
         if hit:
             return hit, "answer_tag:" + rule
-    return _resolve(_ANSWER_TAG.sub(" ", response), options, asked)
+    return _resolve(_ANSWER_TAG.sub(" ", response), options, asked, ranks)
 
 
 # LaTeX around an answer, as models trained on math write it ('Answer: \\( \\text{G} \\)',
@@ -147,13 +149,13 @@ def _normalized(response, options):
     return _LATEX_MATH.sub(" ", response), options
 
 
-def _resolve(text, options, asked=None):
+def _resolve(text, options, asked=None, ranks=True):
     """(letter or None, the rule that decided: exact, cue, verdict, denied, letter, option_text,
-    conclusion or none)."""
+    conclusion or none). `ranks`: a ranking's first place is its choice (_reads_rankings)."""
     hit = _exact(text, options)
     if hit:
         return hit, "exact"
-    cue = _last_cue(text, options, asked)
+    cue = _last_cue(text, options, asked, ranks)
     if cue:
         return (cue[1] or None), ("cue" if cue[1] else "none")
     hit = _verdicts(text, options, asked)
@@ -163,7 +165,7 @@ def _resolve(text, options, asked=None):
     if asked is not None and not cut and (denied := _denied(text, options, asked)):
         if len(denied) == 1:  # the one option said not to hold is the exception asked for
             return next(iter(denied)), "denied"
-        hit = _conclusion(text, options, asked)
+        hit = _conclusion(text, options, asked, ranks)
         return hit, "conclusion" if hit else "none"
     spans = _text_spans(text, options)
     letters = _letters(text, options, spans, cut)
@@ -177,7 +179,7 @@ def _resolve(text, options, asked=None):
         found = set()  # it concludes on something else: "the most likely diagnosis is ASD"
     if len(found) == 1:
         return next(iter(found)), "letter" if letters else "option_text"
-    hit = _conclusion(text, options, asked)
+    hit = _conclusion(text, options, asked, ranks)
     return hit, "conclusion" if hit else "none"
 
 
@@ -286,17 +288,33 @@ _CUE_BEFORE = re.compile(
     r"(?:[\w\-'’]+\s+){1,8}?(?:is|would\s+be|will\s+be)\s*[:：\-–]?\s*(?:to\s+)?(?:(?:option|choice|letter)\s*)?"
     # elimination: "this leaves us with generalized anxiety disorder"
     r"|\b(?:this|that|which)\s+leaves\s+(?:us\s+with\s+)?(?:(?:answer\s+)?(?:option|choice)\s*)?", re.I)
-# a rank below the first, right before a cue: "the second most likely answer is", "the third best
-# option is", "the next most likely diagnosis is" name a ranking's runners-up, not its choice
-_RANKED = re.compile(r"\b(?:(?:second|third|fourth|fifth)\s+(?:most\s+\w+\s+|best\s+)?|next\s+most\s+\w+\s+|"
-                     r"(?P<next>next\s+))$", re.I)
+# a rank below the first, right before a cue: "the second most likely answer is", "the 3rd best
+# option is", "the next most likely diagnosis is" name a ranking's runners-up, not its choice (on
+# one line: "rash second\n\nFinal answer: C" ranks nothing)
+_ORDINAL = r"(?:second|third|fourth|fifth|2nd|3rd|4th|5th)(?:[ \t]+|-)"
+_RANKED = re.compile(rf"\b(?:{_ORDINAL}(?:most(?:[ \t]+|-)\w+[ \t]+|best[ \t]+)?|"
+                     r"next[ \t]+most[ \t]+(?:likely|probable)[ \t]+|(?P<next>next[ \t]+))$", re.I)
 
 
 def _ranked(text, cue):
     """Is the cue `cue` (a _CUE_BEFORE match in text) a ranking's runner-up? A bare 'next' ranks
-    only 'most ...' ('the next most likely'): 'the next best step' is the choice, the best next step."""
+    only 'most likely' / 'most probable' and 'best answer' ('the next most likely diagnosis is',
+    'the next best answer is'): 'the next best step' and 'the next most appropriate step' are the
+    choice, the best next step."""
     rank = _RANKED.search(text, max(0, cue.start() - 30), cue.start())
-    return rank is not None and (not rank.group("next") or cue.group(0)[:4].lower() == "most")
+    return rank is not None and (not rank.group("next") or re.match(
+        r"most\s+(?:likely|probable)\b|best\s+(?:answer|option|choice|diagnosis)\b", cue.group(0), re.I) is not None)
+
+
+# a question whose answer is a runner-up or a last place ("the second most common site", "the
+# least likely"), or an exception: the rankings of its answers are read as they stand
+_RANK_ASKED = re.compile(rf"\b{_ORDINAL}(?:most|best)\b|\bnext\s+most\s+(?:likely|probable)\b|\bleast\b", re.I)
+
+
+def _reads_rankings(question):
+    """Does a ranking in an answer to `question` choose its first place? Not where the question
+    asks for a runner-up, the least or the exception."""
+    return _RANK_ASKED.search(str(question or "")) is None and not asks_exception(question)
 
 
 # an option's text written as a letter's label: ") Misoprostol.", ": Misoprostol\n", " - Misoprostol", ending
@@ -374,7 +392,7 @@ _ANAPHOR_REJECT = re.compile(r"\b(?:this|that|it)(?:(?:'s|\s+is)\s+not|\s+isn't|
                              r"(?:answer|option|choice|it)\b", re.I)
 
 
-def _last_cue(text, options, asked=None):
+def _last_cue(text, options, asked=None, ranks=True):
     """(position of the choice, its letter or '', where its cue starts) of the last committed
     choice ('the answer is B', 'B is correct'; '' when it names several: 'the answer is A or B'),
     or None; in a question asking for the exception, as _commits reads the phrase."""
@@ -382,7 +400,7 @@ def _last_cue(text, options, asked=None):
     for m in _CUE_BEFORE.finditer(text):
         if _conditional(text, m.start()):
             continue  # "If the child were younger than 8, the best answer would be D": a hypothesis
-        if _ranked(text, m):
+        if ranks and _ranked(text, m):
             continue
         rest = text[m.end():]
         lm = re.match(r"[\(\[\*\"'\s]*([A-Za-z])(?![\w'’]|-\w|\.\w)", rest)
@@ -815,8 +833,11 @@ _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|con
                          r"in\s+(?:answer|summary)|based\s+on|most\s+(?!of\b)\w+|"
                          r"more\s+likely(?=\s*(?:[,.;]|$|because|since|that))|"
                          r"best|highest|greatest|worst|earliest|answer|correct|must|should)\b", re.I)
-# ... or ranks it below the first: "The third most likely cause is idiopathic" (_RANKED)
-_RUNNER_UP = re.compile(r"\b(?:(?:second|third|fourth|fifth)\s+(?:most|best)|next\s+most)\b", re.I)
+# ... or opens by ranking below the first: "The third most likely cause is idiopathic", "2) The
+# next most likely diagnosis is ..." (not "Therefore, the diagnosis is meningioma, the second most
+# common tumour", which describes the choice, nor "the next most appropriate step", the choice)
+_RUNNER_UP = re.compile(rf"[\W_]*(?:(?:the|my)\s+)?(?:{_ORDINAL}(?P<sup>most(?:[ \t]+|-)(?!of\b)\w+|best)|"
+                        r"next[ \t]+(?P<next>most[ \t]+(?!appropriate\b)\w+))\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
 
@@ -826,7 +847,7 @@ def _complete(text):
     return re.search(r"[.!?)\"'*]\s*$", text) is not None
 
 
-def _conclusion(text, options, asked=None):
+def _conclusion(text, options, asked=None, ranks=True):
     """The option a complete response's last line concludes on. Going back from the line's last
     sentence, past sentences that name no option or only that one: the first concluding sentence
     ('Therefore, the protein is histone', 'In conclusion, ... is that the girl is a false
@@ -855,8 +876,8 @@ def _conclusion(text, options, asked=None):
         return None
     line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
     sentences = re.split(r"(?<=[.!?])\s+", line)
-    if _RUNNER_UP.search(sentences[-1]):  # the last place of a ranking: its first place concludes
-        return _top_ranked(text, options)
+    if ranks and (rank := _RUNNER_UP.match(sentences[-1])):  # a ranking's last place: its first place concludes
+        return _top_ranked(text, options, rank.group("sup") or rank.group("next"))
     # the options named just before the last sentence, on its line or the line before, unless
     # the sentence just before announces the answer ("Now, we can answer the question.", "... and
     # come to a conclusion.")
@@ -886,7 +907,7 @@ def _conclusion(text, options, asked=None):
         concludes = _CONCLUDING.search(words) or asked is not None and re.search(r"\bleast\s+\w", words, re.I) \
             or k == 0 and asked is None and not listed - named and not _NEGATIVE.search(words) \
             and _states(sentence, tail, spans)
-        concludes = concludes and not _RUNNER_UP.search(words)  # "The fourth most likely cause is X"
+        concludes = concludes and not (ranks and _RUNNER_UP.match(sentence))  # "The fourth most likely cause is X"
         # a hedge: 'or' after the verb ('is X or a drug reaction') or next to the option anywhere
         # ('whether this is X or a fungal infection is unclear'; not 'one or more vaccines ... is X')
         hedged = re.search(r"\bor\b", predicate) or any(
@@ -901,14 +922,18 @@ def _conclusion(text, options, asked=None):
     return None
 
 
-def _top_ranked(text, options):
+def _top_ranked(text, options, superlative):
     """The option a ranking puts first ('1) The most likely cause ... is congenital. 2) The next most
-    likely cause is ...'): the last sentence before its runners-up that ranks with 'most ...' or
-    'best' and names one option, by its text or after its last 'is' / 'be'; None when that sentence
-    names none or several, or negates ('... is to ensure that she does not have hepatitis B')."""
+    likely cause is ...'): the last sentence before its runners-up with the runners-up's own
+    superlative ('most likely', 'best'; not 'Most patients ...') that names one option, by its text
+    or after its last 'is' / 'be'; None when that sentence names none or several, or negates
+    ('... is to ensure that she does not have hepatitis B'; ', not LDH' sets another aside)."""
+    first = re.compile(r"\b" + re.sub(r"[ \t\-]+", r"[\\s\\-]+", superlative) + r"\b", re.I)
     for sentence in reversed(re.split(r"(?<=[.!?])\s+|\n+", text)):
-        if _RUNNER_UP.search(sentence) or not re.search(r"\b(?:most\s+(?!of\b)\w+|best)\b", sentence, re.I):
+        sentence = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", sentence)  # a list item's number
+        if _RUNNER_UP.match(sentence) or not first.search(sentence):
             continue
+        sentence = re.sub(r",\s*(?:and\s+)?not\s+[^,.;!?]*", "", sentence)  # "... is troponin I, not LDH"
         named = {s[2] for s in _text_spans(sentence, options)}
         tail = re.split(r"\b(?:is|are|be)\s+", sentence)[-1]
         if not named and tail != sentence and (loose := _clause_option(tail, options)):
@@ -1035,7 +1060,7 @@ def response_category(response, options, question=None):
         stated = text.lower().rindex("<answer>")
     elif rule == "cue":  # where the deciding cue starts, read as the rule read it
         text = _ANSWER_TAG.sub(" ", text)
-        at, _, stated = _last_cue(text, opts, _asked(question))
+        at, _, stated = _last_cue(text, opts, _asked(question), _reads_rankings(question))
         if not (stated < at and _CUE_BEFORE.match(text, stated)):  # a verdict after the choice: "B is correct"
             stated = None
     elif rule == "conclusion":  # the last line concludes

@@ -395,9 +395,34 @@ PROSE_CONCLUSION_CASES = [
      "is CPK-MB.", MK, "A"),
     ("The most appropriate marker to measure here is LDH.\n\nThe second most appropriate marker is CPK-MB.", MK, "A"),
     ("The best answer is B, the second best answer is C.", MK, "B"),
-    # ... but "the next best step" is the best next step: the choice
+    ("The 2nd most likely answer is C. The most likely answer is D.", MK, "D"),
+    ("The best answer is A. The second-best answer is C.", MK, "A"),
+    ("The best answer is D, since it rises first. The next best answer is C.", MK, "D"),
+    # ... but "the next best step" and "the next most appropriate step" are the best next step: the
+    # choice; a choice described as a runner-up is still the choice; an ordinal on another line is
+    # no rank
     ("The next best step is to measure troponin T.", MK, "C"),
+    ("An ECG is done.\n\nThe next most appropriate step in management is to measure troponin T.", MK, "C"),
+    ("Troponin I is the most specific marker, but it stays high for days. Therefore, the marker here is "
+     "CPK-MB, the second most useful marker of reinfarction.", MK, "B"),
+    ("- LDH: rises late, peaks second\n\nFinal answer: D", MK, "D"),
 ]
+
+
+RANKING = ("1) The most useful marker is troponin I.\n2) The second most useful marker is troponin T.\n"
+           "3) The fourth most useful marker is LDH.")
+
+
+@pytest.mark.parametrize("question,response,expected", [
+    ("Which marker rises last after a myocardial infarction?", RANKING, "D"),
+    ("Which marker is least useful after a myocardial infarction?", RANKING, "A"),
+    ("Which is the second most useful marker after a myocardial infarction?",
+     "The most useful marker is troponin I.\n\nThe second most useful marker is troponin T.", "C"),
+])
+def test_a_ranking_answers_the_question_it_was_asked(question, response, expected):
+    """A ranking's first place is the choice, unless the question asks for a runner-up or the least:
+    then the ranking is read as it stands (the place it ends on)."""
+    assert parse_choice(response, MK, question) == expected
 
 
 @pytest.mark.parametrize("response,options,expected", PROSE_CONCLUSION_CASES,
