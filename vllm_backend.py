@@ -51,9 +51,10 @@ def chat_messages(messages, images):
 
 class VLLMBackend:
     """Requests go through LLM.chat (the model's chat template and image placeholder, see the module
-    docstring); the pixel budget is passed to vLLM's image processor. gpu_memory_utilization, when
-    given, is the part of the GPU this engine may take (evaluate.make_backends splits it between
-    engines); otherwise vLLM's default."""
+    docstring); the pixel budget is passed to vLLM's image processor (a processor that takes no
+    min/max_pixels, as InternVL's tiling, keeps its own; vLLM drops them with a warning).
+    gpu_memory_utilization, when given, is the part of the GPU this engine may take
+    (evaluate.make_backends splits it between engines); otherwise vLLM's default."""
 
     def __init__(self, model_dir, dtype="bfloat16", batch_size=None, min_pixels=None, max_pixels=262144,
                  max_model_len=8192, max_images=8, tensor_parallel_size=1, seed=0, gpu_memory_utilization=None):
