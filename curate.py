@@ -620,8 +620,8 @@ def run_step(step, in_path, out_path, cfg, model=None, embedder=None):
         records = merge_records(records, cfg, report)
     elif step in ("cot", "caption"):
         import evaluate  # native (infimed) or vLLM; both answer .generate(requests, ..., n=k)
-        verifier = (cfg.verifier_backend or cfg.backend, cfg.verifier) if step == "cot" else ("native", "")
-        teacher, verifier = evaluate.make_backends([(cfg.backend, cfg.teacher), verifier])  # shared if the same
+        checker = (cfg.verifier_backend or cfg.backend, cfg.verifier) if step == "cot" else ("native", "")
+        teacher, verifier = evaluate.make_backends([(cfg.backend, cfg.teacher), checker])  # shared if the same
         cache = JsonlCache(stem + ".cache.jsonl")
         if step == "caption":
             records = refine_captions(records, teacher, cfg, report, cache)
