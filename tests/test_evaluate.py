@@ -273,13 +273,13 @@ class ReplayJudge:
 
 
 def test_rules_then_judge_on_graded_real_chain_of_thought():
-    """The 4,972 graded answers of test_answers.py read as a run with --judge-model reads them:
-    the rules first, then, for the 1,603 answers they leave unresolved and the 1,165 they decide
+    """The 5,222 graded answers of test_answers.py read as a run with --judge-model reads them:
+    the rules first, then, for the 1,677 answers they leave unresolved and the 1,225 they decide
     only by inference from prose (JUDGE_ALSO, not stated first), the reply a judge gave to the
     JUDGE_PROMPT this run sends (stored as `judge_reply`; who the judges were, and why their
     agreement with the graders is likely above a smaller judge's: tests/data/README.md). The rules
-    alone agree with the graders on 4,439 answers (3,868 of the 4,400 that conclude in prose), rules
-    then judge on 4,868 (4,296). The rules' reading stays beside the judge's, as the invalid rate
+    alone agree with the graders on 4,655 answers (4,084 of the 4,650 that conclude in prose), rules
+    then judge on 5,114 (4,542). The rules' reading stays beside the judge's, as the invalid rate
     needs it."""
     graded = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "graded_cot.jsonl.gz")
     with gzip.open(graded, "rt", encoding="utf-8") as f:
@@ -292,16 +292,16 @@ def test_rules_then_judge_on_graded_real_chain_of_thought():
         if "judge_reply" in g:
             replies[JUDGE_PROMPT.format(question=g["question"], response=g["response"],
                                         options=format_options(g["options"]))] = g["judge_reply"]
-    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2768
+    assert ev.judge_rows(ReplayJudge(replies), rows) == len(replies) == 2902
     judged = [r for r in rows if r["flags"]]
     assert all(r["flags"] == ["judged"] for r in judged)
-    assert sum(r["parsed"] is None for r in judged) == 1603
+    assert sum(r["parsed"] is None for r in judged) == 1677
     assert {r["rule"] for r in rows if not r["flags"]} == {"cue", "denied"}
     prose = [not g["source"].startswith("mmmu") for g in graded]
-    assert sum(r["correct_rules"] for r in rows) >= 4439
-    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 3868
-    assert sum(r["correct"] for r in rows) >= 4868
-    assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 4296
+    assert sum(r["correct_rules"] for r in rows) >= 4655
+    assert sum(r["correct_rules"] for r, p in zip(rows, prose) if p) >= 4084
+    assert sum(r["correct"] for r in rows) >= 5114
+    assert sum(r["correct"] for r, p in zip(rows, prose) if p) >= 4542
 
 
 # ----------------------------------------------------------------- which records each variant asks
