@@ -299,39 +299,59 @@ _RANKED = re.compile(rf"\b(?:{_ORDINAL}(?:most(?:[ \t]+|-)\w+[ \t]+|best[ \t]+)?
 def _ranked(text, cue):
     """Is the cue `cue` (a _CUE_BEFORE match in text) a ranking's runner-up? A bare 'next' ranks
     only 'most likely' / 'most probable' and 'best answer' ('the next most likely diagnosis is',
-    'the next best answer is'): 'the next best step' and 'the next most appropriate step' are the
-    choice, the best next step."""
+    'the next best answer is'): 'the next best step', 'the next best option' and 'the next most
+    appropriate step' are the choice, the best next one."""
     rank = _RANKED.search(text, max(0, cue.start() - 30), cue.start())
     return rank is not None and (not rank.group("next") or re.match(
-        r"most\s+(?:likely|probable)\b|best\s+(?:answer|option|choice|diagnosis)\b", cue.group(0), re.I) is not None)
+        r"most\s+(?:likely|probable)\b|best\s+(?:answer|choice)\b", cue.group(0), re.I) is not None)
 
 
 # a question whose answer is a runner-up or a last place ("the second most common site", "the
 # least likely"), or an exception: the rankings of its answers are read as they stand
-_RANK_ASKED = re.compile(rf"\b{_ORDINAL}(?:most|best)\b|\bnext\s+most\s+(?:likely|probable)\b|\bleast\b", re.I)
+_RANK_ASKED = re.compile(rf"\b{_ORDINAL}(?:most|best)\b|\bnext\s+most\s+(?:likely|probable)\b|(?<!\bat\s)\bleast\b",
+                         re.I)
 
 
 def _reads_rankings(question):
-    """Does a ranking in an answer to `question` choose its first place? Not where the question
-    asks for a runner-up, the least or the exception."""
-    return _RANK_ASKED.search(str(question or "")) is None and not asks_exception(question)
+    """Does a ranking in an answer to `question` choose its first place? Not where the question's
+    last sentence asks for a runner-up or the least (a case report's 'at least 3 months' asks
+    nothing), nor where it asks for the exception."""
+    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
+    return _RANK_ASKED.search(last) is None and not asks_exception(question)
 
 
-# an option's text written as a letter's label: ") Misoprostol.", ": Misoprostol\n", " - Misoprostol", ending
-# where a label ends (not "D. Misoprostol is contraindicated ...", a new sentence about another option)
-_LABEL = re.compile(r"[\]\*]*(?:\s*[)\]:：\-–])+\s*[\*\"']*(?P<text>[^\n]{3,200}?)[\*\"']*\s*(?:[.,;:!)(\n]|$)")
+# what stands between a cue's letter and its label: ") ", ": ", " - ", "] " (not the minus of
+# "A) -0.8"), on the letter's line, then a quote or bold
+_LABEL_SEP = re.compile(r"[\]\*]*(?:[ \t]*(?:[)\]:：—]|[\-–](?=[ \t])))+[ \t]*[\*\"'“‘«]*")
+# where a label ends: a sentence's or clause's end, a bracket, the line's end ("D) Misoprostol."),
+# not a comma nor an option's letter in brackets ("B: oxytocin, misoprostol and tranexamic acid
+# have failed", "B - oxytocin (A) has failed" explain, they label nothing)
+_LABEL_END = re.compile(r"s?[\*\"'”’»]*[ \t]*(?:[.;!)\n。；！）（]|\((?![A-Za-z]\))|$)")
 
 
-def _label_text(after, options):
-    """The option whose text (three letters or more; a plural allowed) is the label written right
-    after a cue's letter ('D) Misoprostol.'), or None. A letter whose label is another option's
-    text chooses neither: which one the answer meant, only a reader can tell."""
-    label = _LABEL.match(after)
-    if not label:
+def _label_text(after, options, own):
+    """The option whose text (three letters or more) is the label written right after a cue's
+    letter `own` ('D) Misoprostol.'), or None: the letter's own option where its text opens the
+    label (even one holding a comma: 'D) Vancomycin, ceftriaxone, and ampicillin'), else the option
+    whose text is the whole label, the longest ('Misoprostol and oxytocin' over 'Misoprostol'), a
+    plural or singular of it too. A letter whose label is another option's text chooses neither:
+    which one the answer meant, only a reader can tell."""
+    sep = _LABEL_SEP.match(after)
+    if not sep or sep.end() == 0:
         return None
-    said = _HYPHEN.sub(" ", label.group("text").strip().lower())
+    head = _HYPHEN.sub(" ", after[sep.end():sep.end() + 300].lower())
     texts = {k: _HYPHEN.sub(" ", _opt_text(t)) for k, t in options.items()}
-    return next((k for k, t in texts.items() if len(t) >= 3 and said in (t, t + "s")), None)
+
+    def labels(t):  # `t` opens the label, as whole words, and the label ends with it
+        for form in (t, t[:-1] if t.endswith("s") else None):
+            if form and len(form) >= 3 and head.startswith(form) and _LABEL_END.match(head, len(form)):
+                return True
+        return False
+    if own in texts and len(texts[own]) >= 3 and head.startswith(texts[own]) \
+            and not _is_word_char(head, len(texts[own])):
+        return own
+    named = [k for k, t in texts.items() if labels(t)]
+    return max(named, key=lambda k: len(texts[k])) if named else None
 
 
 # a cue's conclusion that no option is right: "none of the above", "no correct answer"
@@ -415,7 +435,7 @@ def _last_cue(text, options, asked=None, ranks=True):
                 continue
             if _negated_after(rest, lm.end(), options):  # "Therefore, option D is not the correct answer"
                 continue
-            labelled = _label_text(after, options)
+            labelled = _label_text(after, options, c.upper())
             if labelled and labelled != c.upper():  # "the answer is D) Misoprostol", misoprostol being C
                 found.append((m.end() + lm.start(1), "", m.start()))
                 continue
@@ -835,9 +855,10 @@ _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|con
                          r"best|highest|greatest|worst|earliest|answer|correct|must|should)\b", re.I)
 # ... or opens by ranking below the first: "The third most likely cause is idiopathic", "2) The
 # next most likely diagnosis is ..." (not "Therefore, the diagnosis is meningioma, the second most
-# common tumour", which describes the choice, nor "the next most appropriate step", the choice)
+# common tumour", which describes the choice, nor "the next most appropriate / important step", the
+# choice)
 _RUNNER_UP = re.compile(rf"[\W_]*(?:(?:the|my)\s+)?(?:{_ORDINAL}(?P<sup>most(?:[ \t]+|-)(?!of\b)\w+|best)|"
-                        r"next[ \t]+(?P<next>most[ \t]+(?!appropriate\b)\w+))\b", re.I)
+                        r"next[ \t]+(?P<next>most[ \t]+(?!appropriate\b)\w+)(?![ \t]+step\b))\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
 

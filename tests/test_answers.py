@@ -254,6 +254,33 @@ GRADED_SHAPE_CASES = [
 ]
 
 
+PPH = {"A": "Oxytocin", "B": "Carboprost", "C": "Misoprostol", "D": "Tranexamic acid"}
+MEN = {"A": "Vancomycin", "B": "Ceftriaxone", "C": "Vancomycin and ceftriaxone",
+       "D": "Vancomycin, ceftriaxone, and ampicillin"}
+
+
+@pytest.mark.parametrize("response,options,expected", [
+    # the letter's own text, written out, is its label even where it holds a comma or another text
+    ("The answer is D) Vancomycin, ceftriaxone, and ampicillin.", MEN, "D"),
+    ("The answer is C) Vancomycin and ceftriaxone.", MEN, "C"),
+    ("The answer is B) Polyps.", {"A": "Polyp", "B": "Polyps", "C": "Cyst", "D": "Mass"}, "B"),
+    ("The answer is A) -0.8", {"A": "-0.8", "B": "-0.2", "C": "0.2", "D": "0.8"}, "A"),
+    # another option's text as the label: no choice, however the label is set off
+    ("The answer is D) Misoprostol.", PPH, None),
+    ("**Answer: D) Misoprostol**", PPH, None),
+    ("Answer: (D) - Misoprostol", PPH, None),
+    ("The answer is D: Misoprostol (the prostaglandin)", PPH, None),
+    ("**Answer: D — Misoprostol**", PPH, None),
+    ("The answer is D: “Misoprostol”.", PPH, None),
+    # ... but an explanation after the letter, or a new line, labels nothing
+    ("The answer is B: oxytocin, misoprostol and tranexamic acid have failed, so carboprost is next.", PPH, "B"),
+    ("The answer is B - oxytocin (A) has already failed and she has no asthma.", PPH, "B"),
+    ("**Answer: B**\n\n- Oxytocin: already given.\n- Carboprost: next.", PPH, "B"),
+])
+def test_a_letter_labelled_with_another_options_text_chooses_neither(response, options, expected):
+    assert parse_choice(response, options) == expected
+
+
 @pytest.mark.parametrize("response,options,expected", GRADED_SHAPE_CASES,
                          ids=[c[0][:40] for c in GRADED_SHAPE_CASES])
 def test_parse_choice_on_graded_response_shapes(response, options, expected):
@@ -403,6 +430,8 @@ PROSE_CONCLUSION_CASES = [
     # no rank
     ("The next best step is to measure troponin T.", MK, "C"),
     ("An ECG is done.\n\nThe next most appropriate step in management is to measure troponin T.", MK, "C"),
+    ("An ECG is normal. The next most important step is to measure troponin T.", MK, "C"),
+    ("LDH (A) rises too late and CPK-MB (B) is not specific. The next best option is C.", MK, "C"),
     ("Troponin I is the most specific marker, but it stays high for days. Therefore, the marker here is "
      "CPK-MB, the second most useful marker of reinfarction.", MK, "B"),
     ("- LDH: rises late, peaks second\n\nFinal answer: D", MK, "D"),
@@ -411,13 +440,15 @@ PROSE_CONCLUSION_CASES = [
 
 RANKING = ("1) The most useful marker is troponin I.\n2) The second most useful marker is troponin T.\n"
            "3) The fourth most useful marker is LDH.")
+SECOND = "The most useful marker is troponin I.\n\nThe second most useful marker is troponin T."
 
 
 @pytest.mark.parametrize("question,response,expected", [
     ("Which marker rises last after a myocardial infarction?", RANKING, "D"),
     ("Which marker is least useful after a myocardial infarction?", RANKING, "A"),
-    ("Which is the second most useful marker after a myocardial infarction?",
-     "The most useful marker is troponin I.\n\nThe second most useful marker is troponin T.", "C"),
+    ("Which is the second most useful marker after a myocardial infarction?", SECOND, "C"),
+    # a case report's "at least" asks for no rank: only the question's last sentence is read
+    ("He has had chest pain for at least 3 hours. Which marker is most useful?", SECOND, "D"),
 ])
 def test_a_ranking_answers_the_question_it_was_asked(question, response, expected):
     """A ranking's first place is the choice, unless the question asks for a runner-up or the least:
