@@ -120,7 +120,8 @@ def parse_choice_rule(response, options, question=None):
     response, options = _normalized(response, options)
     if not response.strip():
         return None, "none"
-    asked, ranks = _asked(question), _reads_rankings(question)
+    asked = _asked(question)
+    ranks = _reads_rankings(question, asked)
     tags = _ANSWER_TAG.findall(response)
     if tags and tags[-1].strip():
         hit, rule = _resolve(tags[-1], options, asked, ranks)
@@ -198,10 +199,15 @@ _EXCEPTION_QUESTION = re.compile(
     r"|\b(?:is|are|does|do|shall|should|will)\s+not\s+(?:include|contain|have|seen|present|posted)\b", re.I)
 
 
+def _last_sentence(question):
+    """The question's last sentence: what it asks (a case report before it asks nothing)."""
+    return re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
+
+
 def asks_exception(question):
     """Does the multiple-choice `question` ask for the option that does not hold ('EXCEPT',
     'Which of the following is NOT ...', 'least', 'False about ...')?"""
-    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
+    last = _last_sentence(question)
     return _EXCEPTION_QUESTION.search(last) is not None and not re.search(r"\bbecause\b", last, re.I)
 
 
@@ -294,6 +300,7 @@ _CUE_BEFORE = re.compile(
 _ORDINAL = r"(?:second|third|fourth|fifth|2nd|3rd|4th|5th)(?:[ \t]+|-)"
 _RANKED = re.compile(rf"\b(?:{_ORDINAL}(?:most(?:[ \t]+|-)\w+[ \t]+|best[ \t]+)?|"
                      r"next[ \t]+most[ \t]+(?:likely|probable)[ \t]+|(?P<next>next[ \t]+))$", re.I)
+_RANKED_BY_NEXT = re.compile(r"most\s+(?:likely|probable)\b|best\s+(?:answer|choice)\b", re.I)
 
 
 def _ranked(text, cue):
@@ -302,8 +309,7 @@ def _ranked(text, cue):
     'the next best answer is'): 'the next best step', 'the next best option' and 'the next most
     appropriate step' are the choice, the best next one."""
     rank = _RANKED.search(text, max(0, cue.start() - 30), cue.start())
-    return rank is not None and (not rank.group("next") or re.match(
-        r"most\s+(?:likely|probable)\b|best\s+(?:answer|choice)\b", cue.group(0), re.I) is not None)
+    return rank is not None and (not rank.group("next") or _RANKED_BY_NEXT.match(cue.group(0)) is not None)
 
 
 # a question whose answer is a runner-up or a last place ("the second most common site", "the
@@ -312,12 +318,11 @@ _RANK_ASKED = re.compile(rf"\b{_ORDINAL}(?:most|best)\b|\bnext\s+most\s+(?:likel
                          re.I)
 
 
-def _reads_rankings(question):
+def _reads_rankings(question, asked):
     """Does a ranking in an answer to `question` choose its first place? Not where the question's
     last sentence asks for a runner-up or the least (a case report's 'at least 3 months' asks
-    nothing), nor where it asks for the exception."""
-    last = re.split(r"(?<=[.?!])\s+(?=[A-Z<])", str(question or "").strip())[-1]
-    return _RANK_ASKED.search(last) is None and not asks_exception(question)
+    nothing), nor where it asks for the exception (`asked`, from _asked, is not None)."""
+    return asked is None and _RANK_ASKED.search(_last_sentence(question)) is None
 
 
 # what stands between a cue's letter and its label: ") ", ": ", " - ", "] " (not the minus of
@@ -347,8 +352,7 @@ def _label_text(after, options, own):
             if form and len(form) >= 3 and head.startswith(form) and _LABEL_END.match(head, len(form)):
                 return True
         return False
-    if own in texts and len(texts[own]) >= 3 and head.startswith(texts[own]) \
-            and not _is_word_char(head, len(texts[own])):
+    if own in texts and len(texts[own]) >= 3 and _text_at(head, 0, texts[own]) is not None:
         return own
     named = [k for k, t in texts.items() if labels(t)]
     return max(named, key=lambda k: len(texts[k])) if named else None
@@ -860,6 +864,7 @@ _CONCLUDING = re.compile(r"\b(?:therefore|thus|hence|so(?!\s+that\b)|overall|con
 _RUNNER_UP = re.compile(rf"[\W_]*(?:(?:the|my)\s+)?(?:{_ORDINAL}(?P<sup>most(?:[ \t]+|-)(?!of\b)\w+|best)|"
                         r"next[ \t]+(?P<next>most[ \t]+(?!appropriate\b)\w+)(?![ \t]+step\b))\b", re.I)
 # ... that sets the option aside instead: "so we can eliminate the sixth branchial arch"
+_LIST_NUMBER = re.compile(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+")  # a list item's number: "3) ..."
 _SET_ASIDE = re.compile(r"\b(?:eliminat\w*|exclud\w*|rul\w*\s+out|reject\w*)\b", re.I)
 
 
@@ -895,7 +900,7 @@ def _conclusion(text, options, asked=None, ranks=True):
     if _review_heading(lines[-1], options) or len(lines) > 1 and _review_heading(lines[-2], options, alone=True) \
             and not (len(lines) > 2 and _review_heading(lines[-3], options, alone=True)):
         return None
-    line = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", lines[-1])  # a list item's number: "3) ..."
+    line = _LIST_NUMBER.sub("", lines[-1])
     sentences = re.split(r"(?<=[.!?])\s+", line)
     if ranks and (rank := _RUNNER_UP.match(sentences[-1])):  # a ranking's last place: its first place concludes
         return _top_ranked(text, options, rank.group("sup") or rank.group("next"))
@@ -951,7 +956,7 @@ def _top_ranked(text, options, superlative):
     ('... is to ensure that she does not have hepatitis B'; ', not LDH' sets another aside)."""
     first = re.compile(r"\b" + re.sub(r"[ \t\-]+", r"[\\s\\-]+", superlative) + r"\b", re.I)
     for sentence in reversed(re.split(r"(?<=[.!?])\s+|\n+", text)):
-        sentence = re.sub(r"^[\s\-*•#>]*(?:\d+|[A-Za-z])[.)]\s+", "", sentence)  # a list item's number
+        sentence = _LIST_NUMBER.sub("", sentence)
         if _RUNNER_UP.match(sentence) or not first.search(sentence):
             continue
         sentence = re.sub(r",\s*(?:and\s+)?not\s+[^,.;!?]*", "", sentence)  # "... is troponin I, not LDH"
@@ -1081,7 +1086,8 @@ def response_category(response, options, question=None):
         stated = text.lower().rindex("<answer>")
     elif rule == "cue":  # where the deciding cue starts, read as the rule read it
         text = _ANSWER_TAG.sub(" ", text)
-        at, _, stated = _last_cue(text, opts, _asked(question), _reads_rankings(question))
+        asked = _asked(question)
+        at, _, stated = _last_cue(text, opts, asked, _reads_rankings(question, asked))
         if not (stated < at and _CUE_BEFORE.match(text, stated)):  # a verdict after the choice: "B is correct"
             stated = None
     elif rule == "conclusion":  # the last line concludes
