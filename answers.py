@@ -14,8 +14,10 @@ Where each rule comes from:
   they conclude, so a final <answer> tag (the paper's appendix A prompt asks for one),
   committing phrases ('the answer is B') and option-by-option verdicts decide first, negated
   mentions ('not A', 'C is incorrect'), the article 'A', names ('hepatitis B') and a
-  probability's events ('P(A|I)') do not count as choices, and when nothing else decides, the
-  last line's conclusion in prose does ('Therefore, the protein is histone'). Given the question,
+  probability's events ('P(A|I)') do not count as choices, nor do a ranking's runners-up ('the
+  second most likely answer is C') or a letter labelled with another option's text ('D)
+  Misoprostol' where misoprostol is C), and when nothing else decides, the last line's
+  conclusion in prose does ('Therefore, the protein is histone'). Given the question,
   one that asks for the exception ('All of the following are true EXCEPT') is answered by the
   option the response says does not hold ('D is not a tumor suppressor gene'), as a grader who
   reads the question would.
